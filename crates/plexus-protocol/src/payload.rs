@@ -1,0 +1,192 @@
+use std::fmt;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Codec;
+use crate::codec::msgpack;
+
+/// An application value (a frame's `d`), held as the raw bytes of one codec.
+///
+/// Keeping the raw bytes means a server can echo, forward or fan out a value without parsing
+/// it; [`Payload::decode`] parses it into a typed value when a handler needs one. Cloning is
+/// cheap (a reference count).
+#[derive(Clone)]
+pub struct Payload {
+    codec: Codec,
+    raw: Bytes,
+}
+
+/// Why a [`Payload`] could not be decoded into a type or encoded from one.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct PayloadError {
+    path: String,
+    message: String,
+}
+
+impl PayloadError {
+    /// The serde path of the offending field (`"."` for the value itself), e.g. `user.age`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// What was wrong, without the path.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl Payload {
+    /// `null` in the given codec.
+    pub fn null(codec: Codec) -> Self {
+        let raw = match codec {
+            Codec::Json => Bytes::from_static(b"null"),
+            Codec::MsgPack => Bytes::from_static(&[0xc0]),
+        };
+        Self { codec, raw }
+    }
+
+    /// Wraps bytes that are known to hold exactly one complete value in `codec`.
+    ///
+    /// Nothing is checked here: a wrong value makes the peer's decoder fail, not this process.
+    /// Use [`Payload::from_raw_checked`] for bytes from an untrusted source.
+    pub fn from_raw(codec: Codec, raw: Bytes) -> Self {
+        Self { codec, raw }
+    }
+
+    /// Wraps bytes after checking they hold exactly one well-formed value in `codec`.
+    pub fn from_raw_checked(codec: Codec, raw: Bytes) -> Result<Self, PayloadError> {
+        let ok = match codec {
+            Codec::Json => serde_json::from_slice::<serde::de::IgnoredAny>(&raw).is_ok(),
+            Codec::MsgPack => msgpack::value_len(&raw) == Some(raw.len()),
+        };
+        if ok {
+            Ok(Self { codec, raw })
+        } else {
+            Err(PayloadError {
+                path: ".".into(),
+                message: format!("not a single {} value", codec.name()),
+            })
+        }
+    }
+
+    /// Serializes `value` in `codec`.
+    pub fn encode<T: Serialize + ?Sized>(codec: Codec, value: &T) -> Result<Self, PayloadError> {
+        let raw = match codec {
+            Codec::Json => serde_json::to_vec(value).map_err(|e| PayloadError {
+                path: ".".into(),
+                message: e.to_string(),
+            })?,
+            Codec::MsgPack => rmp_serde::to_vec_named(value).map_err(|e| PayloadError {
+                path: ".".into(),
+                message: e.to_string(),
+            })?,
+        };
+        Ok(Self {
+            codec,
+            raw: raw.into(),
+        })
+    }
+
+    /// Deserializes the value into `T`. On failure the error names the serde path of the
+    /// field that did not fit.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
+        let mut track = serde_path_to_error::Track::new();
+        let result = match self.codec {
+            Codec::Json => {
+                let mut de = serde_json::Deserializer::from_slice(&self.raw);
+                T::deserialize(serde_path_to_error::Deserializer::new(&mut de, &mut track))
+                    .map_err(|e| e.to_string())
+            }
+            Codec::MsgPack => {
+                let mut de = rmp_serde::Deserializer::from_read_ref(&self.raw[..]);
+                T::deserialize(serde_path_to_error::Deserializer::new(&mut de, &mut track))
+                    .map_err(|e| e.to_string())
+            }
+        };
+        result.map_err(|message| PayloadError {
+            path: track.path().to_string(),
+            message,
+        })
+    }
+
+    /// The codec the raw bytes are in.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// The raw encoded value.
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// Whether the value is `null`.
+    pub fn is_null(&self) -> bool {
+        match self.codec {
+            Codec::Json => self.raw.trim_ascii() == b"null",
+            Codec::MsgPack => self.raw[..] == [0xc0],
+        }
+    }
+
+    /// The same value in `codec`: free when it is already in that codec, otherwise transcoded.
+    pub fn to_codec(&self, codec: Codec) -> Result<Payload, PayloadError> {
+        if self.codec == codec {
+            return Ok(self.clone());
+        }
+        let mut out = Vec::with_capacity(self.raw.len() + 8);
+        let result = match (self.codec, codec) {
+            (Codec::Json, Codec::MsgPack) => {
+                let mut de = serde_json::Deserializer::from_slice(&self.raw);
+                let mut ser = rmp_serde::Serializer::new(&mut out).with_struct_map();
+                serde_transcode::transcode(&mut de, &mut ser).map_err(|e| e.to_string())
+            }
+            (Codec::MsgPack, Codec::Json) => {
+                let mut de = rmp_serde::Deserializer::from_read_ref(&self.raw[..]);
+                let mut ser = serde_json::Serializer::new(&mut out);
+                serde_transcode::transcode(&mut de, &mut ser).map_err(|e| e.to_string())
+            }
+            _ => unreachable!("same codec handled above"),
+        };
+        result.map_err(|message| PayloadError {
+            path: ".".into(),
+            message,
+        })?;
+        Ok(Payload {
+            codec,
+            raw: out.into(),
+        })
+    }
+
+    /// The value as a `serde_json::Value` (transcoding MessagePack). Convenient in tests and
+    /// tools; handlers should prefer [`Payload::decode`] into their own types.
+    pub fn to_json_value(&self) -> Result<serde_json::Value, PayloadError> {
+        self.decode()
+    }
+}
+
+impl PartialEq for Payload {
+    /// Two payloads are equal when they hold the same value, whatever their codecs.
+    fn eq(&self, other: &Self) -> bool {
+        if self.codec == other.codec && self.raw == other.raw {
+            return true;
+        }
+        match (self.to_json_value(), other.to_json_value()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.codec {
+            Codec::Json => write!(f, "{}", String::from_utf8_lossy(&self.raw)),
+            Codec::MsgPack => match self.to_codec(Codec::Json) {
+                Ok(json) => write!(f, "msgpack:{}", String::from_utf8_lossy(&json.raw)),
+                Err(_) => write!(f, "msgpack:{:02x?}", &self.raw[..]),
+            },
+        }
+    }
+}

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Codec;
-use crate::codec::msgpack;
+use crate::codec::{json, msgpack};
 
 /// An application value (a frame's `d`), held as the raw bytes of one codec.
 ///
@@ -56,10 +56,13 @@ impl Payload {
         Self { codec, raw }
     }
 
-    /// Wraps bytes after checking they hold exactly one well-formed value in `codec`.
+    /// Wraps bytes after checking they hold exactly one well-formed value in `codec`, nested
+    /// no deeper than a frame's decoder allows.
     pub fn from_raw_checked(codec: Codec, raw: Bytes) -> Result<Self, PayloadError> {
         let ok = match codec {
-            Codec::Json => serde_json::from_slice::<serde::de::IgnoredAny>(&raw).is_ok(),
+            Codec::Json => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&raw).is_ok() && json::nesting_ok(&raw)
+            }
             Codec::MsgPack => msgpack::value_len(&raw) == Some(raw.len()),
         };
         if ok {
@@ -188,5 +191,36 @@ impl fmt::Debug for Payload {
                 Err(_) => write!(f, "msgpack:{:02x?}", &self.raw[..]),
             },
         }
+    }
+}
+
+/// Serializes the value itself (streamed from the raw bytes, whatever the target format), so
+/// a `Payload` can sit inside any serializable type.
+impl serde::Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.codec {
+            Codec::Json => {
+                let mut de = serde_json::Deserializer::from_slice(&self.raw);
+                serde_transcode::Transcoder::new(&mut de).serialize(serializer)
+            }
+            Codec::MsgPack => {
+                let mut de = rmp_serde::Deserializer::from_read_ref(&self.raw[..]);
+                serde_transcode::Transcoder::new(&mut de).serialize(serializer)
+            }
+        }
+    }
+}
+
+/// Captures any value as a JSON payload, so a `Payload` field can take "anything" in a
+/// typed struct.
+impl<'de> serde::Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut out = Vec::new();
+        serde_transcode::transcode(deserializer, &mut serde_json::Serializer::new(&mut out))
+            .map_err(serde::de::Error::custom)?;
+        Ok(Payload {
+            codec: Codec::Json,
+            raw: out.into(),
+        })
     }
 }

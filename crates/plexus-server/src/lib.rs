@@ -1,1 +1,54 @@
-//! x
+//! The plexus server: typed RPC in both directions over WebSocket, on axum and tokio.
+//!
+//! ```no_run
+//! use plexus_server::{Router, RpcError, Server};
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! struct Greet { name: String }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let router = Router::new()
+//!     .request("greet.hello", |p: Greet| async move { Ok::<_, RpcError>(format!("hello, {}", p.name)) });
+//! let server = Server::builder().router(router).build();
+//! let app = server.route("/ws"); // an axum::Router: merge it into your own app
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
+//! server.serve(listener, app, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+//!
+//! Concepts:
+//!
+//! - [`Router`]: method names to handlers. Handlers are async functions or closures over
+//!   serde types, taking an optional [`CallContext`] first: request handlers return
+//!   `Result<R, E>`, stream handlers return `Result<impl Stream<Item = Result<T, E>>, E>`,
+//!   notification handlers return `()`. Params that do not fit give `VALIDATION_ERROR` with
+//!   the serde path of the bad field; a panicking handler gives `INTERNAL`.
+//! - [`CallContext`]: the connection, cancellation (`cancelled()`, `on_cancel`), headers,
+//!   query, remote address, principal and shared extensions of one call.
+//! - [`ConnectionHandle`]: reach a connection from any task: call the client
+//!   (`request`, `stream`), notify it, close it.
+//! - [`EndpointConfig`] and [`Limits`]: message size, calls in flight, outbound queue,
+//!   heartbeat, handshake and idle timeouts, bad-frame budget, compression.
+//!
+//! The wire protocol is in the `plexus-protocol` crate and `PROTOCOL.md`.
+
+mod config;
+mod conn;
+mod echo;
+mod endpoint;
+mod error;
+mod principal;
+mod rpc;
+
+pub use config::{Compression, EndpointConfig, Limits};
+pub use conn::{ClientStream, ConnectionHandle, DisconnectReason};
+pub use echo::echo_route;
+pub use endpoint::{Server, ServerBuilder};
+pub use error::{CallError, RpcError};
+pub use plexus_protocol as protocol;
+pub use plexus_protocol::{CloseCode, Codec, ErrorBody, ErrorCode, Payload};
+pub use principal::Principal;
+pub use rpc::context::{CallContext, CancelReason};
+pub use rpc::handler::{NotifyHandler, RequestHandler, StreamHandler};
+pub use rpc::router::Router;

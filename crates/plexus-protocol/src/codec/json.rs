@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Codec, DecodeError, EncodeError, Fields, RawFrame, Value, error_code};
+use super::{Codec, DecodeError, EncodeError, Fields, MAX_DEPTH, RawFrame, Value, error_code};
 use crate::{ErrorBody, Payload, Position};
 
 #[derive(Deserialize)]
@@ -46,8 +46,9 @@ struct Wire<'a> {
 struct WireError<'a> {
     #[serde(borrow)]
     code: Cow<'a, str>,
+    /// `null` or missing reads as empty, as in MessagePack.
     #[serde(borrow, default)]
-    message: Cow<'a, str>,
+    message: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
 }
@@ -90,6 +91,10 @@ pub(crate) fn decode(input: &Bytes) -> Result<crate::Frame, DecodeError> {
             return Err(DecodeError::new(format!("invalid frame: {e}")).with_id(id));
         }
     };
+    // serde_json keeps raw values and skips unknown fields without its recursion limit.
+    if !nesting_ok(input) {
+        return Err(DecodeError::new("value nested too deeply").with_id(wire.id));
+    }
     let raw = RawFrame {
         t: wire.t,
         id: wire.id,
@@ -97,7 +102,7 @@ pub(crate) fn decode(input: &Bytes) -> Result<crate::Frame, DecodeError> {
         d: wire.d.map(|d| payload(input, d)),
         e: wire.e.map(|e| ErrorBody {
             code: error_code(e.code),
-            message: e.message.into_owned(),
+            message: e.message.map(Cow::into_owned).unwrap_or_default(),
             data: e.data.map(|d| payload(input, d)),
         }),
         ch: wire.ch,
@@ -117,6 +122,44 @@ pub(crate) fn decode(input: &Bytes) -> Result<crate::Frame, DecodeError> {
         user: wire.user,
     };
     raw.into_frame(Codec::Json)
+}
+
+/// Whether well-formed JSON `text` nests no value deeper than [`MAX_DEPTH`] below its top
+/// value (the MessagePack decoder's rule). serde_json applies its own recursion limit only to
+/// values it parses, not to those it keeps raw (`d`) or skips (unknown fields).
+pub(crate) fn nesting_ok(text: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut bytes = text.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\r' | b',' | b':' => continue,
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                continue;
+            }
+            _ => {}
+        }
+        // `b` starts (or continues) a value at `depth`.
+        if depth > MAX_DEPTH {
+            return false;
+        }
+        match b {
+            b'[' | b'{' => depth += 1,
+            b'"' => {
+                while let Some(&c) = bytes.next() {
+                    match c {
+                        b'\\' => {
+                            bytes.next();
+                        }
+                        b'"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    true
 }
 
 fn write_str(out: &mut Vec<u8>, s: &str) {

@@ -9,6 +9,11 @@ use bytes::Bytes;
 
 use crate::{ErrorBody, ErrorCode, Frame, Payload, Position, PresenceEvent};
 
+/// How deep a value may sit below the frame (the frame's own fields are at depth 1): deeper
+/// nesting is refused by both decoders, so that decoding a payload later cannot overflow the
+/// stack and a value accepted in one codec can be transcoded into the other.
+pub(crate) const MAX_DEPTH: usize = 128;
+
 /// A wire codec, chosen per connection by WebSocket subprotocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Codec {

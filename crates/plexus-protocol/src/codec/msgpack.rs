@@ -7,11 +7,8 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 
-use super::{Codec, DecodeError, EncodeError, Fields, RawFrame, Value};
+use super::{Codec, DecodeError, EncodeError, Fields, MAX_DEPTH, RawFrame, Value};
 use crate::{ErrorBody, ErrorCode, Payload, Position};
-
-/// Deeper nesting than this is refused, so decoding a payload later cannot overflow the stack.
-const MAX_DEPTH: usize = 128;
 
 struct Reader<'a> {
     buf: &'a [u8],
@@ -167,16 +164,35 @@ fn opt<'a, T>(r: &mut Reader<'a>, read: impl FnOnce(&mut Reader<'a>) -> Res<T>) 
     }
 }
 
+/// Marks `key` as read (`bit` in `seen`); a key that repeats is an error, as in JSON.
+fn first_time(seen: &mut u8, bit: u8, key: &str) -> Res<()> {
+    if *seen & bit != 0 {
+        return Err(DecodeError::new(format!("duplicate field `{key}`")));
+    }
+    *seen |= bit;
+    Ok(())
+}
+
 fn error_body<'a>(r: &mut Reader<'a>, input: &Bytes) -> Res<ErrorBody> {
     let len = r.map_len()?;
     let (mut code, mut message, mut data) = (None, String::new(), None);
+    let mut seen = 0;
     for _ in 0..len {
         match r.str()? {
-            "code" => code = Some(r.str()?),
-            "message" => message = opt(r, |r| r.str())?.unwrap_or_default().to_owned(),
-            "data" => data = opt(r, |r| r.value(1))?.map(|raw| payload(input, raw)),
+            key @ "code" => {
+                first_time(&mut seen, 1, key)?;
+                code = Some(r.str()?);
+            }
+            key @ "message" => {
+                first_time(&mut seen, 2, key)?;
+                message = opt(r, |r| r.str())?.unwrap_or_default().to_owned();
+            }
+            key @ "data" => {
+                first_time(&mut seen, 4, key)?;
+                data = opt(r, |r| r.value(2))?.map(|raw| payload(input, raw));
+            }
             _ => {
-                r.skip(1)?;
+                r.skip(2)?;
             }
         }
     }
@@ -191,11 +207,18 @@ fn error_body<'a>(r: &mut Reader<'a>, input: &Bytes) -> Res<ErrorBody> {
 fn position(r: &mut Reader<'_>) -> Res<Position> {
     let len = r.map_len()?;
     let (mut epoch, mut offset) = (None, None);
+    let mut seen = 0;
     for _ in 0..len {
         match r.str()? {
-            "epoch" => epoch = Some(r.str()?.to_owned()),
-            "offset" => offset = Some(r.uint()?),
-            _ => r.skip(1)?,
+            key @ "epoch" => {
+                first_time(&mut seen, 1, key)?;
+                epoch = Some(r.str()?.to_owned());
+            }
+            key @ "offset" => {
+                first_time(&mut seen, 2, key)?;
+                offset = Some(r.uint()?);
+            }
+            _ => r.skip(2)?,
         }
     }
     match (epoch, offset) {

@@ -1,0 +1,116 @@
+//! Endpoint configuration: limits, timeouts and compression.
+
+use std::time::Duration;
+
+/// permessage-deflate (RFC 7692) policy of an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Compression {
+    /// Never negotiate compression.
+    Off,
+    /// Negotiate when the client offers it, with context takeover (best ratio, about 300 KiB
+    /// of zlib state per connection).
+    On,
+    /// Negotiate when offered, without server context takeover: less memory per connection
+    /// and the same output for the same message on every connection.
+    #[default]
+    NoContextTakeover,
+}
+
+/// Limits and timings of an endpoint. Every field has a sensible default.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest message accepted; a larger one closes the connection with 1009. Default 1 MiB.
+    pub max_message_size: usize,
+    /// Calls (requests and streams) a connection may have in flight; more get `RATE_LIMITED`.
+    /// Default 1,024.
+    pub max_in_flight: usize,
+    /// Frames that may wait to be written to one connection; when a push finds it full the
+    /// connection is closed with 4008 (slow consumer). Default 1,024.
+    pub outbound_queue: usize,
+    /// Time allowed for a `hello` when the endpoint waits for one. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Close (1000) a connection after this long without any application frame from the
+    /// client. Default: none.
+    pub idle_timeout: Option<Duration>,
+    /// Interval of WebSocket pings; a peer silent for about two intervals is closed (4002).
+    /// Default 25 s.
+    pub heartbeat_interval: Duration,
+    /// Bad frames tolerated per minute before the connection is closed with 4029. Default 100.
+    pub max_bad_frames_per_minute: u32,
+    /// Default timeout of calls from the server to the client. Default 30 s.
+    pub server_call_timeout: Duration,
+    /// How long a graceful shutdown lets calls in flight finish. Default 10 s.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_size: 1 << 20,
+            max_in_flight: 1024,
+            outbound_queue: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: None,
+            heartbeat_interval: Duration::from_secs(25),
+            max_bad_frames_per_minute: 100,
+            server_call_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How an endpoint runs its WebSocket layer.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct EndpointConfig {
+    /// Limits and timings.
+    pub limits: Limits,
+    /// permessage-deflate policy.
+    pub compression: Compression,
+    /// Messages smaller than this are sent uncompressed even when compression is on.
+    /// Default 256 bytes.
+    pub compression_threshold: usize,
+    /// Initial capacity of each connection's socket read buffer. Smaller saves memory on
+    /// idle connections; it grows for large messages. Default 4 KiB.
+    pub read_buffer: usize,
+    /// Initial capacity of each connection's socket write buffer. Default 4 KiB.
+    pub write_buffer: usize,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            compression: Compression::default(),
+            compression_threshold: 256,
+            read_buffer: 4096,
+            write_buffer: 4096,
+        }
+    }
+}
+
+impl EndpointConfig {
+    /// The yawc options that implement this configuration.
+    pub(crate) fn ws_options(&self) -> yawc::Options {
+        // yawc's size limit is exclusive: a message of exactly `max_message_size` must pass.
+        let max = self.limits.max_message_size.saturating_add(1);
+        let options = yawc::Options::default()
+            .with_utf8()
+            .with_no_delay()
+            .with_limits(max, max)
+            .with_read_buffer_capacity(self.read_buffer)
+            .with_write_buffer_capacity(self.write_buffer);
+        match self.compression {
+            Compression::Off => options.without_compression(),
+            Compression::On => options
+                .with_low_latency_compression()
+                .with_compression_threshold(self.compression_threshold),
+            Compression::NoContextTakeover => options
+                .with_low_latency_compression()
+                .server_no_context_takeover()
+                .with_compression_threshold(self.compression_threshold),
+        }
+    }
+}

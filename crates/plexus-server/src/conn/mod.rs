@@ -1,0 +1,9 @@
+//! One task per socket: read, dispatch, write, heartbeat, limits, close.
+
+mod handle;
+mod task;
+
+pub use handle::{ClientStream, ConnectionHandle};
+pub(crate) use handle::{ConnShared, Outbound, Pending};
+pub use task::DisconnectReason;
+pub(crate) use task::{Accepted, run};

@@ -1,0 +1,908 @@
+//! The connection task: the only owner of the socket and of the table of calls in flight.
+//!
+//! It selects over the socket, the outbound queue, the heartbeat and the close/shutdown
+//! signals. Request handlers are polled once inline (most finish at once and their reply is
+//! written without a task switch); a handler that is not ready is spawned and its reply
+//! comes back through the outbound queue, tagged with a sequence number so that a reply for
+//! a call cancelled meanwhile is dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use http::HeaderMap;
+use plexus_protocol::{CloseCode, Codec, ErrorBody, ErrorCode, Frame, Payload};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use yawc::{OpCode, WebSocket};
+
+use super::{ConnShared, ConnectionHandle, Outbound, Pending};
+use crate::endpoint::ServerInner;
+use crate::principal::Principal;
+use crate::rpc::context::{CallState, CancelReason};
+use crate::rpc::handler::{BoxFuture, CallParts, Reply, Started};
+use crate::rpc::router::Method;
+
+/// Why a connection ended, as given to `on_disconnect`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The client closed the connection (with this close code, if it gave one).
+    ClientClosed(Option<u16>),
+    /// The server closed it with this code and reason.
+    ServerClosed(CloseCode, &'static str),
+    /// The socket failed or ended without a close handshake.
+    Transport(String),
+}
+
+/// What the upgrade established about a new connection.
+pub(crate) struct Accepted {
+    pub(crate) codec: Codec,
+    pub(crate) remote: Option<SocketAddr>,
+    pub(crate) headers: HeaderMap,
+    pub(crate) query: Option<String>,
+    pub(crate) principal: Principal,
+}
+
+struct InFlight {
+    seq: u64,
+    abort: Option<AbortHandle>,
+    state: Option<Arc<CallState>>,
+    credit: Option<Arc<Semaphore>>,
+}
+
+/// Granted credit beyond this is ignored (it would mean "unlimited" anyway) so that no
+/// sequence of `credit` frames can overflow the semaphore.
+const MAX_CREDIT: usize = 1 << 30;
+/// How long a close handshake may take before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Frames written in one batch before the writer flushes and looks at the socket again.
+const WRITE_BATCH: usize = 64;
+
+enum Step {
+    Continue,
+    Close(CloseCode, &'static str),
+    Ended(DisconnectReason),
+}
+
+struct Connection<S> {
+    ws: WebSocket<S>,
+    handle: ConnectionHandle,
+    server: Arc<ServerInner>,
+    rx: mpsc::Receiver<Outbound>,
+    in_flight: HashMap<u64, InFlight>,
+    /// Notification handlers still running, by sequence number.
+    notifying: HashMap<u64, AbortHandle>,
+    seq: u64,
+    bad_frames: VecDeque<Instant>,
+    last_seen: Instant,
+    last_call: Instant,
+    draining: Option<Instant>,
+}
+
+/// Runs one connection to its end.
+pub(crate) async fn run<S>(ws: WebSocket<S>, server: Arc<ServerInner>, accepted: Accepted)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &server.config.limits;
+    let (tx, rx) = mpsc::channel(limits.outbound_queue.max(1));
+    let shared = Arc::new(ConnShared {
+        id: uuid::Uuid::now_v7().simple().to_string(),
+        codec: accepted.codec,
+        remote: accepted.remote,
+        headers: accepted.headers,
+        query: accepted.query,
+        principal: accepted.principal,
+        extensions: server.extensions.clone(),
+        tx,
+        pending: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+        max_pending: limits.max_in_flight,
+        call_timeout: limits.server_call_timeout,
+        close: CancellationToken::new(),
+        close_code: OnceLock::new(),
+        gone: CancellationToken::new(),
+    });
+    let handle = ConnectionHandle { shared };
+    let now = Instant::now();
+    let mut conn = Connection {
+        ws,
+        handle: handle.clone(),
+        server: server.clone(),
+        rx,
+        in_flight: HashMap::new(),
+        notifying: HashMap::new(),
+        seq: 0,
+        bad_frames: VecDeque::new(),
+        last_seen: now,
+        last_call: now,
+        draining: None,
+    };
+    server
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let reason = conn.run().await;
+    conn.finish(&reason);
+    server
+        .connections
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!(conn = %handle.id(), ?reason, "connection ended");
+    if let Some(hook) = server.on_disconnect.clone() {
+        tokio::spawn(hook(handle, reason));
+    }
+}
+
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn codec(&self) -> Codec {
+        self.handle.shared.codec
+    }
+
+    async fn run(&mut self) -> DisconnectReason {
+        let welcome = Frame::Welcome {
+            conn: self.handle.id().to_owned(),
+            node: self.server.node.clone(),
+            heartbeat: self.server.config.limits.heartbeat_interval.as_millis() as u64,
+            user: self.handle.principal().user.clone(),
+        };
+        if let Err(reason) = self.write_frame(&welcome).await {
+            return reason;
+        }
+        if let Err(reason) = self.flush().await {
+            return reason;
+        }
+        if let Some(hook) = self.server.on_connect.clone() {
+            tokio::spawn(hook(self.handle.clone()));
+        }
+        let interval = self.server.config.limits.heartbeat_interval;
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shutdown = self.server.shutdown.clone();
+        let close = self.handle.shared.close.clone();
+        let idle = self.server.config.limits.idle_timeout;
+        loop {
+            let idle_deadline = idle.map(|idle| self.last_call + idle);
+            let step = tokio::select! {
+                biased;
+                _ = close.cancelled() => {
+                    let (code, reason) = self.handle.shared.close_code.get().copied()
+                        .unwrap_or((CloseCode::NORMAL, ""));
+                    Step::Close(code, reason)
+                }
+                Some(out) = self.rx.recv() => self.outbound(out).await,
+                frame = self.ws.next_frame() => match frame {
+                    Ok(frame) => self.inbound(frame).await,
+                    Err(e) => Step::Ended(self.read_failed(e).await),
+                },
+                _ = heartbeat.tick() => {
+                    if self.last_seen.elapsed() >= interval * 2 {
+                        Step::Close(CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                    } else {
+                        self.send(yawc::Frame::ping(Bytes::new())).await
+                    }
+                }
+                _ = shutdown.cancelled(), if self.draining.is_none() => {
+                    self.draining = Some(Instant::now() + self.server.config.limits.drain_timeout);
+                    Step::Continue
+                }
+                _ = sleep_until_opt(self.draining), if self.draining.is_some() => {
+                    Step::Close(CloseCode::GOING_AWAY, "server shutting down")
+                }
+                _ = sleep_until_opt(idle_deadline), if idle_deadline.is_some() => {
+                    Step::Close(CloseCode::NORMAL, "idle timeout")
+                }
+            };
+            let step = match step {
+                Step::Continue => match self.flush().await {
+                    Ok(()) => Step::Continue,
+                    Err(reason) => Step::Ended(reason),
+                },
+                other => other,
+            };
+            match step {
+                Step::Continue => {
+                    if self.draining.is_some() && self.in_flight.is_empty() {
+                        return self
+                            .close(CloseCode::GOING_AWAY, "server shutting down")
+                            .await;
+                    }
+                }
+                Step::Close(code, reason) => return self.close(code, reason).await,
+                Step::Ended(reason) => return reason,
+            }
+        }
+    }
+
+    // ---- writing ----------------------------------------------------------------------
+
+    fn ws_frame(&self, bytes: Bytes) -> yawc::Frame {
+        if self.codec().is_binary() {
+            yawc::Frame::binary(bytes)
+        } else {
+            yawc::Frame::text(bytes)
+        }
+    }
+
+    /// Queues a frame in the socket's write buffer; `flush` writes it out.
+    async fn feed(&mut self, frame: yawc::Frame) -> Result<(), DisconnectReason> {
+        let close = self.handle.shared.close.clone();
+        tokio::select! {
+            biased;
+            result = self.ws.feed(frame) => result.map_err(|e| DisconnectReason::Transport(e.to_string())),
+            // A peer that stopped reading must not keep us from acting on a close request.
+            _ = close.cancelled() => Err(DisconnectReason::Transport("write stalled while closing".into())),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), DisconnectReason> {
+        let close = self.handle.shared.close.clone();
+        tokio::select! {
+            biased;
+            result = self.ws.flush() => result.map_err(|e| DisconnectReason::Transport(e.to_string())),
+            _ = close.cancelled() => Err(DisconnectReason::Transport("write stalled while closing".into())),
+        }
+    }
+
+    async fn send(&mut self, frame: yawc::Frame) -> Step {
+        match self.feed(frame).await {
+            Ok(()) => Step::Continue,
+            Err(reason) => Step::Ended(reason),
+        }
+    }
+
+    async fn write_bytes(&mut self, bytes: Bytes) -> Result<(), DisconnectReason> {
+        let frame = self.ws_frame(bytes);
+        self.feed(frame).await
+    }
+
+    async fn write_frame(&mut self, frame: &Frame) -> Result<(), DisconnectReason> {
+        match self.codec().encode(frame) {
+            Ok(bytes) => self.write_bytes(bytes).await,
+            Err(e) => {
+                tracing::error!(error = %e, "could not encode a frame");
+                Ok(())
+            }
+        }
+    }
+
+    async fn reply(&mut self, id: u64, reply: Reply) -> Step {
+        let frame = match reply {
+            Ok(data) => Frame::Res { id, data },
+            Err(error) => Frame::Err {
+                id: Some(id),
+                error,
+            },
+        };
+        to_step(self.write_frame(&frame).await)
+    }
+
+    async fn error(&mut self, id: Option<u64>, code: ErrorCode, message: String) -> Step {
+        let frame = Frame::Err {
+            id,
+            error: ErrorBody::new(code, message),
+        };
+        to_step(self.write_frame(&frame).await)
+    }
+
+    /// Writes one outbound message and whatever else is already queued, up to a batch.
+    async fn outbound(&mut self, first: Outbound) -> Step {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(out) = next.take() {
+            let bytes = match out {
+                Outbound::Frame(bytes) => Some(bytes),
+                Outbound::Item { id, seq, bytes } => self
+                    .in_flight
+                    .get(&id)
+                    .filter(|call| call.seq == seq)
+                    .map(|_| bytes),
+                Outbound::Final { id, seq, bytes } => {
+                    if id == 0 {
+                        self.notifying.remove(&seq);
+                        None
+                    } else if self.in_flight.get(&id).is_some_and(|call| call.seq == seq) {
+                        self.in_flight.remove(&id);
+                        Some(bytes)
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some(bytes) = bytes {
+                if let Err(reason) = self.write_bytes(bytes).await {
+                    return Step::Ended(reason);
+                }
+                written += 1;
+            }
+            if written < WRITE_BATCH {
+                next = self.rx.try_recv().ok();
+            }
+        }
+        Step::Continue
+    }
+
+    // ---- reading ----------------------------------------------------------------------
+
+    async fn read_failed(&mut self, error: yawc::WebSocketError) -> DisconnectReason {
+        if matches!(error, yawc::WebSocketError::ConnectionClosed) {
+            return DisconnectReason::Transport("connection closed".into());
+        }
+        // yawc has queued a close frame with the matching code (1002, 1007, 1009, ...);
+        // it is written by the next read poll, so keep polling until the socket ends.
+        let code = match error {
+            yawc::WebSocketError::FrameTooLarge => CloseCode::TOO_LARGE,
+            yawc::WebSocketError::InvalidUTF8 => CloseCode::INVALID_DATA,
+            _ => CloseCode::PROTOCOL_ERROR,
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while self.ws.next_frame().await.is_ok() {}
+        })
+        .await;
+        let reason = match code {
+            CloseCode::TOO_LARGE => "message too large",
+            CloseCode::INVALID_DATA => "invalid UTF-8",
+            _ => "protocol error",
+        };
+        DisconnectReason::ServerClosed(code, reason)
+    }
+
+    async fn inbound(&mut self, frame: yawc::Frame) -> Step {
+        self.last_seen = Instant::now();
+        let binary = match frame.opcode() {
+            OpCode::Text => false,
+            OpCode::Binary => true,
+            OpCode::Close => {
+                let code = frame.close_code().map(u16::from);
+                // yawc answers the close on the next poll; read until the socket ends.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    while self.ws.next_frame().await.is_ok() {}
+                })
+                .await;
+                return Step::Ended(DisconnectReason::ClientClosed(code));
+            }
+            _ => return Step::Continue,
+        };
+        if binary != self.codec().is_binary() {
+            let message = if binary {
+                "binary message on the JSON protocol (plexus.v1.json takes text messages)"
+            } else {
+                "text message on the MessagePack protocol (plexus.v1.msgpack takes binary messages)"
+            };
+            return self.bad_frame(None, message.into()).await;
+        }
+        match self.codec().decode(frame.into_payload()) {
+            Ok(frame) => self.dispatch(frame).await,
+            Err(e) => self.bad_frame(e.id(), e.message().to_owned()).await,
+        }
+    }
+
+    async fn bad_frame(&mut self, id: Option<u64>, message: String) -> Step {
+        let now = Instant::now();
+        while self
+            .bad_frames
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            self.bad_frames.pop_front();
+        }
+        self.bad_frames.push_back(now);
+        if self.bad_frames.len() > self.server.config.limits.max_bad_frames_per_minute as usize {
+            return Step::Close(CloseCode::TOO_MANY_BAD_FRAMES, "too many bad frames");
+        }
+        self.error(id, ErrorCode::BAD_FRAME, message).await
+    }
+
+    async fn dispatch(&mut self, frame: Frame) -> Step {
+        match frame {
+            Frame::Req { id, method, data } => {
+                self.last_call = Instant::now();
+                self.request(id, method, data).await
+            }
+            Frame::Sub {
+                id,
+                method,
+                data,
+                credit,
+            } => {
+                self.last_call = Instant::now();
+                self.stream(id, method, data, credit).await
+            }
+            Frame::Ntf { method, data } => {
+                self.last_call = Instant::now();
+                self.notification(method, data).await
+            }
+            Frame::Cancel { id } => {
+                if let Some(call) = self.in_flight.remove(&id) {
+                    stop(call, CancelReason::Cancelled);
+                }
+                Step::Continue
+            }
+            Frame::Credit { id, n } => {
+                if let Some(credit) = self.in_flight.get(&id).and_then(|c| c.credit.as_ref()) {
+                    if credit.available_permits() < MAX_CREDIT {
+                        credit.add_permits(n as usize);
+                    }
+                }
+                Step::Continue
+            }
+            Frame::Res { id, data } => {
+                self.answer(id, Ok(data));
+                Step::Continue
+            }
+            Frame::Err {
+                id: Some(id),
+                error,
+            } => {
+                self.answer(id, Err(error));
+                Step::Continue
+            }
+            Frame::Err { id: None, error } => {
+                tracing::warn!(conn = %self.handle.id(), %error, "client reported an error");
+                Step::Continue
+            }
+            Frame::Item { id, data } => {
+                self.stream_event(id, Ok(Some(data)));
+                Step::Continue
+            }
+            Frame::End { id } => {
+                self.stream_event(id, Ok(None));
+                Step::Continue
+            }
+            Frame::Ping => to_step(self.write_frame(&Frame::Pong).await),
+            Frame::Pong | Frame::Hello { .. } => Step::Continue,
+            Frame::Join { id, .. } | Frame::Leave { id, .. } | Frame::Pub { id, .. } => {
+                self.error(
+                    Some(id),
+                    ErrorCode::NOT_FOUND,
+                    "channels are not enabled on this endpoint".into(),
+                )
+                .await
+            }
+            other => {
+                let message = format!("`{}` frames are sent by the server only", other.tag());
+                self.bad_frame(other.id(), message).await
+            }
+        }
+    }
+
+    /// Checks a new call's id and the in-flight limit; `Err` carries the step to take.
+    async fn admit(&mut self, id: u64) -> Result<(), Step> {
+        if self.draining.is_some() {
+            return Err(self
+                .error(
+                    Some(id),
+                    ErrorCode::UNAVAILABLE,
+                    "the server is shutting down".into(),
+                )
+                .await);
+        }
+        if self.in_flight.contains_key(&id) {
+            return Err(self
+                .bad_frame(Some(id), format!("call id {id} is already in flight"))
+                .await);
+        }
+        if self.in_flight.len() >= self.server.config.limits.max_in_flight {
+            return Err(self
+                .error(
+                    Some(id),
+                    ErrorCode::RATE_LIMITED,
+                    format!(
+                        "too many calls in flight (limit {})",
+                        self.server.config.limits.max_in_flight
+                    ),
+                )
+                .await);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, method: &str) -> Option<Method> {
+        self.server.router.get(method).cloned()
+    }
+
+    fn parts(&self, id: u64, params: Payload) -> CallParts {
+        CallParts {
+            conn: self.handle.clone(),
+            id,
+            params,
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    async fn request(&mut self, id: u64, method: String, data: Payload) -> Step {
+        if let Err(step) = self.admit(id).await {
+            return step;
+        }
+        let start = match self.lookup(&method) {
+            Some(Method::Request(start)) => start,
+            Some(other) => return self.wrong_kind(Some(id), &method, &other, "req").await,
+            None => return self.unknown(Some(id), &method).await,
+        };
+        let parts = self.parts(id, data);
+        let Some(Started { mut future, state }) = guarded(|| start(parts)) else {
+            return self.reply(id, Err(panicked())).await;
+        };
+        // Most handlers finish without waiting: answer those right here.
+        match poll_once(&mut future) {
+            Some(reply) => self.reply(id, reply).await,
+            None => {
+                let seq = self.next_seq();
+                let tx = self.handle.shared.tx.clone();
+                let codec = self.codec();
+                let task = tokio::spawn(async move {
+                    let reply = AssertUnwindSafe(future)
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| Err(panicked()));
+                    let bytes = encode_reply(codec, id, reply);
+                    let _ = tx.send(Outbound::Final { id, seq, bytes }).await;
+                });
+                self.in_flight.insert(
+                    id,
+                    InFlight {
+                        seq,
+                        abort: Some(task.abort_handle()),
+                        state,
+                        credit: None,
+                    },
+                );
+                Step::Continue
+            }
+        }
+    }
+
+    async fn stream(
+        &mut self,
+        id: u64,
+        method: String,
+        data: Payload,
+        credit: Option<u32>,
+    ) -> Step {
+        if let Err(step) = self.admit(id).await {
+            return step;
+        }
+        let start = match self.lookup(&method) {
+            Some(Method::Stream(start)) => start,
+            Some(other) => return self.wrong_kind(Some(id), &method, &other, "sub").await,
+            None => return self.unknown(Some(id), &method).await,
+        };
+        let parts = self.parts(id, data);
+        let Some(Started { future, state }) = guarded(|| start(parts)) else {
+            return self.reply(id, Err(panicked())).await;
+        };
+        let credit = credit.map(|n| Arc::new(Semaphore::new(n as usize)));
+        let seq = self.next_seq();
+        let tx = self.handle.shared.tx.clone();
+        let codec = self.codec();
+        let task_credit = credit.clone();
+        let task = tokio::spawn(async move {
+            let last = AssertUnwindSafe(pump(future, codec, id, seq, &tx, task_credit))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Frame::Err {
+                    id: Some(id),
+                    error: panicked(),
+                });
+            let bytes = codec
+                .encode(&last)
+                .unwrap_or_else(|_| encode_reply(codec, id, Err(panicked())));
+            let _ = tx.send(Outbound::Final { id, seq, bytes }).await;
+        });
+        self.in_flight.insert(
+            id,
+            InFlight {
+                seq,
+                abort: Some(task.abort_handle()),
+                state,
+                credit,
+            },
+        );
+        Step::Continue
+    }
+
+    async fn notification(&mut self, method: String, data: Payload) -> Step {
+        let start = match self.lookup(&method) {
+            Some(Method::Notify(start)) => start,
+            Some(other) => return self.wrong_kind(None, &method, &other, "ntf").await,
+            None => return self.unknown(None, &method).await,
+        };
+        if self.draining.is_some() {
+            return Step::Continue;
+        }
+        if self.notifying.len() >= self.server.config.limits.max_in_flight {
+            return self
+                .error(
+                    None,
+                    ErrorCode::RATE_LIMITED,
+                    format!("too many notifications in progress; `{method}` was dropped"),
+                )
+                .await;
+        }
+        let parts = self.parts(0, data);
+        let Some(Started { mut future, .. }) = guarded(|| start(parts)) else {
+            return self
+                .error(
+                    None,
+                    ErrorCode::INTERNAL,
+                    format!("notification `{method}` failed"),
+                )
+                .await;
+        };
+        match poll_once(&mut future) {
+            Some(Ok(())) => Step::Continue,
+            Some(Err(error)) => {
+                let frame = Frame::Err { id: None, error };
+                to_step(self.write_frame(&frame).await)
+            }
+            None => {
+                let seq = self.next_seq();
+                let tx = self.handle.shared.tx.clone();
+                let codec = self.codec();
+                let task = tokio::spawn(async move {
+                    let outcome = AssertUnwindSafe(future).catch_unwind().await;
+                    if let Ok(Err(error)) = outcome {
+                        if let Ok(bytes) = codec.encode(&Frame::Err { id: None, error }) {
+                            let _ = tx.send(Outbound::Frame(bytes)).await;
+                        }
+                    }
+                    let _ = tx
+                        .send(Outbound::Final {
+                            id: 0,
+                            seq,
+                            bytes: Bytes::new(),
+                        })
+                        .await;
+                });
+                self.notifying.insert(seq, task.abort_handle());
+                Step::Continue
+            }
+        }
+    }
+
+    async fn unknown(&mut self, id: Option<u64>, method: &str) -> Step {
+        let shown: String = method.chars().take(64).collect();
+        self.error(
+            id,
+            ErrorCode::NOT_FOUND,
+            format!("unknown method `{shown}`"),
+        )
+        .await
+    }
+
+    async fn wrong_kind(
+        &mut self,
+        id: Option<u64>,
+        method: &str,
+        actual: &Method,
+        sent: &str,
+    ) -> Step {
+        let frame = match actual {
+            Method::Request(_) => "req",
+            Method::Stream(_) => "sub",
+            Method::Notify(_) => "ntf",
+        };
+        let message = format!(
+            "`{method}` is a {} method: call it with `{frame}`, not `{sent}`",
+            actual.kind()
+        );
+        self.bad_frame(id, message).await
+    }
+
+    /// Routes the client's answer to a call the server made.
+    fn answer(&mut self, id: u64, answer: Result<Payload, ErrorBody>) {
+        let pending = self
+            .handle
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        match pending {
+            Some(Pending::Request(tx)) => {
+                let _ = tx.send(answer);
+            }
+            Some(Pending::Stream(tx)) => {
+                let _ = tx.try_send(answer.map(Some));
+            }
+            None => {}
+        }
+    }
+
+    fn stream_event(&mut self, id: u64, event: Result<Option<Payload>, ErrorBody>) {
+        let mut pending = self
+            .handle
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(Pending::Stream(tx)) = pending.get(&id) else {
+            return;
+        };
+        let last = !matches!(event, Ok(Some(_)));
+        if tx.try_send(event).is_err() {
+            // The client sent more than the credit it was given: end the stream with an error.
+            if let Some(Pending::Stream(tx)) = pending.remove(&id) {
+                let _ = tx.try_send(Err(ErrorBody::new(
+                    ErrorCode::BAD_FRAME,
+                    "the client sent more items than its credit allowed",
+                )));
+            }
+        } else if last {
+            pending.remove(&id);
+        }
+    }
+
+    // ---- closing ----------------------------------------------------------------------
+
+    async fn close(&mut self, code: CloseCode, reason: &'static str) -> DisconnectReason {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            if self
+                .ws
+                .send(yawc::Frame::close(
+                    yawc::close::CloseCode::from(code.0),
+                    reason,
+                ))
+                .await
+                .is_ok()
+            {
+                // Wait for the client's close reply (or the end of the socket).
+                while self.ws.next_frame().await.is_ok() {}
+            }
+        })
+        .await;
+        DisconnectReason::ServerClosed(code, reason)
+    }
+
+    /// Stops everything the connection still runs and wakes everyone waiting on it.
+    fn finish(&mut self, reason: &DisconnectReason) {
+        let cancel = if matches!(
+            reason,
+            DisconnectReason::ServerClosed(CloseCode::GOING_AWAY, _)
+        ) {
+            CancelReason::Shutdown
+        } else {
+            CancelReason::Disconnected
+        };
+        for (_, call) in self.in_flight.drain() {
+            stop(call, cancel);
+        }
+        for (_, task) in self.notifying.drain() {
+            task.abort();
+        }
+        // Dropping the senders fails every call the server made to this client.
+        self.handle
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.handle.shared.gone.cancel();
+        self.rx.close();
+    }
+}
+
+/// Runs a stream handler: waits for credit, sends items, and returns the final frame.
+async fn pump(
+    start: BoxFuture<Result<crate::rpc::handler::BoxStream<Reply>, ErrorBody>>,
+    codec: Codec,
+    id: u64,
+    seq: u64,
+    tx: &mpsc::Sender<Outbound>,
+    credit: Option<Arc<Semaphore>>,
+) -> Frame {
+    let mut stream = match start.await {
+        Ok(stream) => stream,
+        Err(error) => {
+            return Frame::Err {
+                id: Some(id),
+                error,
+            };
+        }
+    };
+    loop {
+        if let Some(credit) = &credit {
+            match credit.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => return Frame::End { id },
+            }
+        }
+        match stream.next().await {
+            Some(Ok(data)) => {
+                let Ok(bytes) = codec.encode(&Frame::Item { id, data }) else {
+                    return Frame::Err {
+                        id: Some(id),
+                        error: panicked(),
+                    };
+                };
+                // Waiting here is the stream's backpressure: it goes no faster than the socket.
+                if tx.send(Outbound::Item { id, seq, bytes }).await.is_err() {
+                    return Frame::End { id };
+                }
+            }
+            Some(Err(error)) => {
+                return Frame::Err {
+                    id: Some(id),
+                    error,
+                };
+            }
+            None => return Frame::End { id },
+        }
+    }
+}
+
+fn to_step(result: Result<(), DisconnectReason>) -> Step {
+    match result {
+        Ok(()) => Step::Continue,
+        Err(reason) => Step::Ended(reason),
+    }
+}
+
+fn stop(call: InFlight, reason: CancelReason) {
+    if let Some(state) = &call.state {
+        state.cancel(reason);
+    }
+    if let Some(abort) = call.abort {
+        abort.abort();
+    }
+}
+
+fn encode_reply(codec: Codec, id: u64, reply: Reply) -> Bytes {
+    let frame = match reply {
+        Ok(data) => Frame::Res { id, data },
+        Err(error) => Frame::Err {
+            id: Some(id),
+            error,
+        },
+    };
+    codec.encode(&frame).unwrap_or_else(|e| {
+        let error = crate::error::RpcError::internal(e).into_body();
+        codec
+            .encode(&Frame::Err {
+                id: Some(id),
+                error,
+            })
+            .unwrap_or_default()
+    })
+}
+
+fn panicked() -> ErrorBody {
+    crate::error::RpcError::internal("handler panicked").into_body()
+}
+
+/// Runs `f`, turning a panic into `None`.
+fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
+/// Polls a handler's future once; a panic becomes an `INTERNAL` reply.
+fn poll_once<T>(future: &mut BoxFuture<Result<T, ErrorBody>>) -> Option<Result<T, ErrorBody>> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match guarded(|| future.as_mut().poll(&mut cx)) {
+        Some(Poll::Ready(out)) => Some(out),
+        Some(Poll::Pending) => None,
+        None => Some(Err(panicked())),
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

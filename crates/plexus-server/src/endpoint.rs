@@ -1,0 +1,259 @@
+//! The server: its builder, the axum upgrade handler and `serve` with graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderValue, StatusCode, header};
+use plexus_protocol::Codec;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::EndpointConfig;
+use crate::conn::{self, Accepted, ConnectionHandle, DisconnectReason};
+use crate::principal::Principal;
+use crate::rpc::handler::BoxFuture;
+use crate::rpc::router::Router;
+
+type ConnectHook = Arc<dyn Fn(ConnectionHandle) -> BoxFuture<()> + Send + Sync>;
+type DisconnectHook =
+    Arc<dyn Fn(ConnectionHandle, DisconnectReason) -> BoxFuture<()> + Send + Sync>;
+
+pub(crate) struct ServerInner {
+    pub(crate) router: Router,
+    pub(crate) config: EndpointConfig,
+    pub(crate) node: String,
+    pub(crate) extensions: Arc<http::Extensions>,
+    pub(crate) on_connect: Option<ConnectHook>,
+    pub(crate) on_disconnect: Option<DisconnectHook>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) connections: AtomicUsize,
+}
+
+/// A plexus server: a router of methods and an endpoint configuration. Cheap to clone.
+///
+/// Mount it in your own axum app with [`Server::route`] (or call [`Server::upgrade`] from
+/// your own handler), or run it alone with [`Server::serve`].
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<ServerInner>,
+}
+
+/// Builds a [`Server`].
+pub struct ServerBuilder {
+    router: Router,
+    config: EndpointConfig,
+    node: Option<String>,
+    extensions: http::Extensions,
+    on_connect: Option<ConnectHook>,
+    on_disconnect: Option<DisconnectHook>,
+}
+
+impl ServerBuilder {
+    /// The methods the server serves.
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// Limits, timeouts and compression.
+    pub fn config(mut self, config: EndpointConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// This node's id, sent in `welcome` (default: random).
+    pub fn node_id(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// A value handlers can read with `CallContext::extension::<T>()`.
+    pub fn extension<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.extensions.insert(value);
+        self
+    }
+
+    /// Runs after a connection's `welcome` has been sent (in its own task, so it may call
+    /// the client).
+    pub fn on_connect<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(ConnectionHandle) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_connect = Some(Arc::new(move |conn| Box::pin(hook(conn))));
+        self
+    }
+
+    /// Runs once a connection has ended, with the reason.
+    pub fn on_disconnect<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(ConnectionHandle, DisconnectReason) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_disconnect = Some(Arc::new(move |conn, reason| Box::pin(hook(conn, reason))));
+        self
+    }
+
+    /// The server.
+    pub fn build(self) -> Server {
+        let node = self
+            .node
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+        Server {
+            inner: Arc::new(ServerInner {
+                router: self.router,
+                config: self.config,
+                node,
+                extensions: Arc::new(self.extensions),
+                on_connect: self.on_connect,
+                on_disconnect: self.on_disconnect,
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                connections: AtomicUsize::new(0),
+            }),
+        }
+    }
+}
+
+impl Server {
+    /// A builder with an empty router and default configuration.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            router: Router::new(),
+            config: EndpointConfig::default(),
+            node: None,
+            extensions: http::Extensions::new(),
+            on_connect: None,
+            on_disconnect: None,
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// The endpoint configuration.
+    pub fn config(&self) -> &EndpointConfig {
+        &self.inner.config
+    }
+
+    /// How many connections are open.
+    pub fn connection_count(&self) -> usize {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    /// An axum router serving the WebSocket endpoint at `path`; merge it into your app.
+    pub fn route(&self, path: &str) -> axum::Router {
+        axum::Router::new()
+            .route(path, get(upgrade_handler))
+            .with_state(self.clone())
+    }
+
+    /// Upgrades one HTTP request to a plexus connection; for use from your own axum handler.
+    pub async fn upgrade(&self, request: Request) -> Response {
+        if self.inner.shutdown.is_cancelled() {
+            return (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down").into_response();
+        }
+        let (mut parts, _body) = request.into_parts();
+        let offered = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let chosen = offered
+            .as_deref()
+            .and_then(|list| Codec::negotiate(Some(list)));
+        let upgrade = match yawc::IncomingUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(upgrade) => upgrade,
+            Err(status) => {
+                return (status, "expected a WebSocket upgrade request").into_response();
+            }
+        };
+        let (mut response, fut) = match upgrade.upgrade(self.inner.config.ws_options()) {
+            Ok(pair) => pair,
+            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        };
+        if let Some(codec) = chosen {
+            response.headers_mut().insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(codec.subprotocol()),
+            );
+        }
+        let accepted = Accepted {
+            codec: chosen.unwrap_or(Codec::Json),
+            remote: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0),
+            query: parts.uri.query().map(str::to_owned),
+            headers: std::mem::take(&mut parts.headers),
+            principal: Principal::anonymous(),
+        };
+        let inner = self.inner.clone();
+        self.inner.tasks.spawn(async move {
+            match fut.await {
+                Ok(ws) => conn::run(ws, inner, accepted).await,
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+        response.map(axum::body::Body::new)
+    }
+
+    /// Starts a graceful shutdown: new upgrades get 503, calls in flight may finish up to
+    /// the drain timeout, then every connection is closed with 1001.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Completes once every connection has ended after [`Server::shutdown`].
+    pub async fn wait_closed(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    /// Serves `app` (which should include [`Server::route`]) on `listener` until `signal`
+    /// completes, then shuts down gracefully: stop accepting, let calls in flight finish up
+    /// to the drain timeout, close every connection with 1001, and return.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        app: axum::Router,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let token = self.inner.shutdown.clone();
+        let server = self.clone();
+        tokio::spawn(async move {
+            signal.await;
+            server.shutdown();
+        });
+        let stop_accepting = token.clone();
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
+        .await?;
+        // Connections get the drain timeout plus time for their close handshakes.
+        let deadline = self.inner.config.limits.drain_timeout + Duration::from_secs(3);
+        if tokio::time::timeout(deadline, self.wait_closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close in time");
+        }
+        Ok(())
+    }
+}
+
+async fn upgrade_handler(State(server): State<Server>, request: Request) -> Response {
+    server.upgrade(request).await
+}

@@ -1,6 +1,8 @@
 //! A plain WebSocket echo endpoint on the same WebSocket layer and settings as the protocol
 //! endpoint, for conformance testing (the Autobahn suite) of that layer.
 
+use std::time::Duration;
+
 use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -37,12 +39,28 @@ async fn echo(request: Request, options: yawc::Options) -> Response {
     };
     tokio::spawn(async move {
         let Ok(mut ws) = fut.await else { return };
-        // Keep reading until the socket ends: yawc writes its close reply on a read poll.
         while let Ok(frame) = ws.next_frame().await {
-            if matches!(frame.opcode(), OpCode::Text | OpCode::Binary)
-                && ws.send(frame).await.is_err()
-            {
-                break;
+            match frame.opcode() {
+                OpCode::Text | OpCode::Binary => {
+                    if ws.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+                OpCode::Close => {
+                    // yawc has queued its close reply: write it, then drop the TCP connection
+                    // ourselves, as the server should (RFC 6455, 7.1.1). An oversized close
+                    // frame is a protocol error that yawc would echo: just drop the connection.
+                    if frame.payload().len() > crate::conn::MAX_CONTROL_PAYLOAD {
+                        break;
+                    }
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        crate::conn::write_close_reply(&mut ws),
+                    )
+                    .await;
+                    break;
+                }
+                _ => {}
             }
         }
     });

@@ -6,4 +6,4 @@ mod task;
 pub use handle::{ClientStream, ConnectionHandle};
 pub(crate) use handle::{ConnShared, Outbound, Pending};
 pub use task::DisconnectReason;
-pub(crate) use task::{Accepted, run};
+pub(crate) use task::{Accepted, MAX_CONTROL_PAYLOAD, run, write_close_reply};

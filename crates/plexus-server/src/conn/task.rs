@@ -63,6 +63,8 @@ struct InFlight {
 /// Granted credit beyond this is ignored (it would mean "unlimited" anyway) so that no
 /// sequence of `credit` frames can overflow the semaphore.
 const MAX_CREDIT: usize = 1 << 30;
+/// Control frames carry at most 125 bytes (RFC 6455, 5.5).
+pub(crate) const MAX_CONTROL_PAYLOAD: usize = 125;
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Frames written in one batch before the writer flushes and looks at the socket again.
@@ -365,11 +367,16 @@ where
             OpCode::Binary => true,
             OpCode::Close => {
                 let code = frame.close_code().map(u16::from);
-                // yawc answers the close on the next poll; read until the socket ends.
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                    while self.ws.next_frame().await.is_ok() {}
-                })
-                .await;
+                if frame.payload().len() > MAX_CONTROL_PAYLOAD {
+                    // A protocol error that yawc would echo back: drop the connection instead.
+                    return Step::Ended(DisconnectReason::ServerClosed(
+                        CloseCode::PROTOCOL_ERROR,
+                        "oversized close frame",
+                    ));
+                }
+                // yawc has queued its close reply: write it, then drop the TCP connection
+                // ourselves, as the server should (RFC 6455, 7.1.1).
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, write_close_reply(&mut self.ws)).await;
                 return Step::Ended(DisconnectReason::ClientClosed(code));
             }
             _ => return Step::Continue,
@@ -797,7 +804,7 @@ where
     }
 }
 
-/// Runs a stream handler: waits for credit, sends items, and returns the final frame.
+/// Runs a stream handler: sends each item once credit allows, and returns the final frame.
 async fn pump(
     start: BoxFuture<Result<crate::rpc::handler::BoxStream<Reply>, ErrorBody>>,
     codec: Codec,
@@ -816,14 +823,16 @@ async fn pump(
         }
     };
     loop {
-        if let Some(credit) = &credit {
-            match credit.acquire().await {
-                Ok(permit) => permit.forget(),
-                Err(_) => return Frame::End { id },
-            }
-        }
         match stream.next().await {
             Some(Ok(data)) => {
+                // Credit counts items only: take it for an item in hand, so that `end` (or
+                // `err`) never waits for credit once the last granted item has gone out.
+                if let Some(credit) = &credit {
+                    match credit.acquire().await {
+                        Ok(permit) => permit.forget(),
+                        Err(_) => return Frame::End { id },
+                    }
+                }
                 let Ok(bytes) = codec.encode(&Frame::Item { id, data }) else {
                     return Frame::Err {
                         id: Some(id),
@@ -898,6 +907,16 @@ fn poll_once<T>(future: &mut BoxFuture<Result<T, ErrorBody>>) -> Option<Result<T
         Some(Poll::Pending) => None,
         None => Some(Err(panicked())),
     }
+}
+
+/// Writes the close reply yawc queued when it read the peer's close. yawc writes such
+/// replies from `poll_ready` (or the next read), not from `flush`.
+pub(crate) async fn write_close_reply<S>(ws: &mut WebSocket<S>) -> Result<(), yawc::WebSocketError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    std::future::poll_fn(|cx| ws.poll_ready_unpin(cx)).await?;
+    ws.flush().await
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -1,0 +1,11 @@
+# Server spec for ../shared/bench (copied into its servers/ folder by bench/run.sh).
+# plexus serve with its built-in methods: the RPC case calls sys.echo.
+DESC="plexus 0.1 (release build), plexus serve, sys.echo, compression off"
+SERVER_CMD=("$PLEXUS_TARGET/release/plexus" serve --listen '127.0.0.1:{port}' --compression off)
+SERVER_ENV=(RUST_LOG=warn)
+URL_PATH='/ws'
+HANDSHAKE=('expect:"welcome"')
+SCENARIOS='rpc conns'
+RPC_REQUEST='{"t":"req","id":{seq},"m":"sys.echo","d":{"ts":{ts},"pad":"{pad}"}}'
+RPC_REPLY_CONTAINS='"id":{seq},'
+setup() { (cd "$PLEXUS_ROOT" && CARGO_TARGET_DIR="$PLEXUS_TARGET" cargo build --release -q -p plexus --bin plexus); }

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# wscat against a real `plexus serve`, used as a person would: connect with no subprotocol,
+# wait for `welcome`, type a JSON request, expect its `res`; then a stream.
+# Usage: scripts/wscat-smoke.sh PATH/TO/plexus
+# Prints "wscat: N passed, N failed"; exit 1 on failures, 2 on setup errors.
+set -uo pipefail
+bin=${1:?usage: wscat-smoke.sh PATH/TO/plexus}
+tools=${PLEXUS_TOOLS_DIR:-${TMPDIR:-/tmp}/plexus-tools}
+wscat=${WSCAT:-$(command -v wscat || true)}
+if [ -z "$wscat" ]; then
+  wscat=$tools/wscat/node_modules/.bin/wscat
+  if [ ! -x "$wscat" ]; then
+    mkdir -p "$tools/wscat"
+    npm install --prefix "$tools/wscat" --no-save --no-audit --no-fund wscat@6 >/dev/null 2>&1 \
+      || { echo "wscat-smoke: npm install wscat failed" >&2; exit 2; }
+  fi
+fi
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+log=$(mktemp)
+"$bin" serve --listen "127.0.0.1:$port" >"$log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$log"' EXIT
+for _ in $(seq 100); do grep -q "listening" "$log" && break; sleep 0.1; done
+grep -q "listening" "$log" || { echo "wscat-smoke: server did not start" >&2; cat "$log" >&2; exit 2; }
+
+passed=0; failed=0
+# Reads wscat's output until a line contains $1 (at most 10 s); prints that line.
+await_line() {
+  local line
+  while IFS= read -t 10 -r line <&"${WS[0]}"; do
+    case "$line" in *"$1"*) printf '%s\n' "$line"; return 0 ;; esac
+  done
+  return 1
+}
+check() { # name, got-line, expected substring
+  if [[ "$2" == *"$3"* ]]; then passed=$((passed+1)); echo "ok   $1"
+  else failed=$((failed+1)); echo "FAIL $1: expected $3, got: ${2:-<nothing>}"; fi
+}
+
+coproc WS { exec "$wscat" --no-color -c "ws://127.0.0.1:$port/ws" 2>&1; }
+welcome=$(await_line '"t":"welcome"') || true
+check "welcome on connect" "$welcome" '"heartbeat":25000'
+echo '{"t":"req","id":1,"m":"sys.echo","d":{"typed":"by a person","n":[1,2,3]}}' >&"${WS[1]}"
+res=$(await_line '"id":1') || true
+check "sys.echo answered" "$res" '{"t":"res","id":1,"d":{"typed":"by a person","n":[1,2,3]}}'
+echo '{"t":"sub","id":2,"m":"sys.count","d":{"n":3}}' >&"${WS[1]}"
+end=$(await_line '"t":"end"') || true
+check "sys.count stream ends" "$end" '{"t":"end","id":2}'
+echo 'this is not json' >&"${WS[1]}"
+bad=$(await_line 'BAD_FRAME') || true
+check "typo answered with BAD_FRAME" "$bad" '"code":"BAD_FRAME"'
+kill "$WS_PID" 2>/dev/null; wait "$WS_PID" 2>/dev/null
+
+echo "wscat: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -61,7 +61,8 @@ impl Payload {
     pub fn from_raw_checked(codec: Codec, raw: Bytes) -> Result<Self, PayloadError> {
         let ok = match codec {
             Codec::Json => {
-                serde_json::from_slice::<serde::de::IgnoredAny>(&raw).is_ok() && json::nesting_ok(&raw)
+                serde_json::from_slice::<serde::de::IgnoredAny>(&raw).is_ok()
+                    && json::nesting_ok(&raw)
             }
             Codec::MsgPack => msgpack::value_len(&raw) == Some(raw.len()),
         };

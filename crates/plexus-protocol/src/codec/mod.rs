@@ -179,7 +179,16 @@ fn fields_of(frame: &Frame) -> Fields<'_> {
             None,
             None,
         ],
-        Frame::Reject { error } => [t, Some(("e", Error(error))), None, None, None, None, None, None],
+        Frame::Reject { error } => [
+            t,
+            Some(("e", Error(error))),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        ],
         Frame::Req {
             id: i,
             method,
@@ -322,8 +331,10 @@ impl RawFrame<'_> {
         let method = || require(self.m.as_deref(), tag, "m").map(str::to_owned);
         let channel = || require(self.ch.as_deref(), tag, "ch").map(str::to_owned);
         let small = |key: &str, n: Option<u64>| -> Result<Option<u32>, DecodeError> {
-            n.map(|n| u32::try_from(n).map_err(|_| DecodeError::new(format!("`{key}` is too large"))))
-                .transpose()
+            n.map(|n| {
+                u32::try_from(n).map_err(|_| DecodeError::new(format!("`{key}` is too large")))
+            })
+            .transpose()
         };
         let frame = match tag {
             "req" => Frame::Req {

@@ -122,7 +122,11 @@ impl<'a> Reader<'a> {
             0xdd => (0, self.be(4)?),
             0xde => (0, 2 * self.be(2)?),
             0xdf => (0, 2 * self.be(4)?),
-            0xc1 => return Err(DecodeError::new("not valid MessagePack: reserved byte 0xc1")),
+            0xc1 => {
+                return Err(DecodeError::new(
+                    "not valid MessagePack: reserved byte 0xc1",
+                ));
+            }
         };
         self.take(usize::try_from(data).map_err(|_| truncated())?)?;
         for _ in 0..items {
@@ -262,7 +266,9 @@ fn read_frame<'a>(r: &mut Reader<'a>, input: &Bytes) -> Res<RawFrame<'a>> {
         seen |= 1 << bit;
         let s = |r: &mut Reader<'a>| opt(r, |r| r.str().map(Cow::Borrowed));
         let u = |r: &mut Reader<'a>| opt(r, |r| r.uint());
-        let v = |r: &mut Reader<'a>| opt(r, |r| r.value(1)).map(|raw| raw.map(|raw| payload(input, raw)));
+        let v = |r: &mut Reader<'a>| {
+            opt(r, |r| r.value(1)).map(|raw| raw.map(|raw| payload(input, raw)))
+        };
         match bit {
             0 => f.t = s(r)?,
             1 => f.id = u(r)?,

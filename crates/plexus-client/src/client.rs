@@ -1,0 +1,294 @@
+//! [`Client`] and [`connect`].
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use plexus_protocol::{Codec, ErrorBody, Frame, Payload};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::conn;
+use crate::error::{CallError, ConnectError};
+use crate::options::{CallOptions, ClientOptions, StreamOptions};
+use crate::state::{Inner, Waiter};
+use crate::stream::CallStream;
+
+/// The state of the client's connection, as seen through [`Client::status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Status {
+    /// Opening the first session.
+    Connecting,
+    /// A session is open: calls go out at once.
+    Connected,
+    /// The session dropped; reconnecting with backoff. Notifications and retryable calls
+    /// wait in the offline queue.
+    Reconnecting,
+    /// Done: closed by [`Client::close`], by a close code that forbids reconnecting
+    /// (1008, 4000, 4001, 4003), or after `max_attempts` failed attempts. Final.
+    Closed,
+}
+
+/// Connects to a plexus endpoint (`ws://host:port/ws`) and resolves once the first session
+/// is open (`welcome` received).
+///
+/// With [`ReconnectOptions::max_attempts`](crate::ReconnectOptions::max_attempts) set to
+/// `Some(n)`, the first connection is tried up to `n` times with backoff before this fails;
+/// with `None` (the default) it fails on the first failed attempt, and only later drops are
+/// retried forever. An authentication failure (HTTP 401/403, `reject`) is never retried.
+///
+/// Must be called within a Tokio runtime: the connection runs on a spawned task.
+pub async fn connect(url: &str, options: ClientOptions) -> Result<Client, ConnectError> {
+    let url = Url::parse(url).map_err(|e| ConnectError::InvalidUrl(e.to_string()))?;
+    if !matches!(url.scheme(), "ws" | "wss") {
+        return Err(ConnectError::InvalidUrl(format!(
+            "scheme must be ws or wss, not `{}`",
+            url.scheme()
+        )));
+    }
+    let inner = Inner::new(url, options);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let task_inner = inner.clone();
+    tokio::spawn(async move {
+        // Should the connection task ever panic, calls still end and the status says so.
+        let run = AssertUnwindSafe(conn::run(task_inner.clone(), ready_tx));
+        if run.catch_unwind().await.is_err() {
+            tracing::error!("plexus client connection task panicked");
+            task_inner.finish();
+        }
+    });
+    let client = Client {
+        inner: inner.clone(),
+        _life: Arc::new(Lifeline(inner.shutdown.clone())),
+    };
+    match ready_rx.await {
+        Ok(Ok(())) => Ok(client),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(ConnectError::Aborted),
+    }
+}
+
+/// Stops the connection task when the last [`Client`] clone is dropped.
+struct Lifeline(CancellationToken);
+
+impl Drop for Lifeline {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// A reconnecting plexus client. Cheap to clone; all clones share one connection, which
+/// closes when the last clone is dropped (or on [`Client::close`]).
+///
+/// Calls made while the connection is down fail at once with `UNAVAILABLE`, unless they
+/// are notifications or marked retryable: those wait in the offline queue and go out, in
+/// order, right after the next `welcome`.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    _life: Arc<Lifeline>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.inner.url.as_str())
+            .field("status", &*self.inner.status.borrow())
+            .field("conn_id", &self.conn_id())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Calls `method` with `params` and decodes the result, with the default deadline.
+    pub async fn request<P, R>(&self, method: &str, params: &P) -> Result<R, CallError>
+    where
+        P: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.request_with(method, params, CallOptions::default())
+            .await
+    }
+
+    /// Calls `method` with `params` and call options (deadline, retryable).
+    pub async fn request_with<P, R>(
+        &self,
+        method: &str,
+        params: &P,
+        options: CallOptions,
+    ) -> Result<R, CallError>
+    where
+        P: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let params = Payload::encode(self.inner.codec(), params).map_err(CallError::encode)?;
+        let result = self.request_raw_with(method, params, options).await?;
+        result.decode().map_err(|e| CallError::decode(&e))
+    }
+
+    /// Calls `method` with already-encoded params; the result stays encoded.
+    pub async fn request_raw(&self, method: &str, params: Payload) -> Result<Payload, CallError> {
+        self.request_raw_with(method, params, CallOptions::default())
+            .await
+    }
+
+    /// Calls `method` with already-encoded params and call options.
+    ///
+    /// On timeout the call fails with `TIMEOUT` and a `cancel` frame is sent for it.
+    pub async fn request_raw_with(
+        &self,
+        method: &str,
+        params: Payload,
+        options: CallOptions,
+    ) -> Result<Payload, CallError> {
+        let id = self.inner.next_id();
+        let bytes = self.inner.encode(&Frame::Req {
+            id,
+            method: method.to_owned(),
+            data: params,
+        })?;
+        let deadline = options.timeout.unwrap_or(self.inner.options.call_timeout);
+        let (tx, rx) = oneshot::channel();
+        let call = async {
+            let mut guard = self
+                .inner
+                .start_call(id, bytes, Waiter::Request(tx), options.retryable)
+                .await?;
+            let result = rx.await;
+            guard.disarm();
+            result.unwrap_or_else(|_| Err(CallError::closed()))
+        };
+        // On timeout the future (and its guard) is dropped: the call is forgotten and
+        // cancelled.
+        match tokio::time::timeout(deadline, call).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::timeout()),
+        }
+    }
+
+    /// Sends a notification. While disconnected it waits in the offline queue; when the
+    /// queue is full this fails at once with [`CallErrorKind::QueueFull`](crate::CallErrorKind::QueueFull).
+    pub async fn notify<P>(&self, method: &str, params: &P) -> Result<(), CallError>
+    where
+        P: Serialize + ?Sized,
+    {
+        let params = Payload::encode(self.inner.codec(), params).map_err(CallError::encode)?;
+        self.notify_raw(method, params).await
+    }
+
+    /// Sends a notification with already-encoded params.
+    pub async fn notify_raw(&self, method: &str, params: Payload) -> Result<(), CallError> {
+        let bytes = self.inner.encode(&Frame::Ntf {
+            method: method.to_owned(),
+            data: params,
+        })?;
+        self.inner.send_notification(bytes).await
+    }
+
+    /// Opens a stream: `sub` for `method`, items decoded as `T`.
+    pub async fn stream<P, T>(&self, method: &str, params: &P) -> Result<CallStream<T>, CallError>
+    where
+        P: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        self.stream_with(method, params, StreamOptions::default())
+            .await
+    }
+
+    /// Opens a stream with options (credit window, deadline, retryable).
+    pub async fn stream_with<P, T>(
+        &self,
+        method: &str,
+        params: &P,
+        options: StreamOptions,
+    ) -> Result<CallStream<T>, CallError>
+    where
+        P: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        let params = Payload::encode(self.inner.codec(), params).map_err(CallError::encode)?;
+        self.open_stream(method, params, options, |payload| {
+            payload.decode::<T>().map_err(|e| CallError::decode(&e))
+        })
+        .await
+    }
+
+    /// Opens a stream with already-encoded params; items stay encoded.
+    pub async fn stream_raw(
+        &self,
+        method: &str,
+        params: Payload,
+        options: StreamOptions,
+    ) -> Result<CallStream<Payload>, CallError> {
+        self.open_stream(method, params, options, Ok).await
+    }
+
+    async fn open_stream<T>(
+        &self,
+        method: &str,
+        params: Payload,
+        options: StreamOptions,
+        decode: fn(Payload) -> Result<T, CallError>,
+    ) -> Result<CallStream<T>, CallError> {
+        let id = self.inner.next_id();
+        let bytes = self.inner.encode(&Frame::Sub {
+            id,
+            method: method.to_owned(),
+            data: params,
+            credit: options.credit,
+        })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let deadline = options.timeout.map(|t| Box::pin(tokio::time::sleep(t)));
+        let guard = self
+            .inner
+            .start_call(id, bytes, Waiter::Stream(tx), options.retryable)
+            .await?;
+        Ok(CallStream::new(guard, rx, decode, deadline, options.credit))
+    }
+
+    /// The connection's state; `changed().await` on the receiver to follow transitions.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.inner.status.subscribe()
+    }
+
+    /// The connection id from the last `welcome`.
+    pub fn conn_id(&self) -> Option<String> {
+        self.inner.lock().conn_id.clone()
+    }
+
+    /// The codec of this client's connections.
+    pub fn codec(&self) -> Codec {
+        self.inner.codec()
+    }
+
+    /// Errors the server reported without a call id (`err` frames without `id`), also
+    /// logged at warn level. Only errors after subscribing are received.
+    pub fn errors(&self) -> broadcast::Receiver<ErrorBody> {
+        self.inner.errors.subscribe()
+    }
+
+    /// How many calls wait for an answer (in flight or in the offline queue). For
+    /// diagnostics: it drops back as calls finish, time out or are cancelled.
+    pub fn pending_calls(&self) -> usize {
+        self.inner.lock().pending.len()
+    }
+
+    /// Closes the connection with code 1000 and stops reconnecting; pending calls fail with
+    /// [`CallErrorKind::Closed`](crate::CallErrorKind::Closed). Resolves once the status is
+    /// [`Status::Closed`] (after at most a few seconds of waiting for the server's reply).
+    pub async fn close(&self) {
+        self.inner.shutdown.cancel();
+        let mut status = self.status();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            status.wait_for(|s| *s == Status::Closed),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,489 @@
+//! The connection task: the supervisor loop (connect, run a session, back off, reconnect)
+//! and the session loop, which owns the WebSocket.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, SinkExt};
+use http::header::{AUTHORIZATION, HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use plexus_protocol::{CloseCode, ErrorBody, ErrorCode, Frame};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep, sleep_until, timeout, timeout_at};
+use yawc::{OpCode, TcpWebSocket, WebSocketError};
+
+use crate::Status;
+use crate::error::ConnectError;
+use crate::handler::Incoming;
+use crate::options::ConnectRequest;
+use crate::state::{Inner, Link};
+
+/// Capacity of a connection's outbound queue of calls and notifications.
+const OUTBOUND_CAPACITY: usize = 256;
+/// Capacity of the queue of replies from handlers of the server's calls.
+const REPLY_CAPACITY: usize = 64;
+/// Frames written per batch before one flush.
+const WRITE_BATCH: usize = 64;
+/// The largest heartbeat interval taken from `welcome` (one day).
+const MAX_HEARTBEAT_MS: u64 = 86_400_000;
+/// A deadline that never comes (and cannot overflow `Instant`).
+const FAR: Duration = Duration::from_secs(86_400 * 365);
+/// How long a closing client waits for the server's Close reply.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// How a session ended.
+#[derive(Debug)]
+enum SessionEnd {
+    /// [`Client::close`](crate::Client::close) or the last client handle dropped.
+    Shutdown,
+    /// The server closed with this code (`None`: Close frame without code).
+    Closed(Option<u16>),
+    /// The socket failed, or went silent past heartbeat + grace.
+    Dropped,
+}
+
+/// An open session: the socket after `welcome`.
+struct Session {
+    ws: TcpWebSocket,
+    conn: String,
+    heartbeat: Option<Duration>,
+}
+
+/// The supervisor: runs until the client is closed or gives up. `ready` gets the outcome
+/// of the first connection.
+pub(crate) async fn run(inner: Arc<Inner>, ready: oneshot::Sender<Result<(), ConnectError>>) {
+    let mut ready = Some(ready);
+    let reconnect = inner.options.reconnect.clone();
+    let mut failures: u32 = 0;
+    let mut connected_once = false;
+    // Bounded by `max_attempts`, by `close()` and by terminal close codes.
+    'supervise: loop {
+        inner.status.send_replace(if connected_once {
+            Status::Reconnecting
+        } else {
+            Status::Connecting
+        });
+        let attempt = tokio::select! {
+            _ = inner.shutdown.cancelled() => break 'supervise,
+            attempt = establish(&inner, failures) => attempt,
+        };
+        match attempt {
+            Ok(session) => {
+                connected_once = true;
+                let opened = Instant::now();
+                let end = run_session(&inner, session, &mut ready).await;
+                tracing::debug!(?end, "session ended");
+                // A session that dies at once counts as a failed attempt, so a server that
+                // accepts and drops is not hammered at the first backoff step.
+                failures = if opened.elapsed() < reconnect.max_delay {
+                    failures.saturating_add(1)
+                } else {
+                    0
+                };
+                match end {
+                    SessionEnd::Shutdown => break,
+                    SessionEnd::Closed(Some(code)) if !CloseCode(code).should_reconnect() => {
+                        tracing::warn!(code, "server closed the session; not reconnecting");
+                        break;
+                    }
+                    _ if !reconnect.enabled => break,
+                    _ => {}
+                }
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let give_up = error.is_fatal()
+                    || !reconnect.enabled
+                    || match reconnect.max_attempts {
+                        Some(max) => failures >= max,
+                        None => !connected_once,
+                    };
+                if give_up {
+                    tracing::warn!(error = %DisplayChain(&error), failures, "giving up connecting");
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(Err(error));
+                    }
+                    break;
+                }
+                tracing::debug!(error = %DisplayChain(&error), failures, "connection attempt failed");
+            }
+        }
+        let delay = reconnect.delay(failures);
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => break 'supervise,
+            _ = sleep(delay) => {}
+        }
+    }
+    inner.finish();
+    if let Some(ready) = ready.take() {
+        let _ = ready.send(Err(ConnectError::Aborted));
+    }
+}
+
+/// One connection attempt: hook, upgrade, `hello` if asked, `welcome`.
+async fn establish(inner: &Inner, attempt: u32) -> Result<Session, ConnectError> {
+    let options = &inner.options;
+    let mut req = ConnectRequest {
+        url: inner.url.clone(),
+        headers: options.headers.clone(),
+        token: options.token.clone(),
+        attempt,
+    };
+    if let Some(hook) = &options.before_connect {
+        hook(&mut req).await.map_err(ConnectError::Hook)?;
+    }
+    check_url(&req.url)?;
+
+    let mut request = http::Request::builder();
+    for (name, value) in &req.headers {
+        request = request.header(name, value);
+    }
+    request = request.header(
+        SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(options.codec.subprotocol()),
+    );
+    if !options.hello
+        && let Some(token) = &req.token
+    {
+        let value = HeaderValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| ConnectError::InvalidHeader("token is not a valid header value".into()))?;
+        request = request.header(AUTHORIZATION, value);
+    }
+
+    let limit = options.max_message_size.saturating_add(1);
+    let mut ws_options = yawc::Options::default()
+        .with_utf8()
+        .with_limits(limit, limit);
+    if options.compression {
+        ws_options = ws_options.with_balanced_compression();
+    }
+
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(options.connect_timeout)
+        .unwrap_or(now + FAR);
+    let connecting = yawc::WebSocket::connect(req.url.clone())
+        .with_options(ws_options)
+        .with_request(request);
+    let mut ws = match timeout_at(deadline, AssertUnwindSafe(connecting).catch_unwind()).await {
+        Err(_) => return Err(ConnectError::Timeout),
+        Ok(Err(_)) => {
+            return Err(ConnectError::Protocol(
+                "websocket handshake panicked".into(),
+            ));
+        }
+        Ok(Ok(Err(WebSocketError::InvalidStatusCode(status)))) => {
+            return Err(ConnectError::Http(status));
+        }
+        Ok(Ok(Err(WebSocketError::Redirected { status_code, .. }))) => {
+            return Err(ConnectError::Http(status_code));
+        }
+        Ok(Ok(Err(e))) => return Err(ConnectError::Transport(Box::new(e))),
+        Ok(Ok(Ok(ws))) => ws,
+    };
+
+    let codec = options.codec;
+    if options.hello {
+        let hello = Frame::Hello {
+            token: req.token.clone(),
+            data: None,
+        };
+        let bytes = codec
+            .encode(&hello)
+            .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+        match timeout_at(deadline, ws.send(ws_frame(codec.is_binary(), bytes))).await {
+            Err(_) => return Err(ConnectError::Timeout),
+            Ok(Err(e)) => return Err(ConnectError::Transport(Box::new(e))),
+            Ok(Ok(())) => {}
+        }
+    }
+
+    let mut close_code = None;
+    // Bounded by the connect deadline.
+    loop {
+        let frame = match timeout_at(deadline, ws.next_frame()).await {
+            Err(_) => return Err(ConnectError::Timeout),
+            Ok(Err(_)) if close_code.is_some() => return Err(ConnectError::Closed(close_code)),
+            Ok(Err(WebSocketError::ConnectionClosed)) => return Err(ConnectError::Closed(None)),
+            Ok(Err(e)) => return Err(ConnectError::Transport(Box::new(e))),
+            Ok(Ok(frame)) => frame,
+        };
+        match frame.opcode() {
+            OpCode::Text | OpCode::Binary => {}
+            OpCode::Close => {
+                close_code = Some(frame.close_code().map(u16::from).unwrap_or(1005));
+                continue;
+            }
+            _ => continue,
+        }
+        match codec.decode(frame.into_payload()) {
+            Ok(Frame::Welcome {
+                conn, heartbeat, ..
+            }) => {
+                // Capped so that deadline arithmetic cannot overflow on a hostile value.
+                let heartbeat =
+                    (heartbeat > 0).then(|| Duration::from_millis(heartbeat.min(MAX_HEARTBEAT_MS)));
+                return Ok(Session {
+                    ws,
+                    conn,
+                    heartbeat,
+                });
+            }
+            Ok(Frame::Reject { error }) => return Err(ConnectError::Rejected(error)),
+            Ok(Frame::Err { id: None, error }) => report_error(inner, error),
+            Ok(other) => tracing::debug!(t = other.tag(), "frame before welcome ignored"),
+            Err(e) => {
+                return Err(ConnectError::Protocol(format!(
+                    "bad frame before welcome: {e}"
+                )));
+            }
+        }
+    }
+}
+
+fn check_url(url: &url::Url) -> Result<(), ConnectError> {
+    if !matches!(url.scheme(), "ws" | "wss") {
+        return Err(ConnectError::InvalidUrl(format!(
+            "scheme must be ws or wss, not `{}`",
+            url.scheme()
+        )));
+    }
+    if url.host().is_none() {
+        return Err(ConnectError::InvalidUrl("the url has no host".into()));
+    }
+    // yawc builds the request target from the URL and would panic on one `http` refuses.
+    if http::Uri::try_from(&url[url::Position::BeforePath..]).is_err() {
+        return Err(ConnectError::InvalidUrl(
+            "path and query are not a valid request target".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn ws_frame(binary: bool, bytes: Bytes) -> yawc::Frame {
+    if binary {
+        yawc::Frame::binary(bytes)
+    } else {
+        yawc::Frame::text(bytes)
+    }
+}
+
+fn report_error(inner: &Inner, error: ErrorBody) {
+    tracing::warn!(code = %error.code, message = %error.message, "server reported an error");
+    let _ = inner.errors.send(error);
+}
+
+/// Runs one session until it ends; cleans up the link and the server's calls after it.
+async fn run_session(
+    inner: &Arc<Inner>,
+    session: Session,
+    ready: &mut Option<oneshot::Sender<Result<(), ConnectError>>>,
+) -> SessionEnd {
+    let Session {
+        mut ws,
+        conn,
+        heartbeat,
+    } = session;
+    let (out_tx, mut out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+    let (reply_tx, mut reply_rx) = mpsc::channel(REPLY_CAPACITY);
+    let mut incoming = Incoming::new(inner.options.handlers.clone(), reply_tx);
+    let flush = inner.install_link(
+        Link {
+            out: out_tx,
+            control: control_tx,
+        },
+        conn.clone(),
+    );
+    tracing::debug!(conn = %conn, queued = flush.len(), "session open");
+    inner.status.send_replace(Status::Connected);
+    if let Some(ready) = ready.take() {
+        let _ = ready.send(Ok(()));
+    }
+
+    let codec = inner.codec();
+    let binary = codec.is_binary();
+    let idle = heartbeat.map(|h| h.saturating_add(inner.options.heartbeat_grace).min(FAR));
+    let write_limit = idle.unwrap_or(inner.options.connect_timeout);
+    let mut last_seen = Instant::now();
+    let watchdog = sleep_until(last_seen + idle.unwrap_or(FAR));
+    tokio::pin!(watchdog);
+    let mut close_code: Option<u16> = None;
+    let mut batch: Vec<Bytes> = flush;
+
+    let end = 'session: loop {
+        if !batch.is_empty() {
+            let frames = batch
+                .drain(..)
+                .map(|bytes| Ok::<_, WebSocketError>(ws_frame(binary, bytes)));
+            let mut frames = futures_util::stream::iter(frames);
+            match timeout(write_limit, ws.send_all(&mut frames)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    if close_code.is_none() {
+                        tracing::debug!("write failed: {e}");
+                    }
+                    break 'session match close_code {
+                        Some(code) => SessionEnd::Closed(Some(code)),
+                        None => SessionEnd::Dropped,
+                    };
+                }
+                Err(_) => {
+                    tracing::warn!("write stalled; dropping the connection");
+                    break 'session SessionEnd::Dropped;
+                }
+            }
+        }
+        // Unbiased: a server flooding frames must not starve writes or the watchdog.
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => {
+                close_gracefully(&mut ws).await;
+                break 'session SessionEnd::Shutdown;
+            }
+            frame = ws.next_frame() => {
+                let frame = match frame {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        if close_code.is_none() {
+                            tracing::debug!("socket ended: {e}");
+                        }
+                        break 'session match close_code {
+                            Some(code) => SessionEnd::Closed(Some(code)),
+                            None => SessionEnd::Dropped,
+                        };
+                    }
+                };
+                last_seen = Instant::now();
+                match frame.opcode() {
+                    OpCode::Text | OpCode::Binary => {}
+                    OpCode::Close => {
+                        // yawc queues the Close reply and writes it on the next read poll,
+                        // which then reports the end of the connection: keep polling.
+                        close_code = Some(frame.close_code().map(u16::from).unwrap_or(1005));
+                        continue 'session;
+                    }
+                    _ => continue 'session,
+                }
+                let frame = match codec.decode(frame.into_payload()) {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        tracing::warn!(id = ?e.id(), "undecodable frame from server: {e}");
+                        let error = Frame::Err {
+                            id: None,
+                            error: ErrorBody::new(ErrorCode::BAD_FRAME, e.message().to_owned()),
+                        };
+                        if let Ok(bytes) = codec.encode(&error) {
+                            batch.push(bytes);
+                        }
+                        continue 'session;
+                    }
+                };
+                if let Some(reply) = dispatch(inner, &mut incoming, frame)
+                    && let Ok(bytes) = codec.encode(&reply)
+                {
+                    batch.push(bytes);
+                }
+            }
+            Some(item) = out_rx.recv() => {
+                batch.push(item.bytes);
+                while batch.len() < WRITE_BATCH {
+                    match out_rx.try_recv() {
+                        Ok(item) => batch.push(item.bytes),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Some(bytes) = control_rx.recv() => batch.push(bytes),
+            Some(reply) = reply_rx.recv() => {
+                if incoming.admit(&reply) {
+                    match codec.encode(&reply) {
+                        Ok(bytes) => batch.push(bytes),
+                        Err(e) => {
+                            tracing::warn!("cannot encode handler reply: {e}");
+                            if let Some(id) = reply.id() {
+                                let error = Frame::Err {
+                                    id: Some(id),
+                                    error: ErrorBody::new(ErrorCode::INTERNAL, "cannot encode reply"),
+                                };
+                                incoming.cancel(id);
+                                if let Ok(bytes) = codec.encode(&error) {
+                                    batch.push(bytes);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            _ = &mut watchdog, if idle.is_some() => {
+                let idle = idle.unwrap_or(FAR);
+                let due = last_seen + idle;
+                if Instant::now() >= due {
+                    tracing::warn!(?idle, "no traffic from the server; reconnecting");
+                    break 'session SessionEnd::Dropped;
+                }
+                watchdog.as_mut().reset(due);
+            }
+        }
+    };
+
+    incoming.abort_all();
+    inner.drop_link(&mut out_rx);
+    end
+}
+
+/// Handles one frame from the server; returns a frame to answer with at once, if any.
+fn dispatch(inner: &Inner, incoming: &mut Incoming, frame: Frame) -> Option<Frame> {
+    match frame {
+        Frame::Res { id, data } => inner.on_result(id, data),
+        Frame::Err {
+            id: Some(id),
+            error,
+        } => inner.on_error(id, error),
+        Frame::Err { id: None, error } => report_error(inner, error),
+        Frame::Item { id, data } => inner.on_item(id, data),
+        Frame::End { id } => inner.on_end(id),
+        Frame::Req { id, method, data } => return incoming.request(id, &method, data),
+        Frame::Sub {
+            id,
+            method,
+            data,
+            credit,
+        } => return incoming.stream(id, &method, data, credit),
+        Frame::Ntf { method, data } => incoming.notify(&method, data),
+        Frame::Cancel { id } => incoming.cancel(id),
+        Frame::Credit { id, n } => incoming.credit(id, n),
+        Frame::Ping => return Some(Frame::Pong),
+        Frame::Pong => {}
+        other => tracing::debug!(t = other.tag(), "frame not handled by this client"),
+    }
+    None
+}
+
+/// Sends Close 1000 and reads until the server's reply ends the connection (bounded).
+async fn close_gracefully(ws: &mut TcpWebSocket) {
+    let close = yawc::Frame::close(yawc::close::CloseCode::Normal, b"");
+    if timeout(CLOSE_WAIT, ws.send(close)).await.is_err() {
+        return;
+    }
+    let _ = timeout(CLOSE_WAIT, async {
+        // Ends when the server's Close reply (or EOF) ends the stream; bounded by the timeout.
+        while ws.next_frame().await.is_ok() {}
+    })
+    .await;
+}
+
+/// Displays an error with its sources, `a: b: c`.
+struct DisplayChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}

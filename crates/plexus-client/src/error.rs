@@ -1,0 +1,278 @@
+//! The client's two error types: [`CallError`] for calls, [`ConnectError`] for sessions.
+//!
+//! Wire errors (`err` frames) and client-side failures meet here, in one place: every
+//! [`CallError`] has a wire [`ErrorCode`], so code that branches on codes works the same
+//! whether the server or the client gave up.
+
+use std::fmt;
+
+use plexus_protocol::{Codec, ErrorBody, ErrorCode, Payload, PayloadError};
+
+/// A boxed error, as returned by hooks.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What caused a [`CallError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CallErrorKind {
+    /// The server answered with an `err` frame; code, message and data are the server's.
+    Remote,
+    /// The call's deadline passed (code `TIMEOUT`); a `cancel` was sent for it.
+    Timeout,
+    /// The connection is down or dropped while the call was in flight (code `UNAVAILABLE`).
+    Unavailable,
+    /// The offline queue is full (code `RATE_LIMITED`); nothing was queued.
+    QueueFull,
+    /// The client was closed, by [`Client::close`](crate::Client::close) or by a close
+    /// code that forbids reconnecting (code `UNAVAILABLE`).
+    Closed,
+    /// The params could not be encoded, or the frame is larger than the message size limit
+    /// (code `VALIDATION_ERROR` or `TOO_LARGE`).
+    Encode,
+    /// The result (or a stream item) did not fit the expected type (code
+    /// `VALIDATION_ERROR`, with `{"path": ...}` as data).
+    Decode,
+}
+
+/// The failure of a call: a request, a notification or a stream.
+///
+/// One opaque type for every cause; branch on [`CallError::kind`] or on the wire
+/// [`CallError::code`], or use the predicates.
+#[derive(Clone)]
+pub struct CallError {
+    kind: CallErrorKind,
+    code: ErrorCode,
+    message: String,
+    data: Option<Payload>,
+}
+
+impl CallError {
+    pub(crate) fn remote(body: ErrorBody) -> Self {
+        Self {
+            kind: CallErrorKind::Remote,
+            code: body.code,
+            message: body.message,
+            data: body.data,
+        }
+    }
+
+    fn local(kind: CallErrorKind, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    pub(crate) fn timeout() -> Self {
+        Self::local(CallErrorKind::Timeout, ErrorCode::TIMEOUT, "call timed out")
+    }
+
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        Self::local(CallErrorKind::Unavailable, ErrorCode::UNAVAILABLE, message)
+    }
+
+    pub(crate) fn queue_full() -> Self {
+        Self::local(
+            CallErrorKind::QueueFull,
+            ErrorCode::RATE_LIMITED,
+            "offline queue is full",
+        )
+    }
+
+    pub(crate) fn closed() -> Self {
+        Self::local(
+            CallErrorKind::Closed,
+            ErrorCode::UNAVAILABLE,
+            "client is closed",
+        )
+    }
+
+    pub(crate) fn encode(message: impl fmt::Display) -> Self {
+        Self::local(
+            CallErrorKind::Encode,
+            ErrorCode::VALIDATION_ERROR,
+            format!("cannot encode params: {message}"),
+        )
+    }
+
+    pub(crate) fn too_large(len: usize, max: usize) -> Self {
+        Self::local(
+            CallErrorKind::Encode,
+            ErrorCode::TOO_LARGE,
+            format!("frame of {len} bytes exceeds the limit of {max} bytes"),
+        )
+    }
+
+    pub(crate) fn decode(error: &PayloadError) -> Self {
+        let data = Payload::encode(
+            Codec::Json,
+            &serde_json::json!({ "path": error.path(), "message": error.message() }),
+        )
+        .ok();
+        Self {
+            kind: CallErrorKind::Decode,
+            code: ErrorCode::VALIDATION_ERROR,
+            message: format!(
+                "cannot decode result at `{}`: {}",
+                error.path(),
+                error.message()
+            ),
+            data,
+        }
+    }
+
+    /// What caused the error.
+    pub fn kind(&self) -> CallErrorKind {
+        self.kind
+    }
+
+    /// The wire error code: the server's for [`CallErrorKind::Remote`], otherwise the code
+    /// that describes the client-side cause (`TIMEOUT`, `UNAVAILABLE`, `RATE_LIMITED`, ...).
+    pub fn code(&self) -> &ErrorCode {
+        &self.code
+    }
+
+    /// What went wrong, for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The error's details, if any (for `VALIDATION_ERROR`: `{"path": ...}`).
+    pub fn data(&self) -> Option<&Payload> {
+        self.data.as_ref()
+    }
+
+    /// Whether the server answered with this error (an `err` frame).
+    pub fn is_remote(&self) -> bool {
+        self.kind == CallErrorKind::Remote
+    }
+
+    /// Whether the call timed out, here or on the server (code `TIMEOUT`).
+    pub fn is_timeout(&self) -> bool {
+        self.code == ErrorCode::TIMEOUT
+    }
+
+    /// Whether the connection (or the server's peer) was not available: the client was
+    /// disconnected or closed, or the server answered `UNAVAILABLE`.
+    pub fn is_unavailable(&self) -> bool {
+        match self.kind {
+            CallErrorKind::Unavailable | CallErrorKind::Closed => true,
+            CallErrorKind::Remote => self.code == ErrorCode::UNAVAILABLE,
+            _ => false,
+        }
+    }
+
+    /// Whether the call was cancelled (code `CANCELLED`).
+    pub fn is_cancelled(&self) -> bool {
+        self.code == ErrorCode::CANCELLED
+    }
+
+    /// Whether the offline queue was full.
+    pub fn is_queue_full(&self) -> bool {
+        self.kind == CallErrorKind::QueueFull
+    }
+
+    /// The error as a wire error body, for example to pass a failure on from a handler.
+    pub fn to_error_body(&self) -> ErrorBody {
+        ErrorBody {
+            code: self.code.clone(),
+            message: self.message.clone(),
+            data: self.data.clone(),
+        }
+    }
+}
+
+impl From<CallError> for ErrorBody {
+    fn from(error: CallError) -> Self {
+        ErrorBody {
+            code: error.code,
+            message: error.message,
+            data: error.data,
+        }
+    }
+}
+
+impl fmt::Debug for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("CallError");
+        s.field("kind", &self.kind)
+            .field("code", &self.code)
+            .field("message", &self.message);
+        if let Some(data) = &self.data {
+            s.field("data", data);
+        }
+        s.finish()
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            CallErrorKind::Remote => write!(f, "server error {}: {}", self.code, self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// Why a session could not be opened.
+///
+/// [`connect`](crate::connect) returns the error of the last attempt. After the first
+/// session, connection errors are not returned to anyone: they are logged and the client
+/// goes on reconnecting (or goes [`Status::Closed`](crate::Status::Closed)).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The URL is not a `ws://` or `wss://` URL with a host.
+    #[error("invalid url: {0}")]
+    InvalidUrl(String),
+    /// A header (or the token as `Authorization` header) is not a valid header value.
+    #[error("invalid header: {0}")]
+    InvalidHeader(String),
+    /// The `before_connect` hook failed.
+    #[error("before_connect hook failed")]
+    Hook(#[source] BoxError),
+    /// The TCP connection, TLS or WebSocket handshake failed.
+    #[error("cannot connect")]
+    Transport(#[source] BoxError),
+    /// The server answered the upgrade with an HTTP status instead of switching protocols
+    /// (401 and 403 mean the credential was refused; the client does not retry those).
+    #[error("server refused the upgrade with http status {0}")]
+    Http(u16),
+    /// The server sent `reject` for the `hello` frame; the client does not retry this.
+    #[error("session rejected")]
+    Rejected(#[source] ErrorBody),
+    /// The server closed the socket before `welcome`.
+    #[error("connection closed before welcome{}", match .0 { Some(code) => format!(" (close code {code})"), None => String::new() })]
+    Closed(Option<u16>),
+    /// No `welcome` (or no upgrade) within the connect timeout.
+    #[error("timed out waiting for welcome")]
+    Timeout,
+    /// The server sent something that is not the plexus protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The client was closed or dropped while connecting.
+    #[error("client closed while connecting")]
+    Aborted,
+}
+
+impl ConnectError {
+    /// Whether another attempt would fail the same way, so reconnecting is pointless:
+    /// a bad URL or header, HTTP 401/403, `reject`, or a close code that forbids reconnecting.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            ConnectError::InvalidUrl(_)
+            | ConnectError::InvalidHeader(_)
+            | ConnectError::Rejected(_)
+            | ConnectError::Aborted => true,
+            ConnectError::Http(status) => matches!(status, 401 | 403),
+            ConnectError::Closed(Some(code)) => {
+                !plexus_protocol::CloseCode(*code).should_reconnect()
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Handlers for the server's calls to the client: requests, notifications, streams.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
+use plexus_protocol::{Codec, ErrorBody, ErrorCode, Frame, Payload};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::AbortHandle;
+
+pub(crate) type RequestFn =
+    Arc<dyn Fn(Payload) -> BoxFuture<'static, Result<Payload, ErrorBody>> + Send + Sync>;
+pub(crate) type NotifyFn = Arc<dyn Fn(Payload) -> BoxFuture<'static, ()> + Send + Sync>;
+pub(crate) type StreamFn =
+    Arc<dyn Fn(Payload) -> BoxStream<'static, Result<Payload, ErrorBody>> + Send + Sync>;
+
+/// The registered handlers, by method name.
+#[derive(Clone, Default)]
+pub(crate) struct Handlers {
+    pub(crate) requests: HashMap<String, RequestFn>,
+    pub(crate) notifications: HashMap<String, NotifyFn>,
+    pub(crate) streams: HashMap<String, StreamFn>,
+}
+
+impl fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handlers")
+            .field("requests", &self.requests.keys().collect::<Vec<_>>())
+            .field(
+                "notifications",
+                &self.notifications.keys().collect::<Vec<_>>(),
+            )
+            .field("streams", &self.streams.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Decodes a handler's params; a mismatch is a `VALIDATION_ERROR` naming the field.
+pub(crate) fn decode_params<P: DeserializeOwned>(payload: &Payload) -> Result<P, ErrorBody> {
+    payload.decode::<P>().map_err(|e| {
+        let body = ErrorBody::new(
+            ErrorCode::VALIDATION_ERROR,
+            format!("invalid params at `{}`: {}", e.path(), e.message()),
+        );
+        match Payload::encode(payload.codec(), &serde_json::json!({ "path": e.path() })) {
+            Ok(data) => body.with_data(data),
+            Err(_) => body,
+        }
+    })
+}
+
+/// Encodes a handler's result in the connection's codec.
+pub(crate) fn encode_result<R: Serialize>(codec: Codec, value: &R) -> Result<Payload, ErrorBody> {
+    Payload::encode(codec, value).map_err(|e| {
+        tracing::warn!("cannot encode handler result: {e}");
+        ErrorBody::new(ErrorCode::INTERNAL, "cannot encode result")
+    })
+}
+
+/// A call from the server that a handler is working on.
+pub(crate) struct IncomingCall {
+    abort: AbortHandle,
+    credit: Option<Arc<Semaphore>>,
+}
+
+/// The server's calls in flight on one connection, owned by the connection task.
+pub(crate) struct Incoming {
+    handlers: Handlers,
+    calls: HashMap<u64, IncomingCall>,
+    replies: mpsc::Sender<Frame>,
+}
+
+/// Credit beyond which further grants are ignored (keeps the semaphore far from its limit).
+const MAX_CREDIT: usize = 1 << 30;
+
+impl Incoming {
+    pub(crate) fn new(handlers: Handlers, replies: mpsc::Sender<Frame>) -> Self {
+        Self {
+            handlers,
+            calls: HashMap::new(),
+            replies,
+        }
+    }
+
+    /// Starts a handler for a `req`; returns a frame to send at once (e.g. `NOT_FOUND`).
+    pub(crate) fn request(&mut self, id: u64, method: &str, data: Payload) -> Option<Frame> {
+        if self.calls.contains_key(&id) {
+            tracing::warn!(id, "server reused the id of a call in flight; ignoring it");
+            return None;
+        }
+        let Some(handler) = self.handlers.requests.get(method) else {
+            return Some(not_found(id, method));
+        };
+        // The handler is user code: a panic, even while building the future, becomes an
+        // INTERNAL error for this call, not the end of the connection task.
+        let Ok(fut) = std::panic::catch_unwind(AssertUnwindSafe(|| handler(data))) else {
+            return Some(internal(id));
+        };
+        let replies = self.replies.clone();
+        let task = tokio::spawn(async move {
+            let frame = match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(Ok(data)) => Frame::Res { id, data },
+                Ok(Err(error)) => Frame::Err {
+                    id: Some(id),
+                    error,
+                },
+                Err(_) => internal(id),
+            };
+            let _ = replies.send(frame).await;
+        });
+        self.calls.insert(
+            id,
+            IncomingCall {
+                abort: task.abort_handle(),
+                credit: None,
+            },
+        );
+        None
+    }
+
+    /// Starts a handler for a `sub`; returns a frame to send at once (e.g. `NOT_FOUND`).
+    pub(crate) fn stream(
+        &mut self,
+        id: u64,
+        method: &str,
+        data: Payload,
+        credit: Option<u32>,
+    ) -> Option<Frame> {
+        if self.calls.contains_key(&id) {
+            tracing::warn!(id, "server reused the id of a call in flight; ignoring it");
+            return None;
+        }
+        let Some(handler) = self.handlers.streams.get(method) else {
+            return Some(not_found(id, method));
+        };
+        let semaphore = credit.map(|n| Arc::new(Semaphore::new((n as usize).min(MAX_CREDIT))));
+        let permits = semaphore.clone();
+        let handler = handler.clone();
+        let replies = self.replies.clone();
+        let task = tokio::spawn(async move {
+            let stream = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(data))) {
+                Ok(stream) => stream,
+                Err(_) => {
+                    let _ = replies.send(internal(id)).await;
+                    return;
+                }
+            };
+            let mut stream = AssertUnwindSafe(stream);
+            // Bounded by the stream itself: it ends on `end`, `err`, or the task's abort.
+            loop {
+                if let Some(permits) = &permits {
+                    match permits.acquire().await {
+                        Ok(permit) => permit.forget(),
+                        Err(_) => return,
+                    }
+                }
+                let frame = match AssertUnwindSafe(stream.next()).catch_unwind().await {
+                    Ok(Some(Ok(data))) => Frame::Item { id, data },
+                    Ok(Some(Err(error))) => Frame::Err {
+                        id: Some(id),
+                        error,
+                    },
+                    Ok(None) => Frame::End { id },
+                    Err(_) => internal(id),
+                };
+                let last = !matches!(frame, Frame::Item { .. });
+                if replies.send(frame).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        self.calls.insert(
+            id,
+            IncomingCall {
+                abort: task.abort_handle(),
+                credit: semaphore,
+            },
+        );
+        None
+    }
+
+    /// Runs a notification handler, detached.
+    pub(crate) fn notify(&self, method: &str, data: Payload) {
+        match self.handlers.notifications.get(method) {
+            Some(handler) => {
+                let Ok(fut) = std::panic::catch_unwind(AssertUnwindSafe(|| handler(data))) else {
+                    tracing::warn!(%method, "notification handler panicked");
+                    return;
+                };
+                let method = method.to_owned();
+                tokio::spawn(async move {
+                    if AssertUnwindSafe(fut).catch_unwind().await.is_err() {
+                        tracing::warn!(%method, "notification handler panicked");
+                    }
+                });
+            }
+            None => tracing::debug!(%method, "no handler for notification"),
+        }
+    }
+
+    /// The server cancelled call `id`: stop its handler.
+    pub(crate) fn cancel(&mut self, id: u64) {
+        if let Some(call) = self.calls.remove(&id) {
+            call.abort.abort();
+        }
+    }
+
+    /// The server granted `n` more items on stream `id`.
+    pub(crate) fn credit(&mut self, id: u64, n: u32) {
+        if let Some(semaphore) = self.calls.get(&id).and_then(|c| c.credit.as_ref())
+            && semaphore.available_permits() < MAX_CREDIT
+        {
+            semaphore.add_permits((n as usize).min(MAX_CREDIT));
+        }
+    }
+
+    /// Whether a handler's reply may go out; the last reply of a call forgets the call.
+    pub(crate) fn admit(&mut self, frame: &Frame) -> bool {
+        match frame {
+            Frame::Item { id, .. } => self.calls.contains_key(id),
+            Frame::Res { id, .. } | Frame::End { id } | Frame::Err { id: Some(id), .. } => {
+                self.calls.remove(id).is_some()
+            }
+            _ => true,
+        }
+    }
+
+    /// The connection ended: stop every handler.
+    pub(crate) fn abort_all(&mut self) {
+        for (_, call) in self.calls.drain() {
+            call.abort.abort();
+        }
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.abort_all();
+    }
+}
+
+fn not_found(id: u64, method: &str) -> Frame {
+    let shown: String = method.chars().take(64).collect();
+    Frame::Err {
+        id: Some(id),
+        error: ErrorBody::new(ErrorCode::NOT_FOUND, format!("no handler for `{shown}`")),
+    }
+}
+
+fn internal(id: u64) -> Frame {
+    tracing::warn!(id, "handler panicked");
+    Frame::Err {
+        id: Some(id),
+        error: ErrorBody::new(ErrorCode::INTERNAL, "handler failed"),
+    }
+}

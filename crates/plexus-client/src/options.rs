@@ -1,0 +1,513 @@
+//! Options: of the client, of reconnecting, of one call, of one stream.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::{Stream, StreamExt};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use plexus_protocol::{Codec, ErrorBody, Payload};
+use rand::Rng;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use crate::error::BoxError;
+use crate::handler::Handlers;
+
+/// The hook run before every connection attempt.
+pub(crate) type BeforeConnect = Arc<
+    dyn for<'a> Fn(&'a mut ConnectRequest) -> BoxFuture<'a, Result<(), BoxError>> + Send + Sync,
+>;
+
+/// How a [`Client`](crate::Client) connects, calls and reconnects.
+///
+/// Start from [`ClientOptions::default`] and chain the setters:
+///
+/// ```
+/// use std::time::Duration;
+/// use plexus_client::{ClientOptions, ReconnectOptions};
+/// use plexus_protocol::Codec;
+///
+/// let options = ClientOptions::default()
+///     .codec(Codec::MsgPack)
+///     .token("secret")
+///     .call_timeout(Duration::from_secs(5))
+///     .reconnect(ReconnectOptions::default().max_attempts(Some(10)));
+/// # let _ = options;
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// The wire codec; offered as `Sec-WebSocket-Protocol: plexus.v1.json` or
+    /// `plexus.v1.msgpack`. Default JSON.
+    pub codec: Codec,
+    /// Extra headers of the upgrade request.
+    pub headers: HeaderMap,
+    /// The credential: sent as `Authorization: Bearer <token>`, or in a `hello` frame when
+    /// [`ClientOptions::hello`] is set.
+    pub token: Option<String>,
+    /// Send the credential in-band, as `{"t":"hello","token":...}`, and wait for `welcome`
+    /// or `reject`, instead of the `Authorization` header. Default `false`.
+    pub hello: bool,
+    /// Default deadline of a request (and of a queued call waiting for the connection).
+    /// Default 30 s.
+    pub call_timeout: Duration,
+    /// Deadline of one connection attempt: TCP, TLS, upgrade and `welcome`. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Reconnecting with backoff.
+    pub reconnect: ReconnectOptions,
+    /// How long past the server's heartbeat interval the client waits, hearing nothing
+    /// at all, before it treats the connection as half-open and reconnects. Default 10 s.
+    pub heartbeat_grace: Duration,
+    /// How many notifications and retryable calls may wait while disconnected. Default 1024.
+    pub offline_queue: usize,
+    /// Offer permessage-deflate. Default `false`.
+    pub compression: bool,
+    /// The largest WebSocket message sent or accepted, in bytes. Default 1 MiB, as the
+    /// server's default.
+    pub max_message_size: usize,
+    pub(crate) before_connect: Option<BeforeConnect>,
+    pub(crate) handlers: Handlers,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            codec: Codec::Json,
+            headers: HeaderMap::new(),
+            token: None,
+            hello: false,
+            call_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            reconnect: ReconnectOptions::default(),
+            heartbeat_grace: Duration::from_secs(10),
+            offline_queue: 1024,
+            compression: false,
+            max_message_size: 1024 * 1024,
+            before_connect: None,
+            handlers: Handlers::default(),
+        }
+    }
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("codec", &self.codec)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("hello", &self.hello)
+            .field("call_timeout", &self.call_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect", &self.reconnect)
+            .field("heartbeat_grace", &self.heartbeat_grace)
+            .field("offline_queue", &self.offline_queue)
+            .field("compression", &self.compression)
+            .field("max_message_size", &self.max_message_size)
+            .field("before_connect", &self.before_connect.is_some())
+            .field("handlers", &self.handlers)
+            .finish()
+    }
+}
+
+impl ClientOptions {
+    /// Sets the wire codec.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Adds a header to the upgrade request.
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.append(name, value);
+        self
+    }
+
+    /// Sets the credential.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Sends the credential in a `hello` frame instead of the `Authorization` header.
+    pub fn hello(mut self, hello: bool) -> Self {
+        self.hello = hello;
+        self
+    }
+
+    /// Sets the default request deadline.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Sets the deadline of one connection attempt.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the reconnect options.
+    pub fn reconnect(mut self, reconnect: ReconnectOptions) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// Sets the grace period added to the server's heartbeat interval.
+    pub fn heartbeat_grace(mut self, grace: Duration) -> Self {
+        self.heartbeat_grace = grace;
+        self
+    }
+
+    /// Sets the capacity of the offline queue.
+    pub fn offline_queue(mut self, capacity: usize) -> Self {
+        self.offline_queue = capacity;
+        self
+    }
+
+    /// Offers permessage-deflate (or not).
+    pub fn compression(mut self, compression: bool) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// Sets the largest message sent or accepted.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Runs `hook` before every connection attempt (the first one included). It gets a
+    /// [`ConnectRequest`] built afresh from these options each time, and may change its URL,
+    /// headers and token — for example to fetch a fresh token. An error fails the attempt,
+    /// which is then retried like any other failed attempt.
+    ///
+    /// ```
+    /// use plexus_client::ClientOptions;
+    ///
+    /// let options = ClientOptions::default().before_connect(|req| {
+    ///     Box::pin(async move {
+    ///         req.token = Some(format!("token-for-attempt-{}", req.attempt()));
+    ///         Ok(())
+    ///     })
+    /// });
+    /// # let _ = options;
+    /// ```
+    pub fn before_connect<F>(mut self, hook: F) -> Self
+    where
+        F: for<'a> Fn(&'a mut ConnectRequest) -> BoxFuture<'a, Result<(), BoxError>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.before_connect = Some(Arc::new(hook));
+        self
+    }
+
+    /// Answers the server's requests for `method` with `handler`, which gets the raw params.
+    pub fn on_request_raw<F, Fut>(mut self, method: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(Payload) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Payload, ErrorBody>> + Send + 'static,
+    {
+        self.handlers
+            .requests
+            .insert(method.into(), Arc::new(move |p| Box::pin(handler(p))));
+        self
+    }
+
+    /// Answers the server's requests for `method` with a typed `handler`. Params that do not
+    /// fit `P` are answered with `VALIDATION_ERROR` (data `{"path": ...}`) without calling it.
+    pub fn on_request<P, R, F, Fut>(self, method: impl Into<String>, handler: F) -> Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, ErrorBody>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.on_request_raw(method, move |payload: Payload| {
+            let handler = handler.clone();
+            async move {
+                let codec = payload.codec();
+                let params = crate::handler::decode_params::<P>(&payload)?;
+                let result = handler(params).await?;
+                crate::handler::encode_result(codec, &result)
+            }
+        })
+    }
+
+    /// Handles the server's notifications for `method` with `handler` (raw params).
+    pub fn on_notify_raw<F, Fut>(mut self, method: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(Payload) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.handlers
+            .notifications
+            .insert(method.into(), Arc::new(move |p| Box::pin(handler(p))));
+        self
+    }
+
+    /// Handles the server's notifications for `method` with a typed `handler`. Params that
+    /// do not fit `P` are logged at debug level and dropped.
+    pub fn on_notify<P, F, Fut>(self, method: impl Into<String>, handler: F) -> Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        F: Fn(P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let method = method.into();
+        let name = method.clone();
+        self.on_notify_raw(method, move |payload: Payload| {
+            let handler = handler.clone();
+            let name = name.clone();
+            async move {
+                match payload.decode::<P>() {
+                    Ok(params) => handler(params).await,
+                    Err(e) => tracing::debug!(method = %name, path = e.path(), "dropping notification with bad params: {e}"),
+                }
+            }
+        })
+    }
+
+    /// Serves the server's streams (`sub`) for `method` with `handler` (raw params and items).
+    /// The stream's items are sent as `item` frames, then `end`, or `err` on the first error.
+    /// A `cancel` from the server drops the stream; `credit` is honoured.
+    pub fn on_stream_raw<F, S>(mut self, method: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(Payload) -> S + Send + Sync + 'static,
+        S: Stream<Item = Result<Payload, ErrorBody>> + Send + 'static,
+    {
+        self.handlers
+            .streams
+            .insert(method.into(), Arc::new(move |p| handler(p).boxed()));
+        self
+    }
+
+    /// Serves the server's streams for `method` with a typed `handler`.
+    pub fn on_stream<P, T, F, S>(self, method: impl Into<String>, handler: F) -> Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        T: Serialize + Send + 'static,
+        F: Fn(P) -> S + Send + Sync + 'static,
+        S: Stream<Item = Result<T, ErrorBody>> + Send + 'static,
+    {
+        self.on_stream_raw(method, move |payload: Payload| {
+            let codec = payload.codec();
+            match crate::handler::decode_params::<P>(&payload) {
+                Ok(params) => handler(params)
+                    .map(move |item| {
+                        item.and_then(|value| crate::handler::encode_result(codec, &value))
+                    })
+                    .left_stream(),
+                Err(e) => futures_util::stream::once(async move { Err(e) }).right_stream(),
+            }
+        })
+    }
+}
+
+/// Reconnecting: exponential backoff with full jitter.
+///
+/// The delay before retry `n` (0 for the first retry after a session dropped, or after the
+/// first failed attempt) is a uniformly random duration in
+/// `[0, min(max_delay, initial_delay * 2^n)]` ("full jitter"), so a crowd of clients that
+/// lost the same server spreads out instead of returning in waves. A session that ends
+/// sooner than `max_delay` after it opened counts as a failed attempt, so a server that
+/// accepts and drops at once is not hammered at the first step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReconnectOptions {
+    /// Whether to reconnect at all. Default `true`.
+    pub enabled: bool,
+    /// The ceiling of the first delay. Default 250 ms.
+    pub initial_delay: Duration,
+    /// The largest ceiling. Default 10 s.
+    pub max_delay: Duration,
+    /// How many consecutive failed attempts before giving up and going
+    /// [`Status::Closed`](crate::Status::Closed); `None` (the default) retries forever once
+    /// a first session was open.
+    ///
+    /// This also governs [`connect`](crate::connect): with `Some(n)`, the first connection
+    /// is tried up to `n` times (with backoff) before `connect` fails; with `None`, `connect`
+    /// fails on the first failed attempt, so that a wrong address does not hang forever.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for ReconnectOptions {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            initial_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(10),
+            max_attempts: None,
+        }
+    }
+}
+
+impl ReconnectOptions {
+    /// Never reconnect: the first drop closes the client.
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+
+    /// Enables or disables reconnecting.
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// Sets the ceiling of the first delay.
+    pub fn initial_delay(mut self, delay: Duration) -> Self {
+        self.initial_delay = delay;
+        self
+    }
+
+    /// Sets the largest ceiling.
+    pub fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+
+    /// Sets the number of consecutive failed attempts before giving up.
+    pub fn max_attempts(mut self, attempts: Option<u32>) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// The ceiling of the delay before retry `n`: `min(max_delay, initial_delay * 2^n)`.
+    pub fn delay_ceiling(&self, retry: u32) -> Duration {
+        let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
+        self.initial_delay
+            .checked_mul(factor)
+            .unwrap_or(Duration::MAX)
+            .min(self.max_delay)
+    }
+
+    /// The delay before retry `n`: uniformly random in `[0, delay_ceiling(n)]`.
+    pub fn delay(&self, retry: u32) -> Duration {
+        full_jitter(self.delay_ceiling(retry), &mut rand::rng())
+    }
+}
+
+/// A uniformly random duration in `[0, ceiling]`, in nanoseconds.
+pub(crate) fn full_jitter(ceiling: Duration, rng: &mut impl Rng) -> Duration {
+    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rng.random_range(0..=nanos))
+}
+
+/// The options of one request: see [`Client::request_with`](crate::Client::request_with).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// The deadline; `None` means [`ClientOptions::call_timeout`]. It covers time spent
+    /// waiting in the offline queue.
+    pub timeout: Option<Duration>,
+    /// Whether the call may be sent again: issued while disconnected, it waits in the
+    /// offline queue instead of failing with `UNAVAILABLE`; in flight when the connection
+    /// drops, it is sent again after the next `welcome`. Only for idempotent methods.
+    pub retryable: bool,
+}
+
+impl CallOptions {
+    /// Sets the deadline.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Marks the call as retryable (or not).
+    pub fn retryable(mut self, retryable: bool) -> Self {
+        self.retryable = retryable;
+        self
+    }
+}
+
+/// The options of one stream: see [`Client::stream_with`](crate::Client::stream_with).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamOptions {
+    /// Flow control: when set, `sub` carries `"credit": n` and the client grants more
+    /// (`credit` frames) as the application consumes items, once half the window is used.
+    pub credit: Option<u32>,
+    /// A deadline for the whole stream; `None` (the default) means none.
+    pub timeout: Option<Duration>,
+    /// As [`CallOptions::retryable`]; a stream that already yielded items is never re-sent
+    /// (it fails with `UNAVAILABLE` instead).
+    pub retryable: bool,
+}
+
+impl StreamOptions {
+    /// Sets the credit window.
+    pub fn credit(mut self, window: u32) -> Self {
+        self.credit = Some(window);
+        self
+    }
+
+    /// Sets a deadline for the whole stream.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Marks the stream as retryable (or not).
+    pub fn retryable(mut self, retryable: bool) -> Self {
+        self.retryable = retryable;
+        self
+    }
+}
+
+/// What the next connection attempt will use; the `before_connect` hook may change it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ConnectRequest {
+    /// The endpoint URL (`ws://` or `wss://`).
+    pub url: Url,
+    /// The extra headers of the upgrade request.
+    pub headers: HeaderMap,
+    /// The credential, sent as header or in `hello` as the options say.
+    pub token: Option<String>,
+    pub(crate) attempt: u32,
+}
+
+impl ConnectRequest {
+    /// How many attempts failed in a row before this one: 0 for the very first connection
+    /// and for the first try after a session that lived longer than
+    /// [`ReconnectOptions::max_delay`].
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceiling_doubles_and_caps() {
+        let r = ReconnectOptions::default();
+        assert_eq!(r.delay_ceiling(0), Duration::from_millis(250));
+        assert_eq!(r.delay_ceiling(1), Duration::from_millis(500));
+        assert_eq!(r.delay_ceiling(5), Duration::from_secs(8));
+        assert_eq!(r.delay_ceiling(6), Duration::from_secs(10));
+        assert_eq!(r.delay_ceiling(u32::MAX), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        let mut rng = rand::rng();
+        for _ in 0..1000 {
+            let d = full_jitter(Duration::from_millis(100), &mut rng);
+            assert!(d <= Duration::from_millis(100));
+        }
+        assert_eq!(full_jitter(Duration::ZERO, &mut rng), Duration::ZERO);
+        let _ = full_jitter(Duration::MAX, &mut rng);
+    }
+}

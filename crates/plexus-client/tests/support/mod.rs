@@ -1,0 +1,626 @@
+//! A scripted plexus server for the client's tests: axum + yawc on 127.0.0.1, speaking the
+//! protocol through plexus-protocol's codecs, and a TCP proxy that can stop forwarding.
+//!
+//! Built-in methods (requests): `echo` (returns its params), `fail` (VALIDATION_ERROR with
+//! data `{"path":"name"}`), `never` (no answer), `flaky` (no answer the first time it is
+//! seen by this server, echo afterwards). Streams: `count` (params n: items 0..n, end),
+//! `forever` (nothing), `fail_stream` (one item, then err), `credit` (params n: items 0..n,
+//! honouring the credit window of `sub`). Every frame received is reported as an event.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::SinkExt;
+use plexus_client::{Status, connect};
+use plexus_protocol::{Codec, ErrorBody, ErrorCode, Frame, Payload};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use yawc::{IncomingUpgrade, OpCode, Options};
+
+/// Upper bound for any single wait in a test.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// How the scripted server behaves.
+#[derive(Clone, Debug)]
+pub struct Script {
+    /// `heartbeat` in `welcome`, in ms; pings are sent at this interval when `ping`.
+    pub heartbeat_ms: u64,
+    /// Send WebSocket pings every heartbeat.
+    pub ping: bool,
+    /// Wait for `hello`; token `good` gets `welcome`, anything else `reject` + close 4001.
+    pub require_hello: bool,
+    /// Require `Authorization: Bearer <token>` on the upgrade, else HTTP 401.
+    pub require_token: Option<String>,
+    /// Accept permessage-deflate.
+    pub compression: bool,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 25_000,
+            ping: true,
+            require_hello: false,
+            require_token: None,
+            compression: false,
+        }
+    }
+}
+
+/// What the server saw.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A WebSocket upgrade was accepted.
+    Upgrade { conn: u64, headers: HeaderMap },
+    /// A frame arrived on connection `conn`.
+    Frame { conn: u64, frame: Frame },
+    /// The client sent a Close frame with this code.
+    Close { conn: u64, code: Option<u16> },
+    /// Connection `conn` ended.
+    Gone { conn: u64 },
+}
+
+enum Command {
+    Send(Frame),
+    SendRaw(String),
+    Close(u16),
+    Drop,
+    Silence,
+}
+
+struct Shared {
+    script: Script,
+    events: mpsc::UnboundedSender<Event>,
+    conns: Mutex<HashMap<u64, mpsc::UnboundedSender<Command>>>,
+    next_conn: AtomicU64,
+    flaky_seen: AtomicBool,
+}
+
+/// A running scripted server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedReceiver<Event>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts on an ephemeral port of 127.0.0.1.
+    pub async fn start(script: Script) -> Self {
+        Self::start_on(0, script).await
+    }
+
+    /// Starts on a given port of 127.0.0.1 (to restart "the same server").
+    pub async fn start_on(port: u16, script: Script) -> Self {
+        let mut listener = None;
+        // Bounded: a port just released may take a moment to be bindable again.
+        for _ in 0..50 {
+            match TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        let listener = listener.expect("bind 127.0.0.1");
+        let addr = listener.local_addr().unwrap();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            script,
+            events: events_tx,
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            flaky_seen: AtomicBool::new(false),
+        });
+        let app = Router::new()
+            .route("/ws", get(upgrade))
+            .with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            shared,
+            events,
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The next event, within [`WAIT`].
+    pub async fn event(&mut self) -> Event {
+        timeout(WAIT, self.events.recv())
+            .await
+            .expect("timed out waiting for a server event")
+            .expect("server event channel closed")
+    }
+
+    /// The next event, if one comes within `wait`.
+    pub async fn event_within(&mut self, wait: Duration) -> Option<Event> {
+        timeout(wait, self.events.recv()).await.ok().flatten()
+    }
+
+    /// The next frame received (skipping other events), with its connection.
+    pub async fn frame(&mut self) -> (u64, Frame) {
+        for _ in 0..1000 {
+            if let Event::Frame { conn, frame } = self.event().await {
+                return (conn, frame);
+            }
+        }
+        panic!("no frame among 1000 events");
+    }
+
+    /// The next frame matching `pred` (skipping others).
+    pub async fn frame_where(&mut self, pred: impl Fn(&Frame) -> bool) -> (u64, Frame) {
+        for _ in 0..1000 {
+            let (conn, frame) = self.frame().await;
+            if pred(&frame) {
+                return (conn, frame);
+            }
+        }
+        panic!("no matching frame among 1000 frames");
+    }
+
+    /// The next upgrade (skipping other events): connection id and headers.
+    pub async fn upgrade(&mut self) -> (u64, HeaderMap) {
+        for _ in 0..1000 {
+            if let Event::Upgrade { conn, headers } = self.event().await {
+                return (conn, headers);
+            }
+        }
+        panic!("no upgrade among 1000 events");
+    }
+
+    fn command(&self, conn: u64, cmd: Command) {
+        if let Some(tx) = self.shared.conns.lock().unwrap().get(&conn) {
+            let _ = tx.send(cmd);
+        }
+    }
+
+    fn command_all(&self, make: impl Fn() -> Command) {
+        for tx in self.shared.conns.lock().unwrap().values() {
+            let _ = tx.send(make());
+        }
+    }
+
+    /// Sends a frame on connection `conn`.
+    pub fn send(&self, conn: u64, frame: Frame) {
+        self.command(conn, Command::Send(frame));
+    }
+
+    /// Sends a raw text message on connection `conn`.
+    pub fn send_raw(&self, conn: u64, text: &str) {
+        self.command(conn, Command::SendRaw(text.to_owned()));
+    }
+
+    /// Closes every connection with a Close frame carrying `code`.
+    pub fn close_all(&self, code: u16) {
+        self.command_all(|| Command::Close(code));
+    }
+
+    /// Drops every connection without a Close frame (TCP close).
+    pub fn drop_all(&self) {
+        self.command_all(|| Command::Drop);
+    }
+
+    /// Stops answering and pinging on every connection (the socket stays open).
+    pub fn silence_all(&self) {
+        self.command_all(|| Command::Silence);
+    }
+
+    /// Stops listening and drops every connection.
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        self.drop_all();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        for tx in self.shared.conns.lock().unwrap().values() {
+            let _ = tx.send(Command::Drop);
+        }
+    }
+}
+
+async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    ws: IncomingUpgrade,
+) -> Response {
+    if let Some(token) = &shared.script.require_token {
+        let expected = format!("Bearer {token}");
+        if headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            != Some(&expected)
+        {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+    }
+    let offered = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
+    let Some(codec) = Codec::negotiate(offered) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let mut options = Options::default().with_utf8();
+    if shared.script.compression {
+        options = options.with_balanced_compression();
+    }
+    let Ok((response, fut)) = ws.upgrade(options) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let mut response = response.into_response();
+    if offered.is_some() {
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(codec.subprotocol()),
+        );
+    }
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::unbounded_channel();
+    shared.conns.lock().unwrap().insert(conn, tx);
+    let _ = shared.events.send(Event::Upgrade { conn, headers });
+    tokio::spawn(async move {
+        if let Ok(ws) = fut.await {
+            serve(shared.clone(), conn, codec, ws, rx).await;
+        }
+        shared.conns.lock().unwrap().remove(&conn);
+        let _ = shared.events.send(Event::Gone { conn });
+    });
+    response
+}
+
+type Ws = yawc::WebSocket<yawc::HttpStream>;
+
+fn message(codec: Codec, frame: &Frame) -> yawc::Frame {
+    let bytes = codec.encode(frame).expect("encode");
+    if codec.is_binary() {
+        yawc::Frame::binary(bytes)
+    } else {
+        yawc::Frame::text(bytes)
+    }
+}
+
+fn json(codec: Codec, value: serde_json::Value) -> Payload {
+    Payload::encode(codec, &value).unwrap()
+}
+
+/// One server-side stream in progress.
+struct Outgoing {
+    next: u64,
+    total: u64,
+    credit: Option<u64>,
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    conn: u64,
+    codec: Codec,
+    mut ws: Ws,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let script = shared.script.clone();
+    let events = shared.events.clone();
+    if script.require_hello {
+        let first = timeout(WAIT, ws.next_frame()).await;
+        let Ok(Ok(first)) = first else { return };
+        let frame = codec.decode(first.into_payload());
+        if let Ok(frame) = &frame {
+            let _ = events.send(Event::Frame {
+                conn,
+                frame: frame.clone(),
+            });
+        }
+        match frame {
+            Ok(Frame::Hello { token, .. }) if token.as_deref() == Some("good") => {}
+            _ => {
+                let reject = Frame::Reject {
+                    error: ErrorBody::new(ErrorCode::NOT_AUTHORIZED, "bad token"),
+                };
+                let _ = ws.send(message(codec, &reject)).await;
+                let _ = ws.send(yawc::Frame::close(4001u16.into(), b"")).await;
+                // Read until the client's Close reply ends the connection (bounded).
+                let _ = timeout(Duration::from_secs(2), async {
+                    while ws.next_frame().await.is_ok() {}
+                })
+                .await;
+                return;
+            }
+        }
+    }
+    let welcome = Frame::Welcome {
+        conn: format!("c{conn}"),
+        node: "n1".into(),
+        heartbeat: script.heartbeat_ms,
+        user: None,
+    };
+    if ws.send(message(codec, &welcome)).await.is_err() {
+        return;
+    }
+
+    let period = Duration::from_millis(script.heartbeat_ms.clamp(1, 86_400_000));
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut silent = false;
+    let mut closing = false;
+    let mut streams: HashMap<u64, Outgoing> = HashMap::new();
+    // Bounded by the connection's life: it ends when the socket does or on `Drop`.
+    for _ in 0..1_000_000 {
+        // Send what stream credit allows.
+        let mut out = Vec::new();
+        if !silent {
+            streams.retain(|id, s| {
+                while s.next < s.total && s.credit.is_none_or(|c| c > 0) {
+                    out.push(Frame::Item {
+                        id: *id,
+                        data: json(codec, serde_json::json!(s.next)),
+                    });
+                    s.next += 1;
+                    if let Some(c) = &mut s.credit {
+                        *c -= 1;
+                    }
+                }
+                if s.next >= s.total {
+                    out.push(Frame::End { id: *id });
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        for frame in out {
+            if ws.send(message(codec, &frame)).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            frame = ws.next_frame() => {
+                let Ok(frame) = frame else { return };
+                match frame.opcode() {
+                    OpCode::Text | OpCode::Binary => {}
+                    OpCode::Close => {
+                        let code = frame.close_code().map(u16::from);
+                        let _ = events.send(Event::Close { conn, code });
+                        continue;
+                    }
+                    _ => continue,
+                }
+                let frame = match codec.decode(frame.into_payload()) {
+                    Ok(frame) => frame,
+                    Err(e) => panic!("client sent an undecodable frame: {e}"),
+                };
+                let _ = events.send(Event::Frame { conn, frame: frame.clone() });
+                if silent || closing {
+                    continue;
+                }
+                let reply = match frame {
+                    Frame::Req { id, method, data } => match method.as_str() {
+                        "echo" => Some(Frame::Res { id, data }),
+                        "fail" => Some(Frame::Err {
+                            id: Some(id),
+                            error: ErrorBody::new(ErrorCode::VALIDATION_ERROR, "name is required")
+                                .with_data(json(codec, serde_json::json!({"path": "name"}))),
+                        }),
+                        "flaky" => {
+                            if shared.flaky_seen.swap(true, Ordering::SeqCst) {
+                                Some(Frame::Res { id, data })
+                            } else {
+                                None
+                            }
+                        }
+                        "never" => None,
+                        _ => Some(Frame::Err {
+                            id: Some(id),
+                            error: ErrorBody::new(ErrorCode::NOT_FOUND, "no such method"),
+                        }),
+                    },
+                    Frame::Sub { id, method, data, credit } => match method.as_str() {
+                        "count" | "credit" => {
+                            let total = data.decode::<u64>().unwrap_or(0);
+                            let credit = if method == "credit" { credit.map(u64::from) } else { None };
+                            streams.insert(id, Outgoing { next: 0, total, credit });
+                            None
+                        }
+                        "forever" => None,
+                        "fail_stream" => {
+                            let item = Frame::Item { id, data: json(codec, serde_json::json!(0)) };
+                            if ws.send(message(codec, &item)).await.is_err() {
+                                return;
+                            }
+                            Some(Frame::Err {
+                                id: Some(id),
+                                error: ErrorBody::new(ErrorCode::new("BROKEN"), "stream broke"),
+                            })
+                        }
+                        _ => Some(Frame::Err {
+                            id: Some(id),
+                            error: ErrorBody::new(ErrorCode::NOT_FOUND, "no such stream"),
+                        }),
+                    },
+                    Frame::Credit { id, n } => {
+                        if let Some(Outgoing { credit: Some(c), .. }) = streams.get_mut(&id) {
+                            *c += u64::from(n);
+                        }
+                        None
+                    }
+                    Frame::Cancel { id } => {
+                        streams.remove(&id);
+                        None
+                    }
+                    Frame::Ping => Some(Frame::Pong),
+                    _ => None,
+                };
+                if let Some(reply) = reply
+                    && ws.send(message(codec, &reply)).await.is_err()
+                {
+                    return;
+                }
+            }
+            command = commands.recv() => match command {
+                Some(Command::Send(frame)) => {
+                    if ws.send(message(codec, &frame)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Command::SendRaw(text)) => {
+                    if ws.send(yawc::Frame::text(text)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Command::Close(code)) => {
+                    closing = true;
+                    if ws.send(yawc::Frame::close(code.into(), b"")).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Command::Drop) | None => return,
+                Some(Command::Silence) => silent = true,
+            },
+            _ = ping.tick(), if script.ping && !silent && !closing => {
+                if ws.send(yawc::Frame::ping(bytes::Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A TCP proxy in front of a server; [`Proxy::freeze`] makes the connections open at that
+/// moment stop forwarding in both directions (they stay open: a half-open connection),
+/// while new connections are forwarded normally.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    frozen: Arc<AtomicU64>,
+    accepted: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (f, a) = (frozen.clone(), accepted.clone());
+        let task = tokio::spawn(async move {
+            // Bounded: a test opens a handful of connections.
+            for generation in 1..=1000u64 {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, generation, f.clone()));
+                tokio::spawn(pump(sr, cw, generation, f.clone()));
+            }
+        });
+        Self {
+            addr,
+            frozen,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Connections open now stop forwarding; later ones are not affected.
+    pub fn freeze(&self) {
+        let current = self.accepted.load(Ordering::SeqCst) as u64;
+        self.frozen.store(current, Ordering::SeqCst);
+    }
+
+    /// How many connections the proxy accepted.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    generation: u64,
+    frozen: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    // Bounded by the sockets' lives (and a cap on reads).
+    for _ in 0..1_000_000 {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if generation <= frozen.load(Ordering::SeqCst) {
+            // Half-open: swallow the bytes, keep the socket open.
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits until the client's status is `want` (within [`WAIT`]).
+pub async fn wait_status(status: &mut watch::Receiver<Status>, want: Status) {
+    timeout(WAIT, status.wait_for(|s| *s == want))
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for status {want:?}"))
+        .expect("status channel closed");
+}
+
+/// Connects a client and returns it with the server's id of its connection.
+pub async fn connect_to(
+    server: &mut TestServer,
+    options: plexus_client::ClientOptions,
+) -> (plexus_client::Client, u64) {
+    let client = timeout(WAIT, connect(&server.url(), options))
+        .await
+        .expect("connect timed out")
+        .expect("connect failed");
+    let (conn, _) = server.upgrade().await;
+    (client, conn)
+}
+
+/// A payload from a JSON value.
+pub fn json_payload(codec: Codec, value: serde_json::Value) -> Payload {
+    json(codec, value)
+}

@@ -85,8 +85,8 @@ impl Default for EndpointConfig {
             limits: Limits::default(),
             compression: Compression::default(),
             compression_threshold: 256,
-            read_buffer: 4096,
-            write_buffer: 4096,
+            read_buffer: 1024,
+            write_buffer: 1024,
         }
     }
 }

@@ -195,7 +195,7 @@ impl Server {
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|info| info.0),
             query: parts.uri.query().map(str::to_owned),
-            headers: std::mem::take(&mut parts.headers),
+            headers: detach_headers(&parts.headers),
             principal: Principal::anonymous(),
         };
         let inner = self.inner.clone();
@@ -252,6 +252,19 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Copies the headers into allocations of their own. hyper's header values are slices of its
+/// 8-16 KiB read buffer, so keeping them as they are would keep that whole buffer alive for
+/// the life of the connection.
+fn detach_headers(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut detached = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
+            detached.append(name.clone(), value);
+        }
+    }
+    detached
 }
 
 async fn upgrade_handler(State(server): State<Server>, request: Request) -> Response {

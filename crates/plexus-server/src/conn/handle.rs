@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::queue::{OutboundQueue, PushError};
 use crate::error::CallError;
 use crate::principal::Principal;
 
@@ -51,7 +52,7 @@ pub(crate) struct ConnShared {
     pub(crate) query: Option<String>,
     pub(crate) principal: Principal,
     pub(crate) extensions: Arc<http::Extensions>,
-    pub(crate) tx: mpsc::Sender<Outbound>,
+    pub(crate) queue: Arc<OutboundQueue>,
     pub(crate) pending: Mutex<HashMap<u64, Pending>>,
     pub(crate) next_id: AtomicU64,
     pub(crate) max_pending: usize,
@@ -132,10 +133,9 @@ impl ConnectionHandle {
     /// Queues an encoded frame without waiting. A full queue means the client does not
     /// read fast enough: the connection is closed with 4008 and the frame is not sent.
     pub(crate) fn push(&self, bytes: Bytes) -> Result<(), CallError> {
-        use mpsc::error::TrySendError;
-        match self.shared.tx.try_send(Outbound::Frame(bytes)) {
+        match self.shared.queue.try_push(Outbound::Frame(bytes)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
+            Err(PushError::Full) => {
                 tracing::warn!(conn = %self.shared.id, "outbound queue full: closing slow consumer");
                 self.close(CloseCode::SLOW_CONSUMER, "slow consumer");
                 Err(CallError::new(
@@ -143,7 +143,7 @@ impl ConnectionHandle {
                     "the connection's outbound queue is full; it is being closed (4008)",
                 ))
             }
-            Err(TrySendError::Closed(_)) => Err(CallError::closed()),
+            Err(PushError::Closed) => Err(CallError::closed()),
         }
     }
 
@@ -305,7 +305,7 @@ impl Drop for PendingGuard {
             .is_some();
         if removed && !self.done && !self.conn.is_closed() {
             if let Ok(bytes) = self.conn.encode(&Frame::Cancel { id: self.id }) {
-                let _ = self.conn.shared.tx.try_send(Outbound::Frame(bytes));
+                let _ = self.conn.shared.queue.try_push(Outbound::Frame(bytes));
             }
         }
     }

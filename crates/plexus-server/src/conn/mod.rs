@@ -1,9 +1,11 @@
 //! One task per socket: read, dispatch, write, heartbeat, limits, close.
 
 mod handle;
+mod queue;
 mod task;
 
 pub use handle::{ClientStream, ConnectionHandle};
 pub(crate) use handle::{ConnShared, Outbound, Pending};
+pub(crate) use queue::OutboundQueue;
 pub use task::DisconnectReason;
 pub(crate) use task::{Accepted, MAX_CONTROL_PAYLOAD, run, write_close_reply};

@@ -19,13 +19,13 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::HeaderMap;
 use plexus_protocol::{CloseCode, Codec, ErrorBody, ErrorCode, Frame, Payload};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use yawc::{OpCode, WebSocket};
 
-use super::{ConnShared, ConnectionHandle, Outbound, Pending};
+use super::{ConnShared, ConnectionHandle, Outbound, OutboundQueue, Pending};
 use crate::endpoint::ServerInner;
 use crate::principal::Principal;
 use crate::rpc::context::{CallState, CancelReason};
@@ -73,6 +73,8 @@ const WRITE_BATCH: usize = 64;
 enum Step {
     Continue,
     Close(CloseCode, &'static str),
+    PeerClosed(Option<u16>),
+    ReadFailed(yawc::WebSocketError),
     Ended(DisconnectReason),
 }
 
@@ -80,7 +82,7 @@ struct Connection<S> {
     ws: WebSocket<S>,
     handle: ConnectionHandle,
     server: Arc<ServerInner>,
-    rx: mpsc::Receiver<Outbound>,
+    queue: Arc<OutboundQueue>,
     in_flight: HashMap<u64, InFlight>,
     /// Notification handlers still running, by sequence number.
     notifying: HashMap<u64, AbortHandle>,
@@ -89,6 +91,8 @@ struct Connection<S> {
     last_seen: Instant,
     last_call: Instant,
     draining: Option<Instant>,
+    /// Frames waiting to be written by `drain`.
+    out: VecDeque<yawc::Frame>,
 }
 
 /// Runs one connection to its end.
@@ -97,7 +101,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &server.config.limits;
-    let (tx, rx) = mpsc::channel(limits.outbound_queue.max(1));
+    let queue = Arc::new(OutboundQueue::new(limits.outbound_queue));
     let shared = Arc::new(ConnShared {
         id: uuid::Uuid::now_v7().simple().to_string(),
         codec: accepted.codec,
@@ -106,7 +110,7 @@ where
         query: accepted.query,
         principal: accepted.principal,
         extensions: server.extensions.clone(),
-        tx,
+        queue: queue.clone(),
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         max_pending: limits.max_in_flight,
@@ -121,7 +125,7 @@ where
         ws,
         handle: handle.clone(),
         server: server.clone(),
-        rx,
+        queue,
         in_flight: HashMap::new(),
         notifying: HashMap::new(),
         seq: 0,
@@ -129,6 +133,7 @@ where
         last_seen: now,
         last_call: now,
         draining: None,
+        out: VecDeque::new(),
     };
     server
         .connections
@@ -159,10 +164,8 @@ where
             heartbeat: self.server.config.limits.heartbeat_interval.as_millis() as u64,
             user: self.handle.principal().user.clone(),
         };
-        if let Err(reason) = self.write_frame(&welcome).await {
-            return reason;
-        }
-        if let Err(reason) = self.flush().await {
+        self.write_frame(&welcome);
+        if let Err(reason) = self.drain().await {
             return reason;
         }
         if let Some(hook) = self.server.on_connect.clone() {
@@ -176,6 +179,8 @@ where
         let idle = self.server.config.limits.idle_timeout;
         loop {
             let idle_deadline = idle.map(|idle| self.last_call + idle);
+            // Every branch only updates state and queues frames; the one place that writes is
+            // `drain` below. That keeps this future, which lives as long as the connection, small.
             let step = tokio::select! {
                 biased;
                 _ = close.cancelled() => {
@@ -183,16 +188,17 @@ where
                         .unwrap_or((CloseCode::NORMAL, ""));
                     Step::Close(code, reason)
                 }
-                Some(out) = self.rx.recv() => self.outbound(out).await,
+                Some(out) = self.queue.pop() => self.outbound(out),
                 frame = self.ws.next_frame() => match frame {
-                    Ok(frame) => self.inbound(frame).await,
-                    Err(e) => Step::Ended(self.read_failed(e).await),
+                    Ok(frame) => self.inbound(frame),
+                    Err(e) => Step::ReadFailed(e),
                 },
                 _ = heartbeat.tick() => {
                     if self.last_seen.elapsed() >= interval * 2 {
                         Step::Close(CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout")
                     } else {
-                        self.send(yawc::Frame::ping(Bytes::new())).await
+                        self.out.push_back(yawc::Frame::ping(Bytes::new()));
+                        Step::Continue
                     }
                 }
                 _ = shutdown.cancelled(), if self.draining.is_none() => {
@@ -206,28 +212,57 @@ where
                     Step::Close(CloseCode::NORMAL, "idle timeout")
                 }
             };
-            let step = match step {
-                Step::Continue => match self.flush().await {
-                    Ok(()) => Step::Continue,
-                    Err(reason) => Step::Ended(reason),
-                },
-                other => other,
-            };
+            if !self.out.is_empty() {
+                if let Err(reason) = self.drain().await {
+                    return reason;
+                }
+            }
+            // The rare endings are boxed so that their futures take no room in this one.
             match step {
                 Step::Continue => {
                     if self.draining.is_some() && self.in_flight.is_empty() {
-                        return self
-                            .close(CloseCode::GOING_AWAY, "server shutting down")
+                        return Box::pin(self.close(CloseCode::GOING_AWAY, "server shutting down"))
                             .await;
                     }
                 }
-                Step::Close(code, reason) => return self.close(code, reason).await,
+                Step::Close(code, reason) => return Box::pin(self.close(code, reason)).await,
+                Step::PeerClosed(code) => {
+                    // yawc has queued its close reply: write it, then drop the TCP connection
+                    // ourselves, as the server should (RFC 6455, 7.1.1).
+                    let reply = write_close_reply(&mut self.ws);
+                    let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, reply)).await;
+                    return DisconnectReason::ClientClosed(code);
+                }
+                Step::ReadFailed(e) => return Box::pin(self.read_failed(e)).await,
                 Step::Ended(reason) => return reason,
             }
         }
     }
 
     // ---- writing ----------------------------------------------------------------------
+
+    /// Writes every queued frame and flushes. A peer that stopped reading must not keep us
+    /// from acting on a close request, so a stalled write gives way to one.
+    async fn drain(&mut self) -> Result<(), DisconnectReason> {
+        let close = self.handle.shared.close.clone();
+        let ws = &mut self.ws;
+        let out = &mut self.out;
+        let write = async {
+            while let Some(frame) = out.pop_front() {
+                ws.feed(frame).await?;
+            }
+            ws.flush().await
+        };
+        let result = tokio::select! {
+            biased;
+            result = write => result.map_err(|e| DisconnectReason::Transport(e.to_string())),
+            _ = close.cancelled() => Err(requested_close(&self.handle)),
+        };
+        if self.out.capacity() > 64 {
+            self.out = VecDeque::new();
+        }
+        result
+    }
 
     fn ws_frame(&self, bytes: Bytes) -> yawc::Frame {
         if self.codec().is_binary() {
@@ -237,49 +272,20 @@ where
         }
     }
 
-    /// Queues a frame in the socket's write buffer; `flush` writes it out.
-    async fn feed(&mut self, frame: yawc::Frame) -> Result<(), DisconnectReason> {
-        let close = self.handle.shared.close.clone();
-        tokio::select! {
-            biased;
-            result = self.ws.feed(frame) => result.map_err(|e| DisconnectReason::Transport(e.to_string())),
-            // A peer that stopped reading must not keep us from acting on a close request.
-            _ = close.cancelled() => Err(DisconnectReason::Transport("write stalled while closing".into())),
-        }
-    }
-
-    async fn flush(&mut self) -> Result<(), DisconnectReason> {
-        let close = self.handle.shared.close.clone();
-        tokio::select! {
-            biased;
-            result = self.ws.flush() => result.map_err(|e| DisconnectReason::Transport(e.to_string())),
-            _ = close.cancelled() => Err(DisconnectReason::Transport("write stalled while closing".into())),
-        }
-    }
-
-    async fn send(&mut self, frame: yawc::Frame) -> Step {
-        match self.feed(frame).await {
-            Ok(()) => Step::Continue,
-            Err(reason) => Step::Ended(reason),
-        }
-    }
-
-    async fn write_bytes(&mut self, bytes: Bytes) -> Result<(), DisconnectReason> {
-        let frame = self.ws_frame(bytes);
-        self.feed(frame).await
-    }
-
-    async fn write_frame(&mut self, frame: &Frame) -> Result<(), DisconnectReason> {
+    /// Encodes a frame and queues it for the writer.
+    fn write_frame(&mut self, frame: &Frame) {
         match self.codec().encode(frame) {
-            Ok(bytes) => self.write_bytes(bytes).await,
-            Err(e) => {
-                tracing::error!(error = %e, "could not encode a frame");
-                Ok(())
-            }
+            Ok(bytes) => self.queue(bytes),
+            Err(e) => tracing::error!(error = %e, "could not encode a frame"),
         }
     }
 
-    async fn reply(&mut self, id: u64, reply: Reply) -> Step {
+    fn queue(&mut self, bytes: Bytes) {
+        let frame = self.ws_frame(bytes);
+        self.out.push_back(frame);
+    }
+
+    fn reply(&mut self, id: u64, reply: Reply) -> Step {
         let frame = match reply {
             Ok(data) => Frame::Res { id, data },
             Err(error) => Frame::Err {
@@ -287,19 +293,25 @@ where
                 error,
             },
         };
-        to_step(self.write_frame(&frame).await)
+        {
+            self.write_frame(&frame);
+            Step::Continue
+        }
     }
 
-    async fn error(&mut self, id: Option<u64>, code: ErrorCode, message: String) -> Step {
+    fn error(&mut self, id: Option<u64>, code: ErrorCode, message: String) -> Step {
         let frame = Frame::Err {
             id,
             error: ErrorBody::new(code, message),
         };
-        to_step(self.write_frame(&frame).await)
+        {
+            self.write_frame(&frame);
+            Step::Continue
+        }
     }
 
     /// Writes one outbound message and whatever else is already queued, up to a batch.
-    async fn outbound(&mut self, first: Outbound) -> Step {
+    fn outbound(&mut self, first: Outbound) -> Step {
         let mut next = Some(first);
         let mut written = 0;
         while let Some(out) = next.take() {
@@ -323,13 +335,11 @@ where
                 }
             };
             if let Some(bytes) = bytes {
-                if let Err(reason) = self.write_bytes(bytes).await {
-                    return Step::Ended(reason);
-                }
+                self.queue(bytes);
                 written += 1;
             }
             if written < WRITE_BATCH {
-                next = self.rx.try_recv().ok();
+                next = self.queue.try_pop();
             }
         }
         Step::Continue
@@ -360,13 +370,12 @@ where
         DisconnectReason::ServerClosed(code, reason)
     }
 
-    async fn inbound(&mut self, frame: yawc::Frame) -> Step {
+    fn inbound(&mut self, frame: yawc::Frame) -> Step {
         self.last_seen = Instant::now();
         let binary = match frame.opcode() {
             OpCode::Text => false,
             OpCode::Binary => true,
             OpCode::Close => {
-                let code = frame.close_code().map(u16::from);
                 if frame.payload().len() > MAX_CONTROL_PAYLOAD {
                     // A protocol error that yawc would echo back: drop the connection instead.
                     return Step::Ended(DisconnectReason::ServerClosed(
@@ -374,10 +383,7 @@ where
                         "oversized close frame",
                     ));
                 }
-                // yawc has queued its close reply: write it, then drop the TCP connection
-                // ourselves, as the server should (RFC 6455, 7.1.1).
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, write_close_reply(&mut self.ws)).await;
-                return Step::Ended(DisconnectReason::ClientClosed(code));
+                return Step::PeerClosed(frame.close_code().map(u16::from));
             }
             _ => return Step::Continue,
         };
@@ -387,15 +393,15 @@ where
             } else {
                 "text message on the MessagePack protocol (plexus.v1.msgpack takes binary messages)"
             };
-            return self.bad_frame(None, message.into()).await;
+            return self.bad_frame(None, message.into());
         }
         match self.codec().decode(frame.into_payload()) {
-            Ok(frame) => self.dispatch(frame).await,
-            Err(e) => self.bad_frame(e.id(), e.message().to_owned()).await,
+            Ok(frame) => self.dispatch(frame),
+            Err(e) => self.bad_frame(e.id(), e.message().to_owned()),
         }
     }
 
-    async fn bad_frame(&mut self, id: Option<u64>, message: String) -> Step {
+    fn bad_frame(&mut self, id: Option<u64>, message: String) -> Step {
         let now = Instant::now();
         while self
             .bad_frames
@@ -408,14 +414,14 @@ where
         if self.bad_frames.len() > self.server.config.limits.max_bad_frames_per_minute as usize {
             return Step::Close(CloseCode::TOO_MANY_BAD_FRAMES, "too many bad frames");
         }
-        self.error(id, ErrorCode::BAD_FRAME, message).await
+        self.error(id, ErrorCode::BAD_FRAME, message)
     }
 
-    async fn dispatch(&mut self, frame: Frame) -> Step {
+    fn dispatch(&mut self, frame: Frame) -> Step {
         match frame {
             Frame::Req { id, method, data } => {
                 self.last_call = Instant::now();
-                self.request(id, method, data).await
+                self.request(id, method, data)
             }
             Frame::Sub {
                 id,
@@ -424,11 +430,11 @@ where
                 credit,
             } => {
                 self.last_call = Instant::now();
-                self.stream(id, method, data, credit).await
+                self.stream(id, method, data, credit)
             }
             Frame::Ntf { method, data } => {
                 self.last_call = Instant::now();
-                self.notification(method, data).await
+                self.notification(method, data)
             }
             Frame::Cancel { id } => {
                 if let Some(call) = self.in_flight.remove(&id) {
@@ -467,50 +473,44 @@ where
                 self.stream_event(id, Ok(None));
                 Step::Continue
             }
-            Frame::Ping => to_step(self.write_frame(&Frame::Pong).await),
-            Frame::Pong | Frame::Hello { .. } => Step::Continue,
-            Frame::Join { id, .. } | Frame::Leave { id, .. } | Frame::Pub { id, .. } => {
-                self.error(
-                    Some(id),
-                    ErrorCode::NOT_FOUND,
-                    "channels are not enabled on this endpoint".into(),
-                )
-                .await
+            Frame::Ping => {
+                self.write_frame(&Frame::Pong);
+                Step::Continue
             }
+            Frame::Pong | Frame::Hello { .. } => Step::Continue,
+            Frame::Join { id, .. } | Frame::Leave { id, .. } | Frame::Pub { id, .. } => self.error(
+                Some(id),
+                ErrorCode::NOT_FOUND,
+                "channels are not enabled on this endpoint".into(),
+            ),
             other => {
                 let message = format!("`{}` frames are sent by the server only", other.tag());
-                self.bad_frame(other.id(), message).await
+                self.bad_frame(other.id(), message)
             }
         }
     }
 
     /// Checks a new call's id and the in-flight limit; `Err` carries the step to take.
-    async fn admit(&mut self, id: u64) -> Result<(), Step> {
+    fn admit(&mut self, id: u64) -> Result<(), Step> {
         if self.draining.is_some() {
-            return Err(self
-                .error(
-                    Some(id),
-                    ErrorCode::UNAVAILABLE,
-                    "the server is shutting down".into(),
-                )
-                .await);
+            return Err(self.error(
+                Some(id),
+                ErrorCode::UNAVAILABLE,
+                "the server is shutting down".into(),
+            ));
         }
         if self.in_flight.contains_key(&id) {
-            return Err(self
-                .bad_frame(Some(id), format!("call id {id} is already in flight"))
-                .await);
+            return Err(self.bad_frame(Some(id), format!("call id {id} is already in flight")));
         }
         if self.in_flight.len() >= self.server.config.limits.max_in_flight {
-            return Err(self
-                .error(
-                    Some(id),
-                    ErrorCode::RATE_LIMITED,
-                    format!(
-                        "too many calls in flight (limit {})",
-                        self.server.config.limits.max_in_flight
-                    ),
-                )
-                .await);
+            return Err(self.error(
+                Some(id),
+                ErrorCode::RATE_LIMITED,
+                format!(
+                    "too many calls in flight (limit {})",
+                    self.server.config.limits.max_in_flight
+                ),
+            ));
         }
         Ok(())
     }
@@ -532,25 +532,25 @@ where
         self.seq
     }
 
-    async fn request(&mut self, id: u64, method: String, data: Payload) -> Step {
-        if let Err(step) = self.admit(id).await {
+    fn request(&mut self, id: u64, method: String, data: Payload) -> Step {
+        if let Err(step) = self.admit(id) {
             return step;
         }
         let start = match self.lookup(&method) {
             Some(Method::Request(start)) => start,
-            Some(other) => return self.wrong_kind(Some(id), &method, &other, "req").await,
-            None => return self.unknown(Some(id), &method).await,
+            Some(other) => return self.wrong_kind(Some(id), &method, &other, "req"),
+            None => return self.unknown(Some(id), &method),
         };
         let parts = self.parts(id, data);
         let Some(Started { mut future, state }) = guarded(|| start(parts)) else {
-            return self.reply(id, Err(panicked())).await;
+            return self.reply(id, Err(panicked()));
         };
         // Most handlers finish without waiting: answer those right here.
         match poll_once(&mut future) {
-            Some(reply) => self.reply(id, reply).await,
+            Some(reply) => self.reply(id, reply),
             None => {
                 let seq = self.next_seq();
-                let tx = self.handle.shared.tx.clone();
+                let tx = self.handle.shared.queue.clone();
                 let codec = self.codec();
                 let task = tokio::spawn(async move {
                     let reply = AssertUnwindSafe(future)
@@ -558,7 +558,7 @@ where
                         .await
                         .unwrap_or_else(|_| Err(panicked()));
                     let bytes = encode_reply(codec, id, reply);
-                    let _ = tx.send(Outbound::Final { id, seq, bytes }).await;
+                    let _ = tx.push(Outbound::Final { id, seq, bytes }).await;
                 });
                 self.in_flight.insert(
                     id,
@@ -574,28 +574,22 @@ where
         }
     }
 
-    async fn stream(
-        &mut self,
-        id: u64,
-        method: String,
-        data: Payload,
-        credit: Option<u32>,
-    ) -> Step {
-        if let Err(step) = self.admit(id).await {
+    fn stream(&mut self, id: u64, method: String, data: Payload, credit: Option<u32>) -> Step {
+        if let Err(step) = self.admit(id) {
             return step;
         }
         let start = match self.lookup(&method) {
             Some(Method::Stream(start)) => start,
-            Some(other) => return self.wrong_kind(Some(id), &method, &other, "sub").await,
-            None => return self.unknown(Some(id), &method).await,
+            Some(other) => return self.wrong_kind(Some(id), &method, &other, "sub"),
+            None => return self.unknown(Some(id), &method),
         };
         let parts = self.parts(id, data);
         let Some(Started { future, state }) = guarded(|| start(parts)) else {
-            return self.reply(id, Err(panicked())).await;
+            return self.reply(id, Err(panicked()));
         };
         let credit = credit.map(|n| Arc::new(Semaphore::new(n as usize)));
         let seq = self.next_seq();
-        let tx = self.handle.shared.tx.clone();
+        let tx = self.handle.shared.queue.clone();
         let codec = self.codec();
         let task_credit = credit.clone();
         let task = tokio::spawn(async move {
@@ -609,7 +603,7 @@ where
             let bytes = codec
                 .encode(&last)
                 .unwrap_or_else(|_| encode_reply(codec, id, Err(panicked())));
-            let _ = tx.send(Outbound::Final { id, seq, bytes }).await;
+            let _ = tx.push(Outbound::Final { id, seq, bytes }).await;
         });
         self.in_flight.insert(
             id,
@@ -623,53 +617,53 @@ where
         Step::Continue
     }
 
-    async fn notification(&mut self, method: String, data: Payload) -> Step {
+    fn notification(&mut self, method: String, data: Payload) -> Step {
         let start = match self.lookup(&method) {
             Some(Method::Notify(start)) => start,
-            Some(other) => return self.wrong_kind(None, &method, &other, "ntf").await,
-            None => return self.unknown(None, &method).await,
+            Some(other) => return self.wrong_kind(None, &method, &other, "ntf"),
+            None => return self.unknown(None, &method),
         };
         if self.draining.is_some() {
             return Step::Continue;
         }
         if self.notifying.len() >= self.server.config.limits.max_in_flight {
-            return self
-                .error(
-                    None,
-                    ErrorCode::RATE_LIMITED,
-                    format!("too many notifications in progress; `{method}` was dropped"),
-                )
-                .await;
+            return self.error(
+                None,
+                ErrorCode::RATE_LIMITED,
+                format!("too many notifications in progress; `{method}` was dropped"),
+            );
         }
         let parts = self.parts(0, data);
         let Some(Started { mut future, .. }) = guarded(|| start(parts)) else {
-            return self
-                .error(
-                    None,
-                    ErrorCode::INTERNAL,
-                    format!("notification `{method}` failed"),
-                )
-                .await;
+            return self.error(
+                None,
+                ErrorCode::INTERNAL,
+                format!("notification `{method}` failed"),
+            );
         };
         match poll_once(&mut future) {
             Some(Ok(())) => Step::Continue,
             Some(Err(error)) => {
-                let frame = Frame::Err { id: None, error };
-                to_step(self.write_frame(&frame).await)
+                self.write_frame(&Frame::Err { id: None, error });
+                Step::Continue
             }
             None => {
                 let seq = self.next_seq();
-                let tx = self.handle.shared.tx.clone();
+                let tx = self.handle.shared.queue.clone();
                 let codec = self.codec();
                 let task = tokio::spawn(async move {
-                    let outcome = AssertUnwindSafe(future).catch_unwind().await;
-                    if let Ok(Err(error)) = outcome {
+                    // A panic is reported as at the first poll: `INTERNAL`, without id.
+                    let outcome = AssertUnwindSafe(future)
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| Err(panicked()));
+                    if let Err(error) = outcome {
                         if let Ok(bytes) = codec.encode(&Frame::Err { id: None, error }) {
-                            let _ = tx.send(Outbound::Frame(bytes)).await;
+                            let _ = tx.push(Outbound::Frame(bytes)).await;
                         }
                     }
                     let _ = tx
-                        .send(Outbound::Final {
+                        .push(Outbound::Final {
                             id: 0,
                             seq,
                             bytes: Bytes::new(),
@@ -682,23 +676,16 @@ where
         }
     }
 
-    async fn unknown(&mut self, id: Option<u64>, method: &str) -> Step {
+    fn unknown(&mut self, id: Option<u64>, method: &str) -> Step {
         let shown: String = method.chars().take(64).collect();
         self.error(
             id,
             ErrorCode::NOT_FOUND,
             format!("unknown method `{shown}`"),
         )
-        .await
     }
 
-    async fn wrong_kind(
-        &mut self,
-        id: Option<u64>,
-        method: &str,
-        actual: &Method,
-        sent: &str,
-    ) -> Step {
+    fn wrong_kind(&mut self, id: Option<u64>, method: &str, actual: &Method, sent: &str) -> Step {
         let frame = match actual {
             Method::Request(_) => "req",
             Method::Stream(_) => "sub",
@@ -708,7 +695,7 @@ where
             "`{method}` is a {} method: call it with `{frame}`, not `{sent}`",
             actual.kind()
         );
-        self.bad_frame(id, message).await
+        self.bad_frame(id, message)
     }
 
     /// Routes the client's answer to a call the server made.
@@ -800,7 +787,7 @@ where
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         self.handle.shared.gone.cancel();
-        self.rx.close();
+        self.queue.close();
     }
 }
 
@@ -810,7 +797,7 @@ async fn pump(
     codec: Codec,
     id: u64,
     seq: u64,
-    tx: &mpsc::Sender<Outbound>,
+    tx: &OutboundQueue,
     credit: Option<Arc<Semaphore>>,
 ) -> Frame {
     let mut stream = match start.await {
@@ -840,7 +827,7 @@ async fn pump(
                     };
                 };
                 // Waiting here is the stream's backpressure: it goes no faster than the socket.
-                if tx.send(Outbound::Item { id, seq, bytes }).await.is_err() {
+                if tx.push(Outbound::Item { id, seq, bytes }).await.is_err() {
                     return Frame::End { id };
                 }
             }
@@ -855,11 +842,16 @@ async fn pump(
     }
 }
 
-fn to_step(result: Result<(), DisconnectReason>) -> Step {
-    match result {
-        Ok(()) => Step::Continue,
-        Err(reason) => Step::Ended(reason),
-    }
+/// Why a connection ends when a close was requested (slow consumer, `ConnectionHandle::close`)
+/// while a write was stalled: the requested close, though its frame cannot get through.
+fn requested_close(handle: &ConnectionHandle) -> DisconnectReason {
+    let (code, reason) = handle
+        .shared
+        .close_code
+        .get()
+        .copied()
+        .unwrap_or((CloseCode::NORMAL, ""));
+    DisconnectReason::ServerClosed(code, reason)
 }
 
 fn stop(call: InFlight, reason: CancelReason) {

@@ -1,0 +1,217 @@
+//! The bounded outbound queue of one connection.
+//!
+//! Like a bounded tokio mpsc channel with one receiver, except that an idle connection's
+//! queue holds no buffer: tokio's channel allocates its first block of 32 slots up front,
+//! which is a large share of an idle connection's memory. This one allocates on first use
+//! and gives the memory back once a burst has been written.
+
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+use super::Outbound;
+
+/// Capacity kept after the queue empties; more is released.
+const KEEP_CAPACITY: usize = 16;
+
+pub(crate) struct OutboundQueue {
+    state: Mutex<State>,
+    capacity: usize,
+    /// Wakes the connection task (single consumer; `notify_one` keeps a permit).
+    item_ready: Notify,
+    /// Wakes producers waiting for room.
+    room: Notify,
+}
+
+struct State {
+    items: VecDeque<Outbound>,
+    closed: bool,
+}
+
+/// Why an item was not queued.
+pub(crate) enum PushError {
+    Full,
+    Closed,
+}
+
+impl OutboundQueue {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                closed: false,
+            }),
+            capacity: capacity.max(1),
+            item_ready: Notify::new(),
+            room: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues an item if there is room, without waiting.
+    pub(crate) fn try_push(&self, item: Outbound) -> Result<(), PushError> {
+        self.offer(item).map_err(|(error, _)| error)
+    }
+
+    /// Like `try_push`, but hands the item back when it was not queued.
+    fn offer(&self, item: Outbound) -> Result<(), (PushError, Outbound)> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err((PushError::Closed, item));
+        }
+        if state.items.len() >= self.capacity {
+            return Err((PushError::Full, item));
+        }
+        state.items.push_back(item);
+        drop(state);
+        self.item_ready.notify_one();
+        Ok(())
+    }
+
+    /// Queues an item, waiting for room. Fails only when the queue is closed.
+    pub(crate) async fn push(&self, mut item: Outbound) -> Result<(), PushError> {
+        loop {
+            // Register for a wake-up before looking, so a pop in between is not missed.
+            let mut room = pin!(self.room.notified());
+            room.as_mut().enable();
+            match self.offer(item) {
+                Ok(()) => return Ok(()),
+                Err((PushError::Closed, _)) => return Err(PushError::Closed),
+                Err((PushError::Full, back)) => item = back,
+            }
+            room.await;
+        }
+    }
+
+    /// Takes the next item without waiting.
+    pub(crate) fn try_pop(&self) -> Option<Outbound> {
+        let mut state = self.lock();
+        let item = state.items.pop_front();
+        if item.is_some() {
+            if state.items.is_empty() && state.items.capacity() > KEEP_CAPACITY {
+                state.items = VecDeque::new();
+            }
+            drop(state);
+            self.room.notify_waiters();
+        }
+        item
+    }
+
+    /// Waits for the next item; `None` once closed. Cancel-safe: an item is only taken
+    /// when this returns it.
+    pub(crate) async fn pop(&self) -> Option<Outbound> {
+        loop {
+            if let Some(item) = self.try_pop() {
+                return Some(item);
+            }
+            if self.lock().closed {
+                return None;
+            }
+            self.item_ready.notified().await;
+        }
+    }
+
+    /// Closes the queue: queued items are dropped and every waiting producer fails.
+    pub(crate) fn close(&self) {
+        let items = {
+            let mut state = self.lock();
+            state.closed = true;
+            std::mem::take(&mut state.items)
+        };
+        drop(items);
+        self.room.notify_waiters();
+        self.item_ready.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn item(n: u8) -> Outbound {
+        Outbound::Frame(Bytes::from(vec![n]))
+    }
+
+    fn value(item: Outbound) -> u8 {
+        match item {
+            Outbound::Frame(bytes) => bytes[0],
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn bounded_and_in_order() {
+        let queue = OutboundQueue::new(2);
+        assert!(queue.try_push(item(1)).is_ok());
+        assert!(queue.try_push(item(2)).is_ok());
+        assert!(matches!(queue.try_push(item(3)), Err(PushError::Full)));
+        assert_eq!(queue.try_pop().map(value), Some(1));
+        assert!(queue.try_push(item(3)).is_ok());
+        assert_eq!(queue.try_pop().map(value), Some(2));
+        assert_eq!(queue.try_pop().map(value), Some(3));
+        assert!(queue.try_pop().is_none());
+    }
+
+    #[test]
+    fn idle_queue_holds_no_buffer() {
+        let queue = OutboundQueue::new(1024);
+        assert_eq!(queue.lock().items.capacity(), 0);
+        for n in 0..100 {
+            assert!(queue.try_push(item(n)).is_ok());
+        }
+        while queue.try_pop().is_some() {}
+        assert!(queue.lock().items.capacity() <= KEEP_CAPACITY);
+    }
+
+    #[tokio::test]
+    async fn push_waits_for_room() {
+        let queue = Arc::new(OutboundQueue::new(1));
+        assert!(queue.try_push(item(1)).is_ok());
+        let producer = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.push(item(2)).await.is_ok() }
+        });
+        assert_eq!(queue.pop().await.map(value), Some(1));
+        assert_eq!(queue.pop().await.map(value), Some(2));
+        assert!(producer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn close_fails_waiting_producers_and_ends_the_consumer() {
+        let queue = Arc::new(OutboundQueue::new(1));
+        assert!(queue.try_push(item(1)).is_ok());
+        let producer = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.push(item(2)).await.is_err() }
+        });
+        tokio::task::yield_now().await;
+        queue.close();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), producer)
+                .await
+                .unwrap()
+                .unwrap()
+        );
+        assert!(queue.pop().await.is_none());
+        assert!(matches!(queue.try_push(item(3)), Err(PushError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_pop_loses_nothing() {
+        let queue = Arc::new(OutboundQueue::new(4));
+        // A pop that is polled while empty, then dropped, must not swallow a later item.
+        let _ = tokio::time::timeout(Duration::from_millis(1), queue.pop()).await;
+        assert!(queue.try_push(item(7)).is_ok());
+        assert_eq!(queue.pop().await.map(value), Some(7));
+    }
+}

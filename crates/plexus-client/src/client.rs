@@ -243,7 +243,13 @@ impl Client {
             data: params,
             credit: options.credit,
         })?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        // Room for what the server may send before we grant more, plus the final event.
+        let in_transit = options
+            .credit
+            .map_or(crate::options::UNCREDITED_STREAM_BUFFER, |window| {
+                window as usize
+            });
+        let (tx, rx) = mpsc::channel(in_transit + 1);
         let deadline = options.timeout.map(|t| Box::pin(tokio::time::sleep(t)));
         let guard = self
             .inner

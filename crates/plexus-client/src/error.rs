@@ -81,6 +81,14 @@ impl CallError {
         )
     }
 
+    pub(crate) fn flow_control() -> Self {
+        Self::local(
+            CallErrorKind::Decode,
+            ErrorCode::BAD_FRAME,
+            "the server sent more stream items than the credit window allows",
+        )
+    }
+
     pub(crate) fn closed() -> Self {
         Self::local(
             CallErrorKind::Closed,

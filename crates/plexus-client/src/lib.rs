@@ -83,7 +83,10 @@ mod stream;
 
 pub use client::{Client, Status, connect};
 pub use error::{BoxError, CallError, CallErrorKind, ConnectError};
-pub use options::{CallOptions, ClientOptions, ConnectRequest, ReconnectOptions, StreamOptions};
+pub use options::{
+    CallOptions, ClientOptions, ConnectRequest, DEFAULT_STREAM_WINDOW, ReconnectOptions,
+    StreamOptions,
+};
 pub use plexus_protocol::{Codec, ErrorBody, ErrorCode, Payload};
 pub use stream::CallStream;
 

@@ -430,12 +430,21 @@ impl CallOptions {
     }
 }
 
+/// The credit window of a stream unless [`StreamOptions::credit`] says otherwise.
+pub const DEFAULT_STREAM_WINDOW: u32 = 256;
+
+/// Items buffered for a stream opened without flow control; a server that sends more before
+/// the application reads them fails the stream (`BAD_FRAME`) instead of growing memory.
+pub(crate) const UNCREDITED_STREAM_BUFFER: usize = 4096;
+
 /// The options of one stream: see [`Client::stream_with`](crate::Client::stream_with).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StreamOptions {
-    /// Flow control: when set, `sub` carries `"credit": n` and the client grants more
-    /// (`credit` frames) as the application consumes items, once half the window is used.
+    /// Flow control (default: a window of [`DEFAULT_STREAM_WINDOW`] items): `sub` carries
+    /// `"credit": n` and the client grants more (`credit` frames) as the application consumes
+    /// items, once half the window is used. `None` turns it off; the client then buffers at
+    /// most 4,096 unread items and fails the stream if the server sends more.
     pub credit: Option<u32>,
     /// A deadline for the whole stream; `None` (the default) means none.
     pub timeout: Option<Duration>,
@@ -444,7 +453,23 @@ pub struct StreamOptions {
     pub retryable: bool,
 }
 
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self {
+            credit: Some(DEFAULT_STREAM_WINDOW),
+            timeout: None,
+            retryable: false,
+        }
+    }
+}
+
 impl StreamOptions {
+    /// Turns flow control off (see [`StreamOptions::credit`]).
+    pub fn without_credit(mut self) -> Self {
+        self.credit = None;
+        self
+    }
+
     /// Sets the credit window.
     pub fn credit(mut self, window: u32) -> Self {
         self.credit = Some(window);

@@ -68,7 +68,9 @@ impl Link {
 /// Where the answer to a call goes.
 pub(crate) enum Waiter {
     Request(oneshot::Sender<Result<Payload, CallError>>),
-    Stream(mpsc::UnboundedSender<StreamEvent>),
+    /// Bounded: one slot more than the items the stream may have in transit, so that its
+    /// final event always fits.
+    Stream(mpsc::Sender<StreamEvent>),
 }
 
 /// What a [`CallStream`](crate::CallStream) receives.
@@ -96,7 +98,7 @@ impl Pending {
                 let _ = tx.send(Err(error));
             }
             Waiter::Stream(tx) => {
-                let _ = tx.send(StreamEvent::Error(error));
+                let _ = tx.try_send(StreamEvent::Error(error));
             }
         }
     }
@@ -309,9 +311,20 @@ impl Inner {
         let mut st = self.lock();
         match st.pending.get_mut(&id) {
             Some(pending) => match &pending.waiter {
+                Waiter::Stream(tx) if tx.capacity() <= 1 => {
+                    // The server sent more than the window allows. Keep the last slot for
+                    // the error, stop the stream and tell the server.
+                    let _ = tx.try_send(StreamEvent::Error(CallError::flow_control()));
+                    st.pending.remove(&id);
+                    if let (Some(link), Ok(bytes)) =
+                        (&st.link, self.codec().encode(&Frame::Cancel { id }))
+                    {
+                        link.send_control(bytes);
+                    }
+                }
                 Waiter::Stream(tx) => {
                     pending.started = true;
-                    let _ = tx.send(StreamEvent::Item(data));
+                    let _ = tx.try_send(StreamEvent::Item(data));
                 }
                 Waiter::Request(_) => {
                     tracing::warn!(id, "server sent `item` for a request; ignoring it")
@@ -331,7 +344,7 @@ impl Inner {
                     ..
                 }) = st.pending.remove(&id)
                 {
-                    let _ = tx.send(StreamEvent::End);
+                    let _ = tx.try_send(StreamEvent::End);
                 }
             }
             Some(Waiter::Request(_)) => {

@@ -22,7 +22,7 @@ use crate::state::{CallGuard, StreamEvent};
 /// ([`StreamOptions::credit`](crate::StreamOptions::credit)), consuming items grants more.
 pub struct CallStream<T> {
     guard: CallGuard,
-    events: mpsc::UnboundedReceiver<StreamEvent>,
+    events: mpsc::Receiver<StreamEvent>,
     decode: fn(Payload) -> Result<T, CallError>,
     deadline: Option<Pin<Box<Sleep>>>,
     window: Option<u32>,
@@ -33,7 +33,7 @@ pub struct CallStream<T> {
 impl<T> CallStream<T> {
     pub(crate) fn new(
         guard: CallGuard,
-        events: mpsc::UnboundedReceiver<StreamEvent>,
+        events: mpsc::Receiver<StreamEvent>,
         decode: fn(Payload) -> Result<T, CallError>,
         deadline: Option<Pin<Box<Sleep>>>,
         window: Option<u32>,

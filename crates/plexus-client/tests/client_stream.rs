@@ -5,7 +5,9 @@ mod support;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use plexus_client::{CallErrorKind, ClientOptions, ErrorCode, StreamOptions};
+use plexus_client::{
+    CallErrorKind, ClientOptions, DEFAULT_STREAM_WINDOW, ErrorCode, StreamOptions,
+};
 use plexus_protocol::{Codec, Frame, Payload};
 use support::{Script, TestServer, WAIT, connect_to};
 use tokio::time::timeout;
@@ -22,7 +24,7 @@ async fn items_then_end() {
         assert_eq!(items, vec![0, 1, 2, 3, 4]);
         let (_, sub) = server.frame().await;
         assert!(
-            matches!(&sub, Frame::Sub { method, credit: None, .. } if method == "count"),
+            matches!(&sub, Frame::Sub { method, credit: Some(DEFAULT_STREAM_WINDOW), .. } if method == "count"),
             "{sub:?}"
         );
         assert_eq!(client.pending_calls(), 0);
@@ -201,4 +203,33 @@ async fn raw_streams_yield_payloads_and_bad_items_are_errors() {
         3
     );
     assert!(timeout(WAIT, typed.next()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_server_ignoring_credit_fails_the_stream_instead_of_growing_memory() {
+    let mut server = TestServer::start(Script::default()).await;
+    let (client, _) = connect_to(&mut server, ClientOptions::default()).await;
+    // "count" sends everything at once, whatever the credit: 10 items into a window of 4.
+    let stream = client
+        .stream_with::<_, u64>("count", &10, StreamOptions::default().credit(4))
+        .await
+        .unwrap();
+    let id = stream.id();
+    let (_, sub) = server.frame().await;
+    assert_eq!(sub.id(), Some(id));
+    // The overflow cancels the stream on the server before the application reads anything.
+    let (_, cancel) = server.frame().await;
+    assert_eq!(cancel, Frame::Cancel { id });
+    let results: Vec<_> = timeout(WAIT, stream.collect()).await.unwrap();
+    let (items, errors): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    assert_eq!(
+        items.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        errors[0].as_ref().unwrap_err().code(),
+        &ErrorCode::BAD_FRAME
+    );
+    assert_eq!(client.pending_calls(), 0);
 }

@@ -338,7 +338,16 @@ async fn run_session(
         // Unbiased: a server flooding frames must not starve writes or the watchdog.
         tokio::select! {
             _ = inner.shutdown.cancelled() => {
-                close_gracefully(&mut ws).await;
+                // What the application handed over before closing is still written.
+                batch.extend(batch_of(&mut out_rx, usize::MAX));
+                if !batch.is_empty() {
+                    let frames = batch
+                        .drain(..)
+                        .map(|bytes| Ok::<_, WebSocketError>(ws_frame(binary, bytes)));
+                    let mut frames = futures_util::stream::iter(frames);
+                    let _ = timeout(write_limit, ws.send_all(&mut frames)).await;
+                }
+                close_gracefully(inner, codec, &mut ws).await;
                 break 'session SessionEnd::Shutdown;
             }
             frame = ws.next_frame() => {
@@ -387,12 +396,7 @@ async fn run_session(
             }
             Some(item) = out_rx.recv() => {
                 batch.push(item.bytes);
-                while batch.len() < WRITE_BATCH {
-                    match out_rx.try_recv() {
-                        Ok(item) => batch.push(item.bytes),
-                        Err(_) => break,
-                    }
-                }
+                batch.extend(batch_of(&mut out_rx, WRITE_BATCH - 1));
             }
             Some(bytes) = control_rx.recv() => batch.push(bytes),
             Some(reply) = reply_rx.recv() => {
@@ -460,15 +464,35 @@ fn dispatch(inner: &Inner, incoming: &mut Incoming, frame: Frame) -> Option<Fram
     None
 }
 
+/// Takes up to `max` queued frames without waiting.
+fn batch_of(out_rx: &mut mpsc::Receiver<crate::state::Outbound>, max: usize) -> Vec<Bytes> {
+    let mut batch = Vec::new();
+    while batch.len() < max {
+        match out_rx.try_recv() {
+            Ok(item) => batch.push(item.bytes),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 /// Sends Close 1000 and reads until the server's reply ends the connection (bounded).
-async fn close_gracefully(ws: &mut TcpWebSocket) {
+/// Errors the server reports meanwhile (an `err` without id, e.g. for the last notification)
+/// still reach [`Client::errors`](crate::Client::errors).
+async fn close_gracefully(inner: &Inner, codec: crate::Codec, ws: &mut TcpWebSocket) {
     let close = yawc::Frame::close(yawc::close::CloseCode::Normal, b"");
     if timeout(CLOSE_WAIT, ws.send(close)).await.is_err() {
         return;
     }
     let _ = timeout(CLOSE_WAIT, async {
         // Ends when the server's Close reply (or EOF) ends the stream; bounded by the timeout.
-        while ws.next_frame().await.is_ok() {}
+        while let Ok(frame) = ws.next_frame().await {
+            if matches!(frame.opcode(), OpCode::Text | OpCode::Binary)
+                && let Ok(Frame::Err { id: None, error }) = codec.decode(frame.into_payload())
+            {
+                report_error(inner, error);
+            }
+        }
     })
     .await;
 }

@@ -73,9 +73,9 @@ pub struct EndpointConfig {
     /// Default 256 bytes.
     pub compression_threshold: usize,
     /// Initial capacity of each connection's socket read buffer. Smaller saves memory on
-    /// idle connections; it grows for large messages. Default 4 KiB.
+    /// idle connections; it grows for large messages (and shrinks back). Default 1 KiB.
     pub read_buffer: usize,
-    /// Initial capacity of each connection's socket write buffer. Default 4 KiB.
+    /// Initial capacity of each connection's socket write buffer; grows as needed. Default 1 KiB.
     pub write_buffer: usize,
 }
 

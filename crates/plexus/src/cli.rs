@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use plexus_server::{Compression, EndpointConfig, Server};
 
+mod call;
+
 /// plexus: a real-time WebSocket server, and a client to talk to one.
 #[derive(Parser, Debug)]
 #[command(name = "plexus", version, about, long_about = None)]
@@ -19,6 +21,14 @@ struct Cli {
 enum Command {
     /// Run a server with the built-in methods (sys.echo, sys.count, sys.sleep); no config needed.
     Serve(ServeArgs),
+    /// Call METHOD on the server at URL and print the result as JSON.
+    ///
+    /// Exits 0 with the result on stdout, or 1 with `CODE: message` on stderr.
+    Call(call::CallArgs),
+    /// Send a notification; exits 1 if the server reports an error for it.
+    Notify(call::CallArgs),
+    /// Open a stream and print one JSON item per line until it ends (or Ctrl-C).
+    Stream(call::CallArgs),
 }
 
 #[derive(Args, Debug)]
@@ -76,10 +86,15 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The client commands report outcomes themselves; their logs would only repeat them.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "error",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -99,6 +114,9 @@ pub(crate) fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
+            Command::Call(args) => call::call(args).await,
+            Command::Notify(args) => call::notify(args).await,
+            Command::Stream(args) => call::stream(args).await,
         }
     })
 }

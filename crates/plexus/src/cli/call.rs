@@ -1,0 +1,196 @@
+//! `plexus call | notify | stream`: talk to a server from the shell.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Args;
+use futures_util::StreamExt;
+use http::{HeaderName, HeaderValue};
+use plexus_client::{
+    CallOptions, Client, ClientOptions, Codec, ErrorBody, Payload, ReconnectOptions, StreamOptions,
+};
+
+use super::parse_duration;
+
+/// Arguments shared by `call`, `notify` and `stream`.
+#[derive(Args, Debug)]
+pub(crate) struct CallArgs {
+    /// Server URL, e.g. ws://127.0.0.1:8787/ws
+    url: String,
+    /// Method name, e.g. sys.echo
+    method: String,
+    /// Params as JSON (default: null)
+    params: Option<String>,
+    /// Credential, sent as `Authorization: Bearer TOKEN`
+    #[arg(long, env = "PLEXUS_TOKEN")]
+    token: Option<String>,
+    /// Extra request header as `Name: value` (repeatable)
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// Speak MessagePack (plexus.v1.msgpack) instead of JSON
+    #[arg(long)]
+    msgpack: bool,
+    /// How long to wait (e.g. 500ms, 30s). call/notify: default 30s; stream: no limit.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+}
+
+/// A failure to report: `CODE: message` on stderr, exit 1.
+struct Failure(ErrorBody);
+
+impl Failure {
+    fn local(code: &'static str, message: impl Into<String>) -> Self {
+        Self(ErrorBody::new(
+            plexus_client::ErrorCode::from_static(code),
+            message,
+        ))
+    }
+
+    fn report(self) -> ExitCode {
+        eprintln!("{}: {}", self.0.code, self.0.message);
+        if let Some(data) = self
+            .0
+            .data
+            .as_ref()
+            .and_then(|d| d.to_codec(Codec::Json).ok())
+        {
+            eprintln!("data: {}", String::from_utf8_lossy(data.raw()));
+        }
+        ExitCode::FAILURE
+    }
+}
+
+impl From<plexus_client::CallError> for Failure {
+    fn from(e: plexus_client::CallError) -> Self {
+        Self(e.to_error_body())
+    }
+}
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl CallArgs {
+    fn params(&self) -> Result<Payload, Failure> {
+        let text = self.params.as_deref().unwrap_or("null");
+        Payload::from_raw_checked(Codec::Json, Bytes::copy_from_slice(text.as_bytes())).map_err(
+            |_| {
+                Failure::local(
+                    "VALIDATION_ERROR",
+                    format!("params are not valid JSON: {text}"),
+                )
+            },
+        )
+    }
+
+    async fn connect(&self) -> Result<Client, Failure> {
+        let mut options = ClientOptions::default()
+            .codec(if self.msgpack {
+                Codec::MsgPack
+            } else {
+                Codec::Json
+            })
+            .reconnect(ReconnectOptions::disabled())
+            .connect_timeout(self.timeout.unwrap_or(DEFAULT_TIMEOUT));
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        for header in &self.headers {
+            let (name, value) = header.split_once(':').ok_or_else(|| {
+                Failure::local("BAD_HEADER", format!("`{header}` is not `Name: value`"))
+            })?;
+            let name = HeaderName::try_from(name.trim())
+                .map_err(|e| Failure::local("BAD_HEADER", format!("{name}: {e}")))?;
+            let value = HeaderValue::try_from(value.trim())
+                .map_err(|e| Failure::local("BAD_HEADER", format!("{header}: {e}")))?;
+            options = options.header(name, value);
+        }
+        plexus_client::connect(&self.url, options)
+            .await
+            .map_err(|e| {
+                let mut message = format!("cannot connect to {}: {e}", self.url);
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    message.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                Failure::local("UNAVAILABLE", message)
+            })
+    }
+}
+
+fn print_json(payload: &Payload) -> Result<(), Failure> {
+    let json = payload
+        .to_codec(Codec::Json)
+        .map_err(|e| Failure::local("INTERNAL", format!("cannot show the answer as JSON: {e}")))?;
+    println!("{}", String::from_utf8_lossy(json.raw()));
+    Ok(())
+}
+
+fn exit(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+pub(crate) async fn call(args: CallArgs) -> ExitCode {
+    exit(
+        async {
+            let params = args.params()?;
+            let client = args.connect().await?;
+            let options = CallOptions::default().timeout(args.timeout.unwrap_or(DEFAULT_TIMEOUT));
+            let answer = client.request_raw_with(&args.method, params, options).await;
+            client.close().await;
+            print_json(&answer?)
+        }
+        .await,
+    )
+}
+
+pub(crate) async fn notify(args: CallArgs) -> ExitCode {
+    exit(
+        async {
+            let params = args.params()?;
+            let client = args.connect().await?;
+            let mut errors = client.errors();
+            client.notify_raw(&args.method, params).await?;
+            // The close handshake comes after the notification on the wire, so an error the
+            // server reports for it (e.g. NOT_FOUND) has arrived once the close completes.
+            client.close().await;
+            match errors.try_recv() {
+                Ok(error) => Err(Failure(error)),
+                Err(_) => Ok(()),
+            }
+        }
+        .await,
+    )
+}
+
+pub(crate) async fn stream(args: CallArgs) -> ExitCode {
+    exit(
+        async {
+            let params = args.params()?;
+            let client = args.connect().await?;
+            let mut options = StreamOptions::default();
+            if let Some(timeout) = args.timeout {
+                options = options.timeout(timeout);
+            }
+            let mut items = client.stream_raw(&args.method, params, options).await?;
+            let outcome = loop {
+                tokio::select! {
+                    item = items.next() => match item {
+                        Some(Ok(item)) => print_json(&item)?,
+                        Some(Err(e)) => break Err(Failure::from(e)),
+                        None => break Ok(()),
+                    },
+                    _ = tokio::signal::ctrl_c() => break Ok(()),
+                }
+            };
+            // Dropping the stream before its end sends `cancel`.
+            drop(items);
+            client.close().await;
+            outcome
+        }
+        .await,
+    )
+}

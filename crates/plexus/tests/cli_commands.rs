@@ -1,0 +1,206 @@
+//! The `plexus` binary end to end: `serve` in a child process, `call`, `notify` and `stream`
+//! against it, and a graceful stop on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_plexus");
+
+/// A `plexus serve` child on a free port, stopped (SIGTERM) when dropped.
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Served {
+    fn start(extra: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start plexus serve");
+        // The server logs where it listens; the test waits for that line, not for a delay.
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("plexus serve exited before listening")
+                .expect("read stderr");
+            if let Some(at) = line.find("ws://") {
+                break line[at..].split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, url }
+    }
+
+    fn plexus(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(BIN);
+        command.args(&args[..1]).arg(&self.url).args(&args[1..]);
+        command.output().expect("run plexus")
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plexus serve did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn call_prints_the_result_as_json() {
+    let served = Served::start(&[]);
+    for codec in [&[][..], &["--msgpack"][..]] {
+        let mut args = vec!["call", "sys.echo", r#"{"hello":"world","n":[1,2.5]}"#];
+        args.extend_from_slice(codec);
+        let out = served.plexus(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "{\"hello\":\"world\",\"n\":[1,2.5]}\n");
+    }
+    let out = served.plexus(&["call", "sys.sleep", r#"{"ms":5}"#]);
+    assert_eq!(stdout(&out), "{\"slept\":5}\n");
+}
+
+#[test]
+fn call_errors_go_to_stderr_with_exit_code_1() {
+    let served = Served::start(&[]);
+    let out = served.plexus(&["call", "sys.nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(stderr(&out).trim(), "NOT_FOUND: unknown method `sys.nope`");
+
+    let out = served.plexus(&["call", "sys.sleep", r#"{"ms":"soon"}"#]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("VALIDATION_ERROR: "),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains(r#"data: {"path":"ms"}"#),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = served.plexus(&["call", "--timeout", "200ms", "sys.sleep", r#"{"ms":10000}"#]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("TIMEOUT: "), "{}", stderr(&out));
+
+    let out = served.plexus(&["call", "sys.echo", "{not json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("VALIDATION_ERROR: params are not valid JSON"));
+}
+
+#[test]
+fn call_to_nothing_listening_is_unavailable() {
+    // Bind and drop a listener to get a port that nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(BIN)
+        .args(["call", &format!("ws://127.0.0.1:{port}/ws"), "sys.echo"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("UNAVAILABLE: cannot connect"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn stream_prints_one_item_per_line() {
+    let served = Served::start(&[]);
+    let out = served.plexus(&["stream", "sys.count", r#"{"n":4,"interval_ms":10}"#]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "0\n1\n2\n3\n");
+    let out = served.plexus(&["stream", "--msgpack", "sys.count", r#"{"n":2}"#]);
+    assert_eq!(stdout(&out), "0\n1\n");
+    let out = served.plexus(&["stream", "sys.echo", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("BAD_FRAME: "), "{}", stderr(&out));
+}
+
+#[test]
+fn notify_reports_what_the_server_refused() {
+    let served = Served::start(&[]);
+    let out = served.plexus(&["notify", "nobody.listens", "{}"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "NOT_FOUND: unknown method `nobody.listens`"
+    );
+    // A request method sent as a notification is refused the same way.
+    let out = served.plexus(&["notify", "sys.echo", "{}"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("BAD_FRAME: "));
+}
+
+#[test]
+fn serve_stops_gracefully_on_sigterm() {
+    let mut served = Served::start(&["--echo-path", "/echo"]);
+    let out = served.plexus(&["call", "sys.echo", "1"]);
+    assert!(out.status.success());
+    let status = served.terminate();
+    assert!(status.success(), "plexus serve exited with {status}");
+}
+
+#[test]
+fn help_texts_name_every_command() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = stdout(&out);
+    for command in ["serve", "call", "notify", "stream"] {
+        assert!(help.contains(command), "{help}");
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = stdout(&out);
+    for flag in [
+        "--listen",
+        "--path",
+        "--echo-path",
+        "--compression",
+        "--heartbeat",
+    ] {
+        assert!(help.contains(flag), "{help}");
+    }
+}

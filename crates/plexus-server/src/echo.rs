@@ -40,27 +40,20 @@ async fn echo(request: Request, options: yawc::Options) -> Response {
     tokio::spawn(async move {
         let Ok(mut ws) = fut.await else { return };
         while let Ok(frame) = ws.next_frame().await {
-            match frame.opcode() {
-                OpCode::Text | OpCode::Binary => {
-                    if ws.send(frame).await.is_err() {
-                        break;
-                    }
-                }
-                OpCode::Close => {
-                    // yawc has queued its close reply: write it, then drop the TCP connection
-                    // ourselves, as the server should (RFC 6455, 7.1.1). An oversized close
-                    // frame is a protocol error that yawc would echo: just drop the connection.
-                    if frame.payload().len() > crate::conn::MAX_CONTROL_PAYLOAD {
-                        break;
-                    }
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        crate::conn::write_close_reply(&mut ws),
-                    )
-                    .await;
+            let opcode = frame.opcode();
+            if matches!(opcode, OpCode::Text | OpCode::Binary) {
+                if ws.send(frame).await.is_err() {
                     break;
                 }
-                _ => {}
+            } else if opcode == OpCode::Close {
+                // yawc has queued its close reply: write it, then drop the TCP connection
+                // ourselves, as the server should (RFC 6455, 7.1.1). An oversized close
+                // frame is a protocol error that yawc would echo: just drop the connection.
+                if frame.payload().len() <= crate::conn::MAX_CONTROL_PAYLOAD {
+                    let reply = crate::conn::write_close_reply(&mut ws);
+                    let _ = tokio::time::timeout(Duration::from_secs(2), reply).await;
+                }
+                break;
             }
         }
     });

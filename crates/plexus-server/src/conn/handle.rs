@@ -303,10 +303,12 @@ impl Drop for PendingGuard {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.id)
             .is_some();
-        if removed && !self.done && !self.conn.is_closed() {
-            if let Ok(bytes) = self.conn.encode(&Frame::Cancel { id: self.id }) {
-                let _ = self.conn.shared.queue.try_push(Outbound::Frame(bytes));
-            }
+        if removed
+            && !self.done
+            && !self.conn.is_closed()
+            && let Ok(bytes) = self.conn.encode(&Frame::Cancel { id: self.id })
+        {
+            let _ = self.conn.shared.queue.try_push(Outbound::Frame(bytes));
         }
     }
 }

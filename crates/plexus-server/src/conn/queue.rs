@@ -8,7 +8,10 @@
 use std::collections::VecDeque;
 use std::pin::pin;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use super::Outbound;
@@ -19,8 +22,12 @@ const KEEP_CAPACITY: usize = 16;
 pub(crate) struct OutboundQueue {
     state: Mutex<State>,
     capacity: usize,
-    /// Wakes the connection task (single consumer; `notify_one` keeps a permit).
-    item_ready: Notify,
+    /// Items queued and whether the queue is closed, readable without the lock: the
+    /// connection task looks at an empty queue on every turn of its loop.
+    len: AtomicUsize,
+    closed: AtomicBool,
+    /// The connection task (the single consumer) while it waits for an item.
+    consumer: AtomicWaker,
     /// Wakes producers waiting for room.
     room: Notify,
 }
@@ -44,7 +51,9 @@ impl OutboundQueue {
                 closed: false,
             }),
             capacity: capacity.max(1),
-            item_ready: Notify::new(),
+            len: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            consumer: AtomicWaker::new(),
             room: Notify::new(),
         }
     }
@@ -55,31 +64,38 @@ impl OutboundQueue {
 
     /// Queues an item if there is room, without waiting.
     pub(crate) fn try_push(&self, item: Outbound) -> Result<(), PushError> {
-        self.offer(item).map_err(|(error, _)| error)
+        self.offer(item, self.capacity).map_err(|(error, _)| error)
     }
 
-    /// Like `try_push`, but hands the item back when it was not queued.
-    fn offer(&self, item: Outbound) -> Result<(), (PushError, Outbound)> {
+    /// Queues an item if fewer than `limit` are queued, or hands it back.
+    fn offer(&self, item: Outbound, limit: usize) -> Result<(), (PushError, Outbound)> {
         let mut state = self.lock();
         if state.closed {
             return Err((PushError::Closed, item));
         }
-        if state.items.len() >= self.capacity {
+        if state.items.len() >= limit {
             return Err((PushError::Full, item));
         }
         state.items.push_back(item);
+        self.len.store(state.items.len(), Ordering::Release);
         drop(state);
-        self.item_ready.notify_one();
+        self.consumer.wake();
         Ok(())
     }
 
     /// Queues an item, waiting for room. Fails only when the queue is closed.
+    ///
+    /// Items that can wait (replies and stream items) fill at most half the queue: the rest
+    /// stays free for `try_push`, which cannot wait and takes a full queue for a slow
+    /// consumer. Otherwise a stream that keeps the queue full by design would make a client
+    /// that reads everything look slow.
     pub(crate) async fn push(&self, mut item: Outbound) -> Result<(), PushError> {
+        let limit = (self.capacity / 2).max(1);
         loop {
             // Register for a wake-up before looking, so a pop in between is not missed.
             let mut room = pin!(self.room.notified());
             room.as_mut().enable();
-            match self.offer(item) {
+            match self.offer(item, limit) {
                 Ok(()) => return Ok(()),
                 Err((PushError::Closed, _)) => return Err(PushError::Closed),
                 Err((PushError::Full, back)) => item = back,
@@ -90,8 +106,12 @@ impl OutboundQueue {
 
     /// Takes the next item without waiting.
     pub(crate) fn try_pop(&self) -> Option<Outbound> {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let mut state = self.lock();
         let item = state.items.pop_front();
+        self.len.store(state.items.len(), Ordering::Release);
         if item.is_some() {
             if state.items.is_empty() && state.items.capacity() > KEEP_CAPACITY {
                 state.items = VecDeque::new();
@@ -102,18 +122,27 @@ impl OutboundQueue {
         item
     }
 
+    /// The next item, or `Ready(None)` once closed. Only the connection task calls this.
+    pub(crate) fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+        for attempt in 0..2 {
+            if let Some(item) = self.try_pop() {
+                return Poll::Ready(Some(item));
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return Poll::Ready(None);
+            }
+            if attempt == 0 {
+                // Register, then look again: a push in between is then seen or wakes us.
+                self.consumer.register(cx.waker());
+            }
+        }
+        Poll::Pending
+    }
+
     /// Waits for the next item; `None` once closed. Cancel-safe: an item is only taken
     /// when this returns it.
     pub(crate) async fn pop(&self) -> Option<Outbound> {
-        loop {
-            if let Some(item) = self.try_pop() {
-                return Some(item);
-            }
-            if self.lock().closed {
-                return None;
-            }
-            self.item_ready.notified().await;
-        }
+        std::future::poll_fn(|cx| self.poll_pop(cx)).await
     }
 
     /// Closes the queue: queued items are dropped and every waiting producer fails.
@@ -121,11 +150,13 @@ impl OutboundQueue {
         let items = {
             let mut state = self.lock();
             state.closed = true;
+            self.closed.store(true, Ordering::Release);
+            self.len.store(0, Ordering::Release);
             std::mem::take(&mut state.items)
         };
         drop(items);
         self.room.notify_waiters();
-        self.item_ready.notify_one();
+        self.consumer.wake();
     }
 }
 
@@ -183,6 +214,25 @@ mod tests {
         });
         assert_eq!(queue.pop().await.map(value), Some(1));
         assert_eq!(queue.pop().await.map(value), Some(2));
+        assert!(producer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn waiting_pushes_leave_half_the_queue_to_try_push() {
+        let queue = Arc::new(OutboundQueue::new(4));
+        assert!(queue.push(item(1)).await.is_ok());
+        assert!(queue.push(item(2)).await.is_ok());
+        // Half full: a third waiting push waits, while try_push still finds room.
+        let producer = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.push(item(5)).await.is_ok() }
+        });
+        assert!(queue.try_push(item(3)).is_ok());
+        assert!(queue.try_push(item(4)).is_ok());
+        assert!(matches!(queue.try_push(item(9)), Err(PushError::Full)));
+        for n in 1..=5 {
+            assert_eq!(queue.pop().await.map(value), Some(n));
+        }
         assert!(producer.await.unwrap());
     }
 

@@ -174,8 +174,13 @@ where
         let interval = self.server.config.limits.heartbeat_interval;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Both signals are polled through one pinned future each for the whole connection:
+        // a fresh `cancelled()` per iteration would register with (and leave) the token's
+        // waiter list every time, and the shutdown token is shared by every connection.
         let shutdown = self.server.shutdown.clone();
         let close = self.handle.shared.close.clone();
+        let mut shutdown_signal = std::pin::pin!(shutdown.cancelled());
+        let mut close_signal = std::pin::pin!(close.cancelled());
         let idle = self.server.config.limits.idle_timeout;
         loop {
             let idle_deadline = idle.map(|idle| self.last_call + idle);
@@ -183,7 +188,7 @@ where
             // `drain` below. That keeps this future, which lives as long as the connection, small.
             let step = tokio::select! {
                 biased;
-                _ = close.cancelled() => {
+                _ = &mut close_signal => {
                     let (code, reason) = self.handle.shared.close_code.get().copied()
                         .unwrap_or((CloseCode::NORMAL, ""));
                     Step::Close(code, reason)
@@ -201,7 +206,7 @@ where
                         Step::Continue
                     }
                 }
-                _ = shutdown.cancelled(), if self.draining.is_none() => {
+                _ = &mut shutdown_signal, if self.draining.is_none() => {
                     self.draining = Some(Instant::now() + self.server.config.limits.drain_timeout);
                     Step::Continue
                 }
@@ -212,10 +217,10 @@ where
                     Step::Close(CloseCode::NORMAL, "idle timeout")
                 }
             };
-            if !self.out.is_empty() {
-                if let Err(reason) = self.drain().await {
-                    return reason;
-                }
+            if !self.out.is_empty()
+                && let Err(reason) = self.drain().await
+            {
+                return reason;
             }
             // The rare endings are boxed so that their futures take no room in this one.
             match step {
@@ -244,7 +249,7 @@ where
     /// Writes every queued frame and flushes. A peer that stopped reading must not keep us
     /// from acting on a close request, so a stalled write gives way to one.
     async fn drain(&mut self) -> Result<(), DisconnectReason> {
-        let close = self.handle.shared.close.clone();
+        let close = &self.handle.shared.close;
         let ws = &mut self.ws;
         let out = &mut self.out;
         let write = async {
@@ -345,6 +350,20 @@ where
         Step::Continue
     }
 
+    /// Moves every frame queued so far to the writer, so that a frame written directly
+    /// afterwards follows them.
+    fn take_queued(&mut self) {
+        // Each round takes at least one frame: this takes all that were queued at the start.
+        for _ in 0..self.server.config.limits.outbound_queue.max(1) {
+            match self.queue.try_pop() {
+                Some(out) => {
+                    self.outbound(out);
+                }
+                None => break,
+            }
+        }
+    }
+
     // ---- reading ----------------------------------------------------------------------
 
     async fn read_failed(&mut self, error: yawc::WebSocketError) -> DisconnectReason {
@@ -420,7 +439,7 @@ where
     fn dispatch(&mut self, frame: Frame) -> Step {
         match frame {
             Frame::Req { id, method, data } => {
-                self.last_call = Instant::now();
+                self.last_call = self.last_seen;
                 self.request(id, method, data)
             }
             Frame::Sub {
@@ -429,11 +448,11 @@ where
                 data,
                 credit,
             } => {
-                self.last_call = Instant::now();
+                self.last_call = self.last_seen;
                 self.stream(id, method, data, credit)
             }
             Frame::Ntf { method, data } => {
-                self.last_call = Instant::now();
+                self.last_call = self.last_seen;
                 self.notification(method, data)
             }
             Frame::Cancel { id } => {
@@ -443,10 +462,10 @@ where
                 Step::Continue
             }
             Frame::Credit { id, n } => {
-                if let Some(credit) = self.in_flight.get(&id).and_then(|c| c.credit.as_ref()) {
-                    if credit.available_permits() < MAX_CREDIT {
-                        credit.add_permits(n as usize);
-                    }
+                if let Some(credit) = self.in_flight.get(&id).and_then(|c| c.credit.as_ref())
+                    && credit.available_permits() < MAX_CREDIT
+                {
+                    credit.add_permits(n as usize);
                 }
                 Step::Continue
             }
@@ -545,9 +564,13 @@ where
         let Some(Started { mut future, state }) = guarded(|| start(parts)) else {
             return self.reply(id, Err(panicked()));
         };
-        // Most handlers finish without waiting: answer those right here.
+        // Most handlers finish without waiting: answer those right here, after what the
+        // handler queued for this client (notifications, calls) as it ran.
         match poll_once(&mut future) {
-            Some(reply) => self.reply(id, reply),
+            Some(reply) => {
+                self.take_queued();
+                self.reply(id, reply)
+            }
             None => {
                 let seq = self.next_seq();
                 let tx = self.handle.shared.queue.clone();
@@ -657,10 +680,10 @@ where
                         .catch_unwind()
                         .await
                         .unwrap_or_else(|_| Err(panicked()));
-                    if let Err(error) = outcome {
-                        if let Ok(bytes) = codec.encode(&Frame::Err { id: None, error }) {
-                            let _ = tx.push(Outbound::Frame(bytes)).await;
-                        }
+                    if let Err(error) = outcome
+                        && let Ok(bytes) = codec.encode(&Frame::Err { id: None, error })
+                    {
+                        let _ = tx.push(Outbound::Frame(bytes)).await;
                     }
                     let _ = tx
                         .push(Outbound::Final {

@@ -51,10 +51,10 @@ pub struct Started<T> {
 /// is deserialized with the bad field's path reported.
 fn params<P: DeserializeOwned + 'static>(payload: Payload) -> Result<P, ErrorBody> {
     let mut slot = Some(payload);
-    if let Some(raw) = (&mut slot as &mut dyn Any).downcast_mut::<Option<P>>() {
-        if let Some(p) = raw.take() {
-            return Ok(p);
-        }
+    if let Some(raw) = (&mut slot as &mut dyn Any).downcast_mut::<Option<P>>()
+        && let Some(p) = raw.take()
+    {
+        return Ok(p);
     }
     let payload = slot.take().unwrap_or_else(|| Payload::null(Codec::Json));
     payload

@@ -1,0 +1,126 @@
+//! End-to-end: permessage-deflate negotiation (RFC 7692), checked on a hand-written HTTP
+//! upgrade, and the RSV1 bit of the frames the server then writes.
+
+mod support;
+
+use plexus_server::{Compression, Server};
+use serde_json::{Value, json};
+use support::{
+    header, masked_text, raw_upgrade, read_raw_frame_with_flags, start_with, sys, within,
+};
+use tokio::io::AsyncWriteExt;
+
+const OFFER: (&str, &str) = (
+    "Sec-WebSocket-Extensions",
+    "permessage-deflate; client_max_window_bits",
+);
+
+async fn server(compression: Compression) -> support::TestServer {
+    let mut config = support::config();
+    config.compression = compression;
+    start_with(Server::builder().router(sys()).config(config)).await
+}
+
+/// The negotiated extensions of an upgrade offering deflate (and JSON), after checking 101.
+async fn negotiate(compression: Compression, offer: bool) -> (Option<String>, support::TestServer) {
+    let server = server(compression).await;
+    let mut headers = vec![("Sec-WebSocket-Protocol", "plexus.v1.json")];
+    if offer {
+        headers.push(OFFER);
+    }
+    let (_, head, _) = raw_upgrade(server.addr, &headers).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(
+        header(&head, "sec-websocket-protocol"),
+        Some("plexus.v1.json")
+    );
+    let extensions = header(&head, "sec-websocket-extensions").map(str::to_owned);
+    (extensions, server)
+}
+
+#[tokio::test]
+async fn on_negotiates_deflate() {
+    let (extensions, _server) = negotiate(Compression::On, true).await;
+    let extensions = extensions.expect("an extensions header");
+    assert!(extensions.contains("permessage-deflate"), "{extensions}");
+}
+
+#[tokio::test]
+async fn no_context_takeover_negotiates_deflate_without_server_takeover() {
+    let (extensions, _server) = negotiate(Compression::NoContextTakeover, true).await;
+    let extensions = extensions.expect("an extensions header");
+    assert!(extensions.contains("permessage-deflate"), "{extensions}");
+    assert!(
+        extensions.contains("server_no_context_takeover"),
+        "{extensions}"
+    );
+}
+
+#[tokio::test]
+async fn off_does_not_negotiate() {
+    let (extensions, _server) = negotiate(Compression::Off, true).await;
+    assert!(
+        !extensions.is_some_and(|e| e.contains("permessage-deflate")),
+        "compression is off"
+    );
+}
+
+#[tokio::test]
+async fn nothing_negotiated_without_an_offer() {
+    let (extensions, _server) = negotiate(Compression::On, false).await;
+    assert_eq!(extensions, None);
+}
+
+/// Sends an uncompressed `sys.echo` of `size` characters on a raw upgraded socket and
+/// returns the RSV1 bit and length of the reply frame.
+async fn echo_frame(compression: Compression, size: usize) -> (bool, usize) {
+    let server = server(compression).await;
+    let (mut socket, head, mut buf) = raw_upgrade(server.addr, &[OFFER]).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // The welcome (small: never compressed).
+    let (first, payload) = within("welcome", read_raw_frame_with_flags(&mut socket, &mut buf))
+        .await
+        .expect("welcome");
+    assert_eq!(first, 0x81, "an uncompressed final text frame");
+    let welcome: Value = serde_json::from_slice(&payload).expect("json");
+    assert_eq!(welcome["t"], "welcome");
+
+    let request = json!({"t": "req", "id": 1, "m": "sys.echo", "d": "a".repeat(size)});
+    within(
+        "send",
+        socket.write_all(&masked_text(request.to_string().as_bytes())),
+    )
+    .await
+    .expect("write");
+    loop {
+        let (first, payload) = within("reply", read_raw_frame_with_flags(&mut socket, &mut buf))
+            .await
+            .expect("reply");
+        match first & 0x0f {
+            0x9 => continue,
+            0x1 => {
+                assert_eq!(first & 0x80, 0x80, "FIN");
+                return (first & 0x40 != 0, payload.len());
+            }
+            other => panic!("unexpected opcode {other:#x}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn large_messages_are_compressed_small_ones_not() {
+    // 4,000 repeated characters deflate to far less; the raw reply is about 4,030 bytes.
+    let (compressed, len) = echo_frame(Compression::On, 4000).await;
+    assert!(compressed, "RSV1 set on a large message");
+    assert!(len < 1000, "compressed length {len}");
+    let (compressed, len) = echo_frame(Compression::NoContextTakeover, 4000).await;
+    assert!(compressed && len < 1000, "RSV1 {compressed}, {len} bytes");
+    // Under the 256-byte threshold: sent as is.
+    let (compressed, len) = echo_frame(Compression::On, 10).await;
+    assert!(!compressed, "small message sent uncompressed");
+    assert_eq!(len, r#"{"t":"res","id":1,"d":"aaaaaaaaaa"}"#.len());
+    // Off: never compressed, whatever the offer.
+    let (compressed, len) = echo_frame(Compression::Off, 4000).await;
+    assert!(!compressed);
+    assert!(len > 4000);
+}

@@ -1,0 +1,185 @@
+//! End-to-end: graceful shutdown. Calls in flight finish, then every connection gets 1001;
+//! calls that outlast the drain timeout are cancelled with `CancelReason::Shutdown`; new
+//! upgrades are refused; `serve` returns.
+
+#[macro_use]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use plexus_server::{
+    CallContext, CancelReason, CloseCode, Codec, DisconnectReason, RpcError, Server,
+};
+use serde_json::{Value, json};
+use support::{
+    RawClient, TIMEOUT, connect_ws, recv, start_with, sys, with_disconnect_hook, within,
+};
+use tokio::sync::mpsc;
+
+codec_tests!(
+    in_flight_request_finishes_then_1001,
+    in_flight_stream_finishes_then_1001,
+    idle_connection_gets_1001_promptly,
+    call_outlasting_drain_is_cancelled_with_shutdown,
+);
+
+type Gone = mpsc::UnboundedReceiver<(String, DisconnectReason)>;
+
+/// `(call id, None)` when `slow.forever` starts, `(call id, Some(reason))` when cancelled.
+type Calls = mpsc::UnboundedReceiver<(u64, Option<CancelReason>)>;
+
+async fn setup(drain: Duration) -> (support::TestServer, Gone, Calls) {
+    let (tx, cancels) = mpsc::unbounded_channel();
+    let router = sys().request("slow.forever", move |ctx: CallContext, _: Value| {
+        let tx = tx.clone();
+        async move {
+            let id = ctx.call_id();
+            let cleanup = tx.clone();
+            ctx.on_cancel(move |reason| {
+                let _ = cleanup.send((id, Some(reason)));
+            });
+            let _ = tx.send((id, None));
+            std::future::pending::<()>().await;
+            Ok::<_, RpcError>(())
+        }
+    });
+    let mut config = support::config();
+    config.limits.drain_timeout = drain;
+    let (builder, gone) = with_disconnect_hook(Server::builder().router(router).config(config));
+    (start_with(builder).await, gone, cancels)
+}
+
+async fn going_away(gone: &mut Gone, client: &RawClient) {
+    let (conn, reason) = recv(gone, "on_disconnect").await;
+    assert_eq!(conn, client.welcome["conn"]);
+    assert_eq!(
+        reason,
+        DisconnectReason::ServerClosed(CloseCode::GOING_AWAY, "server shutting down")
+    );
+}
+
+async fn in_flight_request_finishes_then_1001(codec: Codec) {
+    let (mut server, mut gone, _) = setup(Duration::from_secs(10)).await;
+    let addr = server.addr;
+    let mut client = server.client(codec).await;
+    client
+        .send_json(json!({"t": "req", "id": 1, "m": "sys.sleep", "d": {"ms": 300}}))
+        .await;
+    // Once the echo is answered, the sleep is in flight.
+    client.assert_echo(2).await;
+    server.trigger_shutdown();
+    assert_eq!(
+        client.recv_json().await,
+        json!({"t": "res", "id": 1, "d": {"slept": 300}})
+    );
+    assert_eq!(client.recv_close().await, 1001);
+    going_away(&mut gone, &client).await;
+    server
+        .served(TIMEOUT)
+        .await
+        .expect("serve returns Ok after shutdown");
+    assert_eq!(server.server.connection_count(), 0);
+    // The listener is gone: new connections fail.
+    assert!(
+        connect_ws(addr, Some(codec.subprotocol())).await.is_err(),
+        "a connection after shutdown must fail"
+    );
+}
+
+async fn in_flight_stream_finishes_then_1001(codec: Codec) {
+    let (mut server, mut gone, _) = setup(Duration::from_secs(10)).await;
+    let mut client = server.client(codec).await;
+    client
+        .send_json(
+            json!({"t": "sub", "id": 1, "m": "sys.count", "d": {"n": 10, "interval_ms": 20}}),
+        )
+        .await;
+    assert_eq!(
+        client.recv_json().await,
+        json!({"t": "item", "id": 1, "d": 0})
+    );
+    server.trigger_shutdown();
+    for i in 1..10 {
+        assert_eq!(
+            client.recv_json().await,
+            json!({"t": "item", "id": 1, "d": i})
+        );
+    }
+    assert_eq!(client.recv_json().await, json!({"t": "end", "id": 1}));
+    assert_eq!(client.recv_close().await, 1001);
+    going_away(&mut gone, &client).await;
+    server.served(TIMEOUT).await.expect("serve");
+}
+
+async fn idle_connection_gets_1001_promptly(codec: Codec) {
+    let (mut server, mut gone, _) = setup(Duration::from_secs(10)).await;
+    let mut client = server.client(codec).await;
+    let mut other = server.client(codec).await;
+    let started = Instant::now();
+    server.trigger_shutdown();
+    assert_eq!(client.recv_close().await, 1001);
+    assert_eq!(other.recv_close().await, 1001);
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(1), "1001 after {elapsed:?}");
+    let mut ended = vec![
+        recv(&mut gone, "on_disconnect").await,
+        recv(&mut gone, "on_disconnect").await,
+    ];
+    ended.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, reason) in &ended {
+        assert_eq!(
+            *reason,
+            DisconnectReason::ServerClosed(CloseCode::GOING_AWAY, "server shutting down")
+        );
+    }
+    server.served(TIMEOUT).await.expect("serve");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "serve returned promptly"
+    );
+}
+
+async fn call_outlasting_drain_is_cancelled_with_shutdown(codec: Codec) {
+    let (mut server, mut gone, mut cancels) = setup(Duration::from_millis(300)).await;
+    let mut client = server.client(codec).await;
+    client
+        .send_json(json!({"t": "req", "id": 4, "m": "slow.forever", "d": null}))
+        .await;
+    assert_eq!(recv(&mut cancels, "start").await, (4, None));
+    let started = Instant::now();
+    server.trigger_shutdown();
+    // No res or err for id 4: the close comes next, after the drain timeout.
+    assert_eq!(client.recv_close().await, 1001);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        recv(&mut cancels, "cleanup").await,
+        (4, Some(CancelReason::Shutdown))
+    );
+    going_away(&mut gone, &client).await;
+    server.served(TIMEOUT).await.expect("serve");
+}
+
+/// The same `Server` also mounted on a plain axum listener (not stopped by `serve`): once
+/// shutdown has started, its upgrades are answered 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_after_shutdown_is_503() {
+    let (mut server, _gone, _) = setup(Duration::from_secs(10)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let side = listener.local_addr().expect("addr");
+    let app = server.server.route("/ws");
+    let side_task = tokio::spawn(async move { axum::serve(listener, app).await });
+    // Before shutdown the side listener upgrades normally.
+    let mut before = RawClient::connect(side, Some(Codec::Json)).await;
+    before.assert_echo(1).await;
+
+    server.trigger_shutdown();
+    assert_eq!(before.recv_close().await, 1001);
+    let (_, head, _) = support::raw_upgrade(side, &[]).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    within("serve", server.served(TIMEOUT))
+        .await
+        .expect("serve");
+    side_task.abort();
+}

@@ -1,0 +1,557 @@
+//! Shared helpers of the end-to-end server tests: a `plexus_server::Server` on an ephemeral
+//! 127.0.0.1 port, and a raw WebSocket client (tokio-tungstenite) that writes frames by hand
+//! and returns exactly what came back on the wire.
+//!
+//! Every wait is bounded by [`TIMEOUT`]; tests synchronize on frames and channels, never on
+//! sleeps.
+
+#![allow(dead_code, unused_macros)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use plexus_server::{
+    Codec, ConnectionHandle, DisconnectReason, EndpointConfig, Router, Server, ServerBuilder,
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::{Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Upper bound of every wait for something that must happen.
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs each listed `async fn name(codec: Codec)` once per codec, as `json::name` and
+/// `msgpack::name`, on a two-worker runtime.
+macro_rules! codec_tests {
+    ($($name:ident),* $(,)?) => {
+        mod json {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(plexus_server::Codec::Json).await;
+                }
+            )*
+        }
+        mod msgpack {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(plexus_server::Codec::MsgPack).await;
+                }
+            )*
+        }
+    };
+}
+
+/// Waits for `future` up to [`TIMEOUT`], failing the test with `what` if it takes longer.
+pub(crate) async fn within<F: Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(TIMEOUT, future).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out after {TIMEOUT:?} waiting for {what}"),
+    }
+}
+
+/// Receives from a channel within [`TIMEOUT`]; panics if it times out or closes.
+pub(crate) async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>, what: &str) -> T {
+    within(what, rx.recv())
+        .await
+        .unwrap_or_else(|| panic!("channel closed while waiting for {what}"))
+}
+
+/// The built-in `sys.*` methods.
+pub(crate) fn sys() -> Router {
+    plexus::sys::router()
+}
+
+/// A default endpoint configuration.
+pub(crate) fn config() -> EndpointConfig {
+    EndpointConfig::default()
+}
+
+/// A server running `serve` on 127.0.0.1 in a spawned task. Dropping it triggers shutdown.
+pub(crate) struct TestServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) server: Server,
+    shutdown: Option<oneshot::Sender<()>>,
+    served: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Starts a server with `router` and `config`.
+pub(crate) async fn start(router: Router, config: EndpointConfig) -> TestServer {
+    start_with(Server::builder().router(router).config(config)).await
+}
+
+/// Starts the server a builder describes (for hooks and node ids).
+pub(crate) async fn start_with(builder: ServerBuilder) -> TestServer {
+    let server = builder.build();
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let serving = server.clone();
+    let served = tokio::spawn(async move {
+        let app = serving.route("/ws");
+        serving
+            .serve(listener, app, async move {
+                // A dropped sender also shuts down: the test ended.
+                let _ = rx.await;
+            })
+            .await
+    });
+    TestServer {
+        addr,
+        server,
+        shutdown: Some(tx),
+        served: Some(served),
+    }
+}
+
+impl TestServer {
+    /// Completes the shutdown signal given to `serve`.
+    pub(crate) fn trigger_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits (up to `bound`) for `serve` to return, and returns its result.
+    pub(crate) async fn served(&mut self, bound: Duration) -> std::io::Result<()> {
+        let handle = self.served.take().expect("served() called twice");
+        match tokio::time::timeout(bound, handle).await {
+            Ok(joined) => joined.expect("serve task panicked"),
+            Err(_) => panic!("serve did not return within {bound:?}"),
+        }
+    }
+
+    /// A raw client speaking `codec` (offered as subprotocol), after its `welcome`.
+    pub(crate) async fn client(&self, codec: Codec) -> RawClient {
+        RawClient::connect(self.addr, Some(codec)).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.trigger_shutdown();
+    }
+}
+
+/// Adds an `on_connect` hook that hands every connection to the test.
+pub(crate) fn with_connect_hook(
+    builder: ServerBuilder,
+) -> (ServerBuilder, mpsc::UnboundedReceiver<ConnectionHandle>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let builder = builder.on_connect(move |conn| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(conn);
+        }
+    });
+    (builder, rx)
+}
+
+/// Adds an `on_disconnect` hook that reports `(connection id, reason)` to the test.
+pub(crate) fn with_disconnect_hook(
+    builder: ServerBuilder,
+) -> (
+    ServerBuilder,
+    mpsc::UnboundedReceiver<(String, DisconnectReason)>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let builder = builder.on_disconnect(move |conn, reason| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send((conn.id().to_owned(), reason));
+        }
+    });
+    (builder, rx)
+}
+
+// ---- raw WebSocket client ---------------------------------------------------------------
+
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The upgrade request for `ws://addr/ws`, offering `protocol` when given.
+pub(crate) fn ws_request(addr: SocketAddr, protocol: Option<&str>) -> Request {
+    ws_request_to(addr, "/ws", protocol)
+}
+
+/// The upgrade request for `ws://addr{path}` (path and query), offering `protocol`.
+pub(crate) fn ws_request_to(addr: SocketAddr, path: &str, protocol: Option<&str>) -> Request {
+    let mut request = format!("ws://{addr}{path}")
+        .into_client_request()
+        .expect("valid request");
+    if let Some(protocol) = protocol {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_str(protocol).expect("header value"),
+        );
+    }
+    request
+}
+
+/// Opens a WebSocket without reading anything.
+pub(crate) async fn connect_ws(
+    addr: SocketAddr,
+    protocol: Option<&str>,
+) -> Result<(Ws, Response), tungstenite::Error> {
+    connect_ws_to(addr, "/ws", protocol).await
+}
+
+/// Opens a WebSocket to `path` (path and query) without reading anything.
+pub(crate) async fn connect_ws_to(
+    addr: SocketAddr,
+    path: &str,
+    protocol: Option<&str>,
+) -> Result<(Ws, Response), tungstenite::Error> {
+    match tokio::time::timeout(
+        TIMEOUT,
+        tokio_tungstenite::connect_async(ws_request_to(addr, path, protocol)),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(tungstenite::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "WebSocket handshake timed out",
+        ))),
+    }
+}
+
+/// What the raw client saw next.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A data message, decoded from the connection's codec.
+    Frame(Value),
+    /// A close frame with its code.
+    Close(Option<u16>),
+    /// The stream ended (or failed) without a close frame.
+    Ended(String),
+}
+
+/// A WebSocket client that reads and writes protocol frames by hand.
+pub(crate) struct RawClient {
+    pub(crate) ws: Ws,
+    pub(crate) codec: Codec,
+    pub(crate) welcome: Value,
+}
+
+impl RawClient {
+    /// Connects, offering `codec`'s subprotocol when given, checks the server chose it, and
+    /// reads the `welcome`.
+    pub(crate) async fn connect(addr: SocketAddr, codec: Option<Codec>) -> Self {
+        Self::connect_to(addr, "/ws", codec).await
+    }
+
+    /// Like [`RawClient::connect`], to `path` (path and query).
+    pub(crate) async fn connect_to(addr: SocketAddr, path: &str, codec: Option<Codec>) -> Self {
+        let (ws, response) = connect_ws_to(addr, path, codec.map(Codec::subprotocol))
+            .await
+            .expect("WebSocket connect");
+        let chosen = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.to_str().expect("ascii header").to_owned());
+        assert_eq!(
+            chosen.as_deref(),
+            codec.map(Codec::subprotocol),
+            "the server must select the offered subprotocol (and none when none was offered)"
+        );
+        let mut client = RawClient {
+            ws,
+            codec: codec.unwrap_or(Codec::Json),
+            welcome: Value::Null,
+        };
+        let welcome = client.recv_json().await;
+        assert_eq!(welcome["t"], "welcome", "first frame: {welcome}");
+        client.welcome = welcome;
+        client
+    }
+
+    /// Sends a valid frame written as JSON: as is on the JSON protocol, re-encoded with
+    /// `Codec::MsgPack` on the MessagePack one.
+    pub(crate) async fn send_json(&mut self, frame: Value) {
+        let text = frame.to_string();
+        match self.codec {
+            Codec::Json => self.send_text(text).await,
+            Codec::MsgPack => {
+                let parsed = Codec::Json
+                    .decode(text.into_bytes().into())
+                    .unwrap_or_else(|e| panic!("send_json needs a valid frame ({e}): {frame}"));
+                let bytes = Codec::MsgPack.encode(&parsed).expect("encode msgpack");
+                self.send_binary(bytes.to_vec()).await;
+            }
+        }
+    }
+
+    /// Sends any value in the connection's codec, without checking it is a valid frame:
+    /// JSON text, or MessagePack written by `rmp-serde` (maps with string keys).
+    pub(crate) async fn send_value(&mut self, value: &Value) {
+        match self.codec {
+            Codec::Json => self.send_text(value.to_string()).await,
+            Codec::MsgPack => {
+                let bytes = rmp_serde::to_vec(value).expect("rmp encode");
+                self.send_binary(bytes).await;
+            }
+        }
+    }
+
+    /// Sends one text message.
+    pub(crate) async fn send_text(&mut self, text: impl Into<String>) {
+        within("send", self.ws.send(Message::text(text.into())))
+            .await
+            .expect("send text");
+    }
+
+    /// Sends one binary message.
+    pub(crate) async fn send_binary(&mut self, bytes: Vec<u8>) {
+        within("send", self.ws.send(Message::binary(bytes)))
+            .await
+            .expect("send binary");
+    }
+
+    /// Queues a frame without flushing (for bursts); call [`RawClient::flush`] after.
+    pub(crate) async fn feed_json(&mut self, frame: Value) {
+        let message = match self.codec {
+            Codec::Json => Message::text(frame.to_string()),
+            Codec::MsgPack => {
+                let parsed = Codec::Json
+                    .decode(frame.to_string().into_bytes().into())
+                    .expect("valid frame");
+                Message::binary(Codec::MsgPack.encode(&parsed).expect("encode"))
+            }
+        };
+        within("feed", self.ws.feed(message)).await.expect("feed");
+    }
+
+    /// Flushes fed frames.
+    pub(crate) async fn flush(&mut self) {
+        within("flush", self.ws.flush()).await.expect("flush");
+    }
+
+    /// Decodes one data message in the connection's codec. MessagePack is read with
+    /// `rmp-serde` (the exact map on the wire) and must also decode with `Codec::MsgPack`.
+    fn decode(&self, message: Message) -> Value {
+        match (self.codec, message) {
+            (Codec::Json, Message::Text(text)) => serde_json::from_str(text.as_str())
+                .unwrap_or_else(|e| panic!("server sent invalid JSON ({e}): {text}")),
+            (Codec::MsgPack, Message::Binary(bytes)) => {
+                if let Err(e) = Codec::MsgPack.decode(bytes.clone()) {
+                    panic!("server sent a frame Codec::MsgPack rejects ({e}): {bytes:02x?}");
+                }
+                rmp_serde::from_slice(&bytes)
+                    .unwrap_or_else(|e| panic!("server sent invalid MessagePack ({e})"))
+            }
+            (codec, other) => panic!("wrong message type for {codec:?}: {other:?}"),
+        }
+    }
+
+    /// The next data message, close or end, skipping pings and pongs; `None` if nothing
+    /// arrived within `window`.
+    pub(crate) async fn next_event(&mut self, window: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            return Some(match next {
+                None => Event::Ended("stream ended".into()),
+                Some(Err(e)) => Event::Ended(e.to_string()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(frame))) => Event::Close(frame.map(|f| u16::from(f.code))),
+                Some(Ok(message)) => Event::Frame(self.decode(message)),
+            });
+        }
+    }
+
+    /// The next frame (within [`TIMEOUT`]).
+    pub(crate) async fn recv_json(&mut self) -> Value {
+        match self.next_event(TIMEOUT).await {
+            Some(Event::Frame(frame)) => frame,
+            Some(other) => panic!("expected a frame, got {other:?}"),
+            None => panic!("no frame within {TIMEOUT:?}"),
+        }
+    }
+
+    /// The close code of the close frame that must come next (within [`TIMEOUT`]).
+    pub(crate) async fn recv_close(&mut self) -> u16 {
+        match self.next_event(TIMEOUT).await {
+            Some(Event::Close(Some(code))) => {
+                // Write the close reply tungstenite queued, completing the handshake now.
+                let _ = tokio::time::timeout(TIMEOUT, self.ws.flush()).await;
+                code
+            }
+            Some(other) => panic!("expected a close frame with a code, got {other:?}"),
+            None => panic!("no close frame within {TIMEOUT:?}"),
+        }
+    }
+
+    /// Asserts that no frame arrives within `window` (a bounded negative check).
+    pub(crate) async fn expect_silence(&mut self, window: Duration) {
+        if let Some(event) = self.next_event(window).await {
+            panic!("expected nothing for {window:?}, got {event:?}");
+        }
+    }
+
+    /// Sends a request and returns the next frame.
+    pub(crate) async fn call(&mut self, id: u64, method: &str, d: Value) -> Value {
+        self.send_json(json!({"t": "req", "id": id, "m": method, "d": d}))
+            .await;
+        self.recv_json().await
+    }
+
+    /// Checks that the connection still answers `sys.echo`: the next frame must be its `res`.
+    pub(crate) async fn assert_echo(&mut self, id: u64) {
+        let d = json!({"alive": id, "text": "still here ✓"});
+        let reply = self.call(id, "sys.echo", d.clone()).await;
+        assert_eq!(reply, json!({"t": "res", "id": id, "d": d}));
+    }
+
+    /// Sends a close frame and waits (bounded) for the server's reply or the end.
+    pub(crate) async fn close(mut self) {
+        let _ = within("close", self.ws.close(None)).await;
+        let _ = self.next_event(TIMEOUT).await;
+    }
+}
+
+/// Asserts `frame` is an `err` frame with `code` and the given id (`None`: no `id` key).
+pub(crate) fn assert_err(frame: &Value, id: Option<u64>, code: &str) {
+    assert_eq!(frame["t"], "err", "expected err, got {frame}");
+    match id {
+        Some(id) => assert_eq!(frame["id"], id, "wrong id in {frame}"),
+        None => assert!(frame.get("id").is_none(), "unexpected id in {frame}"),
+    }
+    assert_eq!(frame["e"]["code"], code, "wrong code in {frame}");
+    assert!(frame["e"]["message"].is_string(), "no message in {frame}");
+}
+
+// ---- raw TCP: hand-written HTTP upgrade and frame reading --------------------------------
+
+/// Writes an upgrade request for `/ws` by hand with `extra` headers and returns the socket
+/// and the response head (up to the blank line), plus any bytes read past it.
+pub(crate) async fn raw_upgrade(
+    addr: SocketAddr,
+    extra: &[(&str, &str)],
+) -> (TcpStream, String, Vec<u8>) {
+    let mut stream = within("tcp connect", TcpStream::connect(addr))
+        .await
+        .expect("tcp connect");
+    let mut request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (name, value) in extra {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    within("write upgrade", stream.write_all(request.as_bytes()))
+        .await
+        .expect("write upgrade");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        assert!(buf.len() < 64 * 1024, "response head too long");
+        let n = within("upgrade response", stream.read(&mut chunk))
+            .await
+            .expect("read upgrade response");
+        assert!(n > 0, "connection closed during the upgrade");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let rest = buf[end..].to_vec();
+    (stream, head, rest)
+}
+
+/// The value of header `name` in a response head (case-insensitive), if present.
+pub(crate) fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim()
+            .eq_ignore_ascii_case(name)
+            .then_some(value.trim())
+    })
+}
+
+/// Reads one server frame (unmasked, unfragmented as the server writes control frames)
+/// from a raw socket: `(opcode, payload)`, or `None` at the end of the stream. `buf` holds
+/// bytes already read past previous frames.
+pub(crate) async fn read_raw_frame(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(u8, Vec<u8>)> {
+    let (first, payload) = read_raw_frame_with_flags(stream, buf).await?;
+    Some((first & 0x0f, payload))
+}
+
+/// Like [`read_raw_frame`], returning the whole first byte (FIN, RSV1-3, opcode).
+pub(crate) async fn read_raw_frame_with_flags(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(u8, Vec<u8>)> {
+    loop {
+        if let Some((first, payload, used)) = parse_frame(buf) {
+            buf.drain(..used);
+            return Some((first, payload));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn parse_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let first = buf[0];
+    let masked = buf[1] & 0x80 != 0;
+    let (len, mut at) = match buf[1] & 0x7f {
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    if masked {
+        at += 4;
+    }
+    let payload = buf.get(at..at + len)?.to_vec();
+    Some((first, payload, at + len))
+}
+
+/// A client text frame with the mask key zero (so the payload stays as written).
+pub(crate) fn masked_text(payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x81];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(payload);
+    frame
+}

@@ -29,10 +29,11 @@ pub struct Limits {
     /// Frames that may wait to be written to one connection; when a push finds it full the
     /// connection is closed with 4008 (slow consumer). Default 1,024.
     pub outbound_queue: usize,
-    /// Time allowed for a `hello` when the endpoint waits for one. Default 10 s.
+    /// Time allowed for the WebSocket upgrade to complete after the HTTP request was
+    /// accepted (and, once endpoints authenticate in-band, for the `hello`). Default 10 s.
     pub handshake_timeout: Duration,
-    /// Close (1000) a connection after this long without any application frame from the
-    /// client. Default: none.
+    /// Close (1000) a connection after this long without application traffic: no frame from
+    /// the client, none pushed to it, and no call in progress either way. Default: none.
     pub idle_timeout: Option<Duration>,
     /// Interval of WebSocket pings; a peer silent for about two intervals is closed (4002).
     /// Default 25 s.

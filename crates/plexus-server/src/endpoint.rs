@@ -199,10 +199,12 @@ impl Server {
             principal: Principal::anonymous(),
         };
         let inner = self.inner.clone();
+        let handshake_timeout = self.inner.config.limits.handshake_timeout;
         self.inner.tasks.spawn(async move {
-            match fut.await {
-                Ok(ws) => conn::run(ws, inner, accepted).await,
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            match tokio::time::timeout(handshake_timeout, fut).await {
+                Ok(Ok(ws)) => conn::run(ws, inner, accepted).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "upgrade failed"),
+                Err(_) => tracing::debug!("upgrade did not complete within the handshake timeout"),
             }
         });
         response.map(axum::body::Body::new)

@@ -321,6 +321,28 @@ async fn idle_timeout_closes_1000() {
     );
 }
 
+#[tokio::test]
+async fn a_call_in_progress_is_not_idleness() {
+    let mut config = support::config();
+    config.limits.idle_timeout = Some(Duration::from_millis(300));
+    let (server, mut gone) = start_reporting(sys(), config).await;
+    let mut client = RawClient::connect(server.addr, Some(Codec::Json)).await;
+    let started = Instant::now();
+    // The request outlasts the idle timeout twice over; it still gets its answer.
+    let res = client
+        .call(1, "sys.sleep", serde_json::json!({"ms": 700}))
+        .await;
+    assert_eq!(res["t"], "res", "{res}");
+    assert_eq!(res["d"]["slept"], 700);
+    // Then the connection is idle, and closed as such.
+    assert_eq!(client.recv_close().await, 1000);
+    assert!(started.elapsed() >= Duration::from_millis(1000));
+    assert_eq!(
+        reason_of(&mut gone, &client.welcome["conn"]).await,
+        DisconnectReason::ServerClosed(CloseCode::NORMAL, "idle timeout")
+    );
+}
+
 /// A stream producing as fast as it can keeps the outbound queue busy by design (it waits
 /// for room); that must not make `notify` fail as if the client were a slow consumer, when
 /// the client reads everything and each notification waits until the previous one arrived.

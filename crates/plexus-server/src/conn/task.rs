@@ -214,7 +214,15 @@ where
                     Step::Close(CloseCode::GOING_AWAY, "server shutting down")
                 }
                 _ = sleep_until_opt(idle_deadline), if idle_deadline.is_some() => {
-                    Step::Close(CloseCode::NORMAL, "idle timeout")
+                    let waiting = !self.in_flight.is_empty()
+                        || !self.handle.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+                    if waiting {
+                        // A call in progress, either way, is not idleness.
+                        self.last_call = Instant::now();
+                        Step::Continue
+                    } else {
+                        Step::Close(CloseCode::NORMAL, "idle timeout")
+                    }
                 }
             };
             if !self.out.is_empty()
@@ -317,6 +325,10 @@ where
 
     /// Writes one outbound message and whatever else is already queued, up to a batch.
     fn outbound(&mut self, first: Outbound) -> Step {
+        // Frames pushed to the client count as activity for the idle timeout.
+        if self.server.config.limits.idle_timeout.is_some() {
+            self.last_call = Instant::now();
+        }
         let mut next = Some(first);
         let mut written = 0;
         while let Some(out) = next.take() {

@@ -9,18 +9,51 @@ use serde_json::value::RawValue;
 use super::{Codec, DecodeError, EncodeError, Fields, MAX_DEPTH, RawFrame, Value, error_code};
 use crate::{ErrorBody, Payload, Position};
 
+/// `Option<Cow<str>>` that borrows from the input when the string has no escapes. serde's
+/// `borrow` attribute only borrows a bare `Cow`; inside an `Option` it would always copy.
+fn borrowed_str<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct Str;
+    impl<'de> serde::de::Visitor<'de> for Str {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(v)))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v.to_owned())))
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v)))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    deserializer.deserialize_option(Str)
+}
+
 #[derive(Deserialize)]
 struct Wire<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed_str")]
     t: Option<Cow<'a, str>>,
     id: Option<u64>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed_str")]
     m: Option<Cow<'a, str>>,
     #[serde(borrow)]
     d: Option<&'a RawValue>,
     #[serde(borrow)]
     e: Option<WireError<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed_str")]
     ch: Option<Cow<'a, str>>,
     o: Option<u64>,
     n: Option<u64>,
@@ -29,16 +62,16 @@ struct Wire<'a> {
     #[serde(borrow)]
     filter: Option<&'a RawValue>,
     credit: Option<u64>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed_str")]
     token: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed_str")]
     conn: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed_str")]
     node: Option<Cow<'a, str>>,
     heartbeat: Option<u64>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "borrowed_str")]
     user: Option<Cow<'a, str>>,
 }
 

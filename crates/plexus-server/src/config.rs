@@ -74,9 +74,9 @@ pub struct EndpointConfig {
     /// Default 256 bytes.
     pub compression_threshold: usize,
     /// Initial capacity of each connection's socket read buffer. Smaller saves memory on
-    /// idle connections; it grows for large messages (and shrinks back). Default 1 KiB.
+    /// idle connections; it grows for large messages (and shrinks back). Default 512 bytes.
     pub read_buffer: usize,
-    /// Initial capacity of each connection's socket write buffer; grows as needed. Default 1 KiB.
+    /// Initial capacity of each connection's socket write buffer; grows as needed. Default 512 bytes.
     pub write_buffer: usize,
 }
 
@@ -86,8 +86,8 @@ impl Default for EndpointConfig {
             limits: Limits::default(),
             compression: Compression::default(),
             compression_threshold: 256,
-            read_buffer: 1024,
-            write_buffer: 1024,
+            read_buffer: 512,
+            write_buffer: 512,
         }
     }
 }

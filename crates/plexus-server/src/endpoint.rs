@@ -256,12 +256,23 @@ impl Server {
     }
 }
 
-/// Copies the headers into allocations of their own. hyper's header values are slices of its
-/// 8-16 KiB read buffer, so keeping them as they are would keep that whole buffer alive for
-/// the life of the connection.
+/// Copies the headers a handler may want into allocations of their own. hyper's header
+/// values are slices of its 8-16 KiB read buffer, so keeping them as they are would keep that
+/// whole buffer alive for the life of the connection. The headers of the WebSocket handshake
+/// itself mean nothing once it is done and are left out.
 fn detach_headers(headers: &http::HeaderMap) -> http::HeaderMap {
-    let mut detached = http::HeaderMap::with_capacity(headers.len());
+    const HANDSHAKE: [header::HeaderName; 5] = [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::SEC_WEBSOCKET_KEY,
+        header::SEC_WEBSOCKET_VERSION,
+        header::SEC_WEBSOCKET_EXTENSIONS,
+    ];
+    let mut detached = http::HeaderMap::new();
     for (name, value) in headers {
+        if HANDSHAKE.contains(name) {
+            continue;
+        }
         if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
             detached.append(name.clone(), value);
         }

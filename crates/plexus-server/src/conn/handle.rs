@@ -16,8 +16,8 @@ use plexus_protocol::{CloseCode, Codec, ErrorBody, ErrorCode, Frame, Payload};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
+use super::Signal;
 use super::queue::{OutboundQueue, PushError};
 use crate::error::CallError;
 use crate::principal::Principal;
@@ -58,10 +58,10 @@ pub(crate) struct ConnShared {
     pub(crate) max_pending: usize,
     pub(crate) call_timeout: Duration,
     /// Fires when someone asks the connection to close; the code is in `close_code`.
-    pub(crate) close: CancellationToken,
+    pub(crate) close: Signal,
     pub(crate) close_code: OnceLock<(CloseCode, &'static str)>,
     /// Fires when the connection task has ended.
-    pub(crate) gone: CancellationToken,
+    pub(crate) gone: Signal,
 }
 
 /// A cloneable handle to one connection, usable from any task.
@@ -116,18 +116,18 @@ impl ConnectionHandle {
 
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
-        self.shared.gone.is_cancelled()
+        self.shared.gone.is_fired()
     }
 
     /// Completes when the connection has ended.
     pub async fn closed(&self) {
-        self.shared.gone.cancelled().await
+        self.shared.gone.fired().await
     }
 
     /// Asks the connection to close with `code` (the first request wins).
     pub fn close(&self, code: CloseCode, reason: &'static str) {
         let _ = self.shared.close_code.set((code, reason));
-        self.shared.close.cancel();
+        self.shared.close.fire();
     }
 
     /// Queues an encoded frame without waiting. A full queue means the client does not

@@ -2,10 +2,12 @@
 
 mod handle;
 mod queue;
+mod signal;
 mod task;
 
 pub use handle::{ClientStream, ConnectionHandle};
 pub(crate) use handle::{ConnShared, Outbound, Pending};
 pub(crate) use queue::OutboundQueue;
+pub(crate) use signal::Signal;
 pub use task::DisconnectReason;
 pub(crate) use task::{Accepted, MAX_CONTROL_PAYLOAD, run, write_close_reply};

@@ -22,10 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use yawc::{OpCode, WebSocket};
 
-use super::{ConnShared, ConnectionHandle, Outbound, OutboundQueue, Pending};
+use super::{ConnShared, ConnectionHandle, Outbound, OutboundQueue, Pending, Signal};
 use crate::endpoint::ServerInner;
 use crate::principal::Principal;
 use crate::rpc::context::{CallState, CancelReason};
@@ -115,9 +114,9 @@ where
         next_id: AtomicU64::new(1),
         max_pending: limits.max_in_flight,
         call_timeout: limits.server_call_timeout,
-        close: CancellationToken::new(),
+        close: Signal::default(),
         close_code: OnceLock::new(),
-        gone: CancellationToken::new(),
+        gone: Signal::default(),
     });
     let handle = ConnectionHandle { shared };
     let now = Instant::now();
@@ -158,13 +157,16 @@ where
     }
 
     async fn run(&mut self) -> DisconnectReason {
-        let welcome = Frame::Welcome {
-            conn: self.handle.id().to_owned(),
-            node: self.server.node.clone(),
-            heartbeat: self.server.config.limits.heartbeat_interval.as_millis() as u64,
-            user: self.handle.principal().user.clone(),
-        };
-        self.write_frame(&welcome);
+        // In a block of its own, so the frame is not kept for the life of this future.
+        {
+            let welcome = Frame::Welcome {
+                conn: self.handle.id().to_owned(),
+                node: self.server.node.clone(),
+                heartbeat: self.server.config.limits.heartbeat_interval.as_millis() as u64,
+                user: self.handle.principal().user.clone(),
+            };
+            self.write_frame(&welcome);
+        }
         if let Err(reason) = self.drain().await {
             return reason;
         }
@@ -178,12 +180,17 @@ where
         // a fresh `cancelled()` per iteration would register with (and leave) the token's
         // waiter list every time, and the shutdown token is shared by every connection.
         let shutdown = self.server.shutdown.clone();
-        let close = self.handle.shared.close.clone();
+        let handle = self.handle.clone();
         let mut shutdown_signal = std::pin::pin!(shutdown.cancelled());
-        let mut close_signal = std::pin::pin!(close.cancelled());
+        let mut close_signal = std::pin::pin!(handle.shared.close.fired());
         let idle = self.server.config.limits.idle_timeout;
         loop {
+            // One timer for the drain deadline and the idle deadline, whichever comes first.
             let idle_deadline = idle.map(|idle| self.last_call + idle);
+            let deadline = match (self.draining, idle_deadline) {
+                (Some(drain), Some(idle)) => Some(drain.min(idle)),
+                (drain, idle) => drain.or(idle),
+            };
             // Every branch only updates state and queues frames; the one place that writes is
             // `drain` below. That keeps this future, which lives as long as the connection, small.
             let step = tokio::select! {
@@ -210,20 +217,7 @@ where
                     self.draining = Some(Instant::now() + self.server.config.limits.drain_timeout);
                     Step::Continue
                 }
-                _ = sleep_until_opt(self.draining), if self.draining.is_some() => {
-                    Step::Close(CloseCode::GOING_AWAY, "server shutting down")
-                }
-                _ = sleep_until_opt(idle_deadline), if idle_deadline.is_some() => {
-                    let waiting = !self.in_flight.is_empty()
-                        || !self.handle.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
-                    if waiting {
-                        // A call in progress, either way, is not idleness.
-                        self.last_call = Instant::now();
-                        Step::Continue
-                    } else {
-                        Step::Close(CloseCode::NORMAL, "idle timeout")
-                    }
-                }
+                _ = sleep_until_opt(deadline), if deadline.is_some() => self.deadline_reached(),
             };
             if !self.out.is_empty()
                 && let Err(reason) = self.drain().await
@@ -252,6 +246,28 @@ where
         }
     }
 
+    fn deadline_reached(&mut self) -> Step {
+        let now = Instant::now();
+        if self.draining.is_some_and(|drain| now >= drain) {
+            return Step::Close(CloseCode::GOING_AWAY, "server shutting down");
+        }
+        let waiting = !self.in_flight.is_empty()
+            || !self
+                .handle
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty();
+        if waiting {
+            // A call in progress, either way, is not idleness.
+            self.last_call = now;
+            Step::Continue
+        } else {
+            Step::Close(CloseCode::NORMAL, "idle timeout")
+        }
+    }
+
     // ---- writing ----------------------------------------------------------------------
 
     /// Writes every queued frame and flushes. A peer that stopped reading must not keep us
@@ -269,7 +285,7 @@ where
         let result = tokio::select! {
             biased;
             result = write => result.map_err(|e| DisconnectReason::Transport(e.to_string())),
-            _ = close.cancelled() => Err(requested_close(&self.handle)),
+            _ = close.fired() => Err(requested_close(&self.handle)),
         };
         if self.out.capacity() > 64 {
             self.out = VecDeque::new();
@@ -821,7 +837,7 @@ where
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        self.handle.shared.gone.cancel();
+        self.handle.shared.gone.fire();
         self.queue.close();
     }
 }

@@ -81,8 +81,10 @@ impl ServerBuilder {
         self
     }
 
-    /// Runs after a connection's `welcome` has been sent (in its own task, so it may call
-    /// the client).
+    /// Runs after a connection's `welcome` has been sent, in its own task so that it may call
+    /// the client. The connection serves calls meanwhile: a value a handler needs from the
+    /// hook (`ConnectionHandle::insert_extension`) may not be there yet for the very first
+    /// calls.
     pub fn on_connect<F, Fut>(mut self, hook: F) -> Self
     where
         F: Fn(ConnectionHandle) -> Fut + Send + Sync + 'static,

@@ -435,3 +435,54 @@ async fn an_in_flight_call_fails_unavailable_when_the_server_goes_away() {
     assert!(error.is_unavailable(), "{error}");
     client.close().await;
 }
+
+#[tokio::test]
+async fn typed_values_per_connection_and_per_server_reach_handlers() {
+    #[derive(Clone)]
+    struct Greeting(&'static str);
+    #[derive(Clone)]
+    struct Seat(u64);
+    let seats = Arc::new(AtomicU64::new(0));
+    let router = Router::new().request("whoami", |ctx: CallContext, (): ()| async move {
+        let greeting = ctx.extension::<Greeting>().map(|g| g.0);
+        let seat = ctx.extension::<Seat>().map(|s| s.0);
+        Ok::<_, RpcError>(json!({"greeting": greeting, "seat": seat}))
+    });
+    let (ready_tx, mut ready) = mpsc::unbounded_channel();
+    let server = Server::builder()
+        .router(router)
+        .config(quick_config())
+        .extension(Greeting("hi"))
+        .on_connect(move |conn| {
+            let seats = seats.clone();
+            let ready_tx = ready_tx.clone();
+            async move {
+                // Each connection gets its own seat; the greeting is the server's.
+                conn.insert_extension(Seat(seats.fetch_add(1, Ordering::SeqCst) + 1));
+                let _ = ready_tx.send(conn.id().to_owned());
+            }
+        })
+        .build();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let app = server.route("/ws");
+    let serving = tokio::spawn({
+        let server = server.clone();
+        async move { server.serve(listener, app, std::future::pending()).await }
+    });
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let client = plexus_client::connect(&url, ClientOptions::default())
+            .await
+            .unwrap();
+        // The hook runs after `welcome`: wait until it has run for this connection.
+        let conn = timeout(WAIT, ready.recv()).await.unwrap().unwrap();
+        assert_eq!(Some(conn), client.conn_id());
+        answers.push(client.request::<_, Value>("whoami", &()).await.unwrap());
+        client.close().await;
+    }
+    assert_eq!(answers[0], json!({"greeting": "hi", "seat": 1}));
+    assert_eq!(answers[1], json!({"greeting": "hi", "seat": 2}));
+    server.shutdown();
+    timeout(WAIT, serving).await.unwrap().unwrap().unwrap();
+}

@@ -51,7 +51,10 @@ pub(crate) struct ConnShared {
     pub(crate) headers: HeaderMap,
     pub(crate) query: Option<String>,
     pub(crate) principal: Principal,
+    /// The server's shared extensions.
     pub(crate) extensions: Arc<http::Extensions>,
+    /// This connection's own typed values (empty, and unallocated, until one is inserted).
+    pub(crate) local: Mutex<http::Extensions>,
     pub(crate) queue: Arc<OutboundQueue>,
     pub(crate) pending: Mutex<HashMap<u64, Pending>>,
     pub(crate) next_id: AtomicU64,
@@ -109,9 +112,25 @@ impl ConnectionHandle {
         &self.shared.principal
     }
 
-    /// A typed value shared by the server.
+    /// A typed value: this connection's own (see [`ConnectionHandle::insert_extension`])
+    /// if it has one of type `T`, else the server's (see `ServerBuilder::extension`).
     pub fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
-        self.shared.extensions.get::<T>().cloned()
+        let local = self.shared.local.lock().unwrap_or_else(|p| p.into_inner());
+        local
+            .get::<T>()
+            .or_else(|| self.shared.extensions.get::<T>())
+            .cloned()
+    }
+
+    /// Stores a typed value for this connection (for example the session an `on_connect`
+    /// hook looked up), returning the previous one of that type. Handlers read it with
+    /// `CallContext::extension`.
+    pub fn insert_extension<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
+        self.shared
+            .local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(value)
     }
 
     /// Whether the connection has ended.

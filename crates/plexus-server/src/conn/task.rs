@@ -109,6 +109,7 @@ where
         query: accepted.query,
         principal: accepted.principal,
         extensions: server.extensions.clone(),
+        local: Mutex::new(http::Extensions::new()),
         queue: queue.clone(),
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),

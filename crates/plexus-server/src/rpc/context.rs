@@ -96,7 +96,8 @@ impl CallContext {
         self.conn.principal()
     }
 
-    /// A typed value shared by the server (see `ServerBuilder::extension`).
+    /// A typed value: the connection's own (`ConnectionHandle::insert_extension`), else the
+    /// server's (`ServerBuilder::extension`).
     pub fn extension<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
         self.conn.extension::<T>()
     }

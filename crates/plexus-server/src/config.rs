@@ -38,6 +38,9 @@ pub struct Limits {
     /// Interval of WebSocket pings; a peer silent for about two intervals is closed (4002).
     /// Default 25 s.
     pub heartbeat_interval: Duration,
+    /// Channels one connection may have joined at once; more joins get `RATE_LIMITED`.
+    /// Default 1,024.
+    pub max_subscriptions: usize,
     /// Bad frames tolerated per minute before the connection is closed with 4029. Default 100.
     pub max_bad_frames_per_minute: u32,
     /// Default timeout of calls from the server to the client. Default 30 s.
@@ -55,6 +58,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: None,
             heartbeat_interval: Duration::from_secs(25),
+            max_subscriptions: 1024,
             max_bad_frames_per_minute: 100,
             server_call_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),

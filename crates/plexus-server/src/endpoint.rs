@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::channel::{Hub, Namespaces};
 use crate::config::EndpointConfig;
 use crate::conn::{self, Accepted, ConnectionHandle, DisconnectReason};
 use crate::principal::Principal;
@@ -36,6 +37,7 @@ pub(crate) struct ServerInner {
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
     pub(crate) connections: AtomicUsize,
+    pub(crate) hub: Hub,
 }
 
 /// A plexus server: a router of methods and an endpoint configuration. Cheap to clone.
@@ -55,9 +57,17 @@ pub struct ServerBuilder {
     extensions: http::Extensions,
     on_connect: Option<ConnectHook>,
     on_disconnect: Option<DisconnectHook>,
+    namespaces: Namespaces,
 }
 
 impl ServerBuilder {
+    /// Enables channels: the namespaces and their options. Without it, `join`, `leave`
+    /// and `pub` get `NOT_FOUND`.
+    pub fn channels(mut self, namespaces: Namespaces) -> Self {
+        self.namespaces = namespaces;
+        self
+    }
+
     /// The methods the server serves.
     pub fn router(mut self, router: Router) -> Self {
         self.router = router;
@@ -121,6 +131,7 @@ impl ServerBuilder {
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 connections: AtomicUsize::new(0),
+                hub: Hub::new(self.namespaces),
             }),
         }
     }
@@ -136,7 +147,13 @@ impl Server {
             extensions: http::Extensions::new(),
             on_connect: None,
             on_disconnect: None,
+            namespaces: Namespaces::new(),
         }
+    }
+
+    /// The hub: publish to channels, presence, history, reach a connection by id.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
     }
 
     /// This node's id.

@@ -33,6 +33,7 @@
 //!
 //! The wire protocol is in the `plexus-protocol` crate and `PROTOCOL.md`.
 
+mod channel;
 mod config;
 mod conn;
 mod echo;
@@ -41,6 +42,7 @@ mod error;
 mod principal;
 mod rpc;
 
+pub use channel::{ChannelAction, ChannelOptions, History, HistoryEntry, Hub, Member, Namespaces};
 pub use config::{Compression, EndpointConfig, Limits};
 pub use conn::{ClientStream, ConnectionHandle, DisconnectReason};
 pub use echo::echo_route;

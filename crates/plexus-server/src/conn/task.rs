@@ -92,6 +92,8 @@ struct Connection<S> {
     draining: Option<Instant>,
     /// Frames waiting to be written by `drain`.
     out: VecDeque<yawc::Frame>,
+    /// Channels this connection has joined.
+    joined: std::collections::HashSet<String>,
 }
 
 /// Runs one connection to its end.
@@ -134,10 +136,12 @@ where
         last_call: now,
         draining: None,
         out: VecDeque::new(),
+        joined: std::collections::HashSet::new(),
     };
     server
         .connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    server.hub.register(&handle);
     let reason = conn.run().await;
     conn.finish(&reason);
     server
@@ -526,11 +530,14 @@ where
                 Step::Continue
             }
             Frame::Pong | Frame::Hello { .. } => Step::Continue,
-            Frame::Join { id, .. } | Frame::Leave { id, .. } | Frame::Pub { id, .. } => self.error(
-                Some(id),
-                ErrorCode::NOT_FOUND,
-                "channels are not enabled on this endpoint".into(),
-            ),
+            Frame::Join {
+                id,
+                channel,
+                since,
+                filter,
+            } => self.join(id, channel, since, filter),
+            Frame::Leave { id, channel } => self.leave(id, channel),
+            Frame::Pub { id, channel, data } => self.publish(id, channel, data),
             other => {
                 let message = format!("`{}` frames are sent by the server only", other.tag());
                 self.bad_frame(other.id(), message)
@@ -583,6 +590,11 @@ where
     fn request(&mut self, id: u64, method: String, data: Payload) -> Step {
         if let Err(step) = self.admit(id) {
             return step;
+        }
+        if method.starts_with('$') {
+            let hub = self.server.hub.clone();
+            let reply = hub.builtin(&self.handle, &method, &data);
+            return self.reply(id, reply);
         }
         let start = match self.lookup(&method) {
             Some(Method::Request(start)) => start,
@@ -728,6 +740,115 @@ where
         }
     }
 
+    // ---- channels ------------------------------------------------------------------------
+
+    fn channels_enabled(&mut self, id: u64) -> Result<crate::channel::Hub, Step> {
+        self.last_call = self.last_seen;
+        let hub = self.server.hub.clone();
+        if hub.has_channels() {
+            Ok(hub)
+        } else {
+            Err(self.error(
+                Some(id),
+                ErrorCode::NOT_FOUND,
+                "channels are not enabled on this endpoint".into(),
+            ))
+        }
+    }
+
+    fn join(
+        &mut self,
+        id: u64,
+        channel: String,
+        since: Option<plexus_protocol::Position>,
+        filter: Option<Payload>,
+    ) -> Step {
+        let hub = match self.channels_enabled(id) {
+            Ok(hub) => hub,
+            Err(step) => return step,
+        };
+        let limit = self.server.config.limits.max_subscriptions;
+        if !self.joined.contains(&channel) && self.joined.len() >= limit {
+            return self.error(
+                Some(id),
+                ErrorCode::RATE_LIMITED,
+                format!("a connection may join at most {limit} channels"),
+            );
+        }
+        match hub.join(&self.handle, &channel, since.as_ref(), filter.as_ref()) {
+            Ok(joined) => {
+                #[derive(serde::Serialize)]
+                struct JoinReply<'a> {
+                    epoch: &'a str,
+                    offset: u64,
+                    recovered: bool,
+                }
+                let reply = Payload::encode(
+                    self.codec(),
+                    &JoinReply {
+                        epoch: &joined.position.epoch,
+                        offset: joined.position.offset,
+                        recovered: joined.recovered,
+                    },
+                )
+                .map_err(|e| crate::error::RpcError::internal(e).into_body());
+                // The `res` first, then what was missed: live publications can only follow,
+                // since they come through the queue, which is read after this is written.
+                self.reply(id, reply);
+                for (offset, data) in joined.missed {
+                    self.write_frame(&Frame::Msg {
+                        channel: channel.clone(),
+                        offset,
+                        data,
+                    });
+                }
+                self.joined.insert(channel);
+                Step::Continue
+            }
+            Err(error) => self.reply(id, Err(error)),
+        }
+    }
+
+    fn leave(&mut self, id: u64, channel: String) -> Step {
+        let hub = match self.channels_enabled(id) {
+            Ok(hub) => hub,
+            Err(step) => return step,
+        };
+        let result = hub.leave(&self.handle, &channel);
+        self.joined.remove(&channel);
+        let reply = result.map(|()| Payload::null(self.codec()));
+        self.reply(id, reply)
+    }
+
+    fn publish(&mut self, id: u64, channel: String, data: Payload) -> Step {
+        let hub = match self.channels_enabled(id) {
+            Ok(hub) => hub,
+            Err(step) => return step,
+        };
+        let codec = self.codec();
+        let reply = hub
+            .client_publish(&self.handle, &channel, data)
+            .and_then(|position| {
+                #[derive(serde::Serialize)]
+                struct PubReply<'a> {
+                    epoch: &'a str,
+                    offset: u64,
+                }
+                Payload::encode(
+                    codec,
+                    &PubReply {
+                        epoch: &position.epoch,
+                        offset: position.offset,
+                    },
+                )
+                .map_err(|e| crate::error::RpcError::internal(e).into_body())
+            });
+        // If we joined the channel, our own `msg` is already queued: it goes out before the
+        // `res`, as it would for any other subscriber.
+        self.take_queued();
+        self.reply(id, reply)
+    }
+
     fn unknown(&mut self, id: Option<u64>, method: &str) -> Step {
         let shown: String = method.chars().take(64).collect();
         self.error(
@@ -838,6 +959,8 @@ where
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        let joined = std::mem::take(&mut self.joined);
+        self.server.hub.unregister(&self.handle, joined);
         self.handle.shared.gone.fire();
         self.queue.close();
     }

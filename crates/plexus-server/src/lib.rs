@@ -33,6 +33,7 @@
 //!
 //! The wire protocol is in the `plexus-protocol` crate and `PROTOCOL.md`.
 
+mod api;
 mod channel;
 mod config;
 mod conn;

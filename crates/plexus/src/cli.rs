@@ -1,13 +1,15 @@
 //! Command-line interface.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use plexus_server::{Compression, EndpointConfig, Server};
+use plexus_server::{Compression, Server};
 
 mod call;
+mod config;
 
 /// plexus: a real-time WebSocket server, and a client to talk to one.
 #[derive(Parser, Debug)]
@@ -33,26 +35,35 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8787", env = "PLEXUS_LISTEN")]
-    listen: SocketAddr,
-    /// WebSocket path of the plexus endpoint.
-    #[arg(long, default_value = "/ws")]
-    path: String,
+    /// A TOML configuration file (see plexus.example.toml); flags given here win over it.
+    #[arg(long, env = "PLEXUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8787]
+    #[arg(long, env = "PLEXUS_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// WebSocket path of the plexus endpoint [default: /ws]
+    #[arg(long)]
+    path: Option<String>,
     /// Also serve a plain WebSocket echo endpoint at this path (for the Autobahn suite),
     /// on the same WebSocket settings; it accepts messages up to 16 MiB.
     #[arg(long)]
     echo_path: Option<String>,
-    /// permessage-deflate: off, on (context takeover), or no-context-takeover.
-    #[arg(long, value_enum, default_value_t = CompressionArg::NoContextTakeover)]
-    compression: CompressionArg,
-    /// Heartbeat interval (e.g. 25s); a peer silent for two intervals is closed.
-    #[arg(long, default_value = "25s", value_parser = parse_duration)]
-    heartbeat: Duration,
-    /// Largest message accepted, in bytes; larger ones close the connection with 1009.
-    #[arg(long, default_value_t = 1 << 20)]
-    max_message_size: usize,
-    /// Node id sent in `welcome` (default: random).
+    /// Enables the HTTP API under /api for backends, guarded by this key
+    /// (`Authorization: apikey KEY`).
+    #[arg(long, env = "PLEXUS_API_KEY")]
+    api_key: Option<String>,
+    /// permessage-deflate: off, on (context takeover), or no-context-takeover
+    /// [default: no-context-takeover]
+    #[arg(long, value_enum)]
+    compression: Option<CompressionArg>,
+    /// Heartbeat interval (e.g. 25s); a peer silent for two intervals is closed [default: 25s]
+    #[arg(long, value_parser = parse_duration)]
+    heartbeat: Option<Duration>,
+    /// Largest message accepted, in bytes; larger ones close the connection with 1009
+    /// [default: 1048576]
+    #[arg(long)]
+    max_message_size: Option<usize>,
+    /// Node id sent in `welcome` [default: random]
     #[arg(long)]
     node_id: Option<String>,
 }
@@ -122,36 +133,67 @@ pub(crate) fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = EndpointConfig::default();
-    config.compression = match args.compression {
-        CompressionArg::Off => Compression::Off,
-        CompressionArg::On => Compression::On,
-        CompressionArg::NoContextTakeover => Compression::NoContextTakeover,
+    let file = match &args.config {
+        Some(path) => config::load(path).map_err(|e| anyhow::anyhow!(e))?,
+        None => config::FileConfig::default(),
     };
-    config.limits.heartbeat_interval = args.heartbeat;
-    config.limits.max_message_size = args.max_message_size;
+    let mut endpoint = file.endpoint();
+    if let Some(compression) = args.compression {
+        endpoint.compression = match compression {
+            CompressionArg::Off => Compression::Off,
+            CompressionArg::On => Compression::On,
+            CompressionArg::NoContextTakeover => Compression::NoContextTakeover,
+        };
+    }
+    if let Some(heartbeat) = args.heartbeat {
+        anyhow::ensure!(
+            heartbeat >= Duration::from_millis(100),
+            "--heartbeat must be at least 100ms"
+        );
+        endpoint.limits.heartbeat_interval = heartbeat;
+    }
+    if let Some(size) = args.max_message_size {
+        endpoint.limits.max_message_size = size;
+    }
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8787)));
+    let path = args
+        .path
+        .or(file.path.clone())
+        .unwrap_or_else(|| "/ws".into());
+    let echo_path = args.echo_path.or(file.echo_path.clone());
+    let api_key = args.api_key.or(file.api_key.clone());
+
     let mut builder = Server::builder()
         .router(plexus::sys::router())
-        .config(config.clone());
-    if let Some(node) = args.node_id {
+        .config(endpoint.clone())
+        .channels(file.namespaces());
+    if let Some(node) = args.node_id.or(file.node_id.clone()) {
         builder = builder.node_id(node);
     }
     let server = builder.build();
-    let mut app = server.route(&args.path);
-    if let Some(echo) = &args.echo_path {
-        app = app.merge(plexus_server::echo_route(echo, &config));
+    let mut app = server.route(&path);
+    if let Some(echo) = &echo_path {
+        app = app.merge(plexus_server::echo_route(echo, &endpoint));
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    if let Some(key) = &api_key {
+        app = app.merge(server.api_routes(key.clone()));
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr()?;
     tracing::info!(
         node = server.node_id(),
-        "plexus listening on ws://{local}{}",
-        args.path
+        "plexus listening on ws://{local}{path}"
     );
-    if let Some(echo) = &args.echo_path {
+    if let Some(echo) = &echo_path {
         tracing::info!("echo endpoint on ws://{local}{echo}");
+    }
+    if api_key.is_some() {
+        tracing::info!("HTTP API on http://{local}/api");
     }
     server.serve(listener, app, shutdown_signal()).await?;
     tracing::info!("plexus stopped");

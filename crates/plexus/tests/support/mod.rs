@@ -96,10 +96,21 @@ pub(crate) async fn start_with(builder: ServerBuilder) -> TestServer {
         .await
         .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
+    let app = server.route("/ws");
+    serve_app(server, listener, app, addr)
+}
+
+/// Serves `app` (built from `server`) on `listener` in a spawned task.
+#[allow(dead_code)] // not every test binary serves an app of its own
+pub(crate) fn serve_app(
+    server: Server,
+    listener: TcpListener,
+    app: axum::Router,
+    addr: SocketAddr,
+) -> TestServer {
     let (tx, rx) = oneshot::channel::<()>();
     let serving = server.clone();
     let served = tokio::spawn(async move {
-        let app = serving.route("/ws");
         serving
             .serve(listener, app, async move {
                 // A dropped sender also shuts down: the test ended.

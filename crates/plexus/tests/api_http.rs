@@ -1,0 +1,215 @@
+//! The HTTP API over a real socket: the key, publish, broadcast, channels, presence,
+//! disconnect, and bad requests.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use plexus_server::{ChannelOptions, Codec, Namespaces, Server};
+use serde_json::{Value, json};
+use support::{RawClient, TestServer, config, sys};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const KEY: &str = "s3cret-key";
+
+async fn start_api() -> TestServer {
+    let server = Server::builder()
+        .router(sys())
+        .config({
+            let mut config = config();
+            config.limits.max_message_size = 4096;
+            config
+        })
+        .channels(
+            Namespaces::new().namespace("room:*", ChannelOptions::default().presence(true, false)),
+        )
+        .build();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = server.route("/ws").merge(server.api_routes(KEY));
+    support::serve_app(server, listener, app, addr)
+}
+
+/// One HTTP/1.1 request; returns the status and the JSON body.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(key) = key {
+        request.push_str(&format!("Authorization: apikey {key}\r\n"));
+    }
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        request.push_str("\r\n");
+    }
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(support::TIMEOUT, stream.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status: u16 = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn every_endpoint_needs_the_key() {
+    let server = start_api().await;
+    for (method, path, body) in [
+        (
+            "POST",
+            "/api/publish",
+            Some(r#"{"channel":"room:1","data":1}"#),
+        ),
+        (
+            "POST",
+            "/api/broadcast",
+            Some(r#"{"channels":["room:1"],"data":1}"#),
+        ),
+        ("GET", "/api/channels", None),
+        ("GET", "/api/presence?channel=room:1", None),
+        ("POST", "/api/disconnect", Some(r#"{"user":"u"}"#)),
+    ] {
+        let (status, body_json) = http(server.addr, method, path, None, body).await;
+        assert_eq!(status, 401, "{method} {path} without a key");
+        assert_eq!(body_json["error"]["code"], "NOT_AUTHORIZED");
+        let (status, _) = http(server.addr, method, path, Some("wrong"), body).await;
+        assert_eq!(status, 401, "{method} {path} with a wrong key");
+    }
+    // Nothing was published.
+    let (_, channels) = http(server.addr, "GET", "/api/channels", Some(KEY), None).await;
+    assert_eq!(channels, json!({"channels": []}));
+}
+
+#[tokio::test]
+async fn publish_and_broadcast_reach_subscribers() {
+    let server = start_api().await;
+    let mut sub = RawClient::connect(server.addr, Some(Codec::MsgPack)).await;
+    sub.send_json(json!({"t": "join", "id": 1, "ch": "room:1"}))
+        .await;
+    assert_eq!(sub.recv_json().await["t"], "res");
+
+    let (status, body) = http(
+        server.addr,
+        "POST",
+        "/api/publish",
+        Some(KEY),
+        Some(r#"{"channel":"room:1","data":{"text":"from a backend"}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["offset"], 1);
+    assert_eq!(
+        sub.recv_json().await,
+        json!({"t": "msg", "ch": "room:1", "o": 1, "d": {"text": "from a backend"}})
+    );
+
+    let (status, body) = http(
+        server.addr,
+        "POST",
+        "/api/broadcast",
+        Some(KEY),
+        Some(r#"{"channels":["room:1","room:2","elsewhere"],"data":7}"#),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results[0]["offset"], 2);
+    assert_eq!(results[1]["offset"], 1);
+    assert_eq!(results[2]["error"]["code"], "NOT_FOUND");
+    assert_eq!(sub.recv_json().await["o"], 2);
+
+    let (_, channels) = http(server.addr, "GET", "/api/channels", Some(KEY), None).await;
+    assert_eq!(
+        channels,
+        json!({"channels": [{"channel": "room:1", "subscribers": 1}]})
+    );
+    let (_, presence) = http(
+        server.addr,
+        "GET",
+        "/api/presence?channel=room:1",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(presence["members"][0]["conn"], sub.welcome["conn"]);
+}
+
+#[tokio::test]
+async fn disconnect_closes_the_connection() {
+    let server = start_api().await;
+    let mut victim = RawClient::connect(server.addr, Some(Codec::Json)).await;
+    let mut bystander = RawClient::connect(server.addr, Some(Codec::Json)).await;
+    let body = json!({"conn": victim.welcome["conn"]}).to_string();
+    let (status, answer) = http(
+        server.addr,
+        "POST",
+        "/api/disconnect",
+        Some(KEY),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer, json!({"disconnected": 1}));
+    assert_eq!(victim.recv_close().await, 1000);
+    bystander.assert_echo(1).await;
+    let (status, answer) = http(
+        server.addr,
+        "POST",
+        "/api/disconnect",
+        Some(KEY),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(answer["error"]["code"], "VALIDATION_ERROR");
+}
+
+#[tokio::test]
+async fn bad_requests_get_defined_answers() {
+    let server = start_api().await;
+    let (status, body) = http(
+        server.addr,
+        "POST",
+        "/api/publish",
+        Some(KEY),
+        Some("{not json"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "VALIDATION_ERROR");
+    let (status, _) = http(
+        server.addr,
+        "POST",
+        "/api/publish",
+        Some(KEY),
+        Some(r#"{"channel":"room:1"}"#),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, body) = http(
+        server.addr,
+        "POST",
+        "/api/publish",
+        Some(KEY),
+        Some(r#"{"channel":"nowhere","data":1}"#),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "NOT_FOUND");
+    let big = format!(r#"{{"channel":"room:1","data":"{}"}}"#, "x".repeat(8000));
+    let (status, _) = http(server.addr, "POST", "/api/publish", Some(KEY), Some(&big)).await;
+    assert_eq!(status, 413, "bodies are limited to the message size");
+}

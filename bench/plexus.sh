@@ -1,11 +1,15 @@
 # Server spec for ../shared/bench (copied into its servers/ folder by bench/run.sh).
-# plexus serve with its built-in methods: the RPC case calls sys.echo.
-DESC="plexus 0.1 (release build), plexus serve, sys.echo, compression off"
-SERVER_CMD=("$PLEXUS_TARGET/release/plexus" serve --listen '127.0.0.1:{port}' --compression off)
+# plexus serve with its built-in methods (the RPC case calls sys.echo) and a `bench:*` channel
+# namespace (bench/plexus-bench.toml) for the fan-out cases.
+DESC="plexus 0.1 (release build), plexus serve, sys.echo, bench:* channels, compression off"
+SERVER_CMD=("$PLEXUS_TARGET/release/plexus" serve --listen '127.0.0.1:{port}' --config "$PLEXUS_ROOT/bench/plexus-bench.toml")
 SERVER_ENV=(RUST_LOG=warn)
 URL_PATH='/ws'
 HANDSHAKE=('expect:"welcome"')
-SCENARIOS='rpc conns'
+SCENARIOS='rpc fanout conns'
 RPC_REQUEST='{"t":"req","id":{seq},"m":"sys.echo","d":{"ts":{ts},"pad":"{pad}"}}'
 RPC_REPLY_CONTAINS='"id":{seq},'
+SUBSCRIBE='{"t":"join","id":1,"ch":"bench:{channel}"}'
+SUBSCRIBE_ACK='"recovered"'
+PUBLISH='{"t":"pub","id":{seq},"ch":"bench:{channel}","d":{"seq":{seq},"ts":{ts},"pad":"{pad}"}}'
 setup() { (cd "$PLEXUS_ROOT" && CARGO_TARGET_DIR="$PLEXUS_TARGET" cargo build --release -q -p plexus --bin plexus); }

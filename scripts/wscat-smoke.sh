@@ -50,6 +50,14 @@ check "sys.count stream ends" "$end" '{"t":"end","id":2}'
 echo 'this is not json' >&"${WS[1]}"
 bad=$(await_line 'BAD_FRAME') || true
 check "typo answered with BAD_FRAME" "$bad" '"code":"BAD_FRAME"'
+# Two windows chatting: this one joins demo:smoke, a second wscat publishes to it.
+echo '{"t":"join","id":3,"ch":"demo:smoke"}' >&"${WS[1]}"
+joined=$(await_line '"id":3') || true
+check "join demo:smoke" "$joined" '"recovered":false'
+sleep 2 | timeout 15 "$wscat" --no-color -c "ws://127.0.0.1:$port/ws" \
+  -x '{"t":"pub","id":1,"ch":"demo:smoke","d":{"text":"hi from window 2"}}' -w 1 >/dev/null 2>&1
+msg=$(await_line '"t":"msg"') || true
+check "publication from the other window" "$msg" '{"t":"msg","ch":"demo:smoke","o":1,"d":{"text":"hi from window 2"}}'
 kill "$WS_PID" 2>/dev/null; wait "$WS_PID" 2>/dev/null
 
 echo "wscat: $passed passed, $failed failed"

@@ -6,16 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use plexus_protocol::{Codec, ErrorBody, Frame, Payload};
+use plexus_protocol::{Codec, ErrorBody, Frame, Payload, Position};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::channel::{Attachment, History, Member, Subscription, WireHistory, WirePosition};
 use crate::conn;
 use crate::error::{CallError, ConnectError};
-use crate::options::{CallOptions, ClientOptions, StreamOptions};
+use crate::options::{CallOptions, ClientOptions, HistoryOptions, JoinOptions, StreamOptions};
 use crate::state::{Inner, Waiter};
 use crate::stream::CallStream;
 
@@ -153,6 +154,16 @@ impl Client {
             method: method.to_owned(),
             data: params,
         })?;
+        self.call(id, bytes, options).await
+    }
+
+    /// Sends call `id` (a `req` or `pub`, encoded) and waits for its `res` or `err`.
+    async fn call(
+        &self,
+        id: u64,
+        bytes: bytes::Bytes,
+        options: CallOptions,
+    ) -> Result<Payload, CallError> {
         let deadline = options.timeout.unwrap_or(self.inner.options.call_timeout);
         let (tx, rx) = oneshot::channel();
         let call = async {
@@ -256,6 +267,163 @@ impl Client {
             .start_call(id, bytes, Waiter::Stream(tx), options.retryable)
             .await?;
         Ok(CallStream::new(guard, rx, decode, deadline, options.credit))
+    }
+
+    /// Joins `channel` and resolves once the server answered the `join`: a
+    /// [`Subscription`], the [`Stream`](futures_util::Stream) of the channel's
+    /// [`ChannelEvent`](crate::ChannelEvent)s.
+    ///
+    /// ```no_run
+    /// # async fn run(client: plexus_client::Client) -> Result<(), plexus_client::CallError> {
+    /// use futures_util::StreamExt;
+    /// use plexus_client::{ChannelEvent, JoinOptions};
+    ///
+    /// let mut room = client.join("room:1", JoinOptions::default()).await?;
+    /// while let Some(event) = room.next().await {
+    ///     match event {
+    ///         ChannelEvent::Publication(publication) => {
+    ///             let text: String = publication.decode()?;
+    ///             println!("{}: {text}", publication.offset);
+    ///         }
+    ///         ChannelEvent::Resubscribed { recovered: false, .. } => {
+    ///             // Publications were missed for good: reload the state.
+    ///         }
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// - The subscription lives across reconnects: see [`Subscription`] for recovery,
+    ///   duplicates and the bounded buffer.
+    /// - **While disconnected**, the join waits for the next session (like a retryable
+    ///   call) rather than failing: subscriptions are re-joined after every reconnect anyway.
+    ///   [`JoinOptions::timeout`] (default [`ClientOptions::call_timeout`]) bounds the wait;
+    ///   past it the join fails with `TIMEOUT` (and a `leave` is sent if the `join` was).
+    /// - **One subscription per channel**: joining a channel this client already has a
+    ///   subscription to fails at once with [`CallErrorKind::AlreadyJoined`](crate::CallErrorKind::AlreadyJoined).
+    /// - Refusals keep the server's code (`FORBIDDEN`, `NOT_FOUND`, ...).
+    pub async fn join(
+        &self,
+        channel: &str,
+        options: JoinOptions,
+    ) -> Result<Subscription, CallError> {
+        let codec = self.inner.codec();
+        let filter = options
+            .filter
+            .map(|filter| filter.to_codec(codec))
+            .transpose()
+            .map_err(CallError::encode)?;
+        let (tx, rx) = oneshot::channel();
+        let token = self
+            .inner
+            .join_channel(channel, filter, options.since, options.buffer, tx)?;
+        // Dropped before the answer (timeout, or this future dropped): forget the
+        // subscription and leave if the join went out.
+        let attachment = Attachment::new(self.inner.clone(), token);
+        let deadline = options.timeout.unwrap_or(self.inner.options.call_timeout);
+        match tokio::time::timeout(deadline, rx).await {
+            Ok(Ok(Ok(reply))) => Ok(Subscription::new(attachment, channel.to_owned(), reply)),
+            Ok(Ok(Err(error))) => Err(error),
+            Ok(Err(_)) => Err(CallError::closed()),
+            Err(_) => Err(CallError::timeout()),
+        }
+    }
+
+    /// Publishes `data` to `channel` (`pub`) and returns the publication's position.
+    ///
+    /// Not retried after a reconnect: a `pub` whose answer was lost may or may not have
+    /// been published. The publisher receives its own publication too if it joined the
+    /// channel.
+    pub async fn publish<T>(&self, channel: &str, data: &T) -> Result<Position, CallError>
+    where
+        T: Serialize + ?Sized,
+    {
+        self.publish_with(channel, data, CallOptions::default())
+            .await
+    }
+
+    /// Publishes `data` to `channel` with call options (deadline; `retryable` waits for
+    /// the connection and re-sends after a drop, so the publication may be made twice).
+    pub async fn publish_with<T>(
+        &self,
+        channel: &str,
+        data: &T,
+        options: CallOptions,
+    ) -> Result<Position, CallError>
+    where
+        T: Serialize + ?Sized,
+    {
+        let data = Payload::encode(self.inner.codec(), data).map_err(CallError::encode)?;
+        self.publish_raw_with(channel, data, options).await
+    }
+
+    /// Publishes an already-encoded value to `channel`.
+    pub async fn publish_raw(&self, channel: &str, data: Payload) -> Result<Position, CallError> {
+        self.publish_raw_with(channel, data, CallOptions::default())
+            .await
+    }
+
+    /// Publishes an already-encoded value to `channel` with call options.
+    pub async fn publish_raw_with(
+        &self,
+        channel: &str,
+        data: Payload,
+        options: CallOptions,
+    ) -> Result<Position, CallError> {
+        let id = self.inner.next_id();
+        let bytes = self.inner.encode(&Frame::Pub {
+            id,
+            channel: channel.to_owned(),
+            data,
+        })?;
+        let result = self.call(id, bytes, options).await?;
+        let position: WirePosition = result.decode().map_err(|e| CallError::decode(&e))?;
+        Ok(position.into())
+    }
+
+    /// The members of `channel` now (`$presence`).
+    pub async fn presence(&self, channel: &str) -> Result<Vec<Member>, CallError> {
+        #[derive(Serialize)]
+        struct Params<'a> {
+            ch: &'a str,
+        }
+        self.request("$presence", &Params { ch: channel }).await
+    }
+
+    /// The publications kept in `channel`'s history (`$history`), oldest first, after
+    /// [`HistoryOptions::since`] and at most [`HistoryOptions::limit`].
+    ///
+    /// A `since` in another epoch, or older than the history window, returns what the
+    /// history holds: compare [`History::position`](crate::History)'s epoch and the first
+    /// offset with `since` to detect a gap.
+    pub async fn history(
+        &self,
+        channel: &str,
+        options: HistoryOptions,
+    ) -> Result<History, CallError> {
+        #[derive(Serialize)]
+        struct Params<'a> {
+            ch: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            since: Option<WirePosition>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            limit: Option<u64>,
+        }
+        let params = Params {
+            ch: channel,
+            since: options.since.as_ref().map(WirePosition::from),
+            limit: options.limit,
+        };
+        let history: WireHistory = self.request("$history", &params).await?;
+        Ok(history.into_history(self.inner.codec()))
+    }
+
+    /// How many channels this client has a live subscription to (joined, being joined, or
+    /// waiting to be joined again after a reconnect).
+    pub fn subscriptions(&self) -> usize {
+        self.inner.lock().channels.len()
     }
 
     /// The connection's state; `changed().await` on the receiver to follow transitions.

@@ -287,12 +287,14 @@ async fn run_session(
     } = session;
     let (out_tx, mut out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+    let (ordered_tx, mut ordered_rx) = mpsc::unbounded_channel();
     let (reply_tx, mut reply_rx) = mpsc::channel(REPLY_CAPACITY);
     let mut incoming = Incoming::new(inner.options.handlers.clone(), reply_tx);
     let flush = inner.install_link(
         Link {
             out: out_tx,
             control: control_tx,
+            ordered: ordered_tx,
         },
         conn.clone(),
     );
@@ -399,6 +401,14 @@ async fn run_session(
                 batch.extend(batch_of(&mut out_rx, WRITE_BATCH - 1));
             }
             Some(bytes) = control_rx.recv() => batch.push(bytes),
+            Some(bytes) = ordered_rx.recv() => {
+                batch.push(bytes);
+                while batch.len() < WRITE_BATCH
+                    && let Ok(bytes) = ordered_rx.try_recv()
+                {
+                    batch.push(bytes);
+                }
+            }
             Some(reply) = reply_rx.recv() => {
                 if incoming.admit(&reply) {
                     match codec.encode(&reply) {
@@ -457,6 +467,16 @@ fn dispatch(inner: &Inner, incoming: &mut Incoming, frame: Frame) -> Option<Fram
         Frame::Ntf { method, data } => incoming.notify(&method, data),
         Frame::Cancel { id } => incoming.cancel(id),
         Frame::Credit { id, n } => incoming.credit(id, n),
+        Frame::Msg {
+            channel,
+            offset,
+            data,
+        } => inner.on_msg(&channel, offset, data),
+        Frame::Presence {
+            event,
+            channel,
+            data,
+        } => inner.on_presence(event, &channel, data),
         Frame::Ping => return Some(Frame::Pong),
         Frame::Pong => {}
         other => tracing::debug!(t = other.tag(), "frame not handled by this client"),

@@ -32,6 +32,9 @@ pub enum CallErrorKind {
     /// The result (or a stream item) did not fit the expected type (code
     /// `VALIDATION_ERROR`, with `{"path": ...}` as data).
     Decode,
+    /// [`Client::join`](crate::Client::join) of a channel this client already has a
+    /// [`Subscription`](crate::Subscription) for (code `ALREADY_JOINED`); nothing was sent.
+    AlreadyJoined,
 }
 
 /// The failure of a call: a request, a notification or a stream.
@@ -86,6 +89,14 @@ impl CallError {
             CallErrorKind::Decode,
             ErrorCode::BAD_FRAME,
             "the server sent more stream items than the credit window allows",
+        )
+    }
+
+    pub(crate) fn already_joined(channel: &str) -> Self {
+        Self::local(
+            CallErrorKind::AlreadyJoined,
+            ErrorCode::new("ALREADY_JOINED"),
+            format!("this client already has a subscription to `{channel}`"),
         )
     }
 
@@ -175,6 +186,11 @@ impl CallError {
     /// Whether the call was cancelled (code `CANCELLED`).
     pub fn is_cancelled(&self) -> bool {
         self.code == ErrorCode::CANCELLED
+    }
+
+    /// Whether a join failed because the client already has a subscription to the channel.
+    pub fn is_already_joined(&self) -> bool {
+        self.kind == CallErrorKind::AlreadyJoined
     }
 
     /// Whether the offline queue was full.

@@ -1,8 +1,11 @@
-//! The plexus Rust client: typed calls and streams over one WebSocket that reconnects by itself.
+//! The plexus Rust client: typed calls, streams and channels over one WebSocket that
+//! reconnects by itself.
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
-//! use plexus_client::{CallOptions, ClientOptions, ErrorBody, StreamOptions, connect};
+//! use plexus_client::{
+//!     CallOptions, ChannelEvent, ClientOptions, ErrorBody, JoinOptions, StreamOptions, connect,
+//! };
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize)]
@@ -41,6 +44,21 @@
 //!
 //! // Fire and forget; queued while disconnected.
 //! client.notify("log.event", &"done").await?;
+//!
+//! // Channels: publications in order, each once, across reconnects.
+//! let mut room = client.join("room:1", JoinOptions::default()).await?;
+//! client.publish("room:1", &Hello { name: "Ada" }).await?;
+//! while let Some(event) = room.next().await {
+//!     match event {
+//!         ChannelEvent::Publication(publication) => {
+//!             let text: serde_json::Value = publication.decode()?;
+//!             println!("#{} {text}", publication.offset);
+//!         }
+//!         // Publications were missed for good (history window passed): reload the state.
+//!         ChannelEvent::Resubscribed { recovered: false, .. } => {}
+//!         _ => {}
+//!     }
+//! }
 //! client.close().await;
 //! # Ok(())
 //! # }
@@ -72,7 +90,18 @@
 //!   `NOT_FOUND`, a server `cancel` drops the handler.
 //! - **Hooks.** [`ClientOptions::before_connect`] runs before every attempt and may change
 //!   the URL, headers and token.
+//! - **Channels.** [`Client::join`] gives a [`Subscription`], a stream of [`ChannelEvent`]s:
+//!   publications, presence events, and [`ChannelEvent::Resubscribed`] after every re-join.
+//!   The client tracks the position of the last publication of each subscription, re-joins
+//!   with it as `since` after a reconnect and drops duplicates, so each publication is seen
+//!   once, in order; `recovered: false` tells the application when the server could not
+//!   provide what was missed. Each subscription buffers a bounded number of events
+//!   ([`JoinOptions::buffer`]); a slow application gets [`ChannelEvent::Lagged`] and the
+//!   missed publications are recovered from the history once it catches up, never blocking
+//!   the connection. [`Client::publish`], [`Client::presence`] and [`Client::history`]
+//!   complete the set.
 
+mod channel;
 mod client;
 mod conn;
 mod error;
@@ -81,13 +110,14 @@ mod options;
 mod state;
 mod stream;
 
+pub use channel::{ChannelEvent, History, Member, Publication, Subscription};
 pub use client::{Client, Status, connect};
 pub use error::{BoxError, CallError, CallErrorKind, ConnectError};
 pub use options::{
-    CallOptions, ClientOptions, ConnectRequest, DEFAULT_STREAM_WINDOW, ReconnectOptions,
-    StreamOptions,
+    CallOptions, ClientOptions, ConnectRequest, DEFAULT_CHANNEL_BUFFER, DEFAULT_STREAM_WINDOW,
+    HistoryOptions, JoinOptions, ReconnectOptions, StreamOptions,
 };
-pub use plexus_protocol::{Codec, ErrorBody, ErrorCode, Payload};
+pub use plexus_protocol::{Codec, ErrorBody, ErrorCode, Payload, Position};
 pub use stream::CallStream;
 
 #[cfg(test)]
@@ -104,6 +134,9 @@ mod tests {
         assert_send_sync::<ConnectError>();
         assert_send_sync::<ClientOptions>();
         assert_send_sync::<CallStream<u32>>();
+        assert_send_sync::<Subscription>();
+        assert_send_sync::<ChannelEvent>();
+        assert_send_sync::<JoinOptions>();
     }
 
     #[allow(dead_code)]
@@ -112,6 +145,15 @@ mod tests {
         assert_send(&client.notify("a.b", &1));
         assert_send(&client.stream::<_, u32>("a.b", &1));
         assert_send(&client.close());
+        assert_send(&client.join("a", JoinOptions::default()));
+        assert_send(&client.publish("a", &1));
+        assert_send(&client.presence("a"));
+        assert_send(&client.history("a", HistoryOptions::default()));
+    }
+
+    #[allow(dead_code)]
+    fn leave_is_send(subscription: Subscription) {
+        assert_send(&subscription.leave());
         assert_send(&connect("ws://127.0.0.1:1/ws", ClientOptions::default()));
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use plexus_protocol::{Codec, ErrorBody, Payload};
+use plexus_protocol::{Codec, ErrorBody, Payload, Position};
 use rand::Rng;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -485,6 +485,115 @@ impl StreamOptions {
     /// Marks the stream as retryable (or not).
     pub fn retryable(mut self, retryable: bool) -> Self {
         self.retryable = retryable;
+        self
+    }
+}
+
+/// How many events a [`Subscription`](crate::Subscription) buffers for the application
+/// unless [`JoinOptions::buffer`] says otherwise.
+pub const DEFAULT_CHANNEL_BUFFER: usize = 1024;
+
+/// The options of one join: see [`Client::join`](crate::Client::join).
+///
+/// ```
+/// use std::time::Duration;
+/// use plexus_client::{JoinOptions, Position};
+///
+/// let options = JoinOptions::default()
+///     // Resume where a previous run stopped (see `Subscription::last_position`).
+///     .since(Position { epoch: "e1".into(), offset: 41 })
+///     .filter(serde_json::json!({"kind": "chat"}))
+///     .buffer(256)
+///     .timeout(Duration::from_secs(5));
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct JoinOptions {
+    /// Recover the publications after this position (`since` of the `join` frame): when the
+    /// server still has them, they are delivered first and
+    /// [`Subscription::recovered`](crate::Subscription::recovered) is `true`. Default `None`:
+    /// only publications made after the join are delivered.
+    pub since: Option<Position>,
+    /// A delivery filter (`filter` of the `join` frame); its form is the server
+    /// application's. It is sent again on every re-join. Default `None`.
+    pub filter: Option<Payload>,
+    /// How many events the subscription buffers while the application does not read them
+    /// (at least 1; default [`DEFAULT_CHANNEL_BUFFER`]). When the buffer is full, the client
+    /// stops buffering and later recovers what it missed from the channel's history: see
+    /// [`ChannelEvent::Lagged`](crate::ChannelEvent::Lagged).
+    pub buffer: usize,
+    /// The deadline of the join, time waiting for a connection included; `None` means
+    /// [`ClientOptions::call_timeout`].
+    pub timeout: Option<Duration>,
+}
+
+impl Default for JoinOptions {
+    fn default() -> Self {
+        Self {
+            since: None,
+            filter: None,
+            buffer: DEFAULT_CHANNEL_BUFFER,
+            timeout: None,
+        }
+    }
+}
+
+impl JoinOptions {
+    /// Recovers the publications after `position`.
+    pub fn since(mut self, position: Position) -> Self {
+        self.since = Some(position);
+        self
+    }
+
+    /// Sets the delivery filter from a JSON value (sent in the client's codec).
+    pub fn filter(mut self, filter: serde_json::Value) -> Self {
+        self.filter = Some(
+            Payload::encode(Codec::Json, &filter).unwrap_or_else(|_| Payload::null(Codec::Json)),
+        );
+        self
+    }
+
+    /// Sets the delivery filter from an encoded value (transcoded to the client's codec when
+    /// needed).
+    pub fn filter_raw(mut self, filter: Payload) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+
+    /// Sets how many events the subscription buffers (at least 1).
+    pub fn buffer(mut self, events: usize) -> Self {
+        self.buffer = events;
+        self
+    }
+
+    /// Sets the deadline of the join.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// The options of a history query: see [`Client::history`](crate::Client::history).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HistoryOptions {
+    /// Only publications after this position. Default `None`: from the oldest kept.
+    pub since: Option<Position>,
+    /// At most this many publications, oldest first. Default `None`: the server's limit.
+    pub limit: Option<u64>,
+}
+
+impl HistoryOptions {
+    /// Returns only the publications after `position`.
+    pub fn since(mut self, position: Position) -> Self {
+        self.since = Some(position);
+        self
+    }
+
+    /// Returns at most `limit` publications.
+    pub fn limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
         self
     }
 }

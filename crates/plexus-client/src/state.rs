@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::channel::Channels;
 use crate::error::CallError;
 use crate::options::ClientOptions;
 use crate::{Codec, Status};
@@ -50,6 +51,11 @@ pub(crate) struct Link {
     /// `cancel` and `credit` frames from synchronous code (drops, polls) when `out` is
     /// full; they may then overtake frames waiting in `out`.
     pub(crate) control: mpsc::UnboundedSender<Bytes>,
+    /// `join` and `leave` frames, from synchronous code too, in the order they were made
+    /// (a `leave` must not overtake the `join` before it, nor the reverse). Bounded by the
+    /// subscriptions: each has at most one `join` or `leave` in flight, plus one `leave`
+    /// when dropped.
+    pub(crate) ordered: mpsc::UnboundedSender<Bytes>,
 }
 
 impl Link {
@@ -111,6 +117,7 @@ pub(crate) struct State {
     pub(crate) queue: VecDeque<Outbound>,
     pub(crate) pending: HashMap<u64, Pending>,
     pub(crate) conn_id: Option<String>,
+    pub(crate) channels: Channels,
 }
 
 /// Everything the client handles and the connection task share.
@@ -293,7 +300,13 @@ impl Inner {
             Some(Waiter::Stream(_)) => {
                 tracing::warn!(id, "server answered a stream with `res`; ignoring it")
             }
-            None => tracing::debug!(id, "`res` for no pending call"),
+            None => {
+                // Not a request or stream: a `join`, `leave` (or nothing known).
+                drop(st);
+                if !self.on_channel_result(id, data) {
+                    tracing::debug!(id, "`res` for no pending call");
+                }
+            }
         }
     }
 
@@ -302,7 +315,11 @@ impl Inner {
         let pending = self.lock().pending.remove(&id);
         match pending {
             Some(pending) => pending.fail(CallError::remote(error)),
-            None => tracing::debug!(id, "`err` for no pending call"),
+            None => {
+                if !self.on_channel_error(id, error) {
+                    tracing::debug!(id, "`err` for no pending call");
+                }
+            }
         }
     }
 
@@ -354,12 +371,15 @@ impl Inner {
         }
     }
 
-    /// A session opened: installs its link and takes what waited in the offline queue, in
-    /// order, to be written before anything else.
+    /// A session opened: installs its link and returns what to write before anything
+    /// else: the `join` of every subscription (with `since`), then what waited in the
+    /// offline queue, in order.
     pub(crate) fn install_link(&self, link: Link, conn_id: String) -> Vec<Bytes> {
-        let mut st = self.lock();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let (mut flush, wakers) = self.channels_link_up(&mut st.channels);
         let queue = std::mem::take(&mut st.queue);
-        let mut flush = Vec::with_capacity(queue.len());
+        flush.reserve(queue.len());
         for item in queue {
             match item.kind {
                 OutKind::Call(id) => {
@@ -374,6 +394,10 @@ impl Inner {
         }
         st.link = Some(link);
         st.conn_id = Some(conn_id);
+        drop(guard);
+        for waker in wakers {
+            waker.wake();
+        }
         flush
     }
 
@@ -383,6 +407,7 @@ impl Inner {
         let failed = {
             let mut st = self.lock();
             st.link = None;
+            Self::channels_link_down(&mut st.channels);
             out.close();
             let mut unsent = Vec::new();
             while let Ok(item) = out.try_recv() {
@@ -431,18 +456,22 @@ impl Inner {
 
     /// The client is done: every pending call fails, queued notifications are dropped.
     pub(crate) fn finish(&self) {
-        let (pending, dropped) = {
+        let (pending, dropped, wakers) = {
             let mut st = self.lock();
             st.closed = true;
             st.link = None;
+            let wakers = Self::channels_finish(&mut st.channels);
             let dropped = st
                 .queue
                 .iter()
                 .filter(|item| item.kind == OutKind::Notification)
                 .count();
             st.queue.clear();
-            (std::mem::take(&mut st.pending), dropped)
+            (std::mem::take(&mut st.pending), dropped, wakers)
         };
+        for waker in wakers {
+            waker.wake();
+        }
         if dropped > 0 {
             tracing::warn!(
                 dropped,

@@ -6,10 +6,21 @@
 //! seen by this server, echo afterwards). Streams: `count` (params n: items 0..n, end),
 //! `forever` (nothing), `fail_stream` (one item, then err), `credit` (params n: items 0..n,
 //! honouring the credit window of `sub`). Every frame received is reported as an event.
+//!
+//! Channels: a small in-memory model shared by the server's connections ([`Channels`]):
+//! per channel an epoch, an offset counter and a history of the last
+//! [`Script::history_size`] publications. `join` (with `since`: `recovered` true and the
+//! missed `msg`s replayed after the `res`, or false past the history window or in another
+//! epoch), `leave`, `pub` (offsets assigned, fanned out as `msg` to joined connections,
+//! publisher included), `pjoin`/`pleave` to the channel's subscribers (the joiner included),
+//! `$presence` and `$history`. Channels named `secret:*` are `FORBIDDEN`; joins of `hole:*`
+//! are never answered. The test publishes
+//! with [`TestServer::publish`] and can reset a channel's epoch; the model outlives the
+//! connections, so a client that reconnects finds its channels as they are.
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,10 +33,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::SinkExt;
 use plexus_client::{Status, connect};
-use plexus_protocol::{Codec, ErrorBody, ErrorCode, Frame, Payload};
+use plexus_protocol::{Codec, ErrorBody, ErrorCode, Frame, Payload, Position, PresenceEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use yawc::{IncomingUpgrade, OpCode, Options};
@@ -46,6 +57,13 @@ pub struct Script {
     pub require_token: Option<String>,
     /// Accept permessage-deflate.
     pub compression: bool,
+    /// How many publications each channel keeps in its history.
+    pub history_size: usize,
+    /// On a recovered join, also replay this many publications the client already had
+    /// (at or before its `since`), to prove that the client drops duplicates.
+    pub replay_overlap: u64,
+    /// Send `pjoin` / `pleave` to a channel's subscribers.
+    pub presence_events: bool,
 }
 
 impl Default for Script {
@@ -56,6 +74,9 @@ impl Default for Script {
             require_hello: false,
             require_token: None,
             compression: false,
+            history_size: 100,
+            replay_overlap: 0,
+            presence_events: true,
         }
     }
 }
@@ -75,6 +96,20 @@ pub enum Event {
 
 enum Command {
     Send(Frame),
+    /// A publication for this connection, encoded in its codec.
+    Msg {
+        channel: String,
+        offset: u64,
+        value: serde_json::Value,
+    },
+    /// A presence event for this connection.
+    Presence {
+        event: PresenceEvent,
+        channel: String,
+        member: serde_json::Value,
+    },
+    /// Answered once every command before it was written.
+    Barrier(oneshot::Sender<()>),
     SendRaw(String),
     Close(u16),
     Drop,
@@ -87,6 +122,191 @@ struct Shared {
     conns: Mutex<HashMap<u64, mpsc::UnboundedSender<Command>>>,
     next_conn: AtomicU64,
     flaky_seen: AtomicBool,
+    /// Upgrades are refused with 503 while false.
+    accepting: AtomicBool,
+    channels: Mutex<Channels>,
+    /// Channels refused from now on, besides `secret:*`.
+    forbidden: Mutex<Vec<String>>,
+}
+
+/// The channel model: every channel the server knows.
+#[derive(Default)]
+pub struct Channels {
+    map: HashMap<String, Chan>,
+}
+
+/// One channel of the model.
+struct Chan {
+    epoch: String,
+    offset: u64,
+    /// The last publications, oldest first.
+    history: VecDeque<(u64, serde_json::Value)>,
+    /// Joined connections.
+    subscribers: BTreeSet<u64>,
+}
+
+impl Chan {
+    fn new(epoch: String) -> Self {
+        Self {
+            epoch,
+            offset: 0,
+            history: VecDeque::new(),
+            subscribers: BTreeSet::new(),
+        }
+    }
+}
+
+fn member(conn: u64) -> serde_json::Value {
+    serde_json::json!({"user": null, "conn": format!("c{conn}"), "info": {"n": conn}})
+}
+
+impl Shared {
+    fn is_forbidden(&self, channel: &str) -> bool {
+        channel.starts_with("secret:")
+            || self.forbidden.lock().unwrap().iter().any(|c| c == channel)
+    }
+
+    fn chan<'a>(channels: &'a mut Channels, name: &str) -> &'a mut Chan {
+        channels
+            .map
+            .entry(name.to_owned())
+            .or_insert_with(|| Chan::new("e1".into()))
+    }
+
+    fn send_to(&self, conn: u64, command: Command) {
+        if let Some(tx) = self.conns.lock().unwrap().get(&conn) {
+            let _ = tx.send(command);
+        }
+    }
+
+    /// Assigns the next offset, keeps the publication and fans it out.
+    fn publish(&self, channel: &str, value: serde_json::Value) -> Position {
+        let mut channels = self.channels.lock().unwrap();
+        let chan = Self::chan(&mut channels, channel);
+        chan.offset += 1;
+        let offset = chan.offset;
+        chan.history.push_back((offset, value.clone()));
+        while chan.history.len() > self.script.history_size {
+            chan.history.pop_front();
+        }
+        for conn in &chan.subscribers {
+            self.send_to(
+                *conn,
+                Command::Msg {
+                    channel: channel.to_owned(),
+                    offset,
+                    value: value.clone(),
+                },
+            );
+        }
+        Position {
+            epoch: chan.epoch.clone(),
+            offset,
+        }
+    }
+
+    fn presence_event(&self, chan: &Chan, event: PresenceEvent, channel: &str, conn: u64) {
+        if !self.script.presence_events {
+            return;
+        }
+        for to in &chan.subscribers {
+            self.send_to(
+                *to,
+                Command::Presence {
+                    event,
+                    channel: channel.to_owned(),
+                    member: member(conn),
+                },
+            );
+        }
+    }
+
+    /// Joins `conn`: the `res` value and the publications to replay after it.
+    fn join(
+        &self,
+        conn: u64,
+        channel: &str,
+        since: Option<&Position>,
+    ) -> (serde_json::Value, Vec<(u64, serde_json::Value)>) {
+        let mut channels = self.channels.lock().unwrap();
+        let chan = Self::chan(&mut channels, channel);
+        let mut recovered = false;
+        let mut missed = Vec::new();
+        if let Some(since) = since
+            && since.epoch == chan.epoch
+            && since.offset <= chan.offset
+        {
+            let oldest = chan.history.front().map_or(chan.offset + 1, |(o, _)| *o);
+            if since.offset + 1 >= oldest {
+                recovered = true;
+                let from = since.offset.saturating_sub(self.script.replay_overlap);
+                missed = chan
+                    .history
+                    .iter()
+                    .filter(|(o, _)| *o > from)
+                    .cloned()
+                    .collect();
+            }
+        }
+        let res = serde_json::json!({
+            "epoch": chan.epoch,
+            "offset": chan.offset,
+            "recovered": recovered,
+        });
+        if chan.subscribers.insert(conn) {
+            // The joiner gets its own pjoin too, after its `res` (commands come after).
+            self.presence_event(chan, PresenceEvent::Join, channel, conn);
+        }
+        (res, missed)
+    }
+
+    fn leave(&self, conn: u64, channel: &str) {
+        let mut channels = self.channels.lock().unwrap();
+        if let Some(chan) = channels.map.get_mut(channel)
+            && chan.subscribers.remove(&conn)
+        {
+            self.presence_event(chan, PresenceEvent::Leave, channel, conn);
+        }
+    }
+
+    fn leave_all(&self, conn: u64) {
+        let names: Vec<String> = self.channels.lock().unwrap().map.keys().cloned().collect();
+        for name in names {
+            self.leave(conn, &name);
+        }
+    }
+
+    fn presence(&self, channel: &str) -> serde_json::Value {
+        let channels = self.channels.lock().unwrap();
+        let members: Vec<serde_json::Value> = channels
+            .map
+            .get(channel)
+            .map(|chan| chan.subscribers.iter().map(|c| member(*c)).collect())
+            .unwrap_or_default();
+        serde_json::Value::Array(members)
+    }
+
+    fn history(&self, params: &serde_json::Value) -> serde_json::Value {
+        let channel = params["ch"].as_str().unwrap_or_default();
+        let mut channels = self.channels.lock().unwrap();
+        let chan = Self::chan(&mut channels, channel);
+        let since = params.get("since").filter(|s| !s.is_null());
+        let after = match since {
+            Some(since) if since["epoch"].as_str() == Some(chan.epoch.as_str()) => {
+                since["offset"].as_u64().unwrap_or(0)
+            }
+            _ => 0,
+        };
+        let limit = params["limit"].as_u64().unwrap_or(u64::MAX);
+        let pubs: Vec<serde_json::Value> = chan
+            .history
+            .iter()
+            .filter(|(o, _)| *o > after)
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .map(|(o, d)| serde_json::json!({"o": o, "d": d}))
+            .collect();
+        serde_json::json!({"epoch": chan.epoch, "offset": chan.offset, "pubs": pubs})
+    }
 }
 
 /// A running scripted server.
@@ -125,6 +345,9 @@ impl TestServer {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             flaky_seen: AtomicBool::new(false),
+            accepting: AtomicBool::new(true),
+            channels: Mutex::new(Channels::default()),
+            forbidden: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/ws", get(upgrade))
@@ -229,6 +452,64 @@ impl TestServer {
         self.command_all(|| Command::Silence);
     }
 
+    /// Publishes `value` to `channel` as the server application would: the next offset,
+    /// kept in the history, `msg` to every joined connection. Returns its position.
+    pub fn publish(&self, channel: &str, value: serde_json::Value) -> Position {
+        self.shared.publish(channel, value)
+    }
+
+    /// The channel loses its history: a new epoch, offsets from 0 again.
+    pub fn reset_channel(&self, channel: &str, epoch: &str) {
+        let mut channels = self.shared.channels.lock().unwrap();
+        let chan = Shared::chan(&mut channels, channel);
+        chan.epoch = epoch.to_owned();
+        chan.offset = 0;
+        chan.history.clear();
+    }
+
+    /// Refuses `channel` (join, pub, `$presence`, `$history`) from now on.
+    pub fn forbid(&self, channel: &str) {
+        self.shared
+            .forbidden
+            .lock()
+            .unwrap()
+            .push(channel.to_owned());
+    }
+
+    /// How many connections are joined to `channel`.
+    pub fn subscribers(&self, channel: &str) -> usize {
+        let channels = self.shared.channels.lock().unwrap();
+        channels.map.get(channel).map_or(0, |c| c.subscribers.len())
+    }
+
+    /// Refuses (503) or accepts WebSocket upgrades from now on.
+    pub fn set_accepting(&self, accepting: bool) {
+        self.shared.accepting.store(accepting, Ordering::SeqCst);
+    }
+
+    /// Resolves once connection `conn` wrote everything commanded before (publications
+    /// included): what the client reads next on that connection comes after them.
+    pub async fn barrier(&self, conn: u64) {
+        let (tx, rx) = oneshot::channel();
+        self.command(conn, Command::Barrier(tx));
+        timeout(WAIT, rx)
+            .await
+            .expect("timed out waiting for the barrier")
+            .expect("connection gone before the barrier");
+    }
+
+    /// Waits until connection `conn` ended (its subscriptions are gone by then).
+    pub async fn gone(&mut self, conn: u64) {
+        for _ in 0..1000 {
+            if let Event::Gone { conn: c } = self.event().await
+                && c == conn
+            {
+                return;
+            }
+        }
+        panic!("connection {conn} did not end among 1000 events");
+    }
+
     /// Stops listening and drops every connection.
     pub async fn stop(mut self) {
         if let Some(task) = self.task.take() {
@@ -255,6 +536,9 @@ async fn upgrade(
     headers: HeaderMap,
     ws: IncomingUpgrade,
 ) -> Response {
+    if !shared.accepting.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     if let Some(token) = &shared.script.require_token {
         let expected = format!("Bearer {token}");
         if headers
@@ -294,6 +578,7 @@ async fn upgrade(
             serve(shared.clone(), conn, codec, ws, rx).await;
         }
         shared.conns.lock().unwrap().remove(&conn);
+        shared.leave_all(conn);
         let _ = shared.events.send(Event::Gone { conn });
     });
     response
@@ -312,6 +597,13 @@ fn message(codec: Codec, frame: &Frame) -> yawc::Frame {
 
 fn json(codec: Codec, value: serde_json::Value) -> Payload {
     Payload::encode(codec, &value).unwrap()
+}
+
+fn forbidden(id: u64) -> Frame {
+    Frame::Err {
+        id: Some(id),
+        error: ErrorBody::new(ErrorCode::FORBIDDEN, "not allowed"),
+    }
 }
 
 /// One server-side stream in progress.
@@ -437,6 +729,17 @@ async fn serve(
                             }
                         }
                         "never" => None,
+                        "$presence" | "$history" => {
+                            let params = data.to_json_value().unwrap_or_default();
+                            let channel = params["ch"].as_str().unwrap_or_default();
+                            if shared.is_forbidden(channel) {
+                                Some(forbidden(id))
+                            } else if method == "$presence" {
+                                Some(Frame::Res { id, data: json(codec, shared.presence(channel)) })
+                            } else {
+                                Some(Frame::Res { id, data: json(codec, shared.history(&params)) })
+                            }
+                        }
                         _ => Some(Frame::Err {
                             id: Some(id),
                             error: ErrorBody::new(ErrorCode::NOT_FOUND, "no such method"),
@@ -475,6 +778,39 @@ async fn serve(
                         streams.remove(&id);
                         None
                     }
+                    Frame::Join { id, channel, since, .. } => {
+                        if shared.is_forbidden(&channel) {
+                            Some(forbidden(id))
+                        } else if channel.starts_with("hole:") {
+                            None
+                        } else {
+                            let (res, missed) = shared.join(conn, &channel, since.as_ref());
+                            let res = Frame::Res { id, data: json(codec, res) };
+                            if ws.send(message(codec, &res)).await.is_err() {
+                                return;
+                            }
+                            for (offset, value) in missed {
+                                let msg = Frame::Msg { channel: channel.clone(), offset, data: json(codec, value) };
+                                if ws.send(message(codec, &msg)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            None
+                        }
+                    }
+                    Frame::Leave { id, channel } => {
+                        shared.leave(conn, &channel);
+                        Some(Frame::Res { id, data: Payload::null(codec) })
+                    }
+                    Frame::Pub { id, channel, data } => {
+                        if shared.is_forbidden(&channel) {
+                            Some(forbidden(id))
+                        } else {
+                            let position = shared.publish(&channel, data.to_json_value().unwrap_or_default());
+                            let res = serde_json::json!({"epoch": position.epoch, "offset": position.offset});
+                            Some(Frame::Res { id, data: json(codec, res) })
+                        }
+                    }
                     Frame::Ping => Some(Frame::Pong),
                     _ => None,
                 };
@@ -489,6 +825,21 @@ async fn serve(
                     if ws.send(message(codec, &frame)).await.is_err() {
                         return;
                     }
+                }
+                Some(Command::Msg { channel, offset, value }) => {
+                    let msg = Frame::Msg { channel, offset, data: json(codec, value) };
+                    if ws.send(message(codec, &msg)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Command::Presence { event, channel, member }) => {
+                    let frame = Frame::Presence { event, channel, data: json(codec, member) };
+                    if ws.send(message(codec, &frame)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Command::Barrier(done)) => {
+                    let _ = done.send(());
                 }
                 Some(Command::SendRaw(text)) => {
                     if ws.send(yawc::Frame::text(text)).await.is_err() {

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use plexus_server::{Compression, Server};
 
 mod call;
+mod channels;
 mod config;
 
 /// plexus: a real-time WebSocket server, and a client to talk to one.
@@ -31,6 +32,11 @@ enum Command {
     Notify(call::CallArgs),
     /// Open a stream and print one JSON item per line until it ends (or Ctrl-C).
     Stream(call::CallArgs),
+    /// Join CHANNEL and print each publication as {"o":OFFSET,"d":DATA} until Ctrl-C;
+    /// reconnects and recovers what was missed.
+    Sub(channels::SubArgs),
+    /// Publish JSON to CHANNEL and print its position.
+    Pub(channels::PubArgs),
 }
 
 #[derive(Args, Debug)]
@@ -128,6 +134,8 @@ pub(crate) fn main() -> ExitCode {
             Command::Call(args) => call::call(args).await,
             Command::Notify(args) => call::notify(args).await,
             Command::Stream(args) => call::stream(args).await,
+            Command::Sub(args) => channels::sub(args).await,
+            Command::Pub(args) => channels::publish(args).await,
         }
     })
 }

@@ -186,7 +186,7 @@ fn serve_stops_gracefully_on_sigterm() {
 fn help_texts_name_every_command() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = stdout(&out);
-    for command in ["serve", "call", "notify", "stream"] {
+    for command in ["serve", "call", "notify", "stream", "sub", "pub"] {
         assert!(help.contains(command), "{help}");
     }
     let out = Command::new(BIN)
@@ -203,4 +203,73 @@ fn help_texts_name_every_command() {
     ] {
         assert!(help.contains(flag), "{help}");
     }
+}
+
+/// A `plexus sub` child; its stdout lines arrive on a channel.
+struct Subscriber {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Subscriber {
+    fn start(url: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["sub", url])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start plexus sub");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        // The subscription is open once `joined` appears on stderr.
+        let stderr = child.stderr.take().unwrap();
+        let mut err_lines = BufReader::new(stderr).lines();
+        let joined = err_lines.next().expect("sub printed nothing").unwrap();
+        assert!(joined.starts_with("joined "), "{joined}");
+        std::thread::spawn(move || for _ in err_lines {});
+        Self { child, lines }
+    }
+
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a publication line within 10 s")
+    }
+
+    fn interrupt(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+#[test]
+fn sub_prints_what_pub_publishes_and_recovers_with_since() {
+    let served = Served::start(&[]);
+    let sub = Subscriber::start(&served.url, &["demo:cli"]);
+    let out = served.plexus(&["pub", "demo:cli", r#"{"text":"one"}"#]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let position: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(position["offset"], 1);
+    let out = served.plexus(&["pub", "--msgpack", "demo:cli", "[1,2]"]);
+    assert!(out.status.success());
+    assert_eq!(sub.line(), r#"{"o":1,"d":{"text":"one"}}"#);
+    assert_eq!(sub.line(), r#"{"o":2,"d":[1,2]}"#);
+    assert!(sub.interrupt().success());
+
+    // Joining again from the first position replays what came after it.
+    let since = format!("{}:1", position["epoch"].as_str().unwrap());
+    let late = Subscriber::start(&served.url, &["demo:cli", "--since", &since]);
+    assert_eq!(late.line(), r#"{"o":2,"d":[1,2]}"#);
+    assert!(late.interrupt().success());
+
+    let out = served.plexus(&["pub", "nowhere:x", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("NOT_FOUND: "), "{}", stderr(&out));
 }

@@ -13,15 +13,9 @@ use plexus_client::{
 
 use super::parse_duration;
 
-/// Arguments shared by `call`, `notify` and `stream`.
+/// Connection options shared by the client commands.
 #[derive(Args, Debug)]
-pub(crate) struct CallArgs {
-    /// Server URL, e.g. ws://127.0.0.1:8787/ws
-    url: String,
-    /// Method name, e.g. sys.echo
-    method: String,
-    /// Params as JSON (default: null)
-    params: Option<String>,
+pub(crate) struct ConnectArgs {
     /// Credential, sent as `Authorization: Bearer TOKEN`
     #[arg(long, env = "PLEXUS_TOKEN")]
     token: Option<String>,
@@ -31,23 +25,36 @@ pub(crate) struct CallArgs {
     /// Speak MessagePack (plexus.v1.msgpack) instead of JSON
     #[arg(long)]
     msgpack: bool,
-    /// How long to wait (e.g. 500ms, 30s). call/notify: default 30s; stream: no limit.
+    /// How long to wait (e.g. 500ms, 30s). call/notify/pub: default 30s; stream/sub: no limit.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
 }
 
+/// Arguments of `call`, `notify` and `stream`.
+#[derive(Args, Debug)]
+pub(crate) struct CallArgs {
+    /// Server URL, e.g. ws://127.0.0.1:8787/ws
+    url: String,
+    /// Method name, e.g. sys.echo
+    method: String,
+    /// Params as JSON (default: null)
+    params: Option<String>,
+    #[command(flatten)]
+    conn: ConnectArgs,
+}
+
 /// A failure to report: `CODE: message` on stderr, exit 1.
-struct Failure(ErrorBody);
+pub(crate) struct Failure(ErrorBody);
 
 impl Failure {
-    fn local(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn local(code: &'static str, message: impl Into<String>) -> Self {
         Self(ErrorBody::new(
             plexus_client::ErrorCode::from_static(code),
             message,
         ))
     }
 
-    fn report(self) -> ExitCode {
+    pub(crate) fn report(self) -> ExitCode {
         eprintln!("{}: {}", self.0.code, self.0.message);
         if let Some(data) = self
             .0
@@ -67,29 +74,54 @@ impl From<plexus_client::CallError> for Failure {
     }
 }
 
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A JSON value given on the command line.
+pub(crate) fn json_arg(text: Option<&str>, what: &str) -> Result<Payload, Failure> {
+    let text = text.unwrap_or("null");
+    Payload::from_raw_checked(Codec::Json, Bytes::copy_from_slice(text.as_bytes())).map_err(|_| {
+        Failure::local(
+            "VALIDATION_ERROR",
+            format!("{what} are not valid JSON: {text}"),
+        )
+    })
+}
 
 impl CallArgs {
     fn params(&self) -> Result<Payload, Failure> {
-        let text = self.params.as_deref().unwrap_or("null");
-        Payload::from_raw_checked(Codec::Json, Bytes::copy_from_slice(text.as_bytes())).map_err(
-            |_| {
-                Failure::local(
-                    "VALIDATION_ERROR",
-                    format!("params are not valid JSON: {text}"),
-                )
-            },
-        )
+        json_arg(self.params.as_deref(), "params")
     }
 
     async fn connect(&self) -> Result<Client, Failure> {
+        self.conn.connect(&self.url).await
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        self.conn.timeout
+    }
+}
+
+impl ConnectArgs {
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    pub(crate) async fn connect(&self, url: &str) -> Result<Client, Failure> {
+        self.connect_with(url, ReconnectOptions::disabled()).await
+    }
+
+    pub(crate) async fn connect_with(
+        &self,
+        url: &str,
+        reconnect: ReconnectOptions,
+    ) -> Result<Client, Failure> {
         let mut options = ClientOptions::default()
             .codec(if self.msgpack {
                 Codec::MsgPack
             } else {
                 Codec::Json
             })
-            .reconnect(ReconnectOptions::disabled())
+            .reconnect(reconnect)
             .connect_timeout(self.timeout.unwrap_or(DEFAULT_TIMEOUT));
         if let Some(token) = &self.token {
             options = options.token(token.clone());
@@ -104,21 +136,19 @@ impl CallArgs {
                 .map_err(|e| Failure::local("BAD_HEADER", format!("{header}: {e}")))?;
             options = options.header(name, value);
         }
-        plexus_client::connect(&self.url, options)
-            .await
-            .map_err(|e| {
-                let mut message = format!("cannot connect to {}: {e}", self.url);
-                let mut source = std::error::Error::source(&e);
-                while let Some(cause) = source {
-                    message.push_str(&format!(": {cause}"));
-                    source = cause.source();
-                }
-                Failure::local("UNAVAILABLE", message)
-            })
+        plexus_client::connect(url, options).await.map_err(|e| {
+            let mut message = format!("cannot connect to {url}: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            Failure::local("UNAVAILABLE", message)
+        })
     }
 }
 
-fn print_json(payload: &Payload) -> Result<(), Failure> {
+pub(crate) fn print_json(payload: &Payload) -> Result<(), Failure> {
     let json = payload
         .to_codec(Codec::Json)
         .map_err(|e| Failure::local("INTERNAL", format!("cannot show the answer as JSON: {e}")))?;
@@ -126,7 +156,7 @@ fn print_json(payload: &Payload) -> Result<(), Failure> {
     Ok(())
 }
 
-fn exit(result: Result<(), Failure>) -> ExitCode {
+pub(crate) fn exit(result: Result<(), Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => failure.report(),
@@ -138,7 +168,7 @@ pub(crate) async fn call(args: CallArgs) -> ExitCode {
         async {
             let params = args.params()?;
             let client = args.connect().await?;
-            let options = CallOptions::default().timeout(args.timeout.unwrap_or(DEFAULT_TIMEOUT));
+            let options = CallOptions::default().timeout(args.timeout().unwrap_or(DEFAULT_TIMEOUT));
             let answer = client.request_raw_with(&args.method, params, options).await;
             client.close().await;
             print_json(&answer?)
@@ -172,7 +202,7 @@ pub(crate) async fn stream(args: CallArgs) -> ExitCode {
             let params = args.params()?;
             let client = args.connect().await?;
             let mut options = StreamOptions::default();
-            if let Some(timeout) = args.timeout {
+            if let Some(timeout) = args.timeout() {
                 options = options.timeout(timeout);
             }
             let mut items = client.stream_raw(&args.method, params, options).await?;

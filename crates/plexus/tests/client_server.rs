@@ -486,3 +486,80 @@ async fn typed_values_per_connection_and_per_server_reach_handlers() {
     server.shutdown();
     timeout(WAIT, serving).await.unwrap().unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_rust_subscription_survives_a_reconnect_without_loss_or_duplicates() {
+    use plexus_client::{ChannelEvent, JoinOptions};
+    use plexus_server::{ChannelOptions, CloseCode, Namespaces};
+
+    let server = Server::builder()
+        .router(plexus::sys::router())
+        .config(quick_config())
+        .channels(
+            Namespaces::new().namespace(
+                "room:*",
+                ChannelOptions::default()
+                    .history(100, None)
+                    .client_publish(true),
+            ),
+        )
+        .build();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let app = server.route("/ws");
+    let serving = tokio::spawn({
+        let server = server.clone();
+        async move { server.serve(listener, app, std::future::pending()).await }
+    });
+    let hub = server.hub().clone();
+
+    let client =
+        plexus_client::connect(&url, ClientOptions::default().reconnect(quick_reconnect()))
+            .await
+            .unwrap();
+    let mut status = client.status();
+    let mut subscription = client.join("room:r", JoinOptions::default()).await.unwrap();
+    for n in 1..=5u64 {
+        // The client's own publications go through the server like anyone's.
+        let position = client.publish("room:r", &json!({"n": n})).await.unwrap();
+        assert_eq!(position.offset, n);
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        match timeout(WAIT, subscription.next()).await.unwrap().unwrap() {
+            ChannelEvent::Publication(p) => seen.push(p.offset),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    // The server drops the connection (1001: reconnect); 50 publications happen meanwhile.
+    let conn = client.conn_id().unwrap();
+    hub.connection(&conn)
+        .unwrap()
+        .close(CloseCode::GOING_AWAY, "test");
+    wait_status(&mut status, Status::Reconnecting).await;
+    for n in 6..=55u64 {
+        hub.publish("room:r", &json!({"n": n})).unwrap();
+    }
+    wait_status(&mut status, Status::Connected).await;
+    hub.publish("room:r", &json!({"n": 56})).unwrap();
+
+    let mut resubscribed = None;
+    while seen.len() < 56 {
+        match timeout(WAIT, subscription.next()).await.unwrap().unwrap() {
+            ChannelEvent::Publication(p) => seen.push(p.offset),
+            ChannelEvent::Resubscribed { recovered, .. } => resubscribed = Some(recovered),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(resubscribed, Some(true));
+    assert_eq!(
+        seen,
+        (1..=56).collect::<Vec<_>>(),
+        "each publication once, in order"
+    );
+    assert_ne!(client.conn_id().unwrap(), conn);
+    client.close().await;
+    server.shutdown();
+    timeout(WAIT, serving).await.unwrap().unwrap().unwrap();
+}

@@ -557,6 +557,10 @@ fn fan_out(state: &ChannelState, channel: &str, offset: u64, data: &Payload) {
     let mut encoded: [Option<Bytes>; 2] = [None, None];
     let mut parsed: Option<Option<serde_json::Value>> = None;
     for subscriber in state.subscribers.values() {
+        if subscriber.conn.is_closing() {
+            // Being closed (a slow consumer, say): it leaves the channel when its task ends.
+            continue;
+        }
         if let Some(filter) = &subscriber.filter {
             let value = parsed.get_or_insert_with(|| data.to_json_value().ok());
             if !filter.matches(value.as_ref()) {

@@ -138,6 +138,11 @@ impl ConnectionHandle {
         self.shared.gone.is_fired()
     }
 
+    /// Whether the connection has been asked to close (it may still be finishing).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.shared.close.is_fired()
+    }
+
     /// Completes when the connection has ended.
     pub async fn closed(&self) {
         self.shared.gone.fired().await
@@ -155,7 +160,9 @@ impl ConnectionHandle {
         match self.shared.queue.try_push(Outbound::Frame(bytes)) {
             Ok(()) => Ok(()),
             Err(PushError::Full) => {
-                tracing::warn!(conn = %self.shared.id, "outbound queue full: closing slow consumer");
+                if self.shared.close_code.get().is_none() {
+                    tracing::warn!(conn = %self.shared.id, "outbound queue full: closing slow consumer");
+                }
                 self.close(CloseCode::SLOW_CONSUMER, "slow consumer");
                 Err(CallError::new(
                     ErrorCode::UNAVAILABLE,

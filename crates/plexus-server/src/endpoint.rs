@@ -38,6 +38,14 @@ pub(crate) struct ServerInner {
     pub(crate) tasks: TaskTracker,
     pub(crate) connections: AtomicUsize,
     pub(crate) hub: Hub,
+    /// Set when the shutdown starts; connections look at it once per turn of their loop.
+    pub(crate) shutting_down: std::sync::atomic::AtomicBool,
+}
+
+impl ServerInner {
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
 }
 
 /// A plexus server: a router of methods and an endpoint configuration. Cheap to clone.
@@ -132,6 +140,7 @@ impl ServerBuilder {
                 tasks: TaskTracker::new(),
                 connections: AtomicUsize::new(0),
                 hub: Hub::new(self.namespaces),
+                shutting_down: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -233,7 +242,9 @@ impl Server {
     /// Starts a graceful shutdown: new upgrades get 503, calls in flight may finish up to
     /// the drain timeout, then every connection is closed with 1001.
     pub fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Release);
         self.inner.shutdown.cancel();
+        self.inner.hub.kick_all();
     }
 
     /// Completes once every connection has ended after [`Server::shutdown`].

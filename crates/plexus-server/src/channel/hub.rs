@@ -321,6 +321,15 @@ impl Hub {
 
     // ---- what connections do -------------------------------------------------------------
 
+    /// Wakes every connection's task, to look at the server's flags (shutdown).
+    pub(crate) fn kick_all(&self) {
+        let connections: Vec<ConnectionHandle> =
+            lock(&self.inner.connections).values().cloned().collect();
+        for conn in connections {
+            conn.kick();
+        }
+    }
+
     pub(crate) fn register(&self, conn: &ConnectionHandle) {
         lock(&self.inner.connections).insert(conn.id().to_owned(), conn.clone());
     }

@@ -138,6 +138,11 @@ impl ConnectionHandle {
         self.shared.gone.is_fired()
     }
 
+    /// Wakes the connection's task without a frame.
+    pub(crate) fn kick(&self) {
+        self.shared.queue.kick();
+    }
+
     /// Whether the connection has been asked to close (it may still be finishing).
     pub(crate) fn is_closing(&self) -> bool {
         self.shared.close.is_fired()
@@ -152,6 +157,7 @@ impl ConnectionHandle {
     pub fn close(&self, code: CloseCode, reason: &'static str) {
         let _ = self.shared.close_code.set((code, reason));
         self.shared.close.fire();
+        self.shared.queue.kick();
     }
 
     /// Queues an encoded frame without waiting. A full queue means the client does not

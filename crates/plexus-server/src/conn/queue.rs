@@ -26,6 +26,8 @@ pub(crate) struct OutboundQueue {
     /// connection task looks at an empty queue on every turn of its loop.
     len: AtomicUsize,
     closed: AtomicBool,
+    /// Set by `kick`: the consumer should look at its flags.
+    kicked: AtomicBool,
     /// The connection task (the single consumer) while it waits for an item.
     consumer: AtomicWaker,
     /// Wakes producers waiting for room.
@@ -35,6 +37,13 @@ pub(crate) struct OutboundQueue {
 struct State {
     items: VecDeque<Outbound>,
     closed: bool,
+}
+
+/// What the consumer of the queue is woken for.
+pub(crate) enum QueueEvent {
+    Item(Outbound),
+    Kick,
+    Closed,
 }
 
 /// Why an item was not queued.
@@ -53,6 +62,7 @@ impl OutboundQueue {
             capacity: capacity.max(1),
             len: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            kicked: AtomicBool::new(false),
             consumer: AtomicWaker::new(),
             room: Notify::new(),
         }
@@ -122,27 +132,41 @@ impl OutboundQueue {
         item
     }
 
-    /// The next item, or `Ready(None)` once closed. Only the connection task calls this.
-    pub(crate) fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+    /// Wakes the consumer without an item (its `poll_event` answers `Kick`).
+    pub(crate) fn kick(&self) {
+        self.kicked.store(true, Ordering::Release);
+        self.consumer.wake();
+    }
+
+    /// The next item, a kick, or the end. Only the connection task calls this.
+    pub(crate) fn poll_event(&self, cx: &mut Context<'_>) -> Poll<QueueEvent> {
         for attempt in 0..2 {
             if let Some(item) = self.try_pop() {
-                return Poll::Ready(Some(item));
+                return Poll::Ready(QueueEvent::Item(item));
+            }
+            if self.kicked.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(QueueEvent::Kick);
             }
             if self.closed.load(Ordering::Acquire) {
-                return Poll::Ready(None);
+                return Poll::Ready(QueueEvent::Closed);
             }
             if attempt == 0 {
-                // Register, then look again: a push in between is then seen or wakes us.
                 self.consumer.register(cx.waker());
             }
         }
         Poll::Pending
     }
 
-    /// Waits for the next item; `None` once closed. Cancel-safe: an item is only taken
-    /// when this returns it.
+    /// Waits for the next item; `None` once closed (kicks are skipped).
+    #[cfg(test)]
     pub(crate) async fn pop(&self) -> Option<Outbound> {
-        std::future::poll_fn(|cx| self.poll_pop(cx)).await
+        loop {
+            match std::future::poll_fn(|cx| self.poll_event(cx)).await {
+                QueueEvent::Item(item) => return Some(item),
+                QueueEvent::Kick => continue,
+                QueueEvent::Closed => return None,
+            }
+        }
     }
 
     /// Closes the queue: queued items are dropped and every waiting producer fails.
@@ -263,5 +287,35 @@ mod tests {
         let _ = tokio::time::timeout(Duration::from_millis(1), queue.pop()).await;
         assert!(queue.try_push(item(7)).is_ok());
         assert_eq!(queue.pop().await.map(value), Some(7));
+    }
+}
+
+#[cfg(test)]
+mod kick_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_kick_wakes_the_consumer_without_an_item() {
+        let queue = Arc::new(OutboundQueue::new(4));
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move {
+                matches!(
+                    std::future::poll_fn(|cx| queue.poll_event(cx)).await,
+                    QueueEvent::Kick
+                )
+            }
+        });
+        tokio::task::yield_now().await;
+        queue.kick();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), waiting)
+                .await
+                .unwrap()
+                .unwrap()
+        );
     }
 }

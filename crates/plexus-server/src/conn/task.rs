@@ -24,6 +24,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use yawc::{OpCode, WebSocket};
 
+use super::queue::QueueEvent;
 use super::{ConnShared, ConnectionHandle, Outbound, OutboundQueue, Pending, Signal};
 use crate::endpoint::ServerInner;
 use crate::principal::Principal;
@@ -181,15 +182,29 @@ where
         let interval = self.server.config.limits.heartbeat_interval;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Both signals are polled through one pinned future each for the whole connection:
-        // a fresh `cancelled()` per iteration would register with (and leave) the token's
-        // waiter list every time, and the shutdown token is shared by every connection.
-        let shutdown = self.server.shutdown.clone();
-        let handle = self.handle.clone();
-        let mut shutdown_signal = std::pin::pin!(shutdown.cancelled());
-        let mut close_signal = std::pin::pin!(handle.shared.close.fired());
         let idle = self.server.config.limits.idle_timeout;
         loop {
+            // A close request and the server's shutdown are flags looked at once per turn:
+            // setting one kicks the outbound queue, which wakes this task. (Polling a
+            // `Notified` every turn would take its waiter lock every time, and the shutdown
+            // signal is shared by every connection.)
+            if self.handle.shared.close.is_fired() {
+                let (code, reason) = self
+                    .handle
+                    .shared
+                    .close_code
+                    .get()
+                    .copied()
+                    .unwrap_or((CloseCode::NORMAL, ""));
+                return Box::pin(self.close(code, reason)).await;
+            }
+            if self.draining.is_none() && self.server.is_shutting_down() {
+                self.draining = Some(Instant::now() + self.server.config.limits.drain_timeout);
+                if self.in_flight.is_empty() {
+                    return Box::pin(self.close(CloseCode::GOING_AWAY, "server shutting down"))
+                        .await;
+                }
+            }
             // One timer for the drain deadline and the idle deadline, whichever comes first.
             let idle_deadline = idle.map(|idle| self.last_call + idle);
             let deadline = match (self.draining, idle_deadline) {
@@ -200,12 +215,10 @@ where
             // `drain` below. That keeps this future, which lives as long as the connection, small.
             let step = tokio::select! {
                 biased;
-                _ = &mut close_signal => {
-                    let (code, reason) = self.handle.shared.close_code.get().copied()
-                        .unwrap_or((CloseCode::NORMAL, ""));
-                    Step::Close(code, reason)
-                }
-                Some(out) = self.queue.pop() => self.outbound(out),
+                event = std::future::poll_fn(|cx| self.queue.poll_event(cx)) => match event {
+                    QueueEvent::Item(out) => self.outbound(out),
+                    QueueEvent::Kick | QueueEvent::Closed => Step::Continue,
+                },
                 frame = self.ws.next_frame() => match frame {
                     Ok(frame) => self.inbound(frame),
                     Err(e) => Step::ReadFailed(e),
@@ -217,10 +230,6 @@ where
                         self.out.push_back(yawc::Frame::ping(Bytes::new()));
                         Step::Continue
                     }
-                }
-                _ = &mut shutdown_signal, if self.draining.is_none() => {
-                    self.draining = Some(Instant::now() + self.server.config.limits.drain_timeout);
-                    Step::Continue
                 }
                 _ = sleep_until_opt(deadline), if deadline.is_some() => self.deadline_reached(),
             };

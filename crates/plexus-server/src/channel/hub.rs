@@ -558,45 +558,25 @@ fn recover(
     (true, missed)
 }
 
-/// Hands a publication to every subscriber whose filter matches, encoded once per codec.
+/// Hands a publication to every subscriber whose filter matches.
 fn fan_out(state: &ChannelState, channel: &str, offset: u64, data: &Payload) {
     if state.subscribers.is_empty() {
         return;
     }
-    let mut encoded: [Option<Bytes>; 2] = [None, None];
+    let frame = Frame::Msg {
+        channel: channel.to_owned(),
+        offset,
+        data: data.clone(),
+    };
+    // Parsed once, and only if some subscriber has a filter.
     let mut parsed: Option<Option<serde_json::Value>> = None;
-    for subscriber in state.subscribers.values() {
-        if subscriber.conn.is_closing() {
-            // Being closed (a slow consumer, say): it leaves the channel when its task ends.
-            continue;
-        }
-        if let Some(filter) = &subscriber.filter {
+    send_to_subscribers(state, &frame, |subscriber| match &subscriber.filter {
+        Some(filter) => {
             let value = parsed.get_or_insert_with(|| data.to_json_value().ok());
-            if !filter.matches(value.as_ref()) {
-                continue;
-            }
+            filter.matches(value.as_ref())
         }
-        let codec = subscriber.conn.codec();
-        let slot = &mut encoded[usize::from(codec.is_binary())];
-        if slot.is_none() {
-            let frame = Frame::Msg {
-                channel: channel.to_owned(),
-                offset,
-                data: data.clone(),
-            };
-            match codec.encode(&frame) {
-                Ok(bytes) => *slot = Some(bytes),
-                Err(e) => {
-                    tracing::warn!(channel, error = %e, "publication cannot be encoded");
-                    continue;
-                }
-            }
-        }
-        if let Some(bytes) = slot {
-            // A full queue closes that subscriber (4008); the others are not slowed.
-            let _ = subscriber.conn.push(bytes.clone());
-        }
-    }
+        None => true,
+    });
 }
 
 fn presence_event(state: &ChannelState, channel: &str, event: PresenceEvent, member: &Member) {
@@ -608,15 +588,35 @@ fn presence_event(state: &ChannelState, channel: &str, event: PresenceEvent, mem
         channel: channel.to_owned(),
         data,
     };
+    send_to_subscribers(state, &frame, |subscriber| {
+        subscriber.conn.id() != member.conn
+    });
+}
+
+/// Pushes `frame` to every subscriber `include` accepts, encoded at most once per codec: the
+/// same `Bytes` go into every queue. A full queue closes that subscriber (4008); the others
+/// are not slowed.
+fn send_to_subscribers(
+    state: &ChannelState,
+    frame: &Frame,
+    mut include: impl FnMut(&Subscriber) -> bool,
+) {
     let mut encoded: [Option<Bytes>; 2] = [None, None];
     for subscriber in state.subscribers.values() {
-        if subscriber.conn.id() == member.conn {
+        // One being closed (a slow consumer, say) leaves the channel when its task ends.
+        if subscriber.conn.is_closing() || !include(subscriber) {
             continue;
         }
         let codec = subscriber.conn.codec();
         let slot = &mut encoded[usize::from(codec.is_binary())];
         if slot.is_none() {
-            *slot = codec.encode(&frame).ok();
+            match codec.encode(frame) {
+                Ok(bytes) => *slot = Some(bytes),
+                Err(e) => {
+                    tracing::warn!(frame = frame.tag(), error = %e, "cannot be encoded for a subscriber");
+                    continue;
+                }
+            }
         }
         if let Some(bytes) = slot {
             let _ = subscriber.conn.push(bytes.clone());

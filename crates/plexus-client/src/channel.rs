@@ -281,6 +281,14 @@ pub(crate) struct Channels {
 }
 
 impl Channels {
+    /// The subscription of `channel`, if this client has one.
+    fn by_name(&mut self, channel: &str) -> Option<&mut Sub> {
+        let token = self.names.get(channel)?;
+        self.subs.get_mut(token)
+    }
+}
+
+impl Channels {
     /// How many subscriptions are live (for diagnostics and tests).
     pub(crate) fn len(&self) -> usize {
         self.names.len()
@@ -574,12 +582,7 @@ impl Inner {
     pub(crate) fn on_msg(&self, channel: &str, offset: u64, data: Payload) {
         let waker = {
             let mut st = self.lock();
-            let channels = &mut st.channels;
-            let Some(sub) = channels
-                .names
-                .get(channel)
-                .and_then(|token| channels.subs.get_mut(token))
-            else {
+            let Some(sub) = st.channels.by_name(channel) else {
                 tracing::debug!(channel, offset, "`msg` for a channel without subscription");
                 return;
             };
@@ -622,12 +625,7 @@ impl Inner {
         };
         let waker = {
             let mut st = self.lock();
-            let channels = &mut st.channels;
-            let Some(sub) = channels
-                .names
-                .get(channel)
-                .and_then(|token| channels.subs.get_mut(token))
-            else {
+            let Some(sub) = st.channels.by_name(channel) else {
                 tracing::debug!(channel, "presence event for a channel without subscription");
                 return;
             };

@@ -159,6 +159,23 @@ pub enum Frame {
         /// The member: `{"user":...,"conn":...,"info":...}`.
         data: Payload,
     },
+    /// The server subscribed this connection to a channel (a server-side subscription):
+    /// `data` is `{"epoch","offset","recovered"}` as in a `join`'s result, and the channel's
+    /// `msg` frames follow.
+    Joined {
+        /// The channel.
+        channel: String,
+        /// `{"epoch","offset","recovered"}`.
+        data: Payload,
+    },
+    /// The server ended this connection's subscription to a channel. With `error` code
+    /// `UNAVAILABLE` the client should join again, recovering from the last offset it saw.
+    Left {
+        /// The channel.
+        channel: String,
+        /// Why, when it is not simply the server unsubscribing the connection.
+        error: Option<ErrorBody>,
+    },
     /// Application-level ping (for clients that cannot send WebSocket pings).
     Ping,
     /// The answer to `ping`.
@@ -193,6 +210,8 @@ impl Frame {
                 event: PresenceEvent::Leave,
                 ..
             } => "pleave",
+            Frame::Joined { .. } => "joined",
+            Frame::Left { .. } => "left",
             Frame::Ping => "ping",
             Frame::Pong => "pong",
         }

@@ -282,6 +282,19 @@ fn fields_of(frame: &Frame) -> Fields<'_> {
         Frame::Presence { channel, data, .. } => {
             [t, s("ch", channel), d(data), None, None, None, None, None]
         }
+        Frame::Joined { channel, data } => {
+            [t, s("ch", channel), d(data), None, None, None, None, None]
+        }
+        Frame::Left { channel, error } => [
+            t,
+            s("ch", channel),
+            error.as_ref().map(|e| ("e", Error(e))),
+            None,
+            None,
+            None,
+            None,
+            None,
+        ],
         Frame::Ping | Frame::Pong => [t, None, None, None, None, None, None, None],
     }
 }
@@ -392,6 +405,14 @@ impl RawFrame<'_> {
                 },
                 channel: channel()?,
                 data,
+            },
+            "joined" => Frame::Joined {
+                channel: channel()?,
+                data,
+            },
+            "left" => Frame::Left {
+                channel: channel()?,
+                error: self.e,
             },
             "hello" => Frame::Hello {
                 token: self.token.map(Cow::into_owned),

@@ -140,6 +140,9 @@ pub(crate) fn frame(codec: Codec) -> impl Strategy<Value = Frame> {
             channel,
             data,
         }),
+        (text(), p()).prop_map(|(channel, data)| Frame::Joined { channel, data }),
+        (text(), prop::option::of(error_body(codec)))
+            .prop_map(|(channel, error)| Frame::Left { channel, error }),
         Just(Frame::Ping),
         Just(Frame::Pong),
     ]

@@ -129,7 +129,11 @@ async fn publish(
     authorize(&state, &headers)?;
     let request = body(request)?;
     let data = Payload::encode(Codec::Json, &request.data).map_err(|e| invalid(e.to_string()))?;
-    let position = state.server.hub().publish_raw(&request.channel, data)?;
+    let position = state
+        .server
+        .hub()
+        .publish_raw(&request.channel, data)
+        .await?;
     Ok(Json(Published {
         channel: request.channel,
         epoch: position.epoch,
@@ -151,14 +155,13 @@ async fn broadcast(
     }
     // Encoded once, shared by every channel.
     let data = Payload::encode(Codec::Json, &request.data).map_err(|e| invalid(e.to_string()))?;
-    let results: Vec<serde_json::Value> = request
-        .channels
-        .into_iter()
-        .map(|channel| match state.server.hub().publish_raw(&channel, data.clone()) {
+    let mut results = Vec::with_capacity(request.channels.len());
+    for channel in request.channels {
+        results.push(match state.server.hub().publish_raw(&channel, data.clone()).await {
             Ok(position) => json!({"channel": channel, "epoch": position.epoch, "offset": position.offset}),
             Err(error) => json!({"channel": channel, "error": {"code": error.code.as_str(), "message": error.message}}),
-        })
-        .collect();
+        });
+    }
     Ok(Json(json!({ "results": results })))
 }
 
@@ -183,7 +186,7 @@ async fn presence(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
     let Query(query) = query.map_err(|e| invalid(e.body_text()))?;
-    let members = state.server.hub().presence(&query.channel)?;
+    let members = state.server.hub().presence(&query.channel).await?;
     Ok(Json(json!({ "members": members })))
 }
 
@@ -195,17 +198,18 @@ async fn disconnect(
     authorize(&state, &headers)?;
     let request = body(request)?;
     let hub = state.server.hub();
+    const REASON: &str = "disconnected by the server";
+    // Connections on other nodes are reached through the engine; the count is this node's.
     let count = match (request.user, request.conn) {
         (Some(user), None) => {
-            hub.disconnect_user(&user, CloseCode::NORMAL, "disconnected by the server")
+            hub.disconnect_user(&user, CloseCode::NORMAL, REASON)
+                .await?
         }
-        (None, Some(conn)) => match hub.connection(&conn) {
-            Some(handle) => {
-                handle.close(CloseCode::NORMAL, "disconnected by the server");
-                1
-            }
-            None => 0,
-        },
+        (None, Some(conn)) => {
+            let here = usize::from(hub.connection(&conn).is_some());
+            hub.disconnect(&conn, CloseCode::NORMAL, REASON).await?;
+            here
+        }
         _ => return Err(invalid("give exactly one of `user` and `conn`")),
     };
     Ok(Json(json!({ "disconnected": count })))

@@ -66,6 +66,7 @@ pub struct ServerBuilder {
     on_connect: Option<ConnectHook>,
     on_disconnect: Option<DisconnectHook>,
     namespaces: Namespaces,
+    engine: Option<Arc<dyn plexus_engine::Engine>>,
 }
 
 impl ServerBuilder {
@@ -73,6 +74,13 @@ impl ServerBuilder {
     /// and `pub` get `NOT_FOUND`.
     pub fn channels(mut self, namespaces: Namespaces) -> Self {
         self.namespaces = namespaces;
+        self
+    }
+
+    /// The engine carrying channels (positions, history, presence) and messages for
+    /// connections on other nodes. Default: an in-memory engine of this node alone.
+    pub fn engine(mut self, engine: Arc<dyn plexus_engine::Engine>) -> Self {
+        self.engine = Some(engine);
         self
     }
 
@@ -128,6 +136,7 @@ impl ServerBuilder {
         let node = self
             .node
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+        let node_for_hub = node.clone();
         Server {
             inner: Arc::new(ServerInner {
                 router: self.router,
@@ -139,7 +148,12 @@ impl ServerBuilder {
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 connections: AtomicUsize::new(0),
-                hub: Hub::new(self.namespaces),
+                hub: Hub::with_engine(
+                    self.namespaces,
+                    self.engine
+                        .unwrap_or_else(|| Arc::new(plexus_engine::MemoryEngine::new())),
+                    &node_for_hub,
+                ),
                 shutting_down: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -157,6 +171,7 @@ impl Server {
             on_connect: None,
             on_disconnect: None,
             namespaces: Namespaces::new(),
+            engine: None,
         }
     }
 

@@ -129,6 +129,10 @@ impl CallError {
         }
     }
 
+    pub(crate) fn into_body(self) -> ErrorBody {
+        self.body
+    }
+
     pub(crate) fn timeout() -> Self {
         Self::new(ErrorCode::TIMEOUT, "the client did not answer in time")
     }

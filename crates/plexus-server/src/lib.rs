@@ -49,6 +49,8 @@ pub use conn::{ClientStream, ConnectionHandle, DisconnectReason};
 pub use echo::echo_route;
 pub use endpoint::{Server, ServerBuilder};
 pub use error::{CallError, RpcError};
+pub use plexus_engine as engine;
+pub use plexus_engine::{Engine, MemoryEngine};
 pub use plexus_protocol as protocol;
 pub use plexus_protocol::{CloseCode, Codec, ErrorBody, ErrorCode, Payload};
 pub use principal::Principal;

@@ -70,6 +70,7 @@ async fn subscribers_of_both_codecs_get_every_publication_in_order() {
             .server
             .hub()
             .publish("feed:a", &json!({"n": n}))
+            .await
             .unwrap();
         assert_eq!(position.offset, n + 1);
     }
@@ -90,7 +91,9 @@ async fn concurrent_publishers_still_give_one_gapless_order() {
             let hub = server.server.hub().clone();
             tokio::spawn(async move {
                 for n in 0..50 {
-                    hub.publish("feed:c", &json!({"p": p, "n": n})).unwrap();
+                    hub.publish("feed:c", &json!({"p": p, "n": n}))
+                        .await
+                        .unwrap();
                     tokio::task::yield_now().await;
                 }
             })
@@ -123,13 +126,13 @@ async fn a_client_cut_off_during_50_publications_recovers_exactly_those() {
         join(&mut keeper, 1, "room:r", None).await;
         let mut client = RawClient::connect(server.addr, Some(codec)).await;
         let joined = join(&mut client, 1, "room:r", None).await;
-        hub.publish("room:r", &json!({"before": 1})).unwrap();
+        hub.publish("room:r", &json!({"before": 1})).await.unwrap();
         let seen = msgs(&mut client, "room:r", 1).await;
         let last = seen[0].0;
         client.close().await;
 
         for n in 0..50 {
-            hub.publish("room:r", &json!({"missed": n})).unwrap();
+            hub.publish("room:r", &json!({"missed": n})).await.unwrap();
         }
         let mut client = RawClient::connect(server.addr, Some(codec)).await;
         let since = json!({"epoch": joined["epoch"], "offset": last});
@@ -137,7 +140,7 @@ async fn a_client_cut_off_during_50_publications_recovers_exactly_those() {
         assert_eq!(rejoined["recovered"], true, "{rejoined}");
         assert_eq!(rejoined["epoch"], joined["epoch"]);
         assert_eq!(rejoined["offset"], last + 50);
-        hub.publish("room:r", &json!({"live": 1})).unwrap();
+        hub.publish("room:r", &json!({"live": 1})).await.unwrap();
         let got = msgs(&mut client, "room:r", 51).await;
         let expected: Vec<(u64, Value)> = (0..50)
             .map(|n| (last + 1 + n, json!({"missed": n})))
@@ -158,7 +161,7 @@ async fn recovery_past_the_history_window_says_so() {
     let joined = join(&mut keeper, 1, "feed:w", None).await;
     // feed:* keeps 10; 15 go by.
     for n in 0..15 {
-        hub.publish("feed:w", &n).unwrap();
+        hub.publish("feed:w", &n).await.unwrap();
     }
     let mut client = RawClient::connect(server.addr, Some(Codec::Json)).await;
     let since = json!({"epoch": joined["epoch"], "offset": 2});
@@ -166,7 +169,7 @@ async fn recovery_past_the_history_window_says_so() {
     assert_eq!(rejoined["recovered"], false);
     assert_eq!(rejoined["offset"], 15);
     // Nothing missed is replayed; live publications follow.
-    hub.publish("feed:w", &"live").unwrap();
+    hub.publish("feed:w", &"live").await.unwrap();
     assert_eq!(
         msgs(&mut client, "feed:w", 1).await,
         vec![(16, json!("live"))]
@@ -191,7 +194,7 @@ async fn a_new_epoch_after_the_history_is_lost() {
     let mut client = RawClient::connect(server.addr, Some(Codec::Json)).await;
     // bare:* keeps no history: once nobody is subscribed the channel is forgotten.
     let first = join(&mut client, 1, "bare:e", None).await;
-    hub.publish("bare:e", &1).unwrap();
+    hub.publish("bare:e", &1).await.unwrap();
     msgs(&mut client, "bare:e", 1).await;
     client
         .send_json(json!({"t": "leave", "id": 2, "ch": "bare:e"}))
@@ -220,7 +223,7 @@ async fn leave_stops_delivery() {
         client.recv_json().await,
         json!({"t": "res", "id": 2, "d": null})
     );
-    hub.publish("feed:l", &1).unwrap();
+    hub.publish("feed:l", &1).await.unwrap();
     client.assert_echo(3).await;
 }
 
@@ -295,6 +298,7 @@ async fn filters_deliver_only_matching_publications() {
     join(&mut everyone, 1, "feed:f", None).await;
     for (n, agent) in ["a1", "a2", "a1", "a3"].iter().enumerate() {
         hub.publish("feed:f", &json!({"agent_id": agent, "n": n}))
+            .await
             .unwrap();
     }
     let got = msgs(&mut a1, "feed:f", 2).await;
@@ -313,7 +317,7 @@ async fn history_returns_what_the_channel_keeps() {
     let server = start_channels(config()).await;
     let hub = server.server.hub().clone();
     for n in 0..5 {
-        hub.publish("room:h", &json!({"n": n})).unwrap();
+        hub.publish("room:h", &json!({"n": n})).await.unwrap();
     }
     let mut client = RawClient::connect(server.addr, Some(Codec::Json)).await;
     let res = client.call(1, "$history", json!({"ch": "room:h"})).await;
@@ -348,7 +352,7 @@ async fn one_publisher_to_2000_subscribers_loses_nothing() {
         clients.push(client);
     }
     for n in 0..PUBLICATIONS {
-        hub.publish("feed:big", &json!({"n": n})).unwrap();
+        hub.publish("feed:big", &json!({"n": n})).await.unwrap();
     }
     let readers: Vec<_> = clients
         .into_iter()
@@ -385,7 +389,9 @@ async fn a_slow_consumer_is_cut_with_4008_and_the_others_are_not() {
         (got.len(), fast)
     });
     for n in 0..200 {
-        hub.publish("feed:s", &json!({"n": n, "pad": big})).unwrap();
+        hub.publish("feed:s", &json!({"n": n, "pad": big}))
+            .await
+            .unwrap();
         tokio::task::yield_now().await;
     }
     let (received, mut fast) = tokio::time::timeout(Duration::from_secs(20), reader)

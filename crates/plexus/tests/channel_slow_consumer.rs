@@ -89,6 +89,7 @@ async fn p99_latency(with_slow_consumer: bool) -> (u64, Option<Option<u16>>) {
         tick.tick().await;
         let at = started.elapsed().as_micros() as u64;
         hub.publish("feed:lat", &json!({"n": n, "at": at, "pad": pad}))
+            .await
             .unwrap();
     }
     let mut all = Vec::new();

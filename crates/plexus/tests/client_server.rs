@@ -539,10 +539,10 @@ async fn a_rust_subscription_survives_a_reconnect_without_loss_or_duplicates() {
         .close(CloseCode::GOING_AWAY, "test");
     wait_status(&mut status, Status::Reconnecting).await;
     for n in 6..=55u64 {
-        hub.publish("room:r", &json!({"n": n})).unwrap();
+        hub.publish("room:r", &json!({"n": n})).await.unwrap();
     }
     wait_status(&mut status, Status::Connected).await;
-    hub.publish("room:r", &json!({"n": 56})).unwrap();
+    hub.publish("room:r", &json!({"n": 56})).await.unwrap();
 
     let mut resubscribed = None;
     while seen.len() < 56 {

@@ -1,41 +1,38 @@
 //! The hub: this node's registry of connections, channels and their subscribers.
 //!
-//! Each channel's state (position, history, subscribers, members) sits behind one mutex.
-//! A publication takes its offset, enters the history and is handed to every subscriber's
-//! outbound queue under that lock, so that a `join` (which also runs under it) sees every
-//! publication either in the history it recovers from or as a live `msg`, never both and
-//! never neither. The `msg` frame is encoded once per codec and the same bytes are shared by
-//! every subscriber's queue.
+//! What must agree across nodes (positions, history, presence, messages for connections held
+//! elsewhere) lives in the [`Engine`]; the hub keeps only this node's subscribers. The engine
+//! hands each publication of a channel this node watches to the hub's sink, in offset order,
+//! and the hub gives it to every subscriber's outbound queue under the local channel's lock:
+//! the `msg` frame is encoded once per codec and the same bytes are shared by every queue.
+//!
+//! A `join` never loses or repeats a publication: the subscriber is added as *joining* (live
+//! publications are buffered for it), the node watches the channel, reads the history since
+//! the client's position, and then, under the local lock, queues the reply, the missed
+//! publications and the buffered ones above the history's position, in that order, before
+//! the subscriber goes live.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use bytes::Bytes;
+use plexus_engine::{Engine, EngineError, EngineErrorKind, EngineSink, NodeMessage, Publication};
 use plexus_protocol::{
     CloseCode, Codec, ErrorBody, ErrorCode, Frame, Payload, Position, PresenceEvent,
 };
 use serde::{Deserialize, Serialize};
 
+pub use plexus_engine::Member;
+
 use super::filter::Filter;
 use super::options::{ChannelAction, ChannelOptions, Namespaces};
 use crate::conn::ConnectionHandle;
 
-/// Most channels this node keeps at once; more get `RATE_LIMITED`.
+/// Most channels this node keeps subscribers for at once; more get `RATE_LIMITED`.
 const DEFAULT_MAX_CHANNELS: usize = 100_000;
 
-/// A member of a channel, as `$presence` and `pjoin`/`pleave` show it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Member {
-    /// The user id, `None` for anonymous connections.
-    pub user: Option<String>,
-    /// The connection id.
-    pub conn: String,
-    /// Application data attached to the member.
-    pub info: Option<Payload>,
-}
-
-/// Publications from a channel's history.
+/// Publications of a channel from its history.
 #[derive(Clone, Debug, Serialize)]
 pub struct History {
     /// The channel's epoch.
@@ -55,48 +52,47 @@ pub struct HistoryEntry {
     pub d: Payload,
 }
 
-/// What a `join` established.
-pub(crate) struct Joined {
-    pub(crate) position: Position,
-    pub(crate) recovered: bool,
-    /// Missed publications to deliver right after the `res`, in order.
-    pub(crate) missed: Vec<(u64, Payload)>,
-}
-
-struct Stored {
-    offset: u64,
-    at: Instant,
-    data: Payload,
+/// How a join is answered.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum JoinReply {
+    /// A `res` to the client's `join` with this id.
+    Call(u64),
+    /// A `joined` push: the server subscribed the connection.
+    Push,
 }
 
 struct Subscriber {
     conn: ConnectionHandle,
     filter: Option<Filter>,
+    /// Live publications held back while the join reads the history; `None` once live.
+    joining: Option<Vec<Publication>>,
 }
 
-struct ChannelState {
-    epoch: String,
-    offset: u64,
-    history: VecDeque<Stored>,
+#[derive(Default)]
+struct LocalState {
     subscribers: HashMap<String, Subscriber>,
-    members: HashMap<String, Member>,
+    /// How many subscribers are joining (their publications are buffered).
+    joining: usize,
 }
 
-struct Channel {
+struct LocalChannel {
     name: Arc<str>,
     options: Arc<ChannelOptions>,
-    state: Mutex<ChannelState>,
+    /// Set once the engine delivers this channel's publications to the node.
+    watch: tokio::sync::OnceCell<()>,
+    state: Mutex<LocalState>,
 }
 
 struct HubInner {
     namespaces: Namespaces,
-    channels: Mutex<HashMap<Arc<str>, Arc<Channel>>>,
-    connections: Mutex<HashMap<String, ConnectionHandle>>,
+    engine: Arc<dyn Engine>,
+    channels: RwLock<HashMap<Arc<str>, Arc<LocalChannel>>>,
+    connections: RwLock<HashMap<String, ConnectionHandle>>,
     max_channels: usize,
 }
 
-/// The node's hub: publish to channels, look at presence and history, reach connections.
-/// Cheap to clone.
+/// The node's hub: publish to channels, presence and history, reach connections anywhere
+/// in the cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<HubInner>,
@@ -106,54 +102,72 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
 fn error(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
     ErrorBody::new(code, message)
 }
 
-fn new_epoch() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+fn engine_error(e: EngineError) -> ErrorBody {
+    let code = match e.kind() {
+        EngineErrorKind::Limit => ErrorCode::RATE_LIMITED,
+        _ => ErrorCode::UNAVAILABLE,
+    };
+    error(code, e.message().to_owned())
 }
 
-impl ChannelState {
-    fn trim(&mut self, options: &ChannelOptions, now: Instant) {
-        while self.history.len() > options.history_size {
-            self.history.pop_front();
-        }
-        if let Some(ttl) = options.history_ttl {
-            while self
-                .history
-                .front()
-                .is_some_and(|stored| now.duration_since(stored.at) > ttl)
-            {
-                self.history.pop_front();
-            }
-        }
-    }
-
-    fn position(&self) -> Position {
-        Position {
-            epoch: self.epoch.clone(),
-            offset: self.offset,
-        }
-    }
-
-    /// Whether nothing would be lost by forgetting the channel.
-    fn is_empty(&self) -> bool {
-        self.subscribers.is_empty() && self.members.is_empty() && self.history.is_empty()
-    }
+fn no_namespace(name: &str) -> ErrorBody {
+    error(
+        ErrorCode::NOT_FOUND,
+        format!("no channel namespace matches `{}`", shown(name)),
+    )
 }
 
 impl Hub {
-    /// A hub serving the channels that `namespaces` describes.
+    /// A hub serving the channels that `namespaces` describes, on its own in-memory engine.
     pub fn new(namespaces: Namespaces) -> Self {
-        Self {
-            inner: Arc::new(HubInner {
-                namespaces,
-                channels: Mutex::new(HashMap::new()),
-                connections: Mutex::new(HashMap::new()),
-                max_channels: DEFAULT_MAX_CHANNELS,
-            }),
+        Self::with_engine(
+            namespaces,
+            Arc::new(plexus_engine::MemoryEngine::new()),
+            "local",
+        )
+    }
+
+    /// A hub on `engine`, as node `node`. The engine is started here: its `start` should
+    /// complete without waiting (connect to the backend before); if it does not, it is
+    /// finished on the current tokio runtime.
+    pub fn with_engine(namespaces: Namespaces, engine: Arc<dyn Engine>, node: &str) -> Self {
+        let inner = Arc::new(HubInner {
+            namespaces,
+            engine: engine.clone(),
+            channels: RwLock::new(HashMap::new()),
+            connections: RwLock::new(HashMap::new()),
+            max_channels: DEFAULT_MAX_CHANNELS,
+        });
+        let sink: Arc<dyn EngineSink> = Arc::new(HubSink(Arc::downgrade(&inner)));
+        let node = node.to_owned();
+        let start = async move {
+            if let Err(e) = engine.start(&node, sink).await {
+                tracing::error!(error = %e, "the channel engine did not start");
+            }
+        };
+        let mut start = Box::pin(start);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if start.as_mut().poll(&mut cx).is_pending() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(start);
+                }
+                Err(_) => tracing::error!("the channel engine needs a tokio runtime to start"),
+            }
         }
+        Self { inner }
     }
 
     /// Whether any namespace is configured (otherwise channel frames get `NOT_FOUND`).
@@ -161,19 +175,25 @@ impl Hub {
         !self.inner.namespaces.is_empty()
     }
 
-    fn channel(&self, name: &str, create: bool) -> Result<Option<Arc<Channel>>, ErrorBody> {
-        let options = self.inner.namespaces.resolve(name).ok_or_else(|| {
-            error(
-                ErrorCode::NOT_FOUND,
-                format!("no channel namespace matches `{}`", shown(name)),
-            )
-        })?;
-        let mut channels = lock(&self.inner.channels);
+    fn options(&self, name: &str) -> Result<Arc<ChannelOptions>, ErrorBody> {
+        self.inner
+            .namespaces
+            .resolve(name)
+            .ok_or_else(|| no_namespace(name))
+    }
+
+    fn local(&self, name: &str) -> Option<Arc<LocalChannel>> {
+        read(&self.inner.channels).get(name).cloned()
+    }
+
+    fn local_or_create(
+        &self,
+        name: &str,
+        options: &Arc<ChannelOptions>,
+    ) -> Result<Arc<LocalChannel>, ErrorBody> {
+        let mut channels = write(&self.inner.channels);
         if let Some(channel) = channels.get(name) {
-            return Ok(Some(channel.clone()));
-        }
-        if !create {
-            return Ok(None);
+            return Ok(channel.clone());
         }
         if channels.len() >= self.inner.max_channels {
             return Err(error(
@@ -182,31 +202,32 @@ impl Hub {
             ));
         }
         let name: Arc<str> = name.into();
-        let channel = Arc::new(Channel {
+        let channel = Arc::new(LocalChannel {
             name: name.clone(),
-            options,
-            state: Mutex::new(ChannelState {
-                epoch: new_epoch(),
-                offset: 0,
-                history: VecDeque::new(),
-                subscribers: HashMap::new(),
-                members: HashMap::new(),
-            }),
+            options: options.clone(),
+            watch: tokio::sync::OnceCell::new(),
+            state: Mutex::new(LocalState::default()),
         });
         channels.insert(name, channel.clone());
-        Ok(Some(channel))
+        Ok(channel)
     }
 
-    /// Forgets a channel that holds nothing any more (a later one starts a new epoch).
-    fn release(&self, channel: &Arc<Channel>) {
-        let mut channels = lock(&self.inner.channels);
-        let state = lock(&channel.state);
-        if state.is_empty()
-            && channels
-                .get(&channel.name)
-                .is_some_and(|c| Arc::ptr_eq(c, channel))
-        {
-            channels.remove(&channel.name);
+    /// Forgets a local channel without subscribers, and stops watching it.
+    async fn release(&self, channel: &Arc<LocalChannel>) {
+        let unwatch = {
+            let mut channels = write(&self.inner.channels);
+            let state = lock(&channel.state);
+            let forget = state.subscribers.is_empty()
+                && channels
+                    .get(&channel.name)
+                    .is_some_and(|c| Arc::ptr_eq(c, channel));
+            if forget {
+                channels.remove(&channel.name);
+            }
+            forget && channel.watch.initialized()
+        };
+        if unwatch && let Err(e) = self.inner.engine.unwatch(&channel.name).await {
+            tracing::warn!(channel = %shown(&channel.name), error = %e, "unwatch failed");
         }
     }
 
@@ -214,87 +235,65 @@ impl Hub {
 
     /// Publishes `data` to `channel` (whatever its `client_publish` setting); returns the
     /// publication's position.
-    pub fn publish<T: Serialize + ?Sized>(
+    pub async fn publish<T: Serialize + ?Sized>(
         &self,
         channel: &str,
         data: &T,
     ) -> Result<Position, ErrorBody> {
         let payload = Payload::encode(Codec::Json, data)
             .map_err(|e| error(ErrorCode::VALIDATION_ERROR, e.to_string()))?;
-        self.publish_raw(channel, payload)
+        self.publish_raw(channel, payload).await
     }
 
     /// Publishes an encoded value.
-    pub fn publish_raw(&self, channel: &str, data: Payload) -> Result<Position, ErrorBody> {
-        let channel = self.channel(channel, true)?.expect("created");
-        let position = {
-            let mut state = lock(&channel.state);
-            state.offset += 1;
-            let offset = state.offset;
-            let now = Instant::now();
-            if channel.options.history_size > 0 {
-                state.history.push_back(Stored {
-                    offset,
-                    at: now,
-                    data: data.clone(),
-                });
-                state.trim(&channel.options, now);
-            }
-            fan_out(&state, &channel.name, offset, &data);
-            state.position()
-        };
-        self.release(&channel);
-        Ok(position)
+    pub async fn publish_raw(&self, channel: &str, data: Payload) -> Result<Position, ErrorBody> {
+        let options = self.options(channel)?;
+        self.inner
+            .engine
+            .publish(channel, data, &options.stream())
+            .await
+            .map_err(engine_error)
     }
 
-    /// The members of `channel`.
-    pub fn presence(&self, channel: &str) -> Result<Vec<Member>, ErrorBody> {
-        let Some(channel) = self.channel(channel, false)? else {
-            return Ok(Vec::new());
-        };
-        let state = lock(&channel.state);
-        Ok(state.members.values().cloned().collect())
+    /// The members of `channel`, across the cluster.
+    pub async fn presence(&self, channel: &str) -> Result<Vec<Member>, ErrorBody> {
+        self.options(channel)?;
+        self.inner
+            .engine
+            .members(channel)
+            .await
+            .map_err(engine_error)
     }
 
     /// The publications of `channel` after `since` (all kept, without it), at most `limit`.
-    pub fn history(
+    pub async fn history(
         &self,
         channel: &str,
         since: Option<&Position>,
         limit: Option<usize>,
     ) -> Result<History, ErrorBody> {
-        let Some(channel) = self.channel(channel, false)? else {
-            return Ok(History {
-                epoch: String::new(),
-                offset: 0,
-                pubs: Vec::new(),
-            });
-        };
-        let mut state = lock(&channel.state);
-        state.trim(&channel.options, Instant::now());
-        let after = since
-            .filter(|since| since.epoch == state.epoch)
-            .map_or(0, |since| since.offset);
-        let pubs = state
-            .history
-            .iter()
-            .filter(|stored| stored.offset > after)
-            .take(limit.unwrap_or(usize::MAX))
-            .map(|stored| HistoryEntry {
-                o: stored.offset,
-                d: stored.data.clone(),
-            })
-            .collect();
+        self.options(channel)?;
+        let page = self
+            .inner
+            .engine
+            .history(channel, since, limit)
+            .await
+            .map_err(engine_error)?;
         Ok(History {
-            epoch: state.epoch.clone(),
-            offset: state.offset,
-            pubs,
+            epoch: page.position.epoch,
+            offset: page.position.offset,
+            pubs: page
+                .publications
+                .into_iter()
+                .map(|(o, d)| HistoryEntry { o, d })
+                .collect(),
         })
     }
 
-    /// Every channel this node holds, with its subscriber count.
+    /// Every channel this node has subscribers for, with their number.
     pub fn channels(&self) -> Vec<(String, usize)> {
-        let channels: Vec<Arc<Channel>> = lock(&self.inner.channels).values().cloned().collect();
+        let channels: Vec<Arc<LocalChannel>> =
+            read(&self.inner.channels).values().cloned().collect();
         channels
             .iter()
             .map(|c| (c.name.to_string(), lock(&c.state).subscribers.len()))
@@ -303,12 +302,101 @@ impl Hub {
 
     /// The connection with this id, if it is on this node.
     pub fn connection(&self, id: &str) -> Option<ConnectionHandle> {
-        lock(&self.inner.connections).get(id).cloned()
+        read(&self.inner.connections).get(id).cloned()
     }
 
-    /// Closes every connection of `user` with `code`; returns how many.
-    pub fn disconnect_user(&self, user: &str, code: CloseCode, reason: &'static str) -> usize {
-        let matching: Vec<ConnectionHandle> = lock(&self.inner.connections)
+    /// Sends a notification to the connection `conn`, on this node or another one. A
+    /// connection on another node is reached through the engine, which does not report
+    /// back: `Ok` then means the message was handed on.
+    pub async fn notify<P: Serialize + ?Sized>(
+        &self,
+        conn: &str,
+        method: &str,
+        params: &P,
+    ) -> Result<(), ErrorBody> {
+        if let Some(handle) = self.connection(conn) {
+            return handle.notify(method, params).map_err(|e| e.into_body());
+        }
+        let data = Payload::encode(Codec::Json, params)
+            .map_err(|e| error(ErrorCode::VALIDATION_ERROR, e.to_string()))?;
+        self.broadcast(NodeMessage::Notify {
+            conn: conn.to_owned(),
+            method: method.to_owned(),
+            data,
+        })
+        .await
+    }
+
+    /// Subscribes the connection `conn` to `channel` (a server-side subscription): the
+    /// client gets a `joined` frame, then the channel's publications. The channel's
+    /// namespace must exist; its permissions are the server's to decide, so they are not
+    /// checked. A connection on another node is reached through the engine.
+    pub async fn subscribe(&self, conn: &str, channel: &str) -> Result<(), ErrorBody> {
+        let Some(handle) = self.connection(conn) else {
+            return self
+                .broadcast(NodeMessage::Subscribe {
+                    conn: conn.to_owned(),
+                    channel: channel.to_owned(),
+                })
+                .await;
+        };
+        self.join_as(&handle, channel, None, None, JoinReply::Push, false)
+            .await
+    }
+
+    /// Ends the connection's subscription to `channel`; the client gets a `left` frame.
+    pub async fn unsubscribe(&self, conn: &str, channel: &str) -> Result<(), ErrorBody> {
+        let Some(handle) = self.connection(conn) else {
+            return self
+                .broadcast(NodeMessage::Unsubscribe {
+                    conn: conn.to_owned(),
+                    channel: channel.to_owned(),
+                })
+                .await;
+        };
+        self.unsubscribe_local(&handle, channel, None).await;
+        Ok(())
+    }
+
+    /// Closes the connection `conn` with `code`, on this node or another one.
+    pub async fn disconnect(
+        &self,
+        conn: &str,
+        code: CloseCode,
+        reason: &'static str,
+    ) -> Result<(), ErrorBody> {
+        if let Some(handle) = self.connection(conn) {
+            handle.close(code, reason);
+            return Ok(());
+        }
+        self.broadcast(NodeMessage::Disconnect {
+            conn: conn.to_owned(),
+            code: code.0,
+            reason: reason.to_owned(),
+        })
+        .await
+    }
+
+    /// Closes every connection of `user` with `code`, on every node; returns how many were
+    /// on this one.
+    pub async fn disconnect_user(
+        &self,
+        user: &str,
+        code: CloseCode,
+        reason: &'static str,
+    ) -> Result<usize, ErrorBody> {
+        let here = self.disconnect_user_here(user, code, reason);
+        self.broadcast(NodeMessage::DisconnectUser {
+            user: user.to_owned(),
+            code: code.0,
+            reason: reason.to_owned(),
+        })
+        .await?;
+        Ok(here)
+    }
+
+    fn disconnect_user_here(&self, user: &str, code: CloseCode, reason: &'static str) -> usize {
+        let matching: Vec<ConnectionHandle> = read(&self.inner.connections)
             .values()
             .filter(|c| c.principal().user.as_deref() == Some(user))
             .cloned()
@@ -319,135 +407,276 @@ impl Hub {
         matching.len()
     }
 
+    async fn broadcast(&self, message: NodeMessage) -> Result<(), ErrorBody> {
+        self.inner
+            .engine
+            .broadcast(message)
+            .await
+            .map_err(engine_error)
+    }
+
     // ---- what connections do -------------------------------------------------------------
 
     /// Wakes every connection's task, to look at the server's flags (shutdown).
     pub(crate) fn kick_all(&self) {
         let connections: Vec<ConnectionHandle> =
-            lock(&self.inner.connections).values().cloned().collect();
+            read(&self.inner.connections).values().cloned().collect();
         for conn in connections {
             conn.kick();
         }
     }
 
     pub(crate) fn register(&self, conn: &ConnectionHandle) {
-        lock(&self.inner.connections).insert(conn.id().to_owned(), conn.clone());
+        write(&self.inner.connections).insert(conn.id().to_owned(), conn.clone());
     }
 
     /// Forgets a connection that ended, and its subscriptions.
-    pub(crate) fn unregister(
-        &self,
-        conn: &ConnectionHandle,
-        joined: impl IntoIterator<Item = String>,
-    ) {
+    pub(crate) async fn unregister(&self, conn: &ConnectionHandle) {
+        write(&self.inner.connections).remove(conn.id());
+        let joined: Vec<Arc<str>> = conn.take_channels();
         for channel in joined {
-            let _ = self.leave(conn, &channel);
+            self.leave_local(conn, &channel).await;
         }
-        lock(&self.inner.connections).remove(conn.id());
     }
 
-    pub(crate) fn join(
+    /// A client's `join`: checks the namespace's permissions, then joins.
+    pub(crate) async fn join(
         &self,
         conn: &ConnectionHandle,
         name: &str,
         since: Option<&Position>,
         filter: Option<&Payload>,
-    ) -> Result<Joined, ErrorBody> {
+        id: u64,
+    ) -> Result<(), ErrorBody> {
+        self.join_as(conn, name, since, filter, JoinReply::Call(id), true)
+            .await
+    }
+
+    async fn join_as(
+        &self,
+        conn: &ConnectionHandle,
+        name: &str,
+        since: Option<&Position>,
+        filter: Option<&Payload>,
+        reply: JoinReply,
+        check: bool,
+    ) -> Result<(), ErrorBody> {
+        let options = self.options(name)?;
+        if check && !options.allows(conn, name, ChannelAction::Join) {
+            return Err(error(
+                ErrorCode::FORBIDDEN,
+                format!("not allowed to join `{}`", shown(name)),
+            ));
+        }
         let filter = match filter {
             Some(filter) => {
                 Filter::parse(filter).map_err(|e| error(ErrorCode::VALIDATION_ERROR, e))?
             }
             None => None,
         };
-        let channel = self.channel(name, true)?.expect("created");
-        if !channel.options.allows(conn, name, ChannelAction::Join) {
-            self.release(&channel);
-            return Err(error(
-                ErrorCode::FORBIDDEN,
-                format!("not allowed to join `{}`", shown(name)),
-            ));
-        }
-        let joined = {
-            let mut state = lock(&channel.state);
-            let rejoin = state.subscribers.contains_key(conn.id());
-            if !rejoin && state.subscribers.len() >= channel.options.max_subscribers {
-                drop(state);
-                self.release(&channel);
-                return Err(error(
-                    ErrorCode::RATE_LIMITED,
-                    format!("`{}` has too many subscribers", shown(name)),
-                ));
-            }
-            state.trim(&channel.options, Instant::now());
-            let (recovered, missed) = recover(&state, &channel.options, since, filter.as_ref());
-            state.subscribers.insert(
-                conn.id().to_owned(),
-                Subscriber {
-                    conn: conn.clone(),
-                    filter,
-                },
-            );
-            if channel.options.presence && !rejoin {
-                let member = Member {
-                    user: conn.principal().user.clone(),
-                    conn: conn.id().to_owned(),
-                    info: None,
-                };
-                if channel.options.join_leave_events {
-                    presence_event(&state, &channel.name, PresenceEvent::Join, &member);
-                }
-                state.members.insert(conn.id().to_owned(), member);
-            }
-            Joined {
-                position: state.position(),
-                recovered,
-                missed,
+        conn.add_channel(name)?;
+        let channel = match self.local_or_create(name, &options) {
+            Ok(channel) => channel,
+            Err(e) => {
+                conn.remove_channel(name);
+                return Err(e);
             }
         };
-        Ok(joined)
+        let rejoin = {
+            let mut state = lock(&channel.state);
+            let previous = state
+                .subscribers
+                .get(conn.id())
+                .map(|s| s.joining.is_some());
+            if previous.is_none() && state.subscribers.len() >= options.max_subscribers {
+                None
+            } else {
+                if previous != Some(true) {
+                    state.joining += 1;
+                }
+                state.subscribers.insert(
+                    conn.id().to_owned(),
+                    Subscriber {
+                        conn: conn.clone(),
+                        filter,
+                        joining: Some(Vec::new()),
+                    },
+                );
+                Some(previous.is_some())
+            }
+        };
+        let Some(rejoin) = rejoin else {
+            conn.remove_channel(name);
+            self.release(&channel).await;
+            return Err(error(
+                ErrorCode::RATE_LIMITED,
+                format!("`{}` has too many subscribers", shown(name)),
+            ));
+        };
+        match self.catch_up(conn, &channel, since, reply, rejoin).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.leave_local(conn, name).await;
+                Err(e)
+            }
+        }
     }
 
-    pub(crate) fn leave(&self, conn: &ConnectionHandle, name: &str) -> Result<(), ErrorBody> {
-        let Some(channel) = self.channel(name, false)? else {
+    /// Watches the channel, reads what the subscriber missed, and makes it live.
+    async fn catch_up(
+        &self,
+        conn: &ConnectionHandle,
+        channel: &Arc<LocalChannel>,
+        since: Option<&Position>,
+        reply: JoinReply,
+        rejoin: bool,
+    ) -> Result<(), ErrorBody> {
+        let engine = &self.inner.engine;
+        channel
+            .watch
+            .get_or_try_init(|| engine.watch(&channel.name))
+            .await
+            .map_err(engine_error)?;
+        let since = since.filter(|_| channel.options.recovery);
+        let limit = if since.is_some() { None } else { Some(0) };
+        let page = engine
+            .history(&channel.name, since, limit)
+            .await
+            .map_err(engine_error)?;
+        if channel.options.presence && !rejoin {
+            let member = Member {
+                user: conn.principal().user.clone(),
+                conn: conn.id().to_owned(),
+                info: conn.principal_info(),
+            };
+            engine
+                .add_member(&channel.name, &member)
+                .await
+                .map_err(engine_error)?;
+        }
+        let codec = conn.codec();
+        // Held to the end: the batch must be queued before any later publication.
+        let mut state = lock(&channel.state);
+        let Some(subscriber) = state.subscribers.get_mut(conn.id()) else {
+            // It left (or its connection ended) meanwhile.
             return Ok(());
         };
-        {
-            let mut state = lock(&channel.state);
-            state.subscribers.remove(conn.id());
-            if let Some(member) = state.members.remove(conn.id())
-                && channel.options.join_leave_events
-            {
-                presence_event(&state, &channel.name, PresenceEvent::Leave, &member);
+        let buffered = subscriber.joining.take().unwrap_or_default();
+        let filter = subscriber.filter.clone();
+        state.joining -= 1;
+
+        #[derive(Serialize)]
+        struct JoinResult<'a> {
+            epoch: &'a str,
+            offset: u64,
+            recovered: bool,
+        }
+        let top = &page.position;
+        let result = Payload::encode(
+            codec,
+            &JoinResult {
+                epoch: &top.epoch,
+                offset: top.offset,
+                recovered: page.recoverable,
+            },
+        )
+        .map_err(|e| error(ErrorCode::INTERNAL, e.to_string()))?;
+        let first = match reply {
+            JoinReply::Call(id) => Frame::Res { id, data: result },
+            JoinReply::Push => Frame::Joined {
+                channel: channel.name.to_string(),
+                data: result,
+            },
+        };
+        let mut frames = Vec::with_capacity(1 + page.publications.len() + buffered.len());
+        frames.push(encode(codec, &first)?);
+        let matches = |data: &Payload| {
+            filter
+                .as_ref()
+                .is_none_or(|f| f.matches(data.to_json_value().ok().as_ref()))
+        };
+        let missed = page.publications.into_iter().filter(|_| page.recoverable);
+        for (offset, data) in missed {
+            if matches(&data) {
+                frames.push(encode(codec, &msg(&channel.name, offset, data))?);
             }
         }
-        self.release(&channel);
+        for publication in buffered {
+            if *publication.epoch == *top.epoch
+                && publication.offset > top.offset
+                && matches(&publication.data)
+            {
+                let frame = msg(&channel.name, publication.offset, publication.data);
+                frames.push(encode(codec, &frame)?);
+            }
+        }
+        // Queued under the channel's lock: later publications can only follow.
+        conn.push_batch(frames);
         Ok(())
     }
 
+    /// A client's `leave`.
+    pub(crate) async fn leave(&self, conn: &ConnectionHandle, name: &str) -> Result<(), ErrorBody> {
+        self.options(name)?;
+        conn.remove_channel(name);
+        self.leave_local(conn, name).await;
+        Ok(())
+    }
+
+    async fn unsubscribe_local(&self, conn: &ConnectionHandle, name: &str, why: Option<ErrorBody>) {
+        if conn.remove_channel(name) {
+            self.leave_local(conn, name).await;
+            if let Ok(bytes) = conn.codec().encode(&Frame::Left {
+                channel: name.to_owned(),
+                error: why,
+            }) {
+                let _ = conn.push(bytes);
+            }
+        }
+    }
+
+    /// Removes the subscriber and its presence; forgets the channel if it was the last.
+    async fn leave_local(&self, conn: &ConnectionHandle, name: &str) {
+        let Some(channel) = self.local(name) else {
+            return;
+        };
+        let removed = {
+            let mut state = lock(&channel.state);
+            let removed = state.subscribers.remove(conn.id());
+            if removed.as_ref().is_some_and(|s| s.joining.is_some()) {
+                state.joining -= 1;
+            }
+            removed.is_some()
+        };
+        if removed && channel.options.presence {
+            let _ = self.inner.engine.remove_member(name, conn.id()).await;
+        }
+        self.release(&channel).await;
+    }
+
     /// A publication from a client: allowed only where the namespace says so.
-    pub(crate) fn client_publish(
+    pub(crate) async fn client_publish(
         &self,
         conn: &ConnectionHandle,
         name: &str,
         data: Payload,
     ) -> Result<Position, ErrorBody> {
-        let options = self.inner.namespaces.resolve(name).ok_or_else(|| {
-            error(
-                ErrorCode::NOT_FOUND,
-                format!("no channel namespace matches `{}`", shown(name)),
-            )
-        })?;
+        let options = self.options(name)?;
         if !options.client_publish || !options.allows(conn, name, ChannelAction::Publish) {
             return Err(error(
                 ErrorCode::FORBIDDEN,
                 format!("clients may not publish to `{}`", shown(name)),
             ));
         }
-        self.publish_raw(name, data)
+        self.inner
+            .engine
+            .publish(name, data, &options.stream())
+            .await
+            .map_err(engine_error)
     }
 
     /// Answers the built-in requests `$presence` and `$history`.
-    pub(crate) fn builtin(
+    pub(crate) async fn builtin(
         &self,
         conn: &ConnectionHandle,
         method: &str,
@@ -467,18 +696,7 @@ impl Hub {
         let p: ChannelParams = params
             .decode()
             .map_err(|e| crate::error::validation_error(&e).into_body())?;
-        let options = self.inner.namespaces.resolve(&p.ch).ok_or_else(|| {
-            error(
-                ErrorCode::NOT_FOUND,
-                format!("no channel namespace matches `{}`", shown(&p.ch)),
-            )
-        })?;
-        if !options.allows(conn, &p.ch, ChannelAction::Join) {
-            return Err(error(
-                ErrorCode::FORBIDDEN,
-                "not allowed to look at this channel",
-            ));
-        }
+        let options = self.options(&p.ch)?;
         let encode = |value: &dyn erased::Value| value.encode(conn.codec());
         match method {
             "$presence" => {
@@ -488,14 +706,20 @@ impl Hub {
                         "presence is off for this channel",
                     ));
                 }
-                encode(&self.presence(&p.ch)?)
+                if !options.allows(conn, &p.ch, ChannelAction::Join) {
+                    return Err(forbidden_to_look());
+                }
+                encode(&self.presence(&p.ch).await?)
             }
             "$history" => {
+                if !options.allows(conn, &p.ch, ChannelAction::Join) {
+                    return Err(forbidden_to_look());
+                }
                 let since = p.since.map(|s| Position {
                     epoch: s.epoch,
                     offset: s.offset,
                 });
-                encode(&self.history(&p.ch, since.as_ref(), p.limit)?)
+                encode(&self.history(&p.ch, since.as_ref(), p.limit).await?)
             }
             _ => Err(error(
                 ErrorCode::NOT_FOUND,
@@ -503,6 +727,24 @@ impl Hub {
             )),
         }
     }
+}
+
+fn forbidden_to_look() -> ErrorBody {
+    error(ErrorCode::FORBIDDEN, "not allowed to look at this channel")
+}
+
+fn msg(channel: &str, offset: u64, data: Payload) -> Frame {
+    Frame::Msg {
+        channel: channel.to_owned(),
+        offset,
+        data,
+    }
+}
+
+fn encode(codec: Codec, frame: &Frame) -> Result<Bytes, ErrorBody> {
+    codec
+        .encode(frame)
+        .map_err(|e| error(ErrorCode::INTERNAL, e.to_string()))
 }
 
 mod erased {
@@ -522,89 +764,156 @@ mod erased {
     }
 }
 
-/// What a `join` with `since` can recover: every publication after `since`, when the epoch
-/// is the same and the history still holds them all.
-fn recover(
-    state: &ChannelState,
-    options: &ChannelOptions,
-    since: Option<&Position>,
-    filter: Option<&Filter>,
-) -> (bool, Vec<(u64, Payload)>) {
-    let Some(since) = since else {
-        return (false, Vec::new());
-    };
-    if !options.recovery || since.epoch != state.epoch || since.offset > state.offset {
-        return (false, Vec::new());
+/// What the engine hands to this node.
+struct HubSink(Weak<HubInner>);
+
+impl HubSink {
+    fn hub(&self) -> Option<Hub> {
+        self.0.upgrade().map(|inner| Hub { inner })
     }
-    if since.offset == state.offset {
-        return (true, Vec::new());
-    }
-    let complete = state
-        .history
-        .front()
-        .is_some_and(|first| first.offset <= since.offset + 1);
-    if !complete {
-        return (false, Vec::new());
-    }
-    let missed = state
-        .history
-        .iter()
-        .filter(|stored| stored.offset > since.offset)
-        .filter(|stored| {
-            filter.is_none_or(|f| f.matches(stored.data.to_json_value().ok().as_ref()))
-        })
-        .map(|stored| (stored.offset, stored.data.clone()))
-        .collect();
-    (true, missed)
 }
 
-/// Hands a publication to every subscriber whose filter matches.
-fn fan_out(state: &ChannelState, channel: &str, offset: u64, data: &Payload) {
-    if state.subscribers.is_empty() {
+impl EngineSink for HubSink {
+    fn publication(&self, publication: &Publication) {
+        let Some(hub) = self.hub() else { return };
+        let Some(channel) = hub.local(&publication.channel) else {
+            return;
+        };
+        let mut state = lock(&channel.state);
+        if state.joining > 0 {
+            for subscriber in state.subscribers.values_mut() {
+                if let Some(buffer) = &mut subscriber.joining {
+                    // Bounded like the outbound queue the publications would have waited in.
+                    if buffer.len() >= subscriber.conn.queue_capacity() {
+                        subscriber
+                            .conn
+                            .close(CloseCode::SLOW_CONSUMER, "slow consumer");
+                    } else {
+                        buffer.push(publication.clone());
+                    }
+                }
+            }
+        }
+        fan_out(&state, &channel.name, publication);
+    }
+
+    fn presence(&self, channel: &str, event: PresenceEvent, member: &Member) {
+        let Some(hub) = self.hub() else { return };
+        let Some(channel) = hub.local(channel) else {
+            return;
+        };
+        if !channel.options.join_leave_events {
+            return;
+        }
+        let Ok(data) = Payload::encode(Codec::Json, member) else {
+            return;
+        };
+        let frame = Frame::Presence {
+            event,
+            channel: channel.name.to_string(),
+            data,
+        };
+        let state = lock(&channel.state);
+        send_to_subscribers(&state, &frame, |subscriber| {
+            subscriber.conn.id() != member.conn
+        });
+    }
+
+    fn message(&self, message: NodeMessage) {
+        let Some(hub) = self.hub() else { return };
+        match message {
+            NodeMessage::Notify { conn, method, data } => {
+                if let Some(handle) = hub.connection(&conn) {
+                    let _ = handle.notify_raw(&method, data);
+                }
+            }
+            NodeMessage::Disconnect { conn, code, .. } => {
+                if let Some(handle) = hub.connection(&conn) {
+                    handle.close(CloseCode(code), "disconnected by the server");
+                }
+            }
+            NodeMessage::DisconnectUser { user, code, .. } => {
+                hub.disconnect_user_here(&user, CloseCode(code), "disconnected by the server");
+            }
+            NodeMessage::Subscribe { conn, channel } => {
+                if let Some(handle) = hub.connection(&conn) {
+                    spawn(async move {
+                        let _ = hub
+                            .join_as(&handle, &channel, None, None, JoinReply::Push, false)
+                            .await;
+                    });
+                }
+            }
+            NodeMessage::Unsubscribe { conn, channel } => {
+                if let Some(handle) = hub.connection(&conn) {
+                    spawn(async move { hub.unsubscribe_local(&handle, &channel, None).await });
+                }
+            }
+            other => tracing::debug!(?other, "node message not handled by this version"),
+        }
+    }
+
+    fn interrupted(&self, channel: &str) {
+        let Some(hub) = self.hub() else { return };
+        let Some(local) = hub.local(channel) else {
+            return;
+        };
+        let conns: Vec<ConnectionHandle> = lock(&local.state)
+            .subscribers
+            .values()
+            .map(|s| s.conn.clone())
+            .collect();
+        let channel = channel.to_owned();
+        spawn(async move {
+            for conn in conns {
+                let why = error(
+                    ErrorCode::UNAVAILABLE,
+                    "the channel's stream was interrupted: join again to recover",
+                );
+                hub.unsubscribe_local(&conn, &channel, Some(why)).await;
+            }
+        });
+    }
+}
+
+fn spawn(future: impl Future<Output = ()> + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(future);
+        }
+        Err(_) => tracing::warn!("a node message arrived outside a tokio runtime; dropped"),
+    }
+}
+
+/// Hands a publication to every live subscriber whose filter matches.
+fn fan_out(state: &LocalState, channel: &str, publication: &Publication) {
+    if state.subscribers.len() == state.joining {
         return;
     }
-    let frame = Frame::Msg {
-        channel: channel.to_owned(),
-        offset,
-        data: data.clone(),
-    };
+    let frame = msg(channel, publication.offset, publication.data.clone());
     // Parsed once, and only if some subscriber has a filter.
     let mut parsed: Option<Option<serde_json::Value>> = None;
     send_to_subscribers(state, &frame, |subscriber| match &subscriber.filter {
         Some(filter) => {
-            let value = parsed.get_or_insert_with(|| data.to_json_value().ok());
+            let value = parsed.get_or_insert_with(|| publication.data.to_json_value().ok());
             filter.matches(value.as_ref())
         }
         None => true,
     });
 }
 
-fn presence_event(state: &ChannelState, channel: &str, event: PresenceEvent, member: &Member) {
-    let Ok(data) = Payload::encode(Codec::Json, member) else {
-        return;
-    };
-    let frame = Frame::Presence {
-        event,
-        channel: channel.to_owned(),
-        data,
-    };
-    send_to_subscribers(state, &frame, |subscriber| {
-        subscriber.conn.id() != member.conn
-    });
-}
-
-/// Pushes `frame` to every subscriber `include` accepts, encoded at most once per codec: the
-/// same `Bytes` go into every queue. A full queue closes that subscriber (4008); the others
-/// are not slowed.
+/// Pushes `frame` to every live subscriber `include` accepts, encoded at most once per
+/// codec: the same `Bytes` go into every queue. A full queue closes that subscriber (4008);
+/// the others are not slowed.
 fn send_to_subscribers(
-    state: &ChannelState,
+    state: &LocalState,
     frame: &Frame,
     mut include: impl FnMut(&Subscriber) -> bool,
 ) {
     let mut encoded: [Option<Bytes>; 2] = [None, None];
     for subscriber in state.subscribers.values() {
         // One being closed (a slow consumer, say) leaves the channel when its task ends.
-        if subscriber.conn.is_closing() || !include(subscriber) {
+        if subscriber.joining.is_some() || subscriber.conn.is_closing() || !include(subscriber) {
             continue;
         }
         let codec = subscriber.conn.codec();

@@ -112,6 +112,14 @@ impl ChannelOptions {
         self
     }
 
+    /// How the engine keeps this channel's publications.
+    pub(crate) fn stream(&self) -> plexus_engine::StreamOptions {
+        plexus_engine::StreamOptions {
+            history_size: self.history_size,
+            history_ttl: self.history_ttl,
+        }
+    }
+
     pub(crate) fn allows(
         &self,
         conn: &ConnectionHandle,

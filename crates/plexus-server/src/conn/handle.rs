@@ -1,7 +1,7 @@
 //! [`ConnectionHandle`]: reach one connection from any task — call the client, notify it,
 //! open a stream on it, or close it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +35,8 @@ pub(crate) enum Outbound {
     /// The last frame of the client's call `id` (`res`, `err` or `end`); it leaves the
     /// in-flight table.
     Final { id: u64, seq: u64, bytes: Bytes },
+    /// Encoded frames to write as they are, in order.
+    Batch(Vec<Bytes>),
 }
 
 /// A call the server made to the client, waiting for its answer.
@@ -65,6 +67,10 @@ pub(crate) struct ConnShared {
     pub(crate) close_code: OnceLock<(CloseCode, &'static str)>,
     /// Fires when the connection task has ended.
     pub(crate) gone: Signal,
+    /// The channels the connection is subscribed to (or joining).
+    pub(crate) channels: Mutex<HashSet<Arc<str>>>,
+    /// Most channels it may be subscribed to at once.
+    pub(crate) max_subscriptions: usize,
 }
 
 /// A cloneable handle to one connection, usable from any task.
@@ -158,6 +164,75 @@ impl ConnectionHandle {
         let _ = self.shared.close_code.set((code, reason));
         self.shared.close.fire();
         self.shared.queue.kick();
+    }
+
+    /// Notes a subscription to `channel`, within the connection's limit.
+    pub(crate) fn add_channel(&self, channel: &str) -> Result<(), ErrorBody> {
+        let mut channels = self
+            .shared
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if channels.contains(channel) {
+            return Ok(());
+        }
+        let limit = self.shared.max_subscriptions;
+        if channels.len() >= limit {
+            return Err(ErrorBody::new(
+                ErrorCode::RATE_LIMITED,
+                format!("a connection may join at most {limit} channels"),
+            ));
+        }
+        channels.insert(channel.into());
+        Ok(())
+    }
+
+    /// Forgets a subscription; whether there was one.
+    pub(crate) fn remove_channel(&self, channel: &str) -> bool {
+        let mut channels = self
+            .shared
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        channels.remove(channel)
+    }
+
+    /// Every subscription, forgotten.
+    pub(crate) fn take_channels(&self) -> Vec<Arc<str>> {
+        let mut channels = self
+            .shared
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        channels.drain().collect()
+    }
+
+    /// How many items the outbound queue holds at most.
+    pub(crate) fn queue_capacity(&self) -> usize {
+        self.shared.queue.capacity()
+    }
+
+    /// The application data shown for this connection in presence.
+    pub(crate) fn principal_info(&self) -> Option<Payload> {
+        None
+    }
+
+    /// Queues frames that must go out together and in order (a join's reply and what the
+    /// subscriber missed). They may exceed the queue's bound: their number is bounded by
+    /// the channel's history.
+    pub(crate) fn push_batch(&self, frames: Vec<Bytes>) {
+        let _ = self.shared.queue.force_push(Outbound::Batch(frames));
+    }
+
+    /// Sends a notification whose params are already encoded (in any codec).
+    pub(crate) fn notify_raw(&self, method: &str, data: Payload) -> Result<(), CallError> {
+        let data = data
+            .to_codec(self.shared.codec)
+            .map_err(|e| CallError::new(ErrorCode::INTERNAL, e.to_string()))?;
+        self.push(self.encode(&Frame::Ntf {
+            method: method.to_owned(),
+            data,
+        })?)
     }
 
     /// Queues an encoded frame without waiting. A full queue means the client does not

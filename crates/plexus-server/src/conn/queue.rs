@@ -77,6 +77,16 @@ impl OutboundQueue {
         self.offer(item, self.capacity).map_err(|(error, _)| error)
     }
 
+    /// Queues an item whatever the queue holds (for items whose size is bounded elsewhere).
+    pub(crate) fn force_push(&self, item: Outbound) -> Result<(), PushError> {
+        self.offer(item, usize::MAX).map_err(|(error, _)| error)
+    }
+
+    /// The most items `try_push` queues.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Queues an item if fewer than `limit` are queued, or hands it back.
     fn offer(&self, item: Outbound, limit: usize) -> Result<(), (PushError, Outbound)> {
         let mut state = self.lock();

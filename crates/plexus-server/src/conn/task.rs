@@ -93,8 +93,6 @@ struct Connection<S> {
     draining: Option<Instant>,
     /// Frames waiting to be written by `drain`.
     out: VecDeque<yawc::Frame>,
-    /// Channels this connection has joined.
-    joined: std::collections::HashSet<String>,
 }
 
 /// Runs one connection to its end.
@@ -121,6 +119,8 @@ where
         close: Signal::default(),
         close_code: OnceLock::new(),
         gone: Signal::default(),
+        channels: Mutex::new(std::collections::HashSet::new()),
+        max_subscriptions: limits.max_subscriptions,
     });
     let handle = ConnectionHandle { shared };
     let now = Instant::now();
@@ -137,13 +137,13 @@ where
         last_call: now,
         draining: None,
         out: VecDeque::new(),
-        joined: std::collections::HashSet::new(),
     };
     server
         .connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     server.hub.register(&handle);
     let reason = conn.run().await;
+    server.hub.unregister(&handle).await;
     conn.finish(&reason);
     server
         .connections
@@ -364,6 +364,13 @@ where
         while let Some(out) = next.take() {
             let bytes = match out {
                 Outbound::Frame(bytes) => Some(bytes),
+                Outbound::Batch(frames) => {
+                    written += frames.len();
+                    for bytes in frames {
+                        self.queue(bytes);
+                    }
+                    None
+                }
                 Outbound::Item { id, seq, bytes } => self
                     .in_flight
                     .get(&id)
@@ -602,8 +609,10 @@ where
         }
         if method.starts_with('$') {
             let hub = self.server.hub.clone();
-            let reply = hub.builtin(&self.handle, &method, &data);
-            return self.reply(id, reply);
+            let conn = self.handle.clone();
+            return self.hub_call(id, async move {
+                hub.builtin(&conn, &method, &data).await.map(Some)
+            });
         }
         let start = match self.lookup(&method) {
             Some(Method::Request(start)) => start,
@@ -776,46 +785,13 @@ where
             Ok(hub) => hub,
             Err(step) => return step,
         };
-        let limit = self.server.config.limits.max_subscriptions;
-        if !self.joined.contains(&channel) && self.joined.len() >= limit {
-            return self.error(
-                Some(id),
-                ErrorCode::RATE_LIMITED,
-                format!("a connection may join at most {limit} channels"),
-            );
-        }
-        match hub.join(&self.handle, &channel, since.as_ref(), filter.as_ref()) {
-            Ok(joined) => {
-                #[derive(serde::Serialize)]
-                struct JoinReply<'a> {
-                    epoch: &'a str,
-                    offset: u64,
-                    recovered: bool,
-                }
-                let reply = Payload::encode(
-                    self.codec(),
-                    &JoinReply {
-                        epoch: &joined.position.epoch,
-                        offset: joined.position.offset,
-                        recovered: joined.recovered,
-                    },
-                )
-                .map_err(|e| crate::error::RpcError::internal(e).into_body());
-                // The `res` first, then what was missed: live publications can only follow,
-                // since they come through the queue, which is read after this is written.
-                self.reply(id, reply);
-                for (offset, data) in joined.missed {
-                    self.write_frame(&Frame::Msg {
-                        channel: channel.clone(),
-                        offset,
-                        data,
-                    });
-                }
-                self.joined.insert(channel);
-                Step::Continue
-            }
-            Err(error) => self.reply(id, Err(error)),
-        }
+        let conn = self.handle.clone();
+        // The hub queues the `res` and the missed publications itself, ahead of live ones.
+        self.hub_call(id, async move {
+            hub.join(&conn, &channel, since.as_ref(), filter.as_ref(), id)
+                .await
+                .map(|()| None)
+        })
     }
 
     fn leave(&mut self, id: u64, channel: String) -> Step {
@@ -823,10 +799,13 @@ where
             Ok(hub) => hub,
             Err(step) => return step,
         };
-        let result = hub.leave(&self.handle, &channel);
-        self.joined.remove(&channel);
-        let reply = result.map(|()| Payload::null(self.codec()));
-        self.reply(id, reply)
+        let conn = self.handle.clone();
+        let codec = self.codec();
+        self.hub_call(id, async move {
+            hub.leave(&conn, &channel)
+                .await
+                .map(|()| Some(Payload::null(codec)))
+        })
     }
 
     fn publish(&mut self, id: u64, channel: String, data: Payload) -> Step {
@@ -834,28 +813,67 @@ where
             Ok(hub) => hub,
             Err(step) => return step,
         };
+        let conn = self.handle.clone();
         let codec = self.codec();
-        let reply = hub
-            .client_publish(&self.handle, &channel, data)
-            .and_then(|position| {
-                #[derive(serde::Serialize)]
-                struct PubReply<'a> {
-                    epoch: &'a str,
-                    offset: u64,
+        self.hub_call(id, async move {
+            let position = hub.client_publish(&conn, &channel, data).await?;
+            #[derive(serde::Serialize)]
+            struct PubReply<'a> {
+                epoch: &'a str,
+                offset: u64,
+            }
+            Payload::encode(
+                codec,
+                &PubReply {
+                    epoch: &position.epoch,
+                    offset: position.offset,
+                },
+            )
+            .map(Some)
+            .map_err(|e| crate::error::RpcError::internal(e).into_body())
+        })
+    }
+
+    /// Runs a hub operation for the client's call `id`: inline when it completes at once
+    /// (always, on the memory engine), otherwise on a task of its own. `Ok(None)` means the
+    /// hub has answered the call itself.
+    fn hub_call(
+        &mut self,
+        id: u64,
+        future: impl Future<Output = Result<Option<Payload>, ErrorBody>> + Send + 'static,
+    ) -> Step {
+        let mut future: BoxFuture<Result<Option<Payload>, ErrorBody>> = Box::pin(future);
+        match poll_once(&mut future) {
+            Some(reply) => {
+                // What the operation queued (our own `msg` when publishing to a channel we
+                // joined, a join's `res`) goes out first, as for any other subscriber.
+                self.take_queued();
+                match reply {
+                    Ok(None) => Step::Continue,
+                    Ok(Some(data)) => self.reply(id, Ok(data)),
+                    Err(error) => self.reply(id, Err(error)),
                 }
-                Payload::encode(
-                    codec,
-                    &PubReply {
-                        epoch: &position.epoch,
-                        offset: position.offset,
-                    },
-                )
-                .map_err(|e| crate::error::RpcError::internal(e).into_body())
-            });
-        // If we joined the channel, our own `msg` is already queued: it goes out before the
-        // `res`, as it would for any other subscriber.
-        self.take_queued();
-        self.reply(id, reply)
+            }
+            None => {
+                let tx = self.handle.shared.queue.clone();
+                let codec = self.codec();
+                tokio::spawn(async move {
+                    let reply = AssertUnwindSafe(future)
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| Err(panicked()));
+                    let reply = match reply {
+                        Ok(None) => return,
+                        Ok(Some(data)) => Ok(data),
+                        Err(error) => Err(error),
+                    };
+                    let _ = tx
+                        .push(Outbound::Frame(encode_reply(codec, id, reply)))
+                        .await;
+                });
+                Step::Continue
+            }
+        }
     }
 
     fn unknown(&mut self, id: Option<u64>, method: &str) -> Step {
@@ -968,8 +986,6 @@ where
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        let joined = std::mem::take(&mut self.joined);
-        self.server.hub.unregister(&self.handle, joined);
         self.handle.shared.gone.fire();
         self.queue.close();
     }

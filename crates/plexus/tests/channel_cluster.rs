@@ -1,0 +1,266 @@
+//! Two nodes sharing one engine, over real sockets: publications, presence, recovery and
+//! messages for connections cross from one node to the other; server-side subscriptions.
+
+mod support;
+
+use std::sync::Arc;
+
+use plexus_server::{
+    ChannelOptions, CloseCode, Codec, EndpointConfig, Engine, MemoryEngine, Namespaces, Server,
+};
+use serde_json::{Value, json};
+use support::{RawClient, TestServer, config, start_with, sys};
+
+fn namespaces() -> Namespaces {
+    Namespaces::new().namespace(
+        "room:*",
+        ChannelOptions::default()
+            .history(100, None)
+            .presence(true, true)
+            .client_publish(true),
+    )
+}
+
+async fn node(engine: Arc<dyn Engine>, name: &str, config: EndpointConfig) -> TestServer {
+    start_with(
+        Server::builder()
+            .router(sys())
+            .config(config)
+            .node_id(name)
+            .engine(engine)
+            .channels(namespaces()),
+    )
+    .await
+}
+
+/// Two nodes on one memory engine.
+async fn cluster() -> (TestServer, TestServer) {
+    let a = MemoryEngine::new();
+    let b = a.peer();
+    (
+        node(Arc::new(a), "a", config()).await,
+        node(Arc::new(b), "b", config()).await,
+    )
+}
+
+async fn join(client: &mut RawClient, id: u64, ch: &str, since: Option<Value>) -> Value {
+    let mut frame = json!({"t": "join", "id": id, "ch": ch});
+    if let Some(since) = since {
+        frame["since"] = since;
+    }
+    client.send_json(frame).await;
+    let res = client.recv_json().await;
+    assert_eq!(res["t"], "res", "join answered: {res}");
+    res["d"].clone()
+}
+
+/// The next frame that is not a presence event.
+async fn next_non_presence(client: &mut RawClient) -> Value {
+    loop {
+        let frame = client.recv_json().await;
+        if frame["t"] != "pjoin" && frame["t"] != "pleave" {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_publication_on_one_node_reaches_subscribers_on_both() {
+    let (a, b) = cluster().await;
+    let mut on_a = RawClient::connect(a.addr, Some(Codec::Json)).await;
+    let mut on_b = RawClient::connect(b.addr, Some(Codec::MsgPack)).await;
+    join(&mut on_a, 1, "room:x", None).await;
+    join(&mut on_b, 1, "room:x", None).await;
+    for n in 1..=20 {
+        b.server
+            .hub()
+            .publish("room:x", &json!({"n": n}))
+            .await
+            .unwrap();
+    }
+    for client in [&mut on_a, &mut on_b] {
+        for n in 1..=20u64 {
+            let msg = next_non_presence(client).await;
+            assert_eq!(msg["t"], "msg");
+            assert_eq!(msg["o"], n, "in order on both nodes: {msg}");
+            assert_eq!(msg["d"]["n"], n);
+        }
+    }
+    // A client's publication through node A reaches node B's subscriber too.
+    on_a.send_json(json!({"t": "pub", "id": 2, "ch": "room:x", "d": {"from": "a"}}))
+        .await;
+    let msg = next_non_presence(&mut on_b).await;
+    assert_eq!(
+        (msg["o"].clone(), msg["d"].clone()),
+        (json!(21), json!({"from": "a"}))
+    );
+}
+
+#[tokio::test]
+async fn recovery_works_when_the_client_comes_back_on_the_other_node() {
+    let (a, b) = cluster().await;
+    let mut client = RawClient::connect(a.addr, Some(Codec::Json)).await;
+    let joined = join(&mut client, 1, "room:r", None).await;
+    a.server
+        .hub()
+        .publish("room:r", &json!({"n": 1}))
+        .await
+        .unwrap();
+    let first = next_non_presence(&mut client).await;
+    assert_eq!(first["o"], 1);
+    client.close().await;
+    for n in 2..=6 {
+        a.server
+            .hub()
+            .publish("room:r", &json!({"n": n}))
+            .await
+            .unwrap();
+    }
+    let mut client = RawClient::connect(b.addr, Some(Codec::Json)).await;
+    let since = json!({"epoch": joined["epoch"], "offset": 1});
+    let res = join(&mut client, 1, "room:r", Some(since)).await;
+    assert_eq!(res["recovered"], true, "{res}");
+    for n in 2..=6u64 {
+        let msg = next_non_presence(&mut client).await;
+        assert_eq!(
+            (msg["o"].clone(), msg["d"]["n"].clone()),
+            (json!(n), json!(n))
+        );
+    }
+    a.server
+        .hub()
+        .publish("room:r", &json!({"n": 7}))
+        .await
+        .unwrap();
+    assert_eq!(next_non_presence(&mut client).await["o"], 7, "then live");
+}
+
+#[tokio::test]
+async fn presence_spans_both_nodes() {
+    let (a, b) = cluster().await;
+    let mut on_a = RawClient::connect(a.addr, Some(Codec::Json)).await;
+    let mut on_b = RawClient::connect(b.addr, Some(Codec::Json)).await;
+    join(&mut on_a, 1, "room:p", None).await;
+    join(&mut on_b, 1, "room:p", None).await;
+    let event = on_a.recv_json().await;
+    assert_eq!(event["t"], "pjoin", "A hears of B's join: {event}");
+    assert_eq!(event["d"]["conn"], on_b.welcome["conn"]);
+    let members = a.server.hub().presence("room:p").await.unwrap();
+    assert_eq!(members.len(), 2, "{members:?}");
+    let reply = on_b.call(2, "$presence", json!({"ch": "room:p"})).await;
+    assert_eq!(reply["d"].as_array().map(Vec::len), Some(2), "{reply}");
+    on_b.close().await;
+    let event = on_a.recv_json().await;
+    assert_eq!(event["t"], "pleave", "{event}");
+}
+
+#[tokio::test]
+async fn connections_are_reached_from_the_other_node() {
+    let (a, b) = cluster().await;
+    let mut client = RawClient::connect(a.addr, Some(Codec::MsgPack)).await;
+    let conn = client.welcome["conn"].as_str().unwrap().to_owned();
+    // A notification sent through node B.
+    b.server
+        .hub()
+        .notify(&conn, "news.flash", &json!({"text": "hi"}))
+        .await
+        .unwrap();
+    let ntf = client.recv_json().await;
+    assert_eq!(
+        (ntf["t"].clone(), ntf["m"].clone()),
+        (json!("ntf"), json!("news.flash"))
+    );
+    assert_eq!(ntf["d"]["text"], "hi");
+    // A server-side subscription made through node B.
+    b.server.hub().subscribe(&conn, "room:s").await.unwrap();
+    let joined = client.recv_json().await;
+    assert_eq!(
+        (joined["t"].clone(), joined["ch"].clone()),
+        (json!("joined"), json!("room:s"))
+    );
+    assert_eq!(joined["d"]["recovered"], false);
+    b.server
+        .hub()
+        .publish("room:s", &json!({"n": 1}))
+        .await
+        .unwrap();
+    let msg = client.recv_json().await;
+    assert_eq!(
+        (msg["t"].clone(), msg["o"].clone()),
+        (json!("msg"), json!(1))
+    );
+    assert_eq!(a.server.hub().channels(), vec![("room:s".to_owned(), 1)]);
+    // Unsubscribed through node B: a `left` push, and no more publications.
+    b.server.hub().unsubscribe(&conn, "room:s").await.unwrap();
+    let left = client.recv_json().await;
+    assert_eq!(
+        (left["t"].clone(), left["ch"].clone()),
+        (json!("left"), json!("room:s"))
+    );
+    assert!(
+        left.get("e").is_none(),
+        "a plain unsubscribe has no error: {left}"
+    );
+    b.server
+        .hub()
+        .publish("room:s", &json!({"n": 2}))
+        .await
+        .unwrap();
+    client.assert_echo(9).await;
+    assert!(a.server.hub().channels().is_empty());
+    // Disconnected through node B.
+    b.server
+        .hub()
+        .disconnect(&conn, CloseCode::NORMAL, "bye")
+        .await
+        .unwrap();
+    assert_eq!(client.recv_close().await, 1000);
+}
+
+#[tokio::test]
+async fn a_server_side_subscription_on_the_same_node_and_its_limit() {
+    let mut limited = config();
+    limited.limits.max_subscriptions = 1;
+    let server = node(Arc::new(MemoryEngine::new()), "solo", limited).await;
+    let mut client = RawClient::connect(server.addr, Some(Codec::Json)).await;
+    let conn = client.welcome["conn"].as_str().unwrap().to_owned();
+    let hub = server.server.hub();
+    hub.publish("room:h", &json!({"n": 1})).await.unwrap();
+    hub.subscribe(&conn, "room:h").await.unwrap();
+    let joined = client.recv_json().await;
+    assert_eq!(joined["t"], "joined");
+    assert_eq!(
+        joined["d"]["offset"], 1,
+        "the position it starts from: {joined}"
+    );
+    let refused = hub.subscribe(&conn, "room:other").await.unwrap_err();
+    assert_eq!(refused.code.as_str(), "RATE_LIMITED", "{refused:?}");
+    let unknown = hub.subscribe(&conn, "nowhere").await.unwrap_err();
+    assert_eq!(unknown.code.as_str(), "NOT_FOUND");
+    // The client may leave a server-side subscription like its own.
+    client
+        .send_json(json!({"t": "leave", "id": 1, "ch": "room:h"}))
+        .await;
+    assert_eq!(client.recv_json().await["t"], "res");
+    assert!(hub.channels().is_empty());
+}
+
+#[tokio::test]
+async fn disconnecting_an_unknown_user_closes_nothing() {
+    let (a, b) = cluster().await;
+    let mut clients = vec![
+        RawClient::connect(a.addr, Some(Codec::Json)).await,
+        RawClient::connect(b.addr, Some(Codec::Json)).await,
+    ];
+    // Anonymous connections have no user: nothing is closed.
+    let count = b
+        .server
+        .hub()
+        .disconnect_user("nobody", CloseCode::FORBIDDEN, "revoked")
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+    for client in &mut clients {
+        client.assert_echo(1).await;
+    }
+}

@@ -32,7 +32,8 @@ pub enum Status {
     /// wait in the offline queue.
     Reconnecting,
     /// Done: closed by [`Client::close`], by a close code that forbids reconnecting
-    /// (1008, 4000, 4001, 4003), or after `max_attempts` failed attempts. Final.
+    /// (1008, 4000, 4003), by a fatal connection error (HTTP 403, `reject` `FORBIDDEN`), or
+    /// after `max_attempts` failed attempts; [`Client::close_reason`] says which. Final.
     Closed,
 }
 
@@ -42,7 +43,13 @@ pub enum Status {
 /// With [`ReconnectOptions::max_attempts`](crate::ReconnectOptions::max_attempts) set to
 /// `Some(n)`, the first connection is tried up to `n` times with backoff before this fails;
 /// with `None` (the default) it fails on the first failed attempt, and only later drops are
-/// retried forever. An authentication failure (HTTP 401/403, `reject`) is never retried.
+/// retried forever.
+///
+/// A refused credential (HTTP 401, `reject` `NOT_AUTHORIZED`) fails with
+/// [`ConnectError::Unauthorized`], and is retried like other failures, the
+/// [`credentials`](ClientOptions::credentials) hook being asked again each time; a
+/// forbidden one (HTTP 403, `reject` `FORBIDDEN`) fails with [`ConnectError::Forbidden`]
+/// at once.
 ///
 /// Must be called within a Tokio runtime: the connection runs on a spawned task.
 pub async fn connect(url: &str, options: ClientOptions) -> Result<Client, ConnectError> {
@@ -429,6 +436,29 @@ impl Client {
     /// The connection's state; `changed().await` on the receiver to follow transitions.
     pub fn status(&self) -> watch::Receiver<Status> {
         self.inner.status.subscribe()
+    }
+
+    /// Why the client stopped on its own, once its status is [`Status::Closed`]: the error
+    /// of the last connection attempt when it gave up (for example
+    /// [`ConnectError::Forbidden`] after HTTP 403, `reject` `FORBIDDEN` or close 4003, or
+    /// the last error after `max_attempts`), or [`ConnectError::Closed`] with the close code
+    /// that forbade reconnecting. `None` while it runs and after [`Client::close`].
+    ///
+    /// ```no_run
+    /// # async fn run(client: plexus_client::Client) {
+    /// use plexus_client::Status;
+    ///
+    /// let mut status = client.status();
+    /// let _ = status.wait_for(|s| *s == Status::Closed).await;
+    /// if let Some(reason) = client.close_reason()
+    ///     && reason.is_forbidden()
+    /// {
+    ///     // The credential is not allowed to connect: sign the user out.
+    /// }
+    /// # }
+    /// ```
+    pub fn close_reason(&self) -> Option<Arc<ConnectError>> {
+        self.inner.lock().close_reason.clone()
     }
 
     /// The connection id from the last `welcome`.

@@ -8,15 +8,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt};
 use http::header::{AUTHORIZATION, HeaderValue, SEC_WEBSOCKET_PROTOCOL};
-use plexus_protocol::{CloseCode, ErrorBody, ErrorCode, Frame};
+use plexus_protocol::{ErrorBody, ErrorCode, Frame};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, sleep_until, timeout, timeout_at};
 use yawc::{OpCode, TcpWebSocket, WebSocketError};
 
 use crate::Status;
-use crate::error::ConnectError;
+use crate::error::{BoxError, ConnectError};
 use crate::handler::Incoming;
-use crate::options::ConnectRequest;
+use crate::options::{ConnectRequest, CredentialsFn};
 use crate::state::{Inner, Link};
 
 /// Capacity of a connection's outbound queue of calls and notifications.
@@ -37,10 +37,20 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 enum SessionEnd {
     /// [`Client::close`](crate::Client::close) or the last client handle dropped.
     Shutdown,
-    /// The server closed with this code (`None`: Close frame without code).
-    Closed(Option<u16>),
+    /// The server closed with this code (1005 when its Close frame had none) and reason.
+    Closed { code: u16, reason: String },
     /// The socket failed, or went silent past heartbeat + grace.
     Dropped,
+}
+
+impl SessionEnd {
+    /// The end of a socket after the server's Close frame, if one came.
+    fn after(close: Option<(u16, String)>) -> Self {
+        match close {
+            Some((code, reason)) => SessionEnd::Closed { code, reason },
+            None => SessionEnd::Dropped,
+        }
+    }
 }
 
 /// An open session: the socket after `welcome`.
@@ -81,14 +91,21 @@ pub(crate) async fn run(inner: Arc<Inner>, ready: oneshot::Sender<Result<(), Con
                 } else {
                     0
                 };
-                match end {
+                let error = match end {
                     SessionEnd::Shutdown => break,
-                    SessionEnd::Closed(Some(code)) if !CloseCode(code).should_reconnect() => {
-                        tracing::warn!(code, "server closed the session; not reconnecting");
-                        break;
+                    SessionEnd::Closed { code, reason } => {
+                        ConnectError::from_close(Some(code), reason)
                     }
-                    _ if !reconnect.enabled => break,
-                    _ => {}
+                    SessionEnd::Dropped => ConnectError::Closed(None),
+                };
+                // 4001 (the token expired) is `Unauthorized`: retried with a fresh credential.
+                if error.is_fatal() || !reconnect.enabled {
+                    tracing::warn!(error = %error, "session ended; not reconnecting");
+                    inner.set_close_reason(error);
+                    break;
+                }
+                if error.is_unauthorized() {
+                    tracing::info!(error = %error, "session ended; reconnecting with a fresh credential");
                 }
             }
             Err(error) => {
@@ -101,12 +118,19 @@ pub(crate) async fn run(inner: Arc<Inner>, ready: oneshot::Sender<Result<(), Con
                     };
                 if give_up {
                     tracing::warn!(error = %DisplayChain(&error), failures, "giving up connecting");
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(Err(error));
+                    match ready.take() {
+                        Some(ready) => {
+                            let _ = ready.send(Err(error));
+                        }
+                        None => inner.set_close_reason(error),
                     }
                     break;
                 }
-                tracing::debug!(error = %DisplayChain(&error), failures, "connection attempt failed");
+                if error.is_unauthorized() {
+                    tracing::warn!(error = %error, failures, "credential refused; retrying with a fresh one");
+                } else {
+                    tracing::debug!(error = %DisplayChain(&error), failures, "connection attempt failed");
+                }
             }
         }
         let delay = reconnect.delay(failures);
@@ -121,13 +145,20 @@ pub(crate) async fn run(inner: Arc<Inner>, ready: oneshot::Sender<Result<(), Con
     }
 }
 
-/// One connection attempt: hook, upgrade, `hello` if asked, `welcome`.
+/// One connection attempt: credentials and `before_connect` hooks, upgrade, `hello` if
+/// asked, `welcome`.
 async fn establish(inner: &Inner, attempt: u32) -> Result<Session, ConnectError> {
     let options = &inner.options;
+    let token = match options.credential_source() {
+        Some(hook) => fetch_credential(hook, options.connect_timeout)
+            .await
+            .map_err(ConnectError::Credentials)?,
+        None => None,
+    };
     let mut req = ConnectRequest {
         url: inner.url.clone(),
         headers: options.headers.clone(),
-        token: options.token.clone(),
+        token,
         attempt,
     };
     if let Some(hook) = &options.before_connect {
@@ -143,7 +174,7 @@ async fn establish(inner: &Inner, attempt: u32) -> Result<Session, ConnectError>
         SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(options.codec.subprotocol()),
     );
-    if !options.hello
+    if !options.credentials_in_hello
         && let Some(token) = &req.token
     {
         let value = HeaderValue::try_from(format!("Bearer {token}"))
@@ -174,7 +205,7 @@ async fn establish(inner: &Inner, attempt: u32) -> Result<Session, ConnectError>
             ));
         }
         Ok(Ok(Err(WebSocketError::InvalidStatusCode(status)))) => {
-            return Err(ConnectError::Http(status));
+            return Err(ConnectError::from_status(status));
         }
         Ok(Ok(Err(WebSocketError::Redirected { status_code, .. }))) => {
             return Err(ConnectError::Http(status_code));
@@ -184,10 +215,18 @@ async fn establish(inner: &Inner, attempt: u32) -> Result<Session, ConnectError>
     };
 
     let codec = options.codec;
-    if options.hello {
+    if options.credentials_in_hello {
+        // The first frame of the session; nothing else goes out before `welcome`: the
+        // session's link to the calls is installed only after it.
+        let data = options
+            .hello_data
+            .as_ref()
+            .map(|data| data.to_codec(codec))
+            .transpose()
+            .map_err(|e| ConnectError::Protocol(format!("cannot encode hello data: {e}")))?;
         let hello = Frame::Hello {
             token: req.token.clone(),
-            data: None,
+            data,
         };
         let bytes = codec
             .encode(&hello)
@@ -199,20 +238,24 @@ async fn establish(inner: &Inner, attempt: u32) -> Result<Session, ConnectError>
         }
     }
 
-    let mut close_code = None;
+    let mut close: Option<(u16, String)> = None;
     // Bounded by the connect deadline.
     loop {
         let frame = match timeout_at(deadline, ws.next_frame()).await {
             Err(_) => return Err(ConnectError::Timeout),
-            Ok(Err(_)) if close_code.is_some() => return Err(ConnectError::Closed(close_code)),
-            Ok(Err(WebSocketError::ConnectionClosed)) => return Err(ConnectError::Closed(None)),
-            Ok(Err(e)) => return Err(ConnectError::Transport(Box::new(e))),
+            Ok(Err(e)) => {
+                return Err(match (close.take(), e) {
+                    (Some((code, reason)), _) => ConnectError::from_close(Some(code), reason),
+                    (None, WebSocketError::ConnectionClosed) => ConnectError::Closed(None),
+                    (None, e) => ConnectError::Transport(Box::new(e)),
+                });
+            }
             Ok(Ok(frame)) => frame,
         };
         match frame.opcode() {
             OpCode::Text | OpCode::Binary => {}
             OpCode::Close => {
-                close_code = Some(frame.close_code().map(u16::from).unwrap_or(1005));
+                close = Some(close_of(&frame));
                 continue;
             }
             _ => continue,
@@ -230,7 +273,7 @@ async fn establish(inner: &Inner, attempt: u32) -> Result<Session, ConnectError>
                     heartbeat,
                 });
             }
-            Ok(Frame::Reject { error }) => return Err(ConnectError::Rejected(error)),
+            Ok(Frame::Reject { error }) => return Err(ConnectError::from_reject(error)),
             Ok(Frame::Err { id: None, error }) => report_error(inner, error),
             Ok(other) => tracing::debug!(t = other.tag(), "frame before welcome ignored"),
             Err(e) => {
@@ -240,6 +283,28 @@ async fn establish(inner: &Inner, attempt: u32) -> Result<Session, ConnectError>
             }
         }
     }
+}
+
+/// Calls the credentials hook, bounded by `limit`; a panic is an error too.
+pub(crate) async fn fetch_credential(
+    hook: CredentialsFn,
+    limit: Duration,
+) -> Result<Option<String>, BoxError> {
+    let Ok(fetching) = std::panic::catch_unwind(AssertUnwindSafe(|| hook())) else {
+        return Err("credentials hook panicked".into());
+    };
+    match timeout(limit, AssertUnwindSafe(fetching).catch_unwind()).await {
+        Err(_) => Err("credentials hook timed out".into()),
+        Ok(Err(_)) => Err("credentials hook panicked".into()),
+        Ok(Ok(result)) => result,
+    }
+}
+
+/// The code (1005 when absent) and reason of a Close frame.
+fn close_of(frame: &yawc::Frame) -> (u16, String) {
+    let code = frame.close_code().map(u16::from).unwrap_or(1005);
+    let reason = frame.close_reason().ok().flatten().unwrap_or_default();
+    (code, reason.to_owned())
 }
 
 fn check_url(url: &url::Url) -> Result<(), ConnectError> {
@@ -289,7 +354,7 @@ async fn run_session(
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
     let (ordered_tx, mut ordered_rx) = mpsc::unbounded_channel();
     let (reply_tx, mut reply_rx) = mpsc::channel(REPLY_CAPACITY);
-    let mut incoming = Incoming::new(inner.options.handlers.clone(), reply_tx);
+    let mut incoming = Incoming::new(&inner.options, reply_tx);
     let flush = inner.install_link(
         Link {
             out: out_tx,
@@ -311,7 +376,7 @@ async fn run_session(
     let mut last_seen = Instant::now();
     let watchdog = sleep_until(last_seen + idle.unwrap_or(FAR));
     tokio::pin!(watchdog);
-    let mut close_code: Option<u16> = None;
+    let mut close: Option<(u16, String)> = None;
     let mut batch: Vec<Bytes> = flush;
 
     let end = 'session: loop {
@@ -323,13 +388,10 @@ async fn run_session(
             match timeout(write_limit, ws.send_all(&mut frames)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    if close_code.is_none() {
+                    if close.is_none() {
                         tracing::debug!("write failed: {e}");
                     }
-                    break 'session match close_code {
-                        Some(code) => SessionEnd::Closed(Some(code)),
-                        None => SessionEnd::Dropped,
-                    };
+                    break 'session SessionEnd::after(close);
                 }
                 Err(_) => {
                     tracing::warn!("write stalled; dropping the connection");
@@ -356,13 +418,10 @@ async fn run_session(
                 let frame = match frame {
                     Ok(frame) => frame,
                     Err(e) => {
-                        if close_code.is_none() {
+                        if close.is_none() {
                             tracing::debug!("socket ended: {e}");
                         }
-                        break 'session match close_code {
-                            Some(code) => SessionEnd::Closed(Some(code)),
-                            None => SessionEnd::Dropped,
-                        };
+                        break 'session SessionEnd::after(close);
                     }
                 };
                 last_seen = Instant::now();
@@ -371,7 +430,7 @@ async fn run_session(
                     OpCode::Close => {
                         // yawc queues the Close reply and writes it on the next read poll,
                         // which then reports the end of the connection: keep polling.
-                        close_code = Some(frame.close_code().map(u16::from).unwrap_or(1005));
+                        close = Some(close_of(&frame));
                         continue 'session;
                     }
                     _ => continue 'session,

@@ -242,11 +242,16 @@ impl fmt::Display for CallError {
 
 impl std::error::Error for CallError {}
 
-/// Why a session could not be opened.
+/// Why a session could not be opened, or why the client stopped.
 ///
 /// [`connect`](crate::connect) returns the error of the last attempt. After the first
-/// session, connection errors are not returned to anyone: they are logged and the client
-/// goes on reconnecting (or goes [`Status::Closed`](crate::Status::Closed)).
+/// session, connection errors are logged and the client goes on reconnecting; when it gives
+/// up on its own (a fatal error, `max_attempts`, a close code that forbids reconnecting),
+/// [`Client::close_reason`](crate::Client::close_reason) tells why.
+///
+/// Authentication failures have their own variants: [`ConnectError::Unauthorized`] (the
+/// credential was refused; retried with a fresh one) and [`ConnectError::Forbidden`] (the
+/// credential is valid but not allowed; never retried).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
@@ -256,21 +261,48 @@ pub enum ConnectError {
     /// A header (or the token as `Authorization` header) is not a valid header value.
     #[error("invalid header: {0}")]
     InvalidHeader(String),
+    /// The [`credentials`](crate::ClientOptions::credentials) hook failed or took longer
+    /// than the connect timeout.
+    #[error("credentials hook failed")]
+    Credentials(#[source] BoxError),
     /// The `before_connect` hook failed.
     #[error("before_connect hook failed")]
     Hook(#[source] BoxError),
     /// The TCP connection, TLS or WebSocket handshake failed.
     #[error("cannot connect")]
     Transport(#[source] BoxError),
-    /// The server answered the upgrade with an HTTP status instead of switching protocols
-    /// (401 and 403 mean the credential was refused; the client does not retry those).
+    /// The server refused the credential (missing, invalid or expired): HTTP 401 on the
+    /// upgrade, `reject` with `NOT_AUTHORIZED`, or close code 4001 (also of an open
+    /// session whose token expired). Not fatal: the client calls its
+    /// [`credentials`](crate::ClientOptions::credentials) hook again and retries with
+    /// backoff.
+    #[error("not authorized{}", with_message(.message))]
+    Unauthorized {
+        /// The server's explanation (the `reject` message or close reason), or a note on
+        /// the HTTP status.
+        message: String,
+    },
+    /// The credential is valid but not allowed to connect: HTTP 403 on the upgrade,
+    /// `reject` with `FORBIDDEN`, or close code 4003. Fatal: the client stops reconnecting.
+    #[error("forbidden{}", with_message(.message))]
+    Forbidden {
+        /// The server's explanation (the `reject` message or close reason), or a note on
+        /// the HTTP status.
+        message: String,
+    },
+    /// The server answered the upgrade with another HTTP status than 101, 401 or 403
+    /// (retried: 503 while a server restarts, for instance).
     #[error("server refused the upgrade with http status {0}")]
     Http(u16),
-    /// The server sent `reject` for the `hello` frame; the client does not retry this.
+    /// The server sent `reject` for the `hello` frame with another code than
+    /// `NOT_AUTHORIZED` or `FORBIDDEN`; the client does not retry this.
     #[error("session rejected")]
     Rejected(#[source] ErrorBody),
-    /// The server closed the socket before `welcome`.
-    #[error("connection closed before welcome{}", match .0 { Some(code) => format!(" (close code {code})"), None => String::new() })]
+    /// The server closed the connection with this close code (`None`: the connection
+    /// ended without one), before `welcome`, or, as a
+    /// [`close_reason`](crate::Client::close_reason), with a code that forbids reconnecting
+    /// (1008, 4000) or while reconnecting is disabled.
+    #[error("connection closed{}", match .0 { Some(code) => format!(" with close code {code}"), None => String::new() })]
     Closed(Option<u16>),
     /// No `welcome` (or no upgrade) within the connect timeout.
     #[error("timed out waiting for welcome")]
@@ -283,20 +315,124 @@ pub enum ConnectError {
     Aborted,
 }
 
+fn with_message(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
+}
+
 impl ConnectError {
     /// Whether another attempt would fail the same way, so reconnecting is pointless:
-    /// a bad URL or header, HTTP 401/403, `reject`, or a close code that forbids reconnecting.
+    /// a bad URL or header, [`ConnectError::Forbidden`], a `reject` other than
+    /// `NOT_AUTHORIZED`, or a close code that forbids reconnecting.
+    /// [`ConnectError::Unauthorized`] is not fatal: the next attempt asks for a fresh
+    /// credential.
     pub fn is_fatal(&self) -> bool {
         match self {
             ConnectError::InvalidUrl(_)
             | ConnectError::InvalidHeader(_)
+            | ConnectError::Forbidden { .. }
             | ConnectError::Rejected(_)
             | ConnectError::Aborted => true,
-            ConnectError::Http(status) => matches!(status, 401 | 403),
             ConnectError::Closed(Some(code)) => {
                 !plexus_protocol::CloseCode(*code).should_reconnect()
             }
             _ => false,
         }
+    }
+
+    /// Whether the server refused the credential ([`ConnectError::Unauthorized`]).
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, ConnectError::Unauthorized { .. })
+    }
+
+    /// Whether the credential is not allowed to connect ([`ConnectError::Forbidden`]).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, ConnectError::Forbidden { .. })
+    }
+
+    /// The error for a close code received before `welcome` (or ending a session), with
+    /// the close reason: 4001 and 4003 are the authentication failures.
+    pub(crate) fn from_close(code: Option<u16>, reason: String) -> Self {
+        match code {
+            Some(4001) => ConnectError::Unauthorized { message: reason },
+            Some(4003) => ConnectError::Forbidden { message: reason },
+            code => ConnectError::Closed(code),
+        }
+    }
+
+    /// The error for a `reject` frame.
+    pub(crate) fn from_reject(error: ErrorBody) -> Self {
+        if error.code == ErrorCode::NOT_AUTHORIZED {
+            ConnectError::Unauthorized {
+                message: error.message,
+            }
+        } else if error.code == ErrorCode::FORBIDDEN {
+            ConnectError::Forbidden {
+                message: error.message,
+            }
+        } else {
+            ConnectError::Rejected(error)
+        }
+    }
+
+    /// The error for an HTTP status refusing the upgrade.
+    pub(crate) fn from_status(status: u16) -> Self {
+        let message = format!("the server refused the upgrade with http status {status}");
+        match status {
+            401 => ConnectError::Unauthorized { message },
+            403 => ConnectError::Forbidden { message },
+            status => ConnectError::Http(status),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_failures_map_to_their_variants() {
+        assert!(ConnectError::from_status(401).is_unauthorized());
+        assert!(ConnectError::from_status(403).is_forbidden());
+        assert!(matches!(
+            ConnectError::from_status(503),
+            ConnectError::Http(503)
+        ));
+        let reject = |code| ConnectError::from_reject(ErrorBody::new(code, "no"));
+        assert!(reject(ErrorCode::NOT_AUTHORIZED).is_unauthorized());
+        assert!(reject(ErrorCode::FORBIDDEN).is_forbidden());
+        assert!(matches!(
+            reject(ErrorCode::new("BAD_HELLO")),
+            ConnectError::Rejected(_)
+        ));
+        assert!(ConnectError::from_close(Some(4001), String::new()).is_unauthorized());
+        assert!(ConnectError::from_close(Some(4003), "banned".into()).is_forbidden());
+        assert!(matches!(
+            ConnectError::from_close(Some(4000), String::new()),
+            ConnectError::Closed(Some(4000))
+        ));
+    }
+
+    #[test]
+    fn only_forbidden_is_fatal_among_auth_failures() {
+        assert!(!ConnectError::from_status(401).is_fatal());
+        assert!(ConnectError::from_status(403).is_fatal());
+        assert!(!ConnectError::from_status(503).is_fatal());
+        assert!(ConnectError::Closed(Some(1008)).is_fatal());
+    }
+
+    #[test]
+    fn messages_are_lowercase_and_skip_an_empty_reason() {
+        let error = ConnectError::Unauthorized {
+            message: "token expired".into(),
+        };
+        assert_eq!(error.to_string(), "not authorized: token expired");
+        let error = ConnectError::Forbidden {
+            message: String::new(),
+        };
+        assert_eq!(error.to_string(), "forbidden");
     }
 }

@@ -1,18 +1,23 @@
-//! Handlers for the server's calls to the client: requests, notifications, streams.
+//! Handlers for the server's calls to the client: requests, notifications, streams, and
+//! the built-in `$refresh`.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use plexus_protocol::{Codec, ErrorBody, ErrorCode, Frame, Payload};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
+
+use crate::conn::fetch_credential;
+use crate::options::{ClientOptions, CredentialsFn};
 
 pub(crate) type RequestFn =
     Arc<dyn Fn(Payload) -> BoxFuture<'static, Result<Payload, ErrorBody>> + Send + Sync>;
@@ -72,28 +77,47 @@ pub(crate) struct IncomingCall {
 /// The server's calls in flight on one connection, owned by the connection task.
 pub(crate) struct Incoming {
     handlers: Handlers,
+    /// Answers `$refresh`.
+    credentials: Option<CredentialsFn>,
+    /// How long `$refresh` waits for the credentials hook.
+    credentials_timeout: Duration,
     calls: HashMap<u64, IncomingCall>,
     replies: mpsc::Sender<Frame>,
 }
+
+/// The server asks for a new token before the connection's current one expires.
+pub(crate) const REFRESH: &str = "$refresh";
 
 /// Credit beyond which further grants are ignored (keeps the semaphore far from its limit).
 const MAX_CREDIT: usize = 1 << 30;
 
 impl Incoming {
-    pub(crate) fn new(handlers: Handlers, replies: mpsc::Sender<Frame>) -> Self {
+    pub(crate) fn new(options: &ClientOptions, replies: mpsc::Sender<Frame>) -> Self {
         Self {
-            handlers,
+            handlers: options.handlers.clone(),
+            credentials: options.credential_source(),
+            credentials_timeout: options.connect_timeout,
             calls: HashMap::new(),
             replies,
         }
     }
 
     /// Starts a handler for a `req`; returns a frame to send at once (e.g. `NOT_FOUND`).
+    /// `$` names are the built-ins', never the application's.
     pub(crate) fn request(&mut self, id: u64, method: &str, data: Payload) -> Option<Frame> {
         if self.calls.contains_key(&id) {
             tracing::warn!(id, "server reused the id of a call in flight; ignoring it");
             return None;
         }
+        if method == REFRESH {
+            let codec = data.codec();
+            let exp = data.decode::<RefreshParams>().ok().and_then(|p| p.exp);
+            tracing::debug!(id, ?exp, "server asks for a fresh token");
+            let refreshing = refresh(self.credentials.clone(), self.credentials_timeout, codec);
+            self.spawn_request(id, refreshing.boxed());
+            return None;
+        }
+        // `$` names cannot be registered (see `ClientOptions::on_request_raw`).
         let Some(handler) = self.handlers.requests.get(method) else {
             return Some(not_found(id, method));
         };
@@ -102,6 +126,12 @@ impl Incoming {
         let Ok(fut) = std::panic::catch_unwind(AssertUnwindSafe(|| handler(data))) else {
             return Some(internal(id));
         };
+        self.spawn_request(id, fut);
+        None
+    }
+
+    /// Runs a request's answer as a task the server can cancel.
+    fn spawn_request(&mut self, id: u64, fut: BoxFuture<'static, Result<Payload, ErrorBody>>) {
         let replies = self.replies.clone();
         let task = tokio::spawn(async move {
             let frame = match AssertUnwindSafe(fut).catch_unwind().await {
@@ -121,7 +151,6 @@ impl Incoming {
                 credit: None,
             },
         );
-        None
     }
 
     /// Starts a handler for a `sub`; returns a frame to send at once (e.g. `NOT_FOUND`).
@@ -242,6 +271,39 @@ impl Incoming {
 impl Drop for Incoming {
     fn drop(&mut self) {
         self.abort_all();
+    }
+}
+
+/// The params of `$refresh`: the current token's expiry, in Unix seconds.
+#[derive(Deserialize)]
+struct RefreshParams {
+    exp: Option<u64>,
+}
+
+/// The result of `$refresh`.
+#[derive(Serialize)]
+struct RefreshResult {
+    token: String,
+}
+
+/// Answers `$refresh` with the credentials hook's token, or `UNAVAILABLE` when it has none
+/// or fails (the hook's error is logged, not sent).
+async fn refresh(
+    credentials: Option<CredentialsFn>,
+    limit: Duration,
+    codec: Codec,
+) -> Result<Payload, ErrorBody> {
+    let unavailable = |message: &str| ErrorBody::new(ErrorCode::UNAVAILABLE, message);
+    let Some(hook) = credentials else {
+        return Err(unavailable("the client has no credentials"));
+    };
+    match fetch_credential(hook, limit).await {
+        Ok(Some(token)) => encode_result(codec, &RefreshResult { token }),
+        Ok(None) => Err(unavailable("no credential available")),
+        Err(e) => {
+            tracing::warn!("credentials hook failed for $refresh: {e}");
+            Err(unavailable("cannot fetch a credential"))
+        }
     }
 }
 

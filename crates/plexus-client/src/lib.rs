@@ -66,9 +66,36 @@
 //!
 //! # Concepts
 //!
-//! - **Session.** [`connect`] resolves once the server's `welcome` arrived. The credential
-//!   goes in the `Authorization: Bearer` header, or in a `hello` frame with
-//!   [`ClientOptions::hello`]. [`Client::status`] is a watch of [`Status`].
+//! - **Session.** [`connect`] resolves once the server's `welcome` arrived.
+//!   [`Client::status`] is a watch of [`Status`].
+//! - **Authentication.** The credential is a static [`ClientOptions::token`] or comes from
+//!   a [`ClientOptions::credentials`] hook, called before every connection attempt. It goes
+//!   in the `Authorization: Bearer` header, or in a `hello` frame (with
+//!   [`ClientOptions::hello_data`]) with [`ClientOptions::credentials_in_hello`]. A refused
+//!   credential (HTTP 401, `reject` `NOT_AUTHORIZED`, close 4001 when a token expires) is
+//!   [`ConnectError::Unauthorized`]: the client asks the hook again and retries with
+//!   backoff. A forbidden one (HTTP 403, `reject` `FORBIDDEN`, close 4003) is
+//!   [`ConnectError::Forbidden`]: the client stops and [`Client::close_reason`] says so.
+//!   Before the token expires, the server may call `$refresh`; the client answers it
+//!   with the hook's new token by itself.
+//!
+//!   ```no_run
+//!   # async fn run() -> Result<(), plexus_client::ConnectError> {
+//!   use plexus_client::{BoxError, ClientOptions, connect};
+//!
+//!   async fn fetch_token() -> Result<Option<String>, BoxError> {
+//!       Ok(Some("eyJhbGciOi...".to_owned())) // from the identity provider
+//!   }
+//!
+//!   let options = ClientOptions::default()
+//!       .credentials(fetch_token)
+//!       .credentials_in_hello(true)
+//!       .hello_data(serde_json::json!({"device": "cli"}));
+//!   let client = connect("wss://example.com/ws", options).await?;
+//!   # let _ = client;
+//!   # Ok(())
+//!   # }
+//!   ```
 //! - **Calls.** [`Client::request`] (one result), [`Client::notify`] (no answer),
 //!   [`Client::stream`] (a [`CallStream`] of items; dropping it sends `cancel`). Each has a
 //!   `_raw` twin that takes and returns [`Payload`]s as they are on the wire. Every failure
@@ -78,8 +105,8 @@
 //!   sends `cancel` for it.
 //! - **Reconnect.** When the socket drops, the server goes away (1001) or goes silent for
 //!   its heartbeat plus [`ClientOptions::heartbeat_grace`], the client reconnects with
-//!   exponential backoff and full jitter ([`ReconnectOptions`]). Close codes 1008, 4000,
-//!   4001 and 4003 end the client instead.
+//!   exponential backoff and full jitter ([`ReconnectOptions`]). Close codes 1008, 4000
+//!   and 4003 end the client instead; 4001 is retried with a fresh credential.
 //! - **Offline queue.** Notifications, and calls marked retryable, issued while
 //!   disconnected wait in a bounded queue and go out in order after the next `welcome`;
 //!   a full queue fails at once ([`CallErrorKind::QueueFull`]). Calls in flight when the
@@ -87,9 +114,10 @@
 //! - **Server → client calls.** Handlers registered on [`ClientOptions`]
 //!   ([`on_request`](ClientOptions::on_request), [`on_notify`](ClientOptions::on_notify),
 //!   [`on_stream`](ClientOptions::on_stream)) answer the server; unknown methods get
-//!   `NOT_FOUND`, a server `cancel` drops the handler.
-//! - **Hooks.** [`ClientOptions::before_connect`] runs before every attempt and may change
-//!   the URL, headers and token.
+//!   `NOT_FOUND`, a server `cancel` drops the handler. Names starting with `$` are the
+//!   built-ins' (`$refresh`) and cannot be registered.
+//! - **Hooks.** [`ClientOptions::before_connect`] runs before every attempt (after the
+//!   credentials hook) and may change the URL, headers and token.
 //! - **Channels.** [`Client::join`] gives a [`Subscription`], a stream of [`ChannelEvent`]s:
 //!   publications, presence events, and [`ChannelEvent::Resubscribed`] after every re-join.
 //!   The client tracks the position of the last publication of each subscription, re-joins

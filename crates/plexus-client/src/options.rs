@@ -17,6 +17,10 @@ use url::Url;
 use crate::error::BoxError;
 use crate::handler::Handlers;
 
+/// The credentials hook: run before every connection attempt and for each `$refresh`.
+pub(crate) type CredentialsFn =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<Option<String>, BoxError>> + Send + Sync>;
+
 /// The hook run before every connection attempt.
 pub(crate) type BeforeConnect = Arc<
     dyn for<'a> Fn(&'a mut ConnectRequest) -> BoxFuture<'a, Result<(), BoxError>> + Send + Sync,
@@ -46,12 +50,17 @@ pub struct ClientOptions {
     pub codec: Codec,
     /// Extra headers of the upgrade request.
     pub headers: HeaderMap,
-    /// The credential: sent as `Authorization: Bearer <token>`, or in a `hello` frame when
-    /// [`ClientOptions::hello`] is set.
+    /// A static credential: sent as `Authorization: Bearer <token>`, or in a `hello` frame
+    /// when [`ClientOptions::credentials_in_hello`] is set, and given as the answer to the
+    /// server's `$refresh`. A hook set with [`ClientOptions::credentials`] takes precedence.
     pub token: Option<String>,
-    /// Send the credential in-band, as `{"t":"hello","token":...}`, and wait for `welcome`
-    /// or `reject`, instead of the `Authorization` header. Default `false`.
-    pub hello: bool,
+    /// Send the credential in band, as `{"t":"hello","token":...,"data":...}` right after
+    /// the upgrade, and wait for `welcome` or `reject`, instead of the `Authorization`
+    /// header. Default `false`.
+    pub credentials_in_hello: bool,
+    /// Application data for the server's authenticator, sent as `data` of the `hello`
+    /// frame (so only with [`ClientOptions::credentials_in_hello`]). Default `None`.
+    pub hello_data: Option<Payload>,
     /// Default deadline of a request (and of a queued call waiting for the connection).
     /// Default 30 s.
     pub call_timeout: Duration,
@@ -69,6 +78,7 @@ pub struct ClientOptions {
     /// The largest WebSocket message sent or accepted, in bytes. Default 1 MiB, as the
     /// server's default.
     pub max_message_size: usize,
+    pub(crate) credentials: Option<CredentialsFn>,
     pub(crate) before_connect: Option<BeforeConnect>,
     pub(crate) handlers: Handlers,
 }
@@ -79,7 +89,8 @@ impl Default for ClientOptions {
             codec: Codec::Json,
             headers: HeaderMap::new(),
             token: None,
-            hello: false,
+            credentials_in_hello: false,
+            hello_data: None,
             call_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             reconnect: ReconnectOptions::default(),
@@ -87,6 +98,7 @@ impl Default for ClientOptions {
             offline_queue: 1024,
             compression: false,
             max_message_size: 1024 * 1024,
+            credentials: None,
             before_connect: None,
             handlers: Handlers::default(),
         }
@@ -99,7 +111,8 @@ impl fmt::Debug for ClientOptions {
             .field("codec", &self.codec)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("hello", &self.hello)
+            .field("credentials_in_hello", &self.credentials_in_hello)
+            .field("hello_data", &self.hello_data.is_some())
             .field("call_timeout", &self.call_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect", &self.reconnect)
@@ -107,6 +120,7 @@ impl fmt::Debug for ClientOptions {
             .field("offline_queue", &self.offline_queue)
             .field("compression", &self.compression)
             .field("max_message_size", &self.max_message_size)
+            .field("credentials", &self.credentials.is_some())
             .field("before_connect", &self.before_connect.is_some())
             .field("handlers", &self.handlers)
             .finish()
@@ -126,16 +140,76 @@ impl ClientOptions {
         self
     }
 
-    /// Sets the credential.
+    /// Sets a static credential (replacing a [`credentials`](ClientOptions::credentials)
+    /// hook): the same token for every connection attempt and every `$refresh`. For a
+    /// token that expires, use [`credentials`](ClientOptions::credentials).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self.credentials = None;
         self
     }
 
-    /// Sends the credential in a `hello` frame instead of the `Authorization` header.
-    pub fn hello(mut self, hello: bool) -> Self {
-        self.hello = hello;
+    /// Fetches the credential with `hook` (replacing a static [`token`](ClientOptions::token)):
+    ///
+    /// - before every connection attempt, reconnects included, so an expired token is
+    ///   replaced after the server refused it (HTTP 401, `reject` `NOT_AUTHORIZED`, close
+    ///   4001);
+    /// - for each `$refresh` request of the server, which asks for a new token before the
+    ///   current one expires; the answer is `{"token": ...}`.
+    ///
+    /// `Ok(None)` means no credential: the attempt goes without one, and `$refresh` is
+    /// answered with `UNAVAILABLE`. An error (or taking longer than
+    /// [`connect_timeout`](ClientOptions::connect_timeout) before an attempt) fails the
+    /// attempt with [`ConnectError::Credentials`](crate::ConnectError::Credentials), retried
+    /// like any other failed attempt, and answers `$refresh` with `UNAVAILABLE`.
+    ///
+    /// ```
+    /// use plexus_client::{BoxError, ClientOptions};
+    ///
+    /// async fn fetch_token() -> Result<Option<String>, BoxError> {
+    ///     // Ask the identity provider for a fresh token.
+    ///     Ok(Some("eyJhbGciOi...".to_owned()))
+    /// }
+    ///
+    /// let options = ClientOptions::default().credentials(fetch_token);
+    /// # let _ = options;
+    /// ```
+    pub fn credentials<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<String>, BoxError>> + Send + 'static,
+    {
+        self.credentials = Some(Arc::new(move || Box::pin(hook())));
+        self.token = None;
         self
+    }
+
+    /// Sends the credential in a `hello` frame right after the upgrade (`true`) instead of
+    /// the `Authorization: Bearer` header of the upgrade request (`false`, the default).
+    pub fn credentials_in_hello(mut self, in_hello: bool) -> Self {
+        self.credentials_in_hello = in_hello;
+        self
+    }
+
+    /// Sets the application data of the `hello` frame (sent in the client's codec; only
+    /// with [`credentials_in_hello`](ClientOptions::credentials_in_hello)).
+    pub fn hello_data(mut self, data: serde_json::Value) -> Self {
+        self.hello_data = Some(
+            Payload::encode(Codec::Json, &data).unwrap_or_else(|_| Payload::null(Codec::Json)),
+        );
+        self
+    }
+
+    /// Where the credential comes from: the hook, or the static token as a hook.
+    pub(crate) fn credential_source(&self) -> Option<CredentialsFn> {
+        if let Some(hook) = &self.credentials {
+            return Some(hook.clone());
+        }
+        let token = self.token.clone()?;
+        Some(Arc::new(move || {
+            let token = token.clone();
+            Box::pin(async move { Ok(Some(token)) })
+        }))
     }
 
     /// Sets the default request deadline.
@@ -181,9 +255,11 @@ impl ClientOptions {
     }
 
     /// Runs `hook` before every connection attempt (the first one included). It gets a
-    /// [`ConnectRequest`] built afresh from these options each time, and may change its URL,
-    /// headers and token — for example to fetch a fresh token. An error fails the attempt,
-    /// which is then retried like any other failed attempt.
+    /// [`ConnectRequest`] built afresh from these options each time (its token from the
+    /// [`credentials`](ClientOptions::credentials) hook, called first), and may change its
+    /// URL, headers and token. An error fails the attempt, which is then retried like any
+    /// other failed attempt. To fetch tokens, prefer
+    /// [`credentials`](ClientOptions::credentials): it also answers the server's `$refresh`.
     ///
     /// ```
     /// use plexus_client::ClientOptions;
@@ -208,6 +284,12 @@ impl ClientOptions {
     }
 
     /// Answers the server's requests for `method` with `handler`, which gets the raw params.
+    ///
+    /// # Panics
+    ///
+    /// If `method` starts with `$`: those names are reserved for built-ins (the client
+    /// answers `$refresh` itself, see [`ClientOptions::credentials`]). The same holds for
+    /// every `on_*` method.
     pub fn on_request_raw<F, Fut>(mut self, method: impl Into<String>, handler: F) -> Self
     where
         F: Fn(Payload) -> Fut + Send + Sync + 'static,
@@ -215,7 +297,7 @@ impl ClientOptions {
     {
         self.handlers
             .requests
-            .insert(method.into(), Arc::new(move |p| Box::pin(handler(p))));
+            .insert(app_method(method), Arc::new(move |p| Box::pin(handler(p))));
         self
     }
 
@@ -248,7 +330,7 @@ impl ClientOptions {
     {
         self.handlers
             .notifications
-            .insert(method.into(), Arc::new(move |p| Box::pin(handler(p))));
+            .insert(app_method(method), Arc::new(move |p| Box::pin(handler(p))));
         self
     }
 
@@ -285,7 +367,7 @@ impl ClientOptions {
     {
         self.handlers
             .streams
-            .insert(method.into(), Arc::new(move |p| handler(p).boxed()));
+            .insert(app_method(method), Arc::new(move |p| handler(p).boxed()));
         self
     }
 
@@ -309,6 +391,16 @@ impl ClientOptions {
             }
         })
     }
+}
+
+/// A method name for an application handler: `$` names are the built-ins'.
+fn app_method(method: impl Into<String>) -> String {
+    let method = method.into();
+    assert!(
+        !method.starts_with('$'),
+        "method names starting with `$` are reserved for built-ins: `{method}`"
+    );
+    method
 }
 
 /// Reconnecting: exponential backoff with full jitter.
@@ -606,7 +698,9 @@ pub struct ConnectRequest {
     pub url: Url,
     /// The extra headers of the upgrade request.
     pub headers: HeaderMap,
-    /// The credential, sent as header or in `hello` as the options say.
+    /// The credential, from the [`credentials`](ClientOptions::credentials) hook (called
+    /// just before `before_connect`) or the static token; sent as header or in `hello` as the
+    /// options say.
     pub token: Option<String>,
     pub(crate) attempt: u32,
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::channel::Channels;
-use crate::error::CallError;
+use crate::error::{CallError, ConnectError};
 use crate::options::ClientOptions;
 use crate::{Codec, Status};
 
@@ -118,6 +118,8 @@ pub(crate) struct State {
     pub(crate) pending: HashMap<u64, Pending>,
     pub(crate) conn_id: Option<String>,
     pub(crate) channels: Channels,
+    /// Why the client stopped on its own, once it did.
+    pub(crate) close_reason: Option<Arc<ConnectError>>,
 }
 
 /// Everything the client handles and the connection task share.
@@ -452,6 +454,11 @@ impl Inner {
         for pending in failed {
             pending.fail(CallError::unavailable("connection lost"));
         }
+    }
+
+    /// Records why the client stops on its own (before [`Inner::finish`]).
+    pub(crate) fn set_close_reason(&self, reason: ConnectError) {
+        self.lock().close_reason = Some(Arc::new(reason));
     }
 
     /// The client is done: every pending call fails, queued notifications are dropped.

@@ -92,8 +92,8 @@ async fn closed_with(code: u16) {
 }
 
 #[tokio::test]
-async fn close_4001_goes_closed_without_reconnecting() {
-    closed_with(4001).await;
+async fn close_4003_goes_closed_without_reconnecting() {
+    closed_with(4003).await;
 }
 
 #[tokio::test]

@@ -79,20 +79,25 @@ async fn subprotocol_and_token_header_are_sent() {
 }
 
 #[tokio::test]
-async fn wrong_token_header_is_http_401_and_not_retried() {
-    let server = TestServer::start(Script {
+async fn wrong_token_header_is_http_401_unauthorized_and_retried() {
+    let mut server = TestServer::start(Script {
         require_token: Some("abc".into()),
         ..Script::default()
     })
     .await;
     let options = ClientOptions::default().token("nope").reconnect(
         plexus_client::ReconnectOptions::default()
-            .max_attempts(Some(5))
+            .max_attempts(Some(3))
             .initial_delay(std::time::Duration::from_millis(1)),
     );
     let error = connect(&server.url(), options).await.unwrap_err();
-    assert!(matches!(error, ConnectError::Http(401)), "{error:?}");
-    assert!(error.is_fatal());
+    assert!(error.is_unauthorized(), "{error:?}");
+    assert!(!error.is_fatal());
+    for _ in 0..3 {
+        let (status, headers) = server.refused().await;
+        assert_eq!(status, 401);
+        assert_eq!(headers["authorization"], "Bearer nope");
+    }
 }
 
 #[tokio::test]
@@ -104,7 +109,9 @@ async fn hello_sends_the_token_in_band() {
     .await;
     let client = connect(
         &server.url(),
-        ClientOptions::default().token("good").hello(true),
+        ClientOptions::default()
+            .token("good")
+            .credentials_in_hello(true),
     )
     .await
     .unwrap();
@@ -128,13 +135,15 @@ async fn hello_with_a_bad_token_is_rejected() {
     .await;
     let error = connect(
         &server.url(),
-        ClientOptions::default().token("bad").hello(true),
+        ClientOptions::default()
+            .token("bad")
+            .credentials_in_hello(true),
     )
     .await
     .unwrap_err();
     match error {
-        ConnectError::Rejected(body) => assert_eq!(body.code, ErrorCode::NOT_AUTHORIZED),
-        other => panic!("expected Rejected, got {other:?}"),
+        ConnectError::Unauthorized { message } => assert_eq!(message, "bad token"),
+        other => panic!("expected Unauthorized, got {other:?}"),
     }
 }
 

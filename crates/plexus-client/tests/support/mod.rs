@@ -17,6 +17,14 @@
 //! are never answered. The test publishes
 //! with [`TestServer::publish`] and can reset a channel's epoch; the model outlives the
 //! connections, so a client that reconnects finds its channels as they are.
+//!
+//! Authentication ([`Script::require_hello`], [`Script::header_auth`]): a token `good` or
+//! `good-*` is accepted, `forbidden*` is valid but not allowed (HTTP 403, or `reject`
+//! `FORBIDDEN` + close 4003), anything else or none is refused (HTTP 401, or `reject`
+//! `NOT_AUTHORIZED` + close 4001). [`TestServer::hold_welcome`] makes new connections wait
+//! for [`TestServer::release_welcome`] before `welcome`, reading (and reporting) what the
+//! client sends meanwhile. The server calls the client with [`TestServer::send`] (a
+//! `$refresh` request, say); the client's answers arrive as frame events.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -51,10 +59,14 @@ pub struct Script {
     pub heartbeat_ms: u64,
     /// Send WebSocket pings every heartbeat.
     pub ping: bool,
-    /// Wait for `hello`; token `good` gets `welcome`, anything else `reject` + close 4001.
+    /// Wait for `hello` and judge its token (see the module docs): `welcome`, or `reject`
+    /// and close 4001 / 4003.
     pub require_hello: bool,
     /// Require `Authorization: Bearer <token>` on the upgrade, else HTTP 401.
     pub require_token: Option<String>,
+    /// Judge the token of the `Authorization: Bearer` header (see the module docs): HTTP
+    /// 401 or 403 when it is not accepted.
+    pub header_auth: bool,
     /// Accept permessage-deflate.
     pub compression: bool,
     /// How many publications each channel keeps in its history.
@@ -73,6 +85,7 @@ impl Default for Script {
             ping: true,
             require_hello: false,
             require_token: None,
+            header_auth: false,
             compression: false,
             history_size: 100,
             replay_overlap: 0,
@@ -86,6 +99,10 @@ impl Default for Script {
 pub enum Event {
     /// A WebSocket upgrade was accepted.
     Upgrade { conn: u64, headers: HeaderMap },
+    /// An upgrade request was refused with this HTTP status.
+    Refused { status: u16, headers: HeaderMap },
+    /// `welcome` was sent on connection `conn`.
+    Welcome { conn: u64 },
     /// A frame arrived on connection `conn`.
     Frame { conn: u64, frame: Frame },
     /// The client sent a Close frame with this code.
@@ -111,7 +128,9 @@ enum Command {
     /// Answered once every command before it was written.
     Barrier(oneshot::Sender<()>),
     SendRaw(String),
-    Close(u16),
+    Close(u16, String),
+    /// Send the `welcome` held by [`TestServer::hold_welcome`].
+    Welcome,
     Drop,
     Silence,
 }
@@ -124,6 +143,8 @@ struct Shared {
     flaky_seen: AtomicBool,
     /// Upgrades are refused with 503 while false.
     accepting: AtomicBool,
+    /// New connections wait for [`Command::Welcome`] before `welcome` while true.
+    hold_welcome: AtomicBool,
     channels: Mutex<Channels>,
     /// Channels refused from now on, besides `secret:*`.
     forbidden: Mutex<Vec<String>>,
@@ -346,6 +367,7 @@ impl TestServer {
             next_conn: AtomicU64::new(1),
             flaky_seen: AtomicBool::new(false),
             accepting: AtomicBool::new(true),
+            hold_welcome: AtomicBool::new(false),
             channels: Mutex::new(Channels::default()),
             forbidden: Mutex::new(Vec::new()),
         });
@@ -439,7 +461,49 @@ impl TestServer {
 
     /// Closes every connection with a Close frame carrying `code`.
     pub fn close_all(&self, code: u16) {
-        self.command_all(|| Command::Close(code));
+        self.close_all_with_reason(code, "");
+    }
+
+    /// Closes every connection with a Close frame carrying `code` and `reason`.
+    pub fn close_all_with_reason(&self, code: u16, reason: &str) {
+        self.command_all(|| Command::Close(code, reason.to_owned()));
+    }
+
+    /// Connections accepted from now on wait for [`TestServer::release_welcome`] before
+    /// `welcome` (after `hello` when the script requires one), while `hold` is true.
+    pub fn hold_welcome(&self, hold: bool) {
+        self.shared.hold_welcome.store(hold, Ordering::SeqCst);
+    }
+
+    /// Sends the `welcome` that connection `conn` holds.
+    pub fn release_welcome(&self, conn: u64) {
+        self.command(conn, Command::Welcome);
+    }
+
+    /// The next frame of connection `conn` (skipping other events and connections).
+    pub async fn frame_of(&mut self, conn: u64) -> Frame {
+        self.frame_where_on(conn, |_| true).await
+    }
+
+    /// The next frame of connection `conn` matching `pred` (skipping others).
+    pub async fn frame_where_on(&mut self, conn: u64, pred: impl Fn(&Frame) -> bool) -> Frame {
+        for _ in 0..1000 {
+            let (c, frame) = self.frame().await;
+            if c == conn && pred(&frame) {
+                return frame;
+            }
+        }
+        panic!("no matching frame of connection {conn} among 1000 frames");
+    }
+
+    /// The next refused upgrade (skipping other events): its status and headers.
+    pub async fn refused(&mut self) -> (u16, HeaderMap) {
+        for _ in 0..1000 {
+            if let Event::Refused { status, headers } = self.event().await {
+                return (status, headers);
+            }
+        }
+        panic!("no refused upgrade among 1000 events");
     }
 
     /// Drops every connection without a Close frame (TCP close).
@@ -539,15 +603,29 @@ async fn upgrade(
     if !shared.accepting.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
-    if let Some(token) = &shared.script.require_token {
-        let expected = format!("Bearer {token}");
-        if headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            != Some(&expected)
-        {
-            return StatusCode::UNAUTHORIZED.into_response();
-        }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let mut refusal = None;
+    if let Some(token) = &shared.script.require_token
+        && bearer != Some(token.as_str())
+    {
+        refusal = Some(StatusCode::UNAUTHORIZED);
+    }
+    if shared.script.header_auth {
+        refusal = match verdict(bearer) {
+            Verdict::Welcome => refusal,
+            Verdict::NotAuthorized => Some(StatusCode::UNAUTHORIZED),
+            Verdict::Forbidden => Some(StatusCode::FORBIDDEN),
+        };
+    }
+    if let Some(status) = refusal {
+        let _ = shared.events.send(Event::Refused {
+            status: status.as_u16(),
+            headers,
+        });
+        return status.into_response();
     }
     let offered = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
@@ -599,6 +677,21 @@ fn json(codec: Codec, value: serde_json::Value) -> Payload {
     Payload::encode(codec, &value).unwrap()
 }
 
+/// What the server makes of a credential (see the module docs).
+enum Verdict {
+    Welcome,
+    NotAuthorized,
+    Forbidden,
+}
+
+fn verdict(token: Option<&str>) -> Verdict {
+    match token {
+        Some(t) if t == "good" || t.starts_with("good-") => Verdict::Welcome,
+        Some(t) if t.starts_with("forbidden") => Verdict::Forbidden,
+        _ => Verdict::NotAuthorized,
+    }
+}
+
 fn forbidden(id: u64) -> Frame {
     Frame::Err {
         id: Some(id),
@@ -632,20 +725,46 @@ async fn serve(
                 frame: frame.clone(),
             });
         }
-        match frame {
-            Ok(Frame::Hello { token, .. }) if token.as_deref() == Some("good") => {}
-            _ => {
-                let reject = Frame::Reject {
-                    error: ErrorBody::new(ErrorCode::NOT_AUTHORIZED, "bad token"),
-                };
-                let _ = ws.send(message(codec, &reject)).await;
-                let _ = ws.send(yawc::Frame::close(4001u16.into(), b"")).await;
-                // Read until the client's Close reply ends the connection (bounded).
-                let _ = timeout(Duration::from_secs(2), async {
-                    while ws.next_frame().await.is_ok() {}
-                })
-                .await;
-                return;
+        let token = match &frame {
+            Ok(Frame::Hello { token, .. }) => token.as_deref(),
+            _ => None,
+        };
+        let refusal = match verdict(token) {
+            Verdict::Welcome => None,
+            Verdict::NotAuthorized => Some((ErrorCode::NOT_AUTHORIZED, "bad token", 4001u16)),
+            Verdict::Forbidden => Some((ErrorCode::FORBIDDEN, "not allowed", 4003u16)),
+        };
+        if let Some((code, text, close)) = refusal {
+            let reject = Frame::Reject {
+                error: ErrorBody::new(code, text),
+            };
+            let _ = ws.send(message(codec, &reject)).await;
+            let _ = ws.send(yawc::Frame::close(close.into(), text)).await;
+            // Read until the client's Close reply ends the connection (bounded).
+            let _ = timeout(Duration::from_secs(2), async {
+                while ws.next_frame().await.is_ok() {}
+            })
+            .await;
+            return;
+        }
+    }
+    if shared.hold_welcome.load(Ordering::SeqCst) {
+        // Bounded by the test: it releases the welcome or drops the connection.
+        loop {
+            tokio::select! {
+                frame = ws.next_frame() => {
+                    let Ok(frame) = frame else { return };
+                    if matches!(frame.opcode(), OpCode::Text | OpCode::Binary)
+                        && let Ok(frame) = codec.decode(frame.into_payload())
+                    {
+                        let _ = events.send(Event::Frame { conn, frame });
+                    }
+                }
+                command = commands.recv() => match command {
+                    Some(Command::Welcome) => break,
+                    Some(Command::Drop) | None => return,
+                    Some(_) => {}
+                },
             }
         }
     }
@@ -658,6 +777,7 @@ async fn serve(
     if ws.send(message(codec, &welcome)).await.is_err() {
         return;
     }
+    let _ = events.send(Event::Welcome { conn });
 
     let period = Duration::from_millis(script.heartbeat_ms.clamp(1, 86_400_000));
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -846,14 +966,15 @@ async fn serve(
                         return;
                     }
                 }
-                Some(Command::Close(code)) => {
+                Some(Command::Close(code, reason)) => {
                     closing = true;
-                    if ws.send(yawc::Frame::close(code.into(), b"")).await.is_err() {
+                    if ws.send(yawc::Frame::close(code.into(), reason)).await.is_err() {
                         return;
                     }
                 }
                 Some(Command::Drop) | None => return,
                 Some(Command::Silence) => silent = true,
+                Some(Command::Welcome) => {}
             },
             _ = ping.tick(), if script.ping && !silent && !closing => {
                 if ws.send(yawc::Frame::ping(bytes::Bytes::new())).await.is_err() {

@@ -1,0 +1,7 @@
+//! Guards of the server's doors: connection limits, the `Origin` check, per-connection
+//! rate limits, and the strict-mode check that every method and channel namespace says who
+//! may use it.
+
+mod connections;
+
+pub use connections::{ConnectionLimiter, ConnectionSlot, LimitRefusal};

@@ -55,7 +55,9 @@ pub use conn::{ClientStream, ConnectionHandle, DisconnectReason};
 pub use echo::echo_route;
 pub use endpoint::{Server, ServerBuilder};
 pub use error::{CallError, RpcError};
-pub use guard::{ConnectionLimiter, ConnectionSlot, LimitRefusal};
+pub use guard::{
+    AllowedOrigin, ConnectionLimiter, ConnectionSlot, InvalidOrigin, LimitRefusal, OriginPolicy,
+};
 pub use plexus_protocol as protocol;
 pub use plexus_protocol::{CloseCode, Codec, ErrorBody, ErrorCode, Payload};
 pub use principal::Principal;

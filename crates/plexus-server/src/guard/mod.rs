@@ -3,5 +3,7 @@
 //! may use it.
 
 mod connections;
+mod origin;
 
 pub use connections::{ConnectionLimiter, ConnectionSlot, LimitRefusal};
+pub use origin::{AllowedOrigin, InvalidOrigin, OriginPolicy};

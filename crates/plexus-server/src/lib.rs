@@ -56,7 +56,8 @@ pub use echo::echo_route;
 pub use endpoint::{Server, ServerBuilder};
 pub use error::{CallError, RpcError};
 pub use guard::{
-    AllowedOrigin, ConnectionLimiter, ConnectionSlot, InvalidOrigin, LimitRefusal, OriginPolicy,
+    AllowedOrigin, CallRateLimiter, ConnectionLimiter, ConnectionSlot, InvalidOrigin,
+    InvalidRateLimit, LimitRefusal, OriginPolicy, RateLimit,
 };
 pub use plexus_protocol as protocol;
 pub use plexus_protocol::{CloseCode, Codec, ErrorBody, ErrorCode, Payload};

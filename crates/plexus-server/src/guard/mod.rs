@@ -4,6 +4,8 @@
 
 mod connections;
 mod origin;
+mod rate;
 
 pub use connections::{ConnectionLimiter, ConnectionSlot, LimitRefusal};
 pub use origin::{AllowedOrigin, InvalidOrigin, OriginPolicy};
+pub use rate::{CallRateLimiter, InvalidRateLimit, RateLimit};

@@ -57,7 +57,7 @@ pub use endpoint::{Server, ServerBuilder};
 pub use error::{CallError, RpcError};
 pub use guard::{
     AllowedOrigin, CallRateLimiter, ConnectionLimiter, ConnectionSlot, InvalidOrigin,
-    InvalidRateLimit, LimitRefusal, OriginPolicy, RateLimit,
+    InvalidRateLimit, LimitRefusal, OriginPolicy, RateLimit, StrictModeError, check_strict,
 };
 pub use plexus_protocol as protocol;
 pub use plexus_protocol::{CloseCode, Codec, ErrorBody, ErrorCode, Payload};

@@ -5,7 +5,9 @@
 mod connections;
 mod origin;
 mod rate;
+mod strict;
 
 pub use connections::{ConnectionLimiter, ConnectionSlot, LimitRefusal};
 pub use origin::{AllowedOrigin, InvalidOrigin, OriginPolicy};
 pub use rate::{CallRateLimiter, InvalidRateLimit, RateLimit};
+pub use strict::{StrictModeError, check_strict};

@@ -73,6 +73,26 @@ struct Rule {
 }
 
 impl Rule {
+    fn new(pattern: &str, permission: Permission) -> Self {
+        let (prefix, wildcard) = match pattern.strip_suffix('*') {
+            Some(prefix) => (prefix, true),
+            None => (pattern, false),
+        };
+        Rule {
+            prefix: prefix.into(),
+            wildcard,
+            permission,
+        }
+    }
+
+    fn pattern(&self) -> String {
+        if self.wildcard {
+            format!("{}*", self.prefix)
+        } else {
+            self.prefix.to_string()
+        }
+    }
+
     fn matches(&self, name: &str) -> bool {
         if self.wildcard {
             name.starts_with(&*self.prefix)
@@ -347,28 +367,6 @@ impl Router {
             .collect();
         names.sort_unstable();
         names
-    }
-}
-
-impl Rule {
-    fn new(pattern: &str, permission: Permission) -> Self {
-        let (prefix, wildcard) = match pattern.strip_suffix('*') {
-            Some(prefix) => (prefix, true),
-            None => (pattern, false),
-        };
-        Rule {
-            prefix: prefix.into(),
-            wildcard,
-            permission,
-        }
-    }
-
-    fn pattern(&self) -> String {
-        if self.wildcard {
-            format!("{}*", self.prefix)
-        } else {
-            self.prefix.to_string()
-        }
     }
 }
 

@@ -30,6 +30,11 @@
 //!   (`request`, `stream`), notify it, close it.
 //! - [`EndpointConfig`] and [`Limits`]: message size, calls in flight, outbound queue,
 //!   heartbeat, handshake and idle timeouts, bad-frame budget, compression.
+//! - Guards: [`ConnectionLimiter`] (connections in total and per client address),
+//!   [`OriginPolicy`] (which web pages may connect), [`CallRateLimiter`] (frames per second
+//!   per connection), and permissions declared where methods and namespaces are registered
+//!   ([`Router::requires`], [`ChannelOptions::require`]), all declared in strict mode
+//!   ([`check_strict`]).
 //!
 //! The wire protocol is in the `plexus-protocol` crate and `PROTOCOL.md`.
 
@@ -40,6 +45,7 @@ mod conn;
 mod echo;
 mod endpoint;
 mod error;
+mod guard;
 mod principal;
 mod rpc;
 
@@ -51,6 +57,10 @@ pub use endpoint::{Server, ServerBuilder};
 pub use error::{CallError, RpcError};
 pub use plexus_engine as engine;
 pub use plexus_engine::{Engine, MemoryEngine};
+pub use guard::{
+    AllowedOrigin, CallRateLimiter, ConnectionLimiter, ConnectionSlot, InvalidOrigin,
+    InvalidRateLimit, LimitRefusal, OriginPolicy, RateLimit, StrictModeError, check_strict,
+};
 pub use plexus_protocol as protocol;
 pub use plexus_protocol::{CloseCode, Codec, ErrorBody, ErrorCode, Payload};
 pub use principal::Principal;

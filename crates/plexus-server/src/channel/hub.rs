@@ -706,13 +706,13 @@ impl Hub {
                         "presence is off for this channel",
                     ));
                 }
-                if !options.allows(conn, &p.ch, ChannelAction::Join) {
+                if !options.allows(conn, &p.ch, ChannelAction::Presence) {
                     return Err(forbidden_to_look());
                 }
                 encode(&self.presence(&p.ch).await?)
             }
             "$history" => {
-                if !options.allows(conn, &p.ch, ChannelAction::Join) {
+                if !options.allows(conn, &p.ch, ChannelAction::History) {
                     return Err(forbidden_to_look());
                 }
                 let since = p.since.map(|s| Position {

@@ -5,15 +5,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::conn::ConnectionHandle;
+use crate::principal::Principal;
 
-/// What a connection wants to do with a channel, as given to an authorization hook.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a connection wants to do with a channel: what a permission is required for
+/// ([`ChannelOptions::require`]) and what an authorization hook is asked about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ChannelAction {
-    /// Join (subscribe), including `$presence` and `$history`.
+    /// Join (subscribe).
     Join,
     /// Publish from the client.
     Publish,
+    /// List the members (`$presence`).
+    Presence,
+    /// Read the kept publications (`$history`).
+    History,
+}
+
+impl ChannelAction {
+    /// Every action.
+    pub const ALL: [ChannelAction; 4] = [
+        ChannelAction::Join,
+        ChannelAction::Publish,
+        ChannelAction::Presence,
+        ChannelAction::History,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            ChannelAction::Join => 0,
+            ChannelAction::Publish => 1,
+            ChannelAction::Presence => 2,
+            ChannelAction::History => 3,
+        }
+    }
 }
 
 type Authorize = Arc<dyn Fn(&ConnectionHandle, &str, ChannelAction) -> bool + Send + Sync>;
@@ -37,6 +62,10 @@ pub struct ChannelOptions {
     /// Most subscribers a channel may have; more joins get `RATE_LIMITED`. Default 100,000.
     pub max_subscribers: usize,
     authorize: Option<Authorize>,
+    /// The permission each action requires, by [`ChannelAction::index`].
+    required: [Option<Arc<str>>; 4],
+    /// Declared open to everyone (for actions without a requirement).
+    public: bool,
 }
 
 impl Default for ChannelOptions {
@@ -50,6 +79,8 @@ impl Default for ChannelOptions {
             client_publish: false,
             max_subscribers: 100_000,
             authorize: None,
+            required: Default::default(),
+            public: false,
         }
     }
 }
@@ -65,6 +96,8 @@ impl fmt::Debug for ChannelOptions {
             .field("client_publish", &self.client_publish)
             .field("max_subscribers", &self.max_subscribers)
             .field("authorize", &self.authorize.is_some())
+            .field("required", &self.required)
+            .field("public", &self.public)
             .finish()
     }
 }
@@ -102,8 +135,67 @@ impl ChannelOptions {
         self
     }
 
-    /// A hook deciding whether a connection may join or publish to a channel (in addition
-    /// to `client_publish`); refused calls get `FORBIDDEN`.
+    /// Only connections whose [`Principal`] holds `permission` may do `action`; others get
+    /// `FORBIDDEN`. Checked before the [`authorize`](Self::authorize) hook, which is not
+    /// called for a connection without the permission. [`Presence`](ChannelAction::Presence)
+    /// and [`History`](ChannelAction::History) need the [`Join`](ChannelAction::Join)
+    /// permission unless they are given their own (reading the members or the past of a
+    /// channel is reading the channel). [`Publish`](ChannelAction::Publish) also needs
+    /// `client_publish`. Requiring again for the same action replaces the permission.
+    /// Panics if `permission` is empty.
+    ///
+    /// ```
+    /// use plexus_server::{ChannelAction, ChannelOptions, Namespaces};
+    ///
+    /// let namespaces = Namespaces::new()
+    ///     .namespace(
+    ///         "chat:*",
+    ///         ChannelOptions::default()
+    ///             .client_publish(true)
+    ///             .require(ChannelAction::Join, "chat.read")
+    ///             .require(ChannelAction::Publish, "chat.write"),
+    ///     )
+    ///     .namespace("news:*", ChannelOptions::default().public_access());
+    /// assert!(namespaces.undeclared().is_empty());
+    /// ```
+    pub fn require(mut self, action: ChannelAction, permission: &str) -> Self {
+        assert!(!permission.is_empty(), "permission names must be non-empty");
+        self.required[action.index()] = Some(permission.into());
+        self
+    }
+
+    /// Declares that the actions without a [`require`](Self::require)d permission are open
+    /// to every connection, anonymous ones included (`client_publish` and the
+    /// [`authorize`](Self::authorize) hook still apply). Without it, or a requirement, or a
+    /// hook, the namespace is listed by [`Namespaces::undeclared`] and strict mode refuses
+    /// to start.
+    pub fn public_access(mut self) -> Self {
+        self.public = true;
+        self
+    }
+
+    /// Whether the options say who may use the channels: a required permission, a hook, or
+    /// [`public_access`](Self::public_access).
+    pub fn is_declared(&self) -> bool {
+        self.public || self.authorize.is_some() || self.required.iter().any(Option::is_some)
+    }
+
+    /// The permission `action` requires, if any (for `Presence` and `History` without their
+    /// own, `Join`'s).
+    pub fn required_permission(&self, action: ChannelAction) -> Option<&str> {
+        let own = &self.required[action.index()];
+        let inherited = match action {
+            ChannelAction::Presence | ChannelAction::History => {
+                &self.required[ChannelAction::Join.index()]
+            }
+            _ => own,
+        };
+        own.as_ref().or(inherited.as_ref()).map(|p| &**p)
+    }
+
+    /// A hook deciding whether a connection may join, publish to, or look at (presence,
+    /// history) a channel, in addition to `client_publish` and the required permissions;
+    /// refused calls get `FORBIDDEN`.
     pub fn authorize(
         mut self,
         hook: impl Fn(&ConnectionHandle, &str, ChannelAction) -> bool + Send + Sync + 'static,
@@ -120,15 +212,25 @@ impl ChannelOptions {
         }
     }
 
+    /// Whether `conn` may do `action` on `channel`: the required permission first, then the
+    /// hook (`client_publish` is the caller's to check).
     pub(crate) fn allows(
         &self,
         conn: &ConnectionHandle,
         channel: &str,
         action: ChannelAction,
     ) -> bool {
-        self.authorize
-            .as_ref()
-            .is_none_or(|hook| hook(conn, channel, action))
+        self.permits(conn.principal(), action)
+            && self
+                .authorize
+                .as_ref()
+                .is_none_or(|hook| hook(conn, channel, action))
+    }
+
+    /// Whether `principal` holds the permission `action` requires (true if none is).
+    pub(crate) fn permits(&self, principal: &Principal, action: ChannelAction) -> bool {
+        self.required_permission(action)
+            .is_none_or(|permission| principal.can(permission))
     }
 }
 
@@ -166,6 +268,28 @@ impl Namespaces {
         self.rules.is_empty()
     }
 
+    /// The patterns (as given to [`namespace`](Self::namespace), sorted) whose options do
+    /// not say who may use their channels: no [`require`](ChannelOptions::require)d
+    /// permission, no [`authorize`](ChannelOptions::authorize) hook and no
+    /// [`public_access`](ChannelOptions::public_access). Strict mode refuses to start while
+    /// any is left.
+    pub fn undeclared(&self) -> Vec<String> {
+        let mut patterns: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|(_, _, options)| !options.is_declared())
+            .map(|(prefix, wildcard, _)| {
+                if *wildcard {
+                    format!("{prefix}*")
+                } else {
+                    prefix.clone()
+                }
+            })
+            .collect();
+        patterns.sort_unstable();
+        patterns
+    }
+
     /// The options for `channel`, if a rule matches it.
     pub fn resolve(&self, channel: &str) -> Option<Arc<ChannelOptions>> {
         self.rules
@@ -184,6 +308,105 @@ impl Namespaces {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn user(permissions: &[&str]) -> Principal {
+        Principal::user("u", permissions.iter().map(|p| p.to_string()))
+    }
+
+    #[test]
+    fn required_permissions_are_checked_per_action() {
+        let options = ChannelOptions::default()
+            .require(ChannelAction::Join, "read")
+            .require(ChannelAction::Publish, "write")
+            .require(ChannelAction::History, "archive");
+        let reader = user(&["read"]);
+        let writer = user(&["write"]);
+        let archivist = user(&["archive"]);
+        let anonymous = Principal::anonymous();
+        use ChannelAction::*;
+        let allowed = |p: &Principal| ChannelAction::ALL.map(|a| options.permits(p, a));
+        // [Join, Publish, Presence, History]; presence falls back to Join's permission.
+        assert_eq!(allowed(&reader), [true, false, true, false]);
+        assert_eq!(allowed(&writer), [false, true, false, false]);
+        assert_eq!(allowed(&archivist), [false, false, false, true]);
+        assert_eq!(allowed(&anonymous), [false; 4]);
+        assert_eq!(options.required_permission(Presence), Some("read"));
+        assert_eq!(options.required_permission(History), Some("archive"));
+        // Nothing required: everyone.
+        let open = ChannelOptions::default();
+        assert_eq!(allowed_for(&open, &anonymous), [true; 4]);
+        // Requiring again replaces.
+        let replaced = ChannelOptions::default()
+            .require(Join, "a")
+            .require(Join, "b");
+        assert!(replaced.permits(&user(&["b"]), Join));
+        assert!(!replaced.permits(&user(&["a"]), Join));
+    }
+
+    fn allowed_for(options: &ChannelOptions, p: &Principal) -> [bool; 4] {
+        ChannelAction::ALL.map(|a| options.permits(p, a))
+    }
+
+    #[test]
+    fn the_permission_is_checked_before_the_hook() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let options = ChannelOptions::default()
+            .require(ChannelAction::Join, "read")
+            .authorize(move |_, channel, _| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                channel != "room:closed"
+            });
+        let without = ConnectionHandle::for_test(Principal::anonymous());
+        assert!(!options.allows(&without, "room:1", ChannelAction::Join));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "hook called without the permission"
+        );
+        let with = ConnectionHandle::for_test(user(&["read"]));
+        assert!(options.allows(&with, "room:1", ChannelAction::Join));
+        assert!(!options.allows(&with, "room:closed", ChannelAction::Join));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // No requirement for Publish: the hook alone decides.
+        assert!(options.allows(&without, "room:1", ChannelAction::Publish));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "permission names must be non-empty")]
+    fn an_empty_permission_panics() {
+        let _ = ChannelOptions::default().require(ChannelAction::Join, "");
+    }
+
+    #[test]
+    fn undeclared_lists_namespaces_that_say_nothing() {
+        let ns = Namespaces::new()
+            .namespace("open:*", ChannelOptions::default())
+            .namespace("lobby", ChannelOptions::default().history(10, None))
+            .namespace("news:*", ChannelOptions::default().public_access())
+            .namespace(
+                "chat:*",
+                ChannelOptions::default().require(ChannelAction::Publish, "write"),
+            )
+            .namespace(
+                "hooked:*",
+                ChannelOptions::default().authorize(|_, _, _| true),
+            )
+            .namespace("*", ChannelOptions::default());
+        assert_eq!(ns.undeclared(), ["*", "lobby", "open:*"]);
+        assert!(Namespaces::new().undeclared().is_empty());
+        // public_access does not lift the requirements that are declared.
+        let mixed = ChannelOptions::default()
+            .public_access()
+            .require(ChannelAction::Publish, "write");
+        assert!(mixed.is_declared());
+        assert_eq!(
+            allowed_for(&mixed, &Principal::anonymous()),
+            [true, false, true, true]
+        );
+    }
 
     #[test]
     fn the_most_specific_rule_wins() {

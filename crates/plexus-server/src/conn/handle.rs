@@ -88,6 +88,34 @@ impl std::fmt::Debug for ConnectionHandle {
 }
 
 impl ConnectionHandle {
+    /// A handle to a connection that has no task: what it sends stays in its queue. For unit
+    /// tests of code that takes a handle.
+    #[cfg(test)]
+    pub(crate) fn for_test(principal: Principal) -> Self {
+        Self {
+            shared: Arc::new(ConnShared {
+                id: "test".to_owned(),
+                codec: Codec::Json,
+                remote: None,
+                headers: HeaderMap::new(),
+                query: None,
+                principal,
+                extensions: Arc::default(),
+                local: Mutex::new(http::Extensions::new()),
+                queue: Arc::new(OutboundQueue::new(16)),
+                pending: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                max_pending: 16,
+                call_timeout: Duration::from_secs(1),
+                close: Signal::default(),
+                close_code: OnceLock::new(),
+                gone: Signal::default(),
+                channels: Mutex::new(HashSet::new()),
+                max_subscriptions: 16,
+            }),
+        }
+    }
+
     /// The connection's id (as sent in `welcome`).
     pub fn id(&self) -> &str {
         &self.shared.id

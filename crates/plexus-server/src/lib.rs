@@ -28,6 +28,9 @@
 //!   query, remote address, principal and shared extensions of one call.
 //! - [`ConnectionHandle`]: reach a connection from any task: call the client
 //!   (`request`, `stream`), notify it, close it.
+//! - [`auth`]: who connects. An [`Authenticator`] (the built-in [`JwtAuthenticator`], or
+//!   your own) turns the connection's [`Credential`] into a [`Principal`], or refuses it with
+//!   an [`AuthError`].
 //! - [`EndpointConfig`] and [`Limits`]: message size, calls in flight, outbound queue,
 //!   heartbeat, handshake and idle timeouts, bad-frame budget, compression.
 //! - Guards: [`ConnectionLimiter`] (connections in total and per client address),
@@ -39,6 +42,7 @@
 //! The wire protocol is in the `plexus-protocol` crate and `PROTOCOL.md`.
 
 mod api;
+pub mod auth;
 mod channel;
 mod config;
 mod conn;
@@ -49,6 +53,10 @@ mod guard;
 mod principal;
 mod rpc;
 
+pub use auth::{
+    AuthError, AuthRequest, Authenticator, Credential, CredentialSource, JwtAuthenticator,
+    JwtConfig,
+};
 pub use channel::{ChannelAction, ChannelOptions, History, HistoryEntry, Hub, Member, Namespaces};
 pub use config::{Compression, EndpointConfig, Limits};
 pub use conn::{ClientStream, ConnectionHandle, DisconnectReason};

@@ -1,6 +1,7 @@
 //! Who is on the other end of a connection.
 
 use std::collections::BTreeSet;
+use std::time::SystemTime;
 
 /// The identity and permissions of a connection, resolved once at the handshake.
 /// Anonymous unless the endpoint authenticates connections.
@@ -11,6 +12,11 @@ pub struct Principal {
     pub user: Option<String>,
     /// The permissions granted to the connection.
     pub permissions: BTreeSet<String>,
+    /// Public information about the user (a display name, an avatar), shown to the other
+    /// members in presence. Never put secrets here.
+    pub info: Option<serde_json::Value>,
+    /// When the credential stops being valid (a token's `exp`), if it expires.
+    pub expires_at: Option<SystemTime>,
 }
 
 impl Principal {
@@ -24,7 +30,21 @@ impl Principal {
         Self {
             user: Some(user.into()),
             permissions: permissions.into_iter().collect(),
+            info: None,
+            expires_at: None,
         }
+    }
+
+    /// The same principal with `info` shown in presence.
+    pub fn with_info(mut self, info: serde_json::Value) -> Self {
+        self.info = Some(info);
+        self
+    }
+
+    /// The same principal with a credential that expires at `expires_at`.
+    pub fn with_expiry(mut self, expires_at: SystemTime) -> Self {
+        self.expires_at = Some(expires_at);
+        self
     }
 
     /// Whether the connection is anonymous.

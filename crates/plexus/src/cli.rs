@@ -11,6 +11,7 @@ use plexus_server::{Compression, Server};
 mod call;
 mod channels;
 mod config;
+mod token;
 
 /// plexus: a real-time WebSocket server, and a client to talk to one.
 #[derive(Parser, Debug)]
@@ -37,6 +38,8 @@ enum Command {
     Sub(channels::SubArgs),
     /// Publish JSON to CHANNEL and print its position.
     Pub(channels::PubArgs),
+    /// Print an HS256 token (JWT) for the user --sub, signed with the server's JWT --secret.
+    Token(token::TokenArgs),
 }
 
 #[derive(Args, Debug)]
@@ -81,7 +84,7 @@ enum CompressionArg {
     NoContextTakeover,
 }
 
-/// Parses `500ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
+/// Parses `500ms`, `30s`, `2m`, `1h`, `2d`, or a bare number of seconds.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -96,7 +99,8 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("unknown unit `{other}` (use ms, s, m or h)")),
+        "d" => value * 86400.0,
+        other => return Err(format!("unknown unit `{other}` (use ms, s, m, h or d)")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
 }
@@ -136,6 +140,7 @@ pub(crate) fn main() -> ExitCode {
             Command::Stream(args) => call::stream(args).await,
             Command::Sub(args) => channels::sub(args).await,
             Command::Pub(args) => channels::publish(args).await,
+            Command::Token(args) => token::token(args),
         }
     })
 }

@@ -186,7 +186,7 @@ fn serve_stops_gracefully_on_sigterm() {
 fn help_texts_name_every_command() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = stdout(&out);
-    for command in ["serve", "call", "notify", "stream", "sub", "pub"] {
+    for command in ["serve", "call", "notify", "stream", "sub", "pub", "token"] {
         assert!(help.contains(command), "{help}");
     }
     let out = Command::new(BIN)
@@ -272,4 +272,81 @@ fn sub_prints_what_pub_publishes_and_recovers_with_since() {
     let out = served.plexus(&["pub", "nowhere:x", "1"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).starts_with("NOT_FOUND: "), "{}", stderr(&out));
+}
+
+#[test]
+fn token_prints_a_jwt_that_verifies_with_the_secret() {
+    use plexus_server::{AuthError, JwtAuthenticator};
+
+    let out = Command::new(BIN)
+        .args(["token", "--secret", "cli-test-secret", "--sub", "alice"])
+        .args(["--scope", "chat:read chat:write", "--ttl", "2d"])
+        .args(["--info", r#"{"name":"Alice"}"#])
+        .env_remove("PLEXUS_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = stdout(&out);
+    let token = printed.strip_suffix('\n').expect("one line");
+    assert_eq!(token.split('.').count(), 3, "{printed}");
+
+    let principal = JwtAuthenticator::hs256("cli-test-secret")
+        .verify(token)
+        .unwrap();
+    assert_eq!(principal.user.as_deref(), Some("alice"));
+    assert!(principal.can("chat:read") && principal.can("chat:write"));
+    assert_eq!(principal.info, Some(serde_json::json!({"name": "Alice"})));
+    let left = principal
+        .expires_at
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(2 * 86400 - 60) && left <= Duration::from_secs(2 * 86400),
+        "{left:?}"
+    );
+    assert!(matches!(
+        JwtAuthenticator::hs256("another-secret").verify(token),
+        Err(AuthError::NotAuthorized(_))
+    ));
+
+    // The secret may come from the environment; the default lifetime is an hour.
+    let out = Command::new(BIN)
+        .args(["token", "--sub", "bob"])
+        .env("PLEXUS_JWT_SECRET", "from-env")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let principal = JwtAuthenticator::hs256("from-env")
+        .verify(stdout(&out).trim())
+        .unwrap();
+    assert_eq!(principal.user.as_deref(), Some("bob"));
+    assert!(principal.permissions.is_empty());
+    let left = principal
+        .expires_at
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(left <= Duration::from_secs(3600), "{left:?}");
+
+    // Bad arguments are refused with a reason and no token.
+    for (bad, reason) in [
+        (&["--secret", "s", "--ttl", "3w"][..], "unknown unit"),
+        (&["--secret", "s", "--ttl", "0s"][..], "more than zero"),
+        (
+            &["--secret", "s", "--info", "{not json"][..],
+            "not valid JSON",
+        ),
+        (&["--secret", ""][..], "secret is empty"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["token", "--sub", "carol"])
+            .args(bad)
+            .env_remove("PLEXUS_JWT_SECRET")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad:?}");
+        assert_eq!(stdout(&out), "", "{bad:?}");
+        assert!(stderr(&out).contains(reason), "{bad:?}: {}", stderr(&out));
+    }
 }

@@ -1,6 +1,8 @@
-//! Endpoint configuration: limits, timeouts and compression.
+//! Endpoint configuration: limits, timeouts, compression and allowed origins.
 
 use std::time::Duration;
+
+use crate::guard::{OriginPolicy, RateLimit};
 
 /// permessage-deflate (RFC 7692) policy of an endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -30,7 +32,8 @@ pub struct Limits {
     /// connection is closed with 4008 (slow consumer). Default 1,024.
     pub outbound_queue: usize,
     /// Time allowed for the WebSocket upgrade to complete after the HTTP request was
-    /// accepted (and, once endpoints authenticate in-band, for the `hello`). Default 10 s.
+    /// accepted, and then for the client's `hello` when it authenticates in band (else
+    /// close 4000). Default 10 s.
     pub handshake_timeout: Duration,
     /// Close (1000) a connection after this long without application traffic: no frame from
     /// the client, none pushed to it, and no call in progress either way. Default: none.
@@ -47,6 +50,17 @@ pub struct Limits {
     pub server_call_timeout: Duration,
     /// How long a graceful shutdown lets calls in flight finish. Default 10 s.
     pub drain_timeout: Duration,
+    /// Connections the endpoint holds at once; more upgrades get HTTP 503. Default 100,000.
+    pub max_connections: usize,
+    /// Connections from one client address at once (IPv6: one /64); more upgrades get HTTP
+    /// 429. Default 10,000 (behind a proxy every client shares its address).
+    pub max_connections_per_ip: usize,
+    /// Calls (`req`, `sub`, `ntf`, `join`, `leave`) one connection may make, as a token
+    /// bucket; more get `RATE_LIMITED`. Default: none (`plexus serve` sets one).
+    pub call_rate: Option<RateLimit>,
+    /// Publications (`pub`) one connection may make, as a token bucket; more get
+    /// `RATE_LIMITED`. Default: none (`plexus serve` sets one).
+    pub publish_rate: Option<RateLimit>,
 }
 
 impl Default for Limits {
@@ -62,6 +76,10 @@ impl Default for Limits {
             max_bad_frames_per_minute: 100,
             server_call_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            max_connections: 100_000,
+            max_connections_per_ip: 10_000,
+            call_rate: None,
+            publish_rate: None,
         }
     }
 }
@@ -82,6 +100,9 @@ pub struct EndpointConfig {
     pub read_buffer: usize,
     /// Initial capacity of each connection's socket write buffer; grows as needed. Default 512 bytes.
     pub write_buffer: usize,
+    /// Which `Origin`s may open a connection (against cross-site WebSocket hijacking);
+    /// others get HTTP 403. Default: the same origin as the `Host`, or localhost.
+    pub origins: OriginPolicy,
 }
 
 impl Default for EndpointConfig {
@@ -92,6 +113,7 @@ impl Default for EndpointConfig {
             compression_threshold: 256,
             read_buffer: 512,
             write_buffer: 512,
+            origins: OriginPolicy::default(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The server: its builder, the axum upgrade handler and `serve` with graceful shutdown.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -16,9 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::auth::{AuthError, AuthRequest, Authenticator, credential_from_request};
 use crate::channel::{Hub, Namespaces};
 use crate::config::EndpointConfig;
 use crate::conn::{self, Accepted, ConnectionHandle, DisconnectReason};
+use crate::guard::{ConnectionLimiter, StrictModeError, check_strict};
 use crate::principal::Principal;
 use crate::rpc::handler::BoxFuture;
 use crate::rpc::router::Router;
@@ -40,11 +42,50 @@ pub(crate) struct ServerInner {
     pub(crate) hub: Hub,
     /// Set when the shutdown starts; connections look at it once per turn of their loop.
     pub(crate) shutting_down: std::sync::atomic::AtomicBool,
+    pub(crate) auth: Option<AuthSettings>,
+    /// The permission every connection must hold (none: anyone authenticated may connect).
+    pub(crate) connect_permission: Option<String>,
+    pub(crate) limiter: ConnectionLimiter,
 }
+
+/// How an authenticating endpoint finds and checks credentials.
+pub(crate) struct AuthSettings {
+    pub(crate) authenticator: Arc<dyn Authenticator>,
+    pub(crate) cookie: String,
+}
+
+/// The cookie read for a credential unless configured otherwise.
+pub const DEFAULT_AUTH_COOKIE: &str = "plexus_token";
 
 impl ServerInner {
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Authenticates a credential (from the upgrade, a `hello` or a refresh) and checks the
+    /// connect permission.
+    pub(crate) async fn authenticate(
+        &self,
+        request: AuthRequest<'_>,
+    ) -> Result<Principal, AuthError> {
+        let Some(auth) = &self.auth else {
+            return Ok(Principal::anonymous());
+        };
+        if request.credential.is_none() {
+            return Err(AuthError::not_authorized("missing credential"));
+        }
+        let principal = auth.authenticator.authenticate(request).await?;
+        self.check_connect_permission(&principal)?;
+        Ok(principal)
+    }
+
+    pub(crate) fn check_connect_permission(&self, principal: &Principal) -> Result<(), AuthError> {
+        match &self.connect_permission {
+            Some(permission) if !principal.can(permission) => Err(AuthError::forbidden(format!(
+                "the `{permission}` permission is needed to connect"
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -67,6 +108,10 @@ pub struct ServerBuilder {
     on_disconnect: Option<DisconnectHook>,
     namespaces: Namespaces,
     engine: Option<Arc<dyn plexus_engine::Engine>>,
+    authenticator: Option<Arc<dyn Authenticator>>,
+    auth_cookie: String,
+    connect_permission: Option<String>,
+    strict: bool,
 }
 
 impl ServerBuilder {
@@ -81,6 +126,38 @@ impl ServerBuilder {
     /// connections on other nodes. Default: an in-memory engine of this node alone.
     pub fn engine(mut self, engine: Arc<dyn plexus_engine::Engine>) -> Self {
         self.engine = Some(engine);
+        self
+    }
+
+    /// Authenticates every connection with `authenticator`. The credential is read from
+    /// the upgrade request (`Authorization: Bearer`, the auth cookie, `?token=`): an invalid
+    /// one gets HTTP 401 (403 when valid but not allowed) before the upgrade. Without one,
+    /// the server waits for the client's `hello` and answers `welcome`, or `reject` and
+    /// close 4001/4003. Connections whose credential expires are asked for a fresh one
+    /// (`$refresh`) and closed with 4001 when none comes in time.
+    pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
+        self.authenticator = Some(Arc::new(authenticator));
+        self
+    }
+
+    /// The cookie holding the credential (default `plexus_token`).
+    pub fn auth_cookie(mut self, name: impl Into<String>) -> Self {
+        self.auth_cookie = name.into();
+        self
+    }
+
+    /// A permission every connection must hold; a credential without it is refused with
+    /// `FORBIDDEN` (HTTP 403, or `reject` and 4003).
+    pub fn connect_permission(mut self, permission: impl Into<String>) -> Self {
+        self.connect_permission = Some(permission.into());
+        self
+    }
+
+    /// Strict mode: every method must declare its permission (`Router::requires` or
+    /// `Router::public`) and every channel namespace its access (`ChannelOptions::require`
+    /// or `ChannelOptions::public_access`), or the server does not start.
+    pub fn strict(mut self, on: bool) -> Self {
+        self.strict = on;
         self
     }
 
@@ -131,8 +208,30 @@ impl ServerBuilder {
         self
     }
 
+    /// The server, or, in strict mode, what lacks a permission declaration.
+    pub fn try_build(self) -> Result<Server, StrictModeError> {
+        if self.strict {
+            check_strict(&self.router, &self.namespaces)?;
+        }
+        Ok(self.build_unchecked())
+    }
+
     /// The server.
+    ///
+    /// # Panics
+    ///
+    /// In strict mode, when a method or namespace lacks a permission declaration (use
+    /// [`ServerBuilder::try_build`] to handle that).
     pub fn build(self) -> Server {
+        match self.try_build() {
+            Ok(server) => server,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn build_unchecked(self) -> Server {
+        let limits = &self.config.limits;
+        let limiter = ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_ip);
         let node = self
             .node
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
@@ -155,6 +254,12 @@ impl ServerBuilder {
                     &node_for_hub,
                 ),
                 shutting_down: std::sync::atomic::AtomicBool::new(false),
+                auth: self.authenticator.map(|authenticator| AuthSettings {
+                    authenticator,
+                    cookie: self.auth_cookie,
+                }),
+                connect_permission: self.connect_permission,
+                limiter,
             }),
         }
     }
@@ -172,6 +277,10 @@ impl Server {
             on_disconnect: None,
             namespaces: Namespaces::new(),
             engine: None,
+            authenticator: None,
+            auth_cookie: DEFAULT_AUTH_COOKIE.to_owned(),
+            connect_permission: None,
+            strict: false,
         }
     }
 
@@ -222,6 +331,42 @@ impl Server {
                 return (status, "expected a WebSocket upgrade request").into_response();
             }
         };
+        // Against cross-site WebSocket hijacking: a browser page from another origin.
+        if !self.inner.config.origins.check(&parts.headers) {
+            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        }
+        let remote = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        // Without the peer's address (an app served without connect info) every client
+        // counts as one address.
+        let ip = remote.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let slot = match self.inner.limiter.try_acquire(ip) {
+            Ok(slot) => slot,
+            Err(refusal) => return (refusal.http_status(), refusal.to_string()).into_response(),
+        };
+        // Credentials in the upgrade are checked before upgrading; without any, the client
+        // may still authenticate in band with `hello`.
+        let principal = match &self.inner.auth {
+            None => Some(Principal::anonymous()),
+            Some(auth) => {
+                match credential_from_request(&parts.headers, parts.uri.query(), &auth.cookie) {
+                    None => None,
+                    Some(credential) => {
+                        let request = AuthRequest::new(&parts.headers)
+                            .with_credential(Some(&credential))
+                            .with_remote(remote);
+                        match self.inner.authenticate(request).await {
+                            Ok(principal) => Some(principal),
+                            Err(e) => {
+                                return (e.http_status(), e.message().to_owned()).into_response();
+                            }
+                        }
+                    }
+                }
+            }
+        };
         let (mut response, fut) = match upgrade.upgrade(self.inner.config.ws_options()) {
             Ok(pair) => pair,
             Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
@@ -234,13 +379,11 @@ impl Server {
         }
         let accepted = Accepted {
             codec: chosen.unwrap_or(Codec::Json),
-            remote: parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|info| info.0),
+            remote,
             query: parts.uri.query().map(str::to_owned),
             headers: detach_headers(&parts.headers),
-            principal: Principal::anonymous(),
+            principal,
+            slot,
         };
         let inner = self.inner.clone();
         let handshake_timeout = self.inner.config.limits.handshake_timeout;

@@ -61,14 +61,14 @@ pub use channel::{ChannelAction, ChannelOptions, History, HistoryEntry, Hub, Mem
 pub use config::{Compression, EndpointConfig, Limits};
 pub use conn::{ClientStream, ConnectionHandle, DisconnectReason};
 pub use echo::echo_route;
-pub use endpoint::{Server, ServerBuilder};
+pub use endpoint::{DEFAULT_AUTH_COOKIE, Server, ServerBuilder};
 pub use error::{CallError, RpcError};
-pub use plexus_engine as engine;
-pub use plexus_engine::{Engine, MemoryEngine};
 pub use guard::{
     AllowedOrigin, CallRateLimiter, ConnectionLimiter, ConnectionSlot, InvalidOrigin,
     InvalidRateLimit, LimitRefusal, OriginPolicy, RateLimit, StrictModeError, check_strict,
 };
+pub use plexus_engine as engine;
+pub use plexus_engine::{Engine, MemoryEngine};
 pub use plexus_protocol as protocol;
 pub use plexus_protocol::{CloseCode, Codec, ErrorBody, ErrorCode, Payload};
 pub use principal::Principal;

@@ -220,7 +220,7 @@ impl ChannelOptions {
         channel: &str,
         action: ChannelAction,
     ) -> bool {
-        self.permits(conn.principal(), action)
+        self.permits(&conn.principal(), action)
             && self
                 .authorize
                 .as_ref()

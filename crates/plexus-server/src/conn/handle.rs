@@ -52,7 +52,8 @@ pub(crate) struct ConnShared {
     pub(crate) remote: Option<SocketAddr>,
     pub(crate) headers: HeaderMap,
     pub(crate) query: Option<String>,
-    pub(crate) principal: Principal,
+    /// Replaced when the client refreshes its credential.
+    pub(crate) principal: std::sync::RwLock<Arc<Principal>>,
     /// The server's shared extensions.
     pub(crate) extensions: Arc<http::Extensions>,
     /// This connection's own typed values (empty, and unallocated, until one is inserted).
@@ -99,7 +100,7 @@ impl ConnectionHandle {
                 remote: None,
                 headers: HeaderMap::new(),
                 query: None,
-                principal,
+                principal: std::sync::RwLock::new(Arc::new(principal)),
                 extensions: Arc::default(),
                 local: Mutex::new(http::Extensions::new()),
                 queue: Arc::new(OutboundQueue::new(16)),
@@ -141,9 +142,23 @@ impl ConnectionHandle {
         self.shared.query.as_deref()
     }
 
-    /// Who is connected.
-    pub fn principal(&self) -> &Principal {
-        &self.shared.principal
+    /// Who is connected: the identity and permissions resolved at the handshake, or at the
+    /// last token refresh.
+    pub fn principal(&self) -> Arc<Principal> {
+        self.shared
+            .principal
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the principal (after a token refresh).
+    pub(crate) fn set_principal(&self, principal: Principal) {
+        *self
+            .shared
+            .principal
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(principal);
     }
 
     /// A typed value: this connection's own (see [`ConnectionHandle::insert_extension`])
@@ -242,7 +257,9 @@ impl ConnectionHandle {
 
     /// The application data shown for this connection in presence.
     pub(crate) fn principal_info(&self) -> Option<Payload> {
-        None
+        let principal = self.principal();
+        let info = principal.info.as_ref()?;
+        Payload::encode(Codec::Json, info).ok()
     }
 
     /// Queues frames that must go out together and in order (a join's reply and what the

@@ -26,7 +26,9 @@ use yawc::{OpCode, WebSocket};
 
 use super::queue::QueueEvent;
 use super::{ConnShared, ConnectionHandle, Outbound, OutboundQueue, Pending, Signal};
+use crate::auth::{AuthError, AuthRequest, Credential, CredentialSource};
 use crate::endpoint::ServerInner;
+use crate::guard::{CallRateLimiter, ConnectionSlot};
 use crate::principal::Principal;
 use crate::rpc::context::{CallState, CancelReason};
 use crate::rpc::handler::{BoxFuture, CallParts, Reply, Started};
@@ -50,7 +52,10 @@ pub(crate) struct Accepted {
     pub(crate) remote: Option<SocketAddr>,
     pub(crate) headers: HeaderMap,
     pub(crate) query: Option<String>,
-    pub(crate) principal: Principal,
+    /// `None`: the client must authenticate with `hello` before anything else.
+    pub(crate) principal: Option<Principal>,
+    /// The connection's place under the connection limits, given back when it ends.
+    pub(crate) slot: ConnectionSlot,
 }
 
 struct InFlight {
@@ -93,6 +98,13 @@ struct Connection<S> {
     draining: Option<Instant>,
     /// Frames waiting to be written by `drain`.
     out: VecDeque<yawc::Frame>,
+    /// Whether the client must send `hello` first.
+    awaiting_hello: bool,
+    /// Whether `welcome` was sent (hooks run only for such connections).
+    welcomed: bool,
+    call_rate: Option<CallRateLimiter>,
+    publish_rate: Option<CallRateLimiter>,
+    _slot: ConnectionSlot,
 }
 
 /// Runs one connection to its end.
@@ -102,13 +114,14 @@ where
 {
     let limits = &server.config.limits;
     let queue = Arc::new(OutboundQueue::new(limits.outbound_queue));
+    let awaiting_hello = accepted.principal.is_none();
     let shared = Arc::new(ConnShared {
         id: uuid::Uuid::now_v7().simple().to_string(),
         codec: accepted.codec,
         remote: accepted.remote,
         headers: accepted.headers,
         query: accepted.query,
-        principal: accepted.principal,
+        principal: std::sync::RwLock::new(Arc::new(accepted.principal.unwrap_or_default())),
         extensions: server.extensions.clone(),
         local: Mutex::new(http::Extensions::new()),
         queue: queue.clone(),
@@ -137,6 +150,11 @@ where
         last_call: now,
         draining: None,
         out: VecDeque::new(),
+        awaiting_hello,
+        welcomed: false,
+        call_rate: limits.call_rate.map(CallRateLimiter::new),
+        publish_rate: limits.publish_rate.map(CallRateLimiter::new),
+        _slot: accepted.slot,
     };
     server
         .connections
@@ -149,6 +167,9 @@ where
         .connections
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(conn = %handle.id(), ?reason, "connection ended");
+    if !conn.welcomed {
+        return;
+    }
     if let Some(hook) = server.on_disconnect.clone() {
         tokio::spawn(hook(handle, reason));
     }
@@ -163,6 +184,12 @@ where
     }
 
     async fn run(&mut self) -> DisconnectReason {
+        if self.awaiting_hello
+            && let Err(reason) = Box::pin(self.hello()).await
+        {
+            return reason;
+        }
+        self.welcomed = true;
         // In a block of its own, so the frame is not kept for the life of this future.
         {
             let welcome = Frame::Welcome {
@@ -178,6 +205,12 @@ where
         }
         if let Some(hook) = self.server.on_connect.clone() {
             tokio::spawn(hook(self.handle.clone()));
+        }
+        if self.server.auth.is_some() && self.handle.principal().expires_at.is_some() {
+            tokio::spawn(keep_credential_fresh(
+                self.server.clone(),
+                self.handle.clone(),
+            ));
         }
         let interval = self.server.config.limits.heartbeat_interval;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
@@ -257,6 +290,88 @@ where
                 Step::ReadFailed(e) => return Box::pin(self.read_failed(e)).await,
                 Step::Ended(reason) => return reason,
             }
+        }
+    }
+
+    /// Waits for the client's `hello` and authenticates it. Nothing else is served before:
+    /// any other frame closes the connection with 4000; a refused credential gets `reject`
+    /// and close 4001 or 4003.
+    async fn hello(&mut self) -> Result<(), DisconnectReason> {
+        let deadline = Instant::now() + self.server.config.limits.handshake_timeout;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, self.ws.next_frame()).await {
+                Err(_) => {
+                    return Err(self
+                        .close(CloseCode::BAD_HANDSHAKE, "no hello in time")
+                        .await);
+                }
+                Ok(Err(e)) => return Err(self.read_failed(e).await),
+                Ok(Ok(frame)) => frame,
+            };
+            let binary = match frame.opcode() {
+                OpCode::Text => false,
+                OpCode::Binary => true,
+                OpCode::Close => {
+                    let reply = write_close_reply(&mut self.ws);
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, reply).await;
+                    return Err(DisconnectReason::ClientClosed(
+                        frame.close_code().map(u16::from),
+                    ));
+                }
+                _ => continue,
+            };
+            let decoded = if binary == self.codec().is_binary() {
+                self.codec().decode(frame.into_payload()).ok()
+            } else {
+                None
+            };
+            let Some(Frame::Hello { token, data }) = decoded else {
+                return Err(self.close(CloseCode::BAD_HANDSHAKE, "expected hello").await);
+            };
+            let credential = token
+                .filter(|token| !token.is_empty())
+                .map(|token| Credential::new(token, CredentialSource::Hello));
+            let shared = &self.handle.shared;
+            let request = AuthRequest::new(&shared.headers)
+                .with_credential(credential.as_ref())
+                .with_remote(shared.remote)
+                .with_hello_data(data.as_ref());
+            match self.server.authenticate(request).await {
+                Ok(principal) => {
+                    self.handle.set_principal(principal);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.write_frame(&Frame::Reject {
+                        error: e.to_error_body(),
+                    });
+                    if let Err(reason) = self.drain().await {
+                        return Err(reason);
+                    }
+                    let reason = refused_reason(&e);
+                    return Err(self.close(e.close_code(), reason).await);
+                }
+            }
+        }
+    }
+
+    /// Spends one token of a rate limit; `Err` answers the call with `RATE_LIMITED`.
+    fn within_rate(&mut self, publication: bool, id: Option<u64>) -> Result<(), Step> {
+        let limiter = if publication {
+            &self.publish_rate
+        } else {
+            &self.call_rate
+        };
+        match limiter {
+            Some(limiter) if !limiter.check() => {
+                let what = if publication { "publications" } else { "calls" };
+                Err(self.error(
+                    id,
+                    ErrorCode::RATE_LIMITED,
+                    format!("too many {what}: slow down"),
+                ))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -586,8 +701,22 @@ where
         Ok(())
     }
 
-    fn lookup(&self, method: &str) -> Option<Method> {
-        self.server.router.get(method).cloned()
+    /// The method `name`, if the connection may call it; `Err` answers `FORBIDDEN`.
+    fn lookup(&mut self, id: Option<u64>, name: &str) -> Result<Option<Method>, Step> {
+        let Some((method, permission)) = self.server.router.get_with_permission(name) else {
+            return Ok(None);
+        };
+        let allowed = {
+            let principal = self.handle.shared.principal.read();
+            let principal = principal.as_deref().unwrap_or_else(|p| p.get_ref());
+            permission.allows(principal)
+        };
+        if allowed {
+            Ok(Some(method.clone()))
+        } else {
+            let message = format!("not allowed to call `{}`", shown(name));
+            Err(self.error(id, ErrorCode::FORBIDDEN, message))
+        }
     }
 
     fn parts(&self, id: u64, params: Payload) -> CallParts {
@@ -608,16 +737,23 @@ where
             return step;
         }
         if method.starts_with('$') {
+            if let Err(step) = self.within_rate(false, Some(id)) {
+                return step;
+            }
             let hub = self.server.hub.clone();
             let conn = self.handle.clone();
             return self.hub_call(id, async move {
                 hub.builtin(&conn, &method, &data).await.map(Some)
             });
         }
-        let start = match self.lookup(&method) {
-            Some(Method::Request(start)) => start,
-            Some(other) => return self.wrong_kind(Some(id), &method, &other, "req"),
-            None => return self.unknown(Some(id), &method),
+        if let Err(step) = self.within_rate(false, Some(id)) {
+            return step;
+        }
+        let start = match self.lookup(Some(id), &method) {
+            Err(step) => return step,
+            Ok(Some(Method::Request(start))) => start,
+            Ok(Some(other)) => return self.wrong_kind(Some(id), &method, &other, "req"),
+            Ok(None) => return self.unknown(Some(id), &method),
         };
         let parts = self.parts(id, data);
         let Some(Started { mut future, state }) = guarded(|| start(parts)) else {
@@ -660,10 +796,14 @@ where
         if let Err(step) = self.admit(id) {
             return step;
         }
-        let start = match self.lookup(&method) {
-            Some(Method::Stream(start)) => start,
-            Some(other) => return self.wrong_kind(Some(id), &method, &other, "sub"),
-            None => return self.unknown(Some(id), &method),
+        if let Err(step) = self.within_rate(false, Some(id)) {
+            return step;
+        }
+        let start = match self.lookup(Some(id), &method) {
+            Err(step) => return step,
+            Ok(Some(Method::Stream(start))) => start,
+            Ok(Some(other)) => return self.wrong_kind(Some(id), &method, &other, "sub"),
+            Ok(None) => return self.unknown(Some(id), &method),
         };
         let parts = self.parts(id, data);
         let Some(Started { future, state }) = guarded(|| start(parts)) else {
@@ -700,10 +840,14 @@ where
     }
 
     fn notification(&mut self, method: String, data: Payload) -> Step {
-        let start = match self.lookup(&method) {
-            Some(Method::Notify(start)) => start,
-            Some(other) => return self.wrong_kind(None, &method, &other, "ntf"),
-            None => return self.unknown(None, &method),
+        if let Err(step) = self.within_rate(false, None) {
+            return step;
+        }
+        let start = match self.lookup(None, &method) {
+            Err(step) => return step,
+            Ok(Some(Method::Notify(start))) => start,
+            Ok(Some(other)) => return self.wrong_kind(None, &method, &other, "ntf"),
+            Ok(None) => return self.unknown(None, &method),
         };
         if self.draining.is_some() {
             return Step::Continue;
@@ -785,6 +929,9 @@ where
             Ok(hub) => hub,
             Err(step) => return step,
         };
+        if let Err(step) = self.within_rate(false, Some(id)) {
+            return step;
+        }
         let conn = self.handle.clone();
         // The hub queues the `res` and the missed publications itself, ahead of live ones.
         self.hub_call(id, async move {
@@ -799,6 +946,9 @@ where
             Ok(hub) => hub,
             Err(step) => return step,
         };
+        if let Err(step) = self.within_rate(false, Some(id)) {
+            return step;
+        }
         let conn = self.handle.clone();
         let codec = self.codec();
         self.hub_call(id, async move {
@@ -813,6 +963,9 @@ where
             Ok(hub) => hub,
             Err(step) => return step,
         };
+        if let Err(step) = self.within_rate(true, Some(id)) {
+            return step;
+        }
         let conn = self.handle.clone();
         let codec = self.codec();
         self.hub_call(id, async move {
@@ -1115,5 +1268,97 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+/// A method or channel name as shown in an error message: at most 64 characters.
+fn shown(name: &str) -> String {
+    name.chars().take(64).collect()
+}
+
+/// The close reason for a refused credential.
+fn refused_reason(error: &AuthError) -> &'static str {
+    match error {
+        AuthError::Forbidden(_) => "forbidden",
+        _ => "not authorized",
+    }
+}
+
+/// How long before its credential expires a connection is asked for a fresh one (or half
+/// the time left, if that is less).
+const REFRESH_AHEAD: Duration = Duration::from_secs(30);
+
+/// Time a client always gets to answer `$refresh`, even when asked at the last moment.
+const REFRESH_MIN_ANSWER: Duration = Duration::from_secs(2);
+
+/// Keeps an authenticated connection's credential fresh: before it expires, asks the client
+/// for a new one with `$refresh` and checks it; when none valid comes before the old one
+/// expires, closes the connection with 4001 (4003 if the new one is refused as forbidden or
+/// names another user).
+async fn keep_credential_fresh(server: Arc<ServerInner>, handle: ConnectionHandle) {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    #[derive(serde::Deserialize)]
+    struct Refreshed {
+        token: String,
+    }
+    let time_left = |expires: SystemTime| {
+        expires
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+    };
+    loop {
+        let principal = handle.principal();
+        let Some(expires) = principal.expires_at else {
+            return;
+        };
+        let left = time_left(expires);
+        let ask_in = left.saturating_sub(REFRESH_AHEAD.min(left / 2));
+        tokio::select! {
+            _ = tokio::time::sleep(ask_in) => {}
+            _ = handle.closed() => return,
+        }
+        let exp = expires
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let window = time_left(expires).max(REFRESH_MIN_ANSWER);
+        let answer = handle
+            .request_timeout::<_, Refreshed>("$refresh", &serde_json::json!({ "exp": exp }), window)
+            .await;
+        let outcome = match answer {
+            Ok(refreshed) => {
+                let credential = Credential::new(refreshed.token, CredentialSource::Hello);
+                let request = AuthRequest::new(handle.headers())
+                    .with_credential(Some(&credential))
+                    .with_remote(handle.remote_addr());
+                match server.authenticate(request).await {
+                    Ok(fresh) if fresh.user == principal.user => Ok(fresh),
+                    Ok(_) => Err(AuthError::forbidden(
+                        "the refreshed credential is for another user",
+                    )),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(AuthError::not_authorized(format!(
+                "no fresh credential: {}",
+                e.message()
+            ))),
+        };
+        match outcome {
+            Ok(fresh) => {
+                tracing::debug!(conn = %handle.id(), "credential refreshed");
+                handle.set_principal(fresh);
+            }
+            Err(e) => {
+                // The credential it has stays good until it expires.
+                tokio::select! {
+                    _ = tokio::time::sleep(time_left(expires)) => {}
+                    _ = handle.closed() => return,
+                }
+                tracing::debug!(conn = %handle.id(), error = %e.message(), "credential expired");
+                handle.close(e.close_code(), refused_reason(&e));
+                return;
+            }
+        }
     }
 }

@@ -92,7 +92,7 @@ impl CallContext {
     }
 
     /// Who is calling (anonymous unless the endpoint authenticates).
-    pub fn principal(&self) -> &Principal {
+    pub fn principal(&self) -> Arc<Principal> {
         self.conn.principal()
     }
 

@@ -46,10 +46,6 @@ pub(crate) enum Permission {
 
 impl Permission {
     /// Whether `principal` may call a method with this permission.
-    #[allow(
-        dead_code,
-        reason = "called by the connection loop once issue 4 is integrated"
-    )]
     pub(crate) fn allows(&self, principal: &Principal) -> bool {
         match self {
             Permission::Undeclared | Permission::Public => true,
@@ -314,17 +310,10 @@ impl Router {
         self.methods.contains_key(name)
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<&Method> {
-        self.methods.get(name).map(|entry| &entry.method)
-    }
-
     /// Who may call `name`: its own declaration, else the most specific
     /// [`requires_all`](Self::requires_all) rule, else [`Permission::Undeclared`]. `None`
     /// if no such method is registered.
-    #[allow(
-        dead_code,
-        reason = "called by the connection loop once issue 4 is integrated"
-    )]
+    #[cfg(test)]
     pub(crate) fn permission(&self, name: &str) -> Option<&Permission> {
         self.methods
             .get_key_value(name)
@@ -332,10 +321,6 @@ impl Router {
     }
 
     /// The method and who may call it, in one lookup.
-    #[allow(
-        dead_code,
-        reason = "called by the connection loop once issue 4 is integrated"
-    )]
     pub(crate) fn get_with_permission(&self, name: &str) -> Option<(&Method, &Permission)> {
         self.methods
             .get_key_value(name)
@@ -410,7 +395,10 @@ mod tests {
         assert_eq!(router.undeclared_methods(), ["a.open"]);
         let (method, perm) = router.get_with_permission("a.feed").unwrap();
         assert_eq!((method.kind(), perm), ("stream", &required("feed")));
-        assert_eq!(router.get("a.note").map(Method::kind), Some("notification"));
+        assert_eq!(
+            router.get_with_permission("a.note").map(|(m, _)| m.kind()),
+            Some("notification")
+        );
     }
 
     #[test]

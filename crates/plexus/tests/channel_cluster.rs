@@ -264,3 +264,155 @@ async fn disconnecting_an_unknown_user_closes_nothing() {
         client.assert_echo(1).await;
     }
 }
+
+/// An engine that delegates to a memory engine, and can fail calls or interrupt channels
+/// the way a cluster engine whose backend link breaks would.
+struct FlakyEngine {
+    inner: MemoryEngine,
+    down: std::sync::atomic::AtomicBool,
+    sink: std::sync::Mutex<Option<Arc<dyn plexus_server::engine::EngineSink>>>,
+}
+
+mod flaky {
+    use super::*;
+    use plexus_server::engine::{
+        EngineError, EngineFuture, EngineSink, HistoryPage, Member, NodeMessage, StreamOptions,
+    };
+    use plexus_server::protocol::Position;
+    use std::sync::atomic::Ordering;
+
+    impl FlakyEngine {
+        pub(super) fn new() -> Arc<Self> {
+            Arc::new(Self {
+                inner: MemoryEngine::new(),
+                down: Default::default(),
+                sink: Default::default(),
+            })
+        }
+
+        pub(super) fn set_down(&self, down: bool) {
+            self.down.store(down, Ordering::SeqCst);
+        }
+
+        pub(super) fn interrupt(&self, channel: &str) {
+            let sink = self.sink.lock().unwrap().clone().expect("started");
+            sink.interrupted(channel);
+        }
+
+        fn check<'a, T: Send + 'a>(&self, call: EngineFuture<'a, T>) -> EngineFuture<'a, T> {
+            if self.down.load(Ordering::SeqCst) {
+                Box::pin(std::future::ready(Err(EngineError::unavailable(
+                    "the backend is down",
+                ))))
+            } else {
+                call
+            }
+        }
+    }
+
+    impl Engine for FlakyEngine {
+        fn start<'a>(&'a self, node: &'a str, sink: Arc<dyn EngineSink>) -> EngineFuture<'a, ()> {
+            *self.sink.lock().unwrap() = Some(sink.clone());
+            self.inner.start(node, sink)
+        }
+        fn publish<'a>(
+            &'a self,
+            channel: &'a str,
+            data: plexus_server::Payload,
+            options: &'a StreamOptions,
+        ) -> EngineFuture<'a, Position> {
+            self.check(self.inner.publish(channel, data, options))
+        }
+        fn history<'a>(
+            &'a self,
+            channel: &'a str,
+            since: Option<&'a Position>,
+            limit: Option<usize>,
+        ) -> EngineFuture<'a, HistoryPage> {
+            self.check(self.inner.history(channel, since, limit))
+        }
+        fn watch<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()> {
+            self.check(self.inner.watch(channel))
+        }
+        fn unwatch<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()> {
+            self.inner.unwatch(channel)
+        }
+        fn add_member<'a>(&'a self, channel: &'a str, member: &'a Member) -> EngineFuture<'a, ()> {
+            self.check(self.inner.add_member(channel, member))
+        }
+        fn remove_member<'a>(&'a self, channel: &'a str, conn: &'a str) -> EngineFuture<'a, ()> {
+            self.inner.remove_member(channel, conn)
+        }
+        fn members<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, Vec<Member>> {
+            self.check(self.inner.members(channel))
+        }
+        fn broadcast(&self, message: NodeMessage) -> EngineFuture<'_, ()> {
+            self.check(self.inner.broadcast(message))
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_engine_that_is_down_gives_unavailable_and_the_connection_lives_on() {
+    let engine = FlakyEngine::new();
+    let server = node(engine.clone(), "flaky", config()).await;
+    let mut client = RawClient::connect(server.addr, Some(Codec::Json)).await;
+    engine.set_down(true);
+    client
+        .send_json(json!({"t": "join", "id": 1, "ch": "room:d"}))
+        .await;
+    support::assert_err(&client.recv_json().await, Some(1), "UNAVAILABLE");
+    client
+        .send_json(json!({"t": "pub", "id": 2, "ch": "room:d", "d": 1}))
+        .await;
+    support::assert_err(&client.recv_json().await, Some(2), "UNAVAILABLE");
+    let refused = server.server.hub().publish("room:d", &1).await.unwrap_err();
+    assert_eq!(refused.code.as_str(), "UNAVAILABLE");
+    assert!(
+        server.server.hub().channels().is_empty(),
+        "the failed join left nothing"
+    );
+    client.assert_echo(3).await;
+    engine.set_down(false);
+    assert_eq!(
+        join(&mut client, 4, "room:d", None).await["recovered"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn an_interrupted_channel_tells_subscribers_to_join_again_and_they_recover() {
+    let engine = FlakyEngine::new();
+    let server = node(engine.clone(), "flaky", config()).await;
+    let mut client = RawClient::connect(server.addr, Some(Codec::MsgPack)).await;
+    let joined = join(&mut client, 1, "room:i", None).await;
+    server
+        .server
+        .hub()
+        .publish("room:i", &json!({"n": 1}))
+        .await
+        .unwrap();
+    assert_eq!(next_non_presence(&mut client).await["o"], 1);
+    engine.interrupt("room:i");
+    let left = next_non_presence(&mut client).await;
+    assert_eq!(
+        (left["t"].clone(), left["ch"].clone()),
+        (json!("left"), json!("room:i"))
+    );
+    assert_eq!(left["e"]["code"], "UNAVAILABLE", "{left}");
+    // Meanwhile publications go on; the client joins again from its position.
+    server
+        .server
+        .hub()
+        .publish("room:i", &json!({"n": 2}))
+        .await
+        .unwrap();
+    let since = json!({"epoch": joined["epoch"], "offset": 1});
+    let res = join(&mut client, 2, "room:i", Some(since)).await;
+    assert_eq!(res["recovered"], true, "{res}");
+    let msg = next_non_presence(&mut client).await;
+    assert_eq!(
+        (msg["o"].clone(), msg["d"]["n"].clone()),
+        (json!(2), json!(2))
+    );
+}

@@ -345,9 +345,7 @@ where
                     self.write_frame(&Frame::Reject {
                         error: e.to_error_body(),
                     });
-                    if let Err(reason) = self.drain().await {
-                        return Err(reason);
-                    }
+                    self.drain().await?;
                     let reason = refused_reason(&e);
                     return Err(self.close(e.close_code(), reason).await);
                 }

@@ -513,6 +513,15 @@ impl Hub {
                 format!("`{}` has too many subscribers", shown(name)),
             ));
         };
+        // The connection may have ended (or left the channel) since its subscription was
+        // noted: then whoever took the note away may already have looked for this subscriber.
+        if !conn.has_channel(name) {
+            self.leave_local(conn, name).await;
+            return Err(error(
+                ErrorCode::UNAVAILABLE,
+                "the connection left the channel",
+            ));
+        }
         match self.catch_up(conn, &channel, since, reply, rejoin).await {
             Ok(()) => Ok(()),
             Err(e) => {

@@ -70,6 +70,8 @@ pub(crate) struct ConnShared {
     pub(crate) gone: Signal,
     /// The channels the connection is subscribed to (or joining).
     pub(crate) channels: Mutex<HashSet<Arc<str>>>,
+    /// Set (under `channels`' lock) once the connection has left the hub: no new ones.
+    pub(crate) channels_closed: std::sync::atomic::AtomicBool,
     /// Most channels it may be subscribed to at once.
     pub(crate) max_subscriptions: usize,
 }
@@ -112,6 +114,7 @@ impl ConnectionHandle {
                 close_code: OnceLock::new(),
                 gone: Signal::default(),
                 channels: Mutex::new(HashSet::new()),
+                channels_closed: Default::default(),
                 max_subscriptions: 16,
             }),
         }
@@ -216,6 +219,12 @@ impl ConnectionHandle {
             .channels
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        if self.shared.channels_closed.load(Ordering::Acquire) {
+            return Err(ErrorBody::new(
+                ErrorCode::UNAVAILABLE,
+                "the connection is closed",
+            ));
+        }
         if channels.contains(channel) {
             return Ok(());
         }
@@ -247,7 +256,18 @@ impl ConnectionHandle {
             .channels
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        self.shared.channels_closed.store(true, Ordering::Release);
         channels.drain().collect()
+    }
+
+    /// Whether the connection is subscribed to (or joining) `channel`.
+    pub(crate) fn has_channel(&self, channel: &str) -> bool {
+        let channels = self
+            .shared
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        channels.contains(channel)
     }
 
     /// How many items the outbound queue holds at most.

@@ -133,6 +133,7 @@ where
         close_code: OnceLock::new(),
         gone: Signal::default(),
         channels: Mutex::new(std::collections::HashSet::new()),
+        channels_closed: Default::default(),
         max_subscriptions: limits.max_subscriptions,
     });
     let handle = ConnectionHandle { shared };

@@ -4,7 +4,8 @@
 //! nodes goes through an [`Engine`]: the position of each publication, the history kept for
 //! recovery, presence, and messages addressed to connections held by other nodes. The
 //! [`MemoryEngine`] does all of this in one process and is the default; cluster engines
-//! (Redis, NATS) implement the same trait and pass the same [`conformance`] suite.
+//! (Redis, NATS) implement the same trait and pass the same conformance suite (the
+//! `conformance` module, behind the feature of that name).
 //!
 //! The contract, in short:
 //!

@@ -107,6 +107,9 @@ struct PresenceQuery {
 struct Disconnect {
     user: Option<String>,
     conn: Option<String>,
+    /// The close code: 1000 (the default; clients reconnect), 4001 (clients reconnect only
+    /// with a fresh credential) or 4003 (clients do not reconnect).
+    code: Option<u16>,
 }
 
 type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
@@ -199,15 +202,25 @@ async fn disconnect(
     let request = body(request)?;
     let hub = state.server.hub();
     const REASON: &str = "disconnected by the server";
+    let code = match request.code {
+        None | Some(1000) => CloseCode::NORMAL,
+        Some(4001) => CloseCode::NOT_AUTHORIZED,
+        Some(4003) => CloseCode::FORBIDDEN,
+        Some(other) => {
+            return Err(invalid(format!(
+                "`code` must be 1000, 4001 or 4003, not {other}"
+            )));
+        }
+    };
     // Connections on other nodes are reached through the engine; the count is this node's.
     let count = match (request.user, request.conn) {
         (Some(user), None) => {
-            hub.disconnect_user(&user, CloseCode::NORMAL, REASON)
+            hub.disconnect_user(&user, code, REASON)
                 .await?
         }
         (None, Some(conn)) => {
             let here = usize::from(hub.connection(&conn).is_some());
-            hub.disconnect(&conn, CloseCode::NORMAL, REASON).await?;
+            hub.disconnect(&conn, code, REASON).await?;
             here
         }
         _ => return Err(invalid("give exactly one of `user` and `conn`")),
@@ -219,7 +232,8 @@ impl Server {
     /// The HTTP API under `/api`, guarded by `api_key` (sent as `Authorization: apikey KEY`;
     /// 401 without it): `POST /api/publish` `{"channel","data"}`, `POST /api/broadcast`
     /// `{"channels":[...],"data"}`, `GET /api/channels`, `GET /api/presence?channel=`,
-    /// `POST /api/disconnect` `{"user"}` or `{"conn"}`. Bodies are limited to the endpoint's
+    /// `POST /api/disconnect` `{"user"}` or `{"conn"}`, with an optional close `code` (1000,
+    /// 4001, 4003). Bodies are limited to the endpoint's
     /// message size.
     pub fn api_routes(&self, api_key: impl Into<String>) -> Router {
         let state = Arc::new(ApiState {

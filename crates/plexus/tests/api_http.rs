@@ -175,6 +175,28 @@ async fn disconnect_closes_the_connection() {
     .await;
     assert_eq!(status, 400);
     assert_eq!(answer["error"]["code"], "VALIDATION_ERROR");
+    // A close code telling the client not to come back, and one that is not allowed.
+    let body = json!({"conn": bystander.welcome["conn"], "code": 4003}).to_string();
+    let (status, _) = http(
+        server.addr,
+        "POST",
+        "/api/disconnect",
+        Some(KEY),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(bystander.recv_close().await, 4003);
+    let body = json!({"user": "u", "code": 1011}).to_string();
+    let (status, answer) = http(
+        server.addr,
+        "POST",
+        "/api/disconnect",
+        Some(KEY),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
 }
 
 #[tokio::test]

@@ -567,8 +567,15 @@ impl Hub {
         // Held to the end: the batch must be queued before any later publication.
         let mut state = lock(&channel.state);
         let Some(subscriber) = state.subscribers.get_mut(conn.id()) else {
-            // It left (or its connection ended) meanwhile.
-            return Ok(());
+            // It left (or its connection ended, or the server unsubscribed it) meanwhile: a
+            // client's `join` still gets its answer.
+            return match reply {
+                JoinReply::Call(_) => Err(error(
+                    ErrorCode::UNAVAILABLE,
+                    "the subscription ended while it was being joined",
+                )),
+                JoinReply::Push => Ok(()),
+            };
         };
         let buffered = subscriber.joining.take().unwrap_or_default();
         let filter = subscriber.filter.clone();

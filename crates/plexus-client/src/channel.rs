@@ -16,12 +16,13 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use plexus_protocol::{ErrorBody, Frame, Payload, Position, PresenceEvent};
+use plexus_protocol::{ErrorBody, ErrorCode, Frame, Payload, Position, PresenceEvent};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::error::CallError;
+use crate::server_subscription::ServerChannels;
 use crate::state::{Inner, Link, State};
 
 /// One publication of a channel: its offset within the channel's epoch and its value.
@@ -57,24 +58,40 @@ pub struct Member {
     pub info: Option<Payload>,
 }
 
-/// What a [`Subscription`] yields.
+/// What a [`Subscription`] yields, and (paired with the channel's name) what
+/// [`ServerSubscriptions`](crate::ServerSubscriptions) yields.
 ///
-/// Publications come in offset order, each exactly once, across reconnects and overflows:
-/// the client re-joins with the position of the last publication it buffered and drops any
-/// duplicate. When that is not possible (the server's history no longer holds the missed
-/// publications, or the channel's epoch changed), [`ChannelEvent::Resubscribed`] says
-/// `recovered: false`.
+/// On a [`Subscription`], publications come in offset order, each exactly once, across
+/// reconnects, overflows and interruptions of the server's stream: the client re-joins with
+/// the position of the last publication it buffered and drops any duplicate. When that is
+/// not possible (the server's history no longer holds the missed publications, or the
+/// channel's epoch changed), [`ChannelEvent::Resubscribed`] says `recovered: false`.
+/// Server-side subscriptions are not re-joined by the client: see
+/// [`ServerSubscriptions`](crate::ServerSubscriptions) for what these events mean there.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum ChannelEvent {
+    /// The server subscribed this client to the channel (a `joined` frame): the first event
+    /// of each server-side subscription, only on
+    /// [`ServerSubscriptions`](crate::ServerSubscriptions). The publications after
+    /// `position` follow; to build the channel's state, load it from the application's
+    /// source of truth (or [`Client::history`](crate::Client::history)) up to `position`,
+    /// then apply them.
+    Subscribed {
+        /// The channel's position when the server subscribed the client: its epoch, and
+        /// the offset of its latest publication then.
+        position: Position,
+    },
     /// A publication (`msg`).
     Publication(Publication),
     /// A member joined the channel (`pjoin`; only where the server sends presence events).
     MemberJoined(Member),
     /// A member left the channel (`pleave`).
     MemberLeft(Member),
-    /// The client joined the channel again: after a reconnect, or after
-    /// [`ChannelEvent::Lagged`].
+    /// The client joined the channel again: after a reconnect, after
+    /// [`ChannelEvent::Lagged`], or after the server interrupted the subscription (a `left`
+    /// frame with code `UNAVAILABLE`: the server's stream of the channel broke off). Only on
+    /// a [`Subscription`].
     ///
     /// With `recovered: true`, the publications missed meanwhile follow, then live ones:
     /// nothing was lost. With `recovered: false` **publications were missed and will not be
@@ -96,19 +113,31 @@ pub enum ChannelEvent {
     /// buffering after the publication at `position` instead of growing its memory or
     /// stalling the connection.
     ///
-    /// Nothing is lost yet: once the application has read this event (it is the last one
-    /// buffered), the client joins the channel again with `since` = `position` and
-    /// [`ChannelEvent::Resubscribed`] follows, then the missed publications from the
-    /// server's history. Presence events that did not fit are not recovered. Re-joining
-    /// costs a `leave` and a `join`, so other members may see this connection leave and
-    /// join again.
+    /// On a [`Subscription`] nothing is lost yet: once the application has read this event
+    /// (it is the last one buffered), the client joins the channel again with `since` =
+    /// `position` and [`ChannelEvent::Resubscribed`] follows, then the missed publications
+    /// from the server's history. Presence events that did not fit are not recovered.
+    /// Re-joining costs a `leave` and a `join`, so other members may see this connection
+    /// leave and join again.
+    ///
+    /// On [`ServerSubscriptions`](crate::ServerSubscriptions) the publications after
+    /// `position`, up to the next one yielded for the channel, **were dropped** and are not
+    /// recovered (the client does not re-join server-side subscriptions): fetch them with
+    /// [`Client::history`](crate::Client::history) if they matter.
     Lagged {
         /// The position of the last publication delivered before the gap.
         position: Position,
     },
-    /// The subscription ended without [`Subscription::leave`]: the client was closed, or
-    /// the server refused a re-join (for example `FORBIDDEN` after the credential changed).
-    /// It is the last event; join again to resume.
+    /// The subscription ended without [`Subscription::leave`]: the client was closed, the
+    /// server refused a re-join (for example `FORBIDDEN` after the credential changed), or
+    /// the server ended the subscription (a `left` frame: kind
+    /// [`Remote`](crate::CallErrorKind::Remote) with the server's error, or code
+    /// `UNSUBSCRIBED` and message "unsubscribed by the server" when it gave none). It is
+    /// the last event; the subscription is not re-joined after a reconnect. Join again to
+    /// resume.
+    ///
+    /// On [`ServerSubscriptions`](crate::ServerSubscriptions), the last event of one
+    /// server-side subscription (see there why it ends).
     Closed(CallError),
 }
 
@@ -123,7 +152,7 @@ pub struct History {
     pub publications: Vec<Publication>,
 }
 
-/// The result of `join`: `{"epoch","offset","recovered"}`.
+/// The result of `join` (and the `d` of `joined`): `{"epoch","offset","recovered"}`.
 #[derive(Deserialize)]
 struct JoinResult {
     epoch: String,
@@ -256,6 +285,40 @@ impl Sub {
         self.waker.take()
     }
 
+    /// A `msg` of the channel: buffered unless stale, lagged or a duplicate.
+    fn on_msg(&mut self, offset: u64, data: Payload) -> Option<Waker> {
+        if self.phase != Phase::Joined || self.lagged {
+            // Before the join's answer: stale. Lagged: recovered after the re-join.
+            tracing::trace!(channel = %self.channel, offset, phase = ?self.phase, lagged = self.lagged, "`msg` not buffered");
+            return None;
+        }
+        let last = self.position.as_ref().map_or(0, |p| p.offset);
+        if offset <= last {
+            tracing::debug!(channel = %self.channel, offset, last, "duplicate `msg` dropped");
+            return None;
+        }
+        if self.queue.len() >= self.capacity {
+            self.overflow()
+        } else {
+            if let Some(position) = &mut self.position {
+                position.offset = offset;
+            }
+            self.push(ChannelEvent::Publication(Publication { offset, data }))
+        }
+    }
+
+    /// A presence event of the channel: buffered unless stale or lagged.
+    fn on_presence(&mut self, event: ChannelEvent) -> Option<Waker> {
+        if self.phase != Phase::Joined || self.lagged {
+            return None;
+        }
+        if self.queue.len() >= self.capacity {
+            self.overflow()
+        } else {
+            self.push(event)
+        }
+    }
+
     /// Stops buffering: one `Lagged` beyond the capacity, then nothing until re-joined.
     fn overflow(&mut self) -> Option<Waker> {
         self.lagged = true;
@@ -278,6 +341,8 @@ pub(crate) struct Channels {
     /// `join` and `leave` frames in flight on the current connection, by call id.
     calls: HashMap<u64, ChannelCall>,
     next_token: u64,
+    /// The server-side subscriptions (`joined` frames for channels not in `names`).
+    pub(crate) server: ServerChannels,
 }
 
 impl Channels {
@@ -392,6 +457,9 @@ impl Inner {
         }
         if st.channels.names.contains_key(channel) {
             return Err(CallError::already_joined(channel));
+        }
+        if st.channels.server.is_live(channel) {
+            return Err(CallError::already_subscribed_by_server(channel));
         }
         let channels = &mut st.channels;
         channels.next_token += 1;
@@ -580,29 +648,17 @@ impl Inner {
 
     /// A `msg` arrived.
     pub(crate) fn on_msg(&self, channel: &str, offset: u64, data: Payload) {
+        let capacity = self.server_capacity();
         let waker = {
             let mut st = self.lock();
-            let Some(sub) = st.channels.by_name(channel) else {
-                tracing::debug!(channel, offset, "`msg` for a channel without subscription");
-                return;
-            };
-            if sub.phase != Phase::Joined || sub.lagged {
-                // Before the join's answer: stale. Lagged: recovered after the re-join.
-                tracing::trace!(channel, offset, phase = ?sub.phase, lagged = sub.lagged, "`msg` not buffered");
-                return;
-            }
-            let last = sub.position.as_ref().map_or(0, |p| p.offset);
-            if offset <= last {
-                tracing::debug!(channel, offset, last, "duplicate `msg` dropped");
-                return;
-            }
-            if sub.queue.len() >= sub.capacity {
-                sub.overflow()
+            let channels = &mut st.channels;
+            if let Some(sub) = channels.by_name(channel) {
+                sub.on_msg(offset, data)
+            } else if channels.server.is_live(channel) {
+                channels.server.on_msg(capacity, channel, offset, data)
             } else {
-                if let Some(position) = &mut sub.position {
-                    position.offset = offset;
-                }
-                sub.push(ChannelEvent::Publication(Publication { offset, data }))
+                tracing::debug!(channel, offset, "`msg` for a channel without subscription");
+                None
             }
         };
         if let Some(waker) = waker {
@@ -623,26 +679,122 @@ impl Inner {
                 return;
             }
         };
+        let event = match event {
+            PresenceEvent::Join => ChannelEvent::MemberJoined(member),
+            PresenceEvent::Leave => ChannelEvent::MemberLeft(member),
+        };
+        let capacity = self.server_capacity();
         let waker = {
             let mut st = self.lock();
-            let Some(sub) = st.channels.by_name(channel) else {
-                tracing::debug!(channel, "presence event for a channel without subscription");
-                return;
-            };
-            if sub.phase != Phase::Joined || sub.lagged {
-                return;
-            }
-            if sub.queue.len() >= sub.capacity {
-                sub.overflow()
+            let channels = &mut st.channels;
+            if let Some(sub) = channels.by_name(channel) {
+                sub.on_presence(event)
+            } else if channels.server.is_live(channel) {
+                channels.server.on_presence(capacity, channel, event)
             } else {
-                sub.push(match event {
-                    PresenceEvent::Join => ChannelEvent::MemberJoined(member),
-                    PresenceEvent::Leave => ChannelEvent::MemberLeft(member),
-                })
+                tracing::debug!(channel, "presence event for a channel without subscription");
+                None
             }
         };
         if let Some(waker) = waker {
             waker.wake();
+        }
+    }
+
+    /// A `joined` arrived: the server subscribed this connection to `channel`.
+    pub(crate) fn on_server_joined(&self, channel: &str, data: Payload) {
+        let result = match data.decode::<JoinResult>() {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::warn!(
+                    channel,
+                    path = e.path(),
+                    "`joined` with a bad position: {e}"
+                );
+                return;
+            }
+        };
+        let position = Position {
+            epoch: result.epoch,
+            offset: result.offset,
+        };
+        let capacity = self.server_capacity();
+        let waker = {
+            let mut st = self.lock();
+            if st.channels.names.contains_key(channel) {
+                // The application's subscription: the server renewed it, the publications
+                // keep coming (duplicates are dropped by offset).
+                tracing::debug!(channel, "`joined` for a channel the application joined");
+                return;
+            }
+            st.channels.server.on_joined(capacity, channel, position)
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// A `left` arrived: the server ended this connection's subscription to `channel`.
+    /// `UNAVAILABLE` (the server's stream was interrupted) re-joins the application's
+    /// subscription with `since`; any other end closes it. Server-side subscriptions end.
+    pub(crate) fn on_left(&self, channel: &str, error: Option<ErrorBody>) {
+        let interrupted = error
+            .as_ref()
+            .is_some_and(|e| e.code == ErrorCode::UNAVAILABLE);
+        let error = error.map_or_else(CallError::unsubscribed, CallError::remote);
+        let capacity = self.server_capacity();
+        let waker = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            match st.channels.names.get(channel) {
+                Some(&token) if interrupted => self.on_interrupted(st, token),
+                Some(&token) => {
+                    let sub = st.channels.subs.get(&token);
+                    match sub.map(|sub| sub.phase) {
+                        // The answer of the `join` in flight makes the subscription live
+                        // again (the `left` was about the one before).
+                        Some(Phase::Joining(_) | Phase::Idle) | None => None,
+                        Some(Phase::Joined | Phase::Leaving(_)) => {
+                            tracing::debug!(channel, code = %error.code(), "unsubscribed by the server");
+                            st.channels.fail(token, error)
+                        }
+                    }
+                }
+                None => st.channels.server.on_left(capacity, channel, error),
+            }
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// The server interrupted subscription `token` (`left` with `UNAVAILABLE`): join again
+    /// from the last buffered position, as after a reconnect.
+    fn on_interrupted(&self, st: &mut State, token: u64) -> Option<Waker> {
+        let channels = &mut st.channels;
+        let sub = channels.subs.get_mut(&token)?;
+        // Joining: the answer of the `join` in flight makes it live again. Leaving (lagged):
+        // the re-join follows the `leave`'s answer. Idle: it is not joined.
+        if sub.phase != Phase::Joined {
+            return None;
+        }
+        tracing::debug!(channel = %sub.channel, position = ?sub.position, "subscription interrupted by the server; re-joining");
+        sub.phase = Phase::Idle;
+        if sub.lagged {
+            // Re-joined once the application has drained the buffer (see `poll_channel`).
+            return None;
+        }
+        if sub.queue.len() >= sub.capacity {
+            // The replay would not fit: lag, and re-join once the application has read.
+            return sub.overflow();
+        }
+        let link = st.link.as_ref()?;
+        match self.prepare_join(&mut channels.calls, token, sub) {
+            Ok(bytes) => {
+                link.send_ordered(bytes);
+                None
+            }
+            Err(error) => channels.fail(token, error),
         }
     }
 
@@ -729,8 +881,12 @@ impl Inner {
     }
 
     /// A session ended: nothing is joined any more; leaves in flight are done (the server
-    /// forgot the connection's subscriptions).
-    pub(crate) fn channels_link_down(channels: &mut Channels) {
+    /// forgot the connection's subscriptions). Server-side subscriptions end with `error`.
+    pub(crate) fn channels_link_down(
+        &self,
+        channels: &mut Channels,
+        error: &CallError,
+    ) -> Option<Waker> {
         for sub in channels.subs.values_mut() {
             sub.phase = Phase::Idle;
         }
@@ -739,16 +895,25 @@ impl Inner {
                 let _ = reply.send(Ok(()));
             }
         }
+        channels.server.end_all(self.server_capacity(), error)
     }
 
-    /// The client is done: first joins fail, subscriptions get `Closed`.
-    pub(crate) fn channels_finish(channels: &mut Channels) -> Vec<Waker> {
-        Self::channels_link_down(channels);
-        let tokens: Vec<u64> = channels.subs.keys().copied().collect();
-        tokens
+    /// The client is done: first joins fail, subscriptions get `Closed`, the server-side
+    /// subscriptions' stream ends.
+    pub(crate) fn channels_finish(&self, channels: &mut Channels) -> Vec<Waker> {
+        let closed = CallError::closed();
+        let mut wakers: Vec<Waker> = self
+            .channels_link_down(channels, &closed)
             .into_iter()
-            .filter_map(|token| channels.fail(token, CallError::closed()))
-            .collect()
+            .collect();
+        wakers.extend(channels.server.finish(self.server_capacity(), &closed));
+        let tokens: Vec<u64> = channels.subs.keys().copied().collect();
+        wakers.extend(
+            tokens
+                .into_iter()
+                .filter_map(|token| channels.fail(token, CallError::closed())),
+        );
+        wakers
     }
 }
 
@@ -790,6 +955,10 @@ impl Drop for Attachment {
 ///   [`ChannelEvent::Lagged`], and recovers the missed publications from the server's
 ///   history once the application has caught up. The connection never waits for a slow
 ///   subscription.
+/// - The server may end the subscription (a `left` frame). When it says its stream of the
+///   channel was interrupted (code `UNAVAILABLE`), the client joins again with `since`, as
+///   after a reconnect: [`ChannelEvent::Resubscribed`] follows, then what was missed. Any
+///   other end is final: [`ChannelEvent::Closed`], and no re-join after later reconnects.
 /// - The stream ends (`None`) after [`ChannelEvent::Closed`].
 /// - [`Subscription::leave`] leaves and waits for the server's answer; dropping the
 ///   subscription sends `leave` without waiting.

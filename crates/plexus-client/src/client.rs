@@ -17,6 +17,7 @@ use crate::channel::{Attachment, History, Member, Subscription, WireHistory, Wir
 use crate::conn;
 use crate::error::{CallError, ConnectError};
 use crate::options::{CallOptions, ClientOptions, HistoryOptions, JoinOptions, StreamOptions};
+use crate::server_subscription::ServerSubscriptions;
 use crate::state::{Inner, Waiter};
 use crate::stream::CallStream;
 
@@ -309,7 +310,13 @@ impl Client {
     ///   [`JoinOptions::timeout`] (default [`ClientOptions::call_timeout`]) bounds the wait;
     ///   past it the join fails with `TIMEOUT` (and a `leave` is sent if the `join` was).
     /// - **One subscription per channel**: joining a channel this client already has a
-    ///   subscription to fails at once with [`CallErrorKind::AlreadyJoined`](crate::CallErrorKind::AlreadyJoined).
+    ///   subscription to, or that the server subscribed it to
+    ///   ([`Client::server_subscriptions`]), fails at once with
+    ///   [`CallErrorKind::AlreadyJoined`](crate::CallErrorKind::AlreadyJoined).
+    /// - **The server may end it** (a `left` frame): when its stream of the channel was
+    ///   interrupted (code `UNAVAILABLE`) the client joins again with `since`, as after a
+    ///   reconnect; otherwise the subscription ends with
+    ///   [`ChannelEvent::Closed`](crate::ChannelEvent::Closed).
     /// - Refusals keep the server's code (`FORBIDDEN`, `NOT_FOUND`, ...).
     pub async fn join(
         &self,
@@ -428,9 +435,22 @@ impl Client {
     }
 
     /// How many channels this client has a live subscription to (joined, being joined, or
-    /// waiting to be joined again after a reconnect).
+    /// waiting to be joined again after a reconnect), from [`Client::join`]; server-side
+    /// subscriptions are not counted.
     pub fn subscriptions(&self) -> usize {
         self.inner.lock().channels.len()
+    }
+
+    /// The channels the server subscribed this client to (*server-side subscriptions*,
+    /// `joined` frames), as one stream of `(channel, event)` pairs: see
+    /// [`ServerSubscriptions`] for their lifecycle, order, bounded buffer and reconnects.
+    ///
+    /// There is one such stream per client: this returns `None` while a
+    /// [`ServerSubscriptions`] of this client (or of a clone of it) is alive. Events are
+    /// buffered from the first connection on, before this is called, and while no stream
+    /// is alive; the next stream taken yields them.
+    pub fn server_subscriptions(&self) -> Option<ServerSubscriptions> {
+        self.inner.take_server_subscriptions()
     }
 
     /// The connection's state; `changed().await` on the receiver to follow transitions.

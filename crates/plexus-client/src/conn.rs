@@ -536,6 +536,8 @@ fn dispatch(inner: &Inner, incoming: &mut Incoming, frame: Frame) -> Option<Fram
             channel,
             data,
         } => inner.on_presence(event, &channel, data),
+        Frame::Joined { channel, data } => inner.on_server_joined(&channel, data),
+        Frame::Left { channel, error } => inner.on_left(&channel, error),
         Frame::Ping => return Some(Frame::Pong),
         Frame::Pong => {}
         other => tracing::debug!(t = other.tag(), "frame not handled by this client"),

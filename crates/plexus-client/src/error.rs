@@ -15,7 +15,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CallErrorKind {
-    /// The server answered with an `err` frame; code, message and data are the server's.
+    /// The server answered with an `err` frame, or ended a subscription with a `left`
+    /// frame; code, message and data are the server's (code `UNSUBSCRIBED` for a `left`
+    /// without error).
     Remote,
     /// The call's deadline passed (code `TIMEOUT`); a `cancel` was sent for it.
     Timeout,
@@ -33,7 +35,9 @@ pub enum CallErrorKind {
     /// `VALIDATION_ERROR`, with `{"path": ...}` as data).
     Decode,
     /// [`Client::join`](crate::Client::join) of a channel this client already has a
-    /// [`Subscription`](crate::Subscription) for (code `ALREADY_JOINED`); nothing was sent.
+    /// [`Subscription`](crate::Subscription) for, or that the server subscribed it to (see
+    /// [`ServerSubscriptions`](crate::ServerSubscriptions)) (code `ALREADY_JOINED`); nothing
+    /// was sent.
     AlreadyJoined,
 }
 
@@ -100,6 +104,24 @@ impl CallError {
         )
     }
 
+    pub(crate) fn already_subscribed_by_server(channel: &str) -> Self {
+        Self::local(
+            CallErrorKind::AlreadyJoined,
+            ErrorCode::new("ALREADY_JOINED"),
+            format!("the server already subscribed this client to `{channel}`"),
+        )
+    }
+
+    /// The end of a subscription by a `left` frame without error.
+    pub(crate) fn unsubscribed() -> Self {
+        Self {
+            kind: CallErrorKind::Remote,
+            code: ErrorCode::new("UNSUBSCRIBED"),
+            message: "unsubscribed by the server".to_owned(),
+            data: None,
+        }
+    }
+
     pub(crate) fn closed() -> Self {
         Self::local(
             CallErrorKind::Closed,
@@ -163,7 +185,8 @@ impl CallError {
         self.data.as_ref()
     }
 
-    /// Whether the server answered with this error (an `err` frame).
+    /// Whether the server answered with this error (an `err` frame), or ended a
+    /// subscription (a `left` frame).
     pub fn is_remote(&self) -> bool {
         self.kind == CallErrorKind::Remote
     }

@@ -126,8 +126,17 @@
 //!   provide what was missed. Each subscription buffers a bounded number of events
 //!   ([`JoinOptions::buffer`]); a slow application gets [`ChannelEvent::Lagged`] and the
 //!   missed publications are recovered from the history once it catches up, never blocking
-//!   the connection. [`Client::publish`], [`Client::presence`] and [`Client::history`]
-//!   complete the set.
+//!   the connection. The server may interrupt a subscription (`left` with `UNAVAILABLE`:
+//!   re-joined the same way) or end it ([`ChannelEvent::Closed`]). [`Client::publish`],
+//!   [`Client::presence`] and [`Client::history`] complete the set.
+//! - **Server-side subscriptions.** The server may subscribe the connection to channels
+//!   itself (`joined`, `left`). [`Client::server_subscriptions`] gives them as one
+//!   [`ServerSubscriptions`] stream of `(channel, event)` pairs: [`ChannelEvent::Subscribed`],
+//!   publications (in order, duplicates dropped), presence events, and
+//!   [`ChannelEvent::Closed`] when the server ends one or the connection drops. The client
+//!   never re-joins them: the server subscribes each new connection again as it decides. A
+//!   bounded buffer ([`ClientOptions::server_subscription_buffer`]) drops what does not fit
+//!   and says so with [`ChannelEvent::Lagged`].
 
 mod channel;
 mod client;
@@ -135,6 +144,7 @@ mod conn;
 mod error;
 mod handler;
 mod options;
+mod server_subscription;
 mod state;
 mod stream;
 
@@ -146,6 +156,7 @@ pub use options::{
     HistoryOptions, JoinOptions, ReconnectOptions, StreamOptions,
 };
 pub use plexus_protocol::{Codec, ErrorBody, ErrorCode, Payload, Position};
+pub use server_subscription::ServerSubscriptions;
 pub use stream::CallStream;
 
 #[cfg(test)]
@@ -163,6 +174,7 @@ mod tests {
         assert_send_sync::<ClientOptions>();
         assert_send_sync::<CallStream<u32>>();
         assert_send_sync::<Subscription>();
+        assert_send_sync::<ServerSubscriptions>();
         assert_send_sync::<ChannelEvent>();
         assert_send_sync::<JoinOptions>();
     }

@@ -78,6 +78,12 @@ pub struct ClientOptions {
     /// The largest WebSocket message sent or accepted, in bytes. Default 1 MiB, as the
     /// server's default.
     pub max_message_size: usize,
+    /// How many events of server-side subscriptions wait for the application, all channels
+    /// together (at least 1; default [`DEFAULT_CHANNEL_BUFFER`]). Past it, the events of
+    /// the channels that do not fit are dropped and each such channel yields
+    /// [`ChannelEvent::Lagged`](crate::ChannelEvent::Lagged): see
+    /// [`ServerSubscriptions`](crate::ServerSubscriptions).
+    pub server_subscription_buffer: usize,
     pub(crate) credentials: Option<CredentialsFn>,
     pub(crate) before_connect: Option<BeforeConnect>,
     pub(crate) handlers: Handlers,
@@ -98,6 +104,7 @@ impl Default for ClientOptions {
             offline_queue: 1024,
             compression: false,
             max_message_size: 1024 * 1024,
+            server_subscription_buffer: DEFAULT_CHANNEL_BUFFER,
             credentials: None,
             before_connect: None,
             handlers: Handlers::default(),
@@ -120,6 +127,10 @@ impl fmt::Debug for ClientOptions {
             .field("offline_queue", &self.offline_queue)
             .field("compression", &self.compression)
             .field("max_message_size", &self.max_message_size)
+            .field(
+                "server_subscription_buffer",
+                &self.server_subscription_buffer,
+            )
             .field("credentials", &self.credentials.is_some())
             .field("before_connect", &self.before_connect.is_some())
             .field("handlers", &self.handlers)
@@ -251,6 +262,12 @@ impl ClientOptions {
     /// Sets the largest message sent or accepted.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets how many events of server-side subscriptions are buffered (at least 1).
+    pub fn server_subscription_buffer(mut self, events: usize) -> Self {
+        self.server_subscription_buffer = events;
         self
     }
 
@@ -582,7 +599,8 @@ impl StreamOptions {
 }
 
 /// How many events a [`Subscription`](crate::Subscription) buffers for the application
-/// unless [`JoinOptions::buffer`] says otherwise.
+/// unless [`JoinOptions::buffer`] says otherwise, and the server-side subscriptions unless
+/// [`ClientOptions::server_subscription_buffer`] does.
 pub const DEFAULT_CHANNEL_BUFFER: usize = 1024;
 
 /// The options of one join: see [`Client::join`](crate::Client::join).

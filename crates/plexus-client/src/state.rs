@@ -406,10 +406,17 @@ impl Inner {
     /// A session ended: removes its link; notifications it had not written go back to the
     /// front of the offline queue, retryable calls are queued again, other calls fail.
     pub(crate) fn drop_link(&self, out: &mut mpsc::Receiver<Outbound>) {
-        let failed = {
-            let mut st = self.lock();
+        // Server-side subscriptions end with the connection.
+        let ended = if self.shutdown.is_cancelled() {
+            CallError::closed()
+        } else {
+            CallError::unavailable("connection lost")
+        };
+        let (failed, waker) = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
             st.link = None;
-            Self::channels_link_down(&mut st.channels);
+            let waker = self.channels_link_down(&mut st.channels, &ended);
             out.close();
             let mut unsent = Vec::new();
             while let Ok(item) = out.try_recv() {
@@ -449,8 +456,11 @@ impl Inner {
             for item in retry.into_iter().rev() {
                 st.queue.push_front(item);
             }
-            failed
+            (failed, waker)
         };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
         for pending in failed {
             pending.fail(CallError::unavailable("connection lost"));
         }
@@ -467,7 +477,7 @@ impl Inner {
             let mut st = self.lock();
             st.closed = true;
             st.link = None;
-            let wakers = Self::channels_finish(&mut st.channels);
+            let wakers = self.channels_finish(&mut st.channels);
             let dropped = st
                 .queue
                 .iter()

@@ -16,7 +16,10 @@
 //! `$presence` and `$history`. Channels named `secret:*` are `FORBIDDEN`; joins of `hole:*`
 //! are never answered. The test publishes
 //! with [`TestServer::publish`] and can reset a channel's epoch; the model outlives the
-//! connections, so a client that reconnects finds its channels as they are.
+//! connections, so a client that reconnects finds its channels as they are. The test also
+//! subscribes a connection itself ([`TestServer::subscribe`]: a `joined` frame, a
+//! server-side subscription) and ends a connection's subscription
+//! ([`TestServer::unsubscribe`]: a `left` frame, with or without error).
 //!
 //! Authentication ([`Script::require_hello`], [`Script::header_auth`]): a token `good` or
 //! `good-*` is accepted, `forbidden*` is valid but not allowed (HTTP 403, or `reject`
@@ -124,6 +127,11 @@ enum Command {
         event: PresenceEvent,
         channel: String,
         member: serde_json::Value,
+    },
+    /// A `joined` frame for this connection, its `d` encoded in its codec.
+    Joined {
+        channel: String,
+        value: serde_json::Value,
     },
     /// Answered once every command before it was written.
     Barrier(oneshot::Sender<()>),
@@ -279,6 +287,32 @@ impl Shared {
             self.presence_event(chan, PresenceEvent::Join, channel, conn);
         }
         (res, missed)
+    }
+
+    /// Subscribes `conn` on the server's initiative: `joined` first, then (as for a join)
+    /// the presence events and publications.
+    fn server_join(&self, conn: u64, channel: &str) -> Position {
+        let mut channels = self.channels.lock().unwrap();
+        let chan = Self::chan(&mut channels, channel);
+        let value = serde_json::json!({
+            "epoch": chan.epoch,
+            "offset": chan.offset,
+            "recovered": false,
+        });
+        self.send_to(
+            conn,
+            Command::Joined {
+                channel: channel.to_owned(),
+                value,
+            },
+        );
+        if chan.subscribers.insert(conn) {
+            self.presence_event(chan, PresenceEvent::Join, channel, conn);
+        }
+        Position {
+            epoch: chan.epoch.clone(),
+            offset: chan.offset,
+        }
     }
 
     fn leave(&self, conn: u64, channel: &str) {
@@ -520,6 +554,27 @@ impl TestServer {
     /// kept in the history, `msg` to every joined connection. Returns its position.
     pub fn publish(&self, channel: &str, value: serde_json::Value) -> Position {
         self.shared.publish(channel, value)
+    }
+
+    /// Subscribes connection `conn` to `channel` as the server application would (a
+    /// server-side subscription): `joined` with the channel's position, then its
+    /// publications. Returns that position.
+    pub fn subscribe(&self, conn: u64, channel: &str) -> Position {
+        self.shared.server_join(conn, channel)
+    }
+
+    /// Ends connection `conn`'s subscription to `channel` on the server's initiative: no
+    /// publication is sent to it any more, and it gets `left` with `error` (for example
+    /// `UNAVAILABLE`: the channel's stream was interrupted) after what was sent before.
+    pub fn unsubscribe(&self, conn: u64, channel: &str, error: Option<ErrorBody>) {
+        self.shared.leave(conn, channel);
+        self.send(
+            conn,
+            Frame::Left {
+                channel: channel.to_owned(),
+                error,
+            },
+        );
     }
 
     /// The channel loses its history: a new epoch, offsets from 0 again.
@@ -954,6 +1009,12 @@ async fn serve(
                 }
                 Some(Command::Presence { event, channel, member }) => {
                     let frame = Frame::Presence { event, channel, data: json(codec, member) };
+                    if ws.send(message(codec, &frame)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Command::Joined { channel, value }) => {
+                    let frame = Frame::Joined { channel, data: json(codec, value) };
                     if ws.send(message(codec, &frame)).await.is_err() {
                         return;
                     }

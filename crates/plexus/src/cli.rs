@@ -75,6 +75,12 @@ struct ServeArgs {
     /// Node id sent in `welcome` [default: random]
     #[arg(long)]
     node_id: Option<String>,
+    /// Turns on authentication: connections must present an HS256 token (JWT) signed with
+    /// this secret, e.g. from `plexus token --secret`, as `Authorization: Bearer`, the
+    /// `plexus_token` cookie or `?token=`. Replaces the key of the file's [auth.jwt].
+    /// [default: no authentication]
+    #[arg(long, env = "PLEXUS_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -179,14 +185,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let echo_path = args.echo_path.or(file.echo_path.clone());
     let api_key = args.api_key.or(file.api_key.clone());
 
+    let authenticated = args.jwt_secret.is_some() || file.has_jwt();
     let mut builder = Server::builder()
         .router(plexus::sys::router())
         .config(endpoint.clone())
         .channels(file.namespaces());
+    builder = file
+        .auth(builder, args.jwt_secret.as_deref())
+        .map_err(anyhow::Error::msg)?;
     if let Some(node) = args.node_id.or(file.node_id.clone()) {
         builder = builder.node_id(node);
     }
-    let server = builder.build();
+    let server = builder
+        .try_build()
+        .map_err(|e| anyhow::anyhow!(file.strict_error(&e)))?;
     let mut app = server.route(&path);
     if let Some(echo) = &echo_path {
         app = app.merge(plexus_server::echo_route(echo, &endpoint));
@@ -207,6 +219,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if api_key.is_some() {
         tracing::info!("HTTP API on http://{local}/api");
+    }
+    if authenticated {
+        tracing::info!("JWT authentication on: connections need a token");
     }
     server.serve(listener, app, shutdown_signal()).await?;
     tracing::info!("plexus stopped");

@@ -50,11 +50,15 @@ fn check_ms(field: &str, ms: u64) -> Result<Duration, RpcError> {
 /// - `sys.count` (stream): params `{"n":N,"interval_ms":I}`, yields 0 to N-1, one every I ms;
 /// - `sys.sleep` (request): params `{"ms":M}`, answers `{"slept":M}` after M ms; stops at
 ///   once when cancelled.
+///
+/// Each is declared public (open to every connection), so a server in strict mode may
+/// serve them.
 pub fn router() -> Router {
     Router::new()
         .request("sys.echo", |params: Payload| async move {
             Ok::<_, RpcError>(params)
         })
+        .public()
         .stream("sys.count", |p: CountParams| async move {
             let interval = check_ms("interval_ms", p.interval_ms)?;
             let items = stream::unfold(0u64, move |i| async move {
@@ -68,9 +72,11 @@ pub fn router() -> Router {
             });
             Ok::<_, RpcError>(items)
         })
+        .public()
         .request("sys.sleep", |p: SleepParams| async move {
             // Cancellation drops this future, which stops the sleep at once.
             tokio::time::sleep(check_ms("ms", p.ms)?).await;
             Ok::<_, RpcError>(Slept { slept: p.ms })
         })
+        .public()
 }

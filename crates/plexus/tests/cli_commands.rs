@@ -2,6 +2,7 @@
 //! against it, and a graceful stop on SIGTERM.
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,9 +16,16 @@ struct Served {
 
 impl Served {
     fn start(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
+            .env_remove("PLEXUS_JWT_SECRET")
+            .env_remove("PLEXUS_CONFIG")
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -43,6 +51,7 @@ impl Served {
     fn plexus(&self, args: &[&str]) -> Output {
         let mut command = Command::new(BIN);
         command.args(&args[..1]).arg(&self.url).args(&args[1..]);
+        command.env_remove("PLEXUS_TOKEN");
         command.output().expect("run plexus")
     }
 
@@ -200,6 +209,8 @@ fn help_texts_name_every_command() {
         "--echo-path",
         "--compression",
         "--heartbeat",
+        "--jwt-secret",
+        "PLEXUS_JWT_SECRET",
     ] {
         assert!(help.contains(flag), "{help}");
     }
@@ -349,4 +360,232 @@ fn token_prints_a_jwt_that_verifies_with_the_secret() {
         assert_eq!(stdout(&out), "", "{bad:?}");
         assert!(stderr(&out).contains(reason), "{bad:?}: {}", stderr(&out));
     }
+}
+
+/// A configuration file with `text`, in the test's scratch directory.
+fn config_file(name: &str, text: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli_commands");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A token from `plexus token`.
+fn token(secret: &str, sub: &str, scope: Option<&str>) -> String {
+    let mut command = Command::new(BIN);
+    command.args(["token", "--secret", secret, "--sub", sub]);
+    if let Some(scope) = scope {
+        command.args(["--scope", scope]);
+    }
+    let out = command.env_remove("PLEXUS_JWT_SECRET").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_owned()
+}
+
+/// Runs `plexus serve` with a configuration it must refuse; returns its stderr.
+fn refused(config: &PathBuf) -> String {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .env_remove("PLEXUS_JWT_SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("plexus serve started with {}", config.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", stderr(&out));
+    stderr(&out)
+}
+
+#[test]
+fn jwt_secret_requires_a_token_from_plexus_token() {
+    for served in [
+        Served::start(&["--jwt-secret", "cli-serve-secret"]),
+        Served::start_with_env(&[], &[("PLEXUS_JWT_SECRET", "cli-serve-secret")]),
+    ] {
+        let good = token("cli-serve-secret", "alice", None);
+        let out = served.plexus(&["call", "--token", &good, "sys.echo", r#"{"a":1}"#]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "{\"a\":1}\n");
+
+        // Without a token: refused at once (not after the handshake timeout).
+        let started = Instant::now();
+        let out = served.plexus(&["call", "sys.echo", "1"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(stdout(&out), "");
+        assert!(
+            stderr(&out).starts_with("NOT_AUTHORIZED: ")
+                && stderr(&out).contains("missing credential"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        let forged = token("another-secret", "mallory", None);
+        let out = served.plexus(&["call", "--token", &forged, "sys.echo", "1"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).starts_with("NOT_AUTHORIZED: "),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn namespace_permissions_come_from_the_token() {
+    let config = config_file(
+        "permissions.toml",
+        r#"
+[auth]
+strict = true
+connect_permission = "connect"
+[auth.jwt]
+secret = "cli-perm-secret"
+[namespaces."chat:*"]
+client_publish = true
+require = { join = "chat:read", publish = "chat:write" }
+"#,
+    );
+    let served = Served::start(&["--config", config.to_str().unwrap()]);
+    let writer = token("cli-perm-secret", "w", Some("connect chat:read chat:write"));
+    let reader = token("cli-perm-secret", "r", Some("connect chat:read"));
+    let outsider = token("cli-perm-secret", "o", Some("chat:read chat:write"));
+
+    let out = served.plexus(&["pub", "--token", &writer, "chat:x", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = served.plexus(&["pub", "--token", &reader, "chat:x", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("FORBIDDEN: "), "{}", stderr(&out));
+    // Without `connect`, the connection itself is refused.
+    let out = served.plexus(&["call", "--token", &outsider, "sys.echo", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("FORBIDDEN: "), "{}", stderr(&out));
+    // The built-in methods are public, so strict mode serves them.
+    let out = served.plexus(&["call", "--token", &reader, "sys.echo", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn invalid_security_configs_are_refused_naming_the_key() {
+    let cases = [
+        (
+            "bad-key.toml",
+            "[auth.jwt]\npublic_key_file = \"no-such-key.pem\"\n".to_owned(),
+            vec!["`auth.jwt.public_key_file`", "no-such-key.pem"],
+        ),
+        (
+            "strict.toml",
+            "[auth]\nstrict = true\n[auth.jwt]\nsecret = \"s\"\n[namespaces.\"room:*\"]\n"
+                .to_owned(),
+            vec!["`auth.strict`", "`namespaces.\"room:*\"`", "public = true"],
+        ),
+        (
+            "bad-origin.toml",
+            "origins = [\"https://app.example.com\", \"app.example.com\"]\n".to_owned(),
+            vec!["origins", "invalid origin `app.example.com`"],
+        ),
+        (
+            "bad-rate.toml",
+            "[limits]\ncall_rate = { per_second = 0, burst = 10 }\n".to_owned(),
+            vec!["call_rate", "`per_second` must be at least 1"],
+        ),
+        (
+            "permission-without-auth.toml",
+            "[auth]\nconnect_permission = \"connect\"\n".to_owned(),
+            vec!["`auth.connect_permission` needs authentication"],
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = config_file(name, &text);
+        let error = refused(&path);
+        assert!(error.contains("invalid config"), "{name}: {error}");
+        assert!(error.contains(name), "{name}: {error}");
+        for part in expected {
+            assert!(error.contains(part), "{name}: `{part}` not in {error}");
+        }
+    }
+}
+
+#[test]
+fn limits_and_origins_from_the_config_apply() {
+    let config = config_file(
+        "limits.toml",
+        r#"
+origins = ["https://app.example.com"]
+[limits]
+call_rate = "off"
+publish_rate = { per_second = 10, burst = 20 }
+max_connections = 100
+max_connections_per_ip = 1
+"#,
+    );
+    let served = Served::start(&["--config", config.to_str().unwrap()]);
+    let out = served.plexus(&[
+        "call",
+        "-H",
+        "Origin: https://app.example.com",
+        "sys.echo",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = served.plexus(&[
+        "call",
+        "-H",
+        "Origin: https://evil.example",
+        "sys.echo",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("403"), "{}", stderr(&out));
+
+    // One connection per address: a second one waits for the first to go.
+    let sub = Subscriber::start(&served.url, &["demo:limits"]);
+    let out = served.plexus(&["call", "sys.echo", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("429"), "{}", stderr(&out));
+    assert!(sub.interrupt().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = served.plexus(&["call", "sys.echo", "1"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", stderr(&out));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_without_config_allows_same_origin_and_localhost_pages() {
+    let served = Served::start(&[]);
+    let out = served.plexus(&[
+        "call",
+        "-H",
+        "Origin: http://localhost:3000",
+        "sys.echo",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = served.plexus(&[
+        "call",
+        "-H",
+        "Origin: https://evil.example",
+        "sys.echo",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("403"), "{}", stderr(&out));
 }

@@ -8,7 +8,8 @@ use clap::Args;
 use futures_util::StreamExt;
 use http::{HeaderName, HeaderValue};
 use plexus_client::{
-    CallOptions, Client, ClientOptions, Codec, ErrorBody, Payload, ReconnectOptions, StreamOptions,
+    CallOptions, Client, ClientOptions, Codec, ConnectError, ErrorBody, Payload, ReconnectOptions,
+    StreamOptions,
 };
 
 use super::parse_duration;
@@ -123,6 +124,8 @@ impl ConnectArgs {
             })
             .reconnect(reconnect)
             .connect_timeout(self.timeout.unwrap_or(DEFAULT_TIMEOUT));
+        // Without a token the client says an empty `hello`, which a server that needs a
+        // credential refuses at once (NOT_AUTHORIZED).
         if let Some(token) = &self.token {
             options = options.token(token.clone());
         }
@@ -137,13 +140,20 @@ impl ConnectArgs {
             options = options.header(name, value);
         }
         plexus_client::connect(url, options).await.map_err(|e| {
+            // The server's refusals keep their codes; the rest is "could not get there".
+            let code = match &e {
+                ConnectError::Unauthorized { .. } => "NOT_AUTHORIZED",
+                ConnectError::Forbidden { .. } => "FORBIDDEN",
+                ConnectError::Rejected(body) => return Failure(body.clone()),
+                _ => "UNAVAILABLE",
+            };
             let mut message = format!("cannot connect to {url}: {e}");
             let mut source = std::error::Error::source(&e);
             while let Some(cause) = source {
                 message.push_str(&format!(": {cause}"));
                 source = cause.source();
             }
-            Failure::local("UNAVAILABLE", message)
+            Failure::local(code, message)
         })
     }
 }

@@ -2,12 +2,18 @@
 //! with the command-line flags (a flag wins over the file).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use plexus_server::{ChannelOptions, Compression, EndpointConfig, Namespaces};
+use plexus_server::auth::{JwtAuthenticator, JwtConfig, JwtConfigError};
+use plexus_server::{
+    ChannelAction, ChannelOptions, Compression, EndpointConfig, Namespaces, OriginPolicy,
+    RateLimit, ServerBuilder, StrictModeError,
+};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use super::parse_duration;
 
@@ -53,6 +59,56 @@ impl From<CompressionSetting> for Compression {
     }
 }
 
+/// `call_rate` / `publish_rate`: `"off"` or `{ per_second = N, burst = N }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RateSetting {
+    Off,
+    Limit(RateLimit),
+}
+
+impl RateSetting {
+    fn limit(self) -> Option<RateLimit> {
+        match self {
+            RateSetting::Off => None,
+            RateSetting::Limit(limit) => Some(limit),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RateSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RateVisitor;
+
+        impl<'de> Visitor<'de> for RateVisitor {
+            type Value = RateSetting;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#""off" or { per_second = N, burst = N }"#)
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                match s {
+                    "off" => Ok(RateSetting::Off),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(s), &self)),
+                }
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RateLimit::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RateSetting::Limit)
+            }
+        }
+
+        d.deserialize_any(RateVisitor)
+    }
+}
+
+/// What `plexus serve` limits unless the file says otherwise (the library has no rate
+/// limits and allows 10,000 connections per address by default).
+const SERVE_CALL_RATE: (u32, u32) = (500, 1000);
+const SERVE_PUBLISH_RATE: (u32, u32) = (100, 200);
+const SERVE_MAX_CONNECTIONS_PER_IP: usize = 1000;
+
 /// The file, as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,10 +119,33 @@ pub(crate) struct FileConfig {
     pub(crate) node_id: Option<String>,
     pub(crate) api_key: Option<String>,
     pub(crate) compression: Option<CompressionSetting>,
+    /// Which web pages may connect (default: same origin or localhost).
+    pub(crate) origins: Option<OriginPolicy>,
+    #[serde(default)]
+    pub(crate) auth: AuthFile,
     #[serde(default)]
     pub(crate) limits: LimitsFile,
     /// Channel namespaces by pattern (`"room:*"` or an exact name).
     pub(crate) namespaces: Option<BTreeMap<String, NamespaceFile>>,
+    /// The file this came from, for error messages (none: no file).
+    #[serde(skip)]
+    source: Option<PathBuf>,
+}
+
+/// `[auth]`: who may connect.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthFile {
+    /// `[auth.jwt]`: how tokens are verified. Without it (and without `--jwt-secret`)
+    /// connections are anonymous.
+    jwt: Option<JwtConfig>,
+    /// The cookie holding the token (default `plexus_token`).
+    cookie: Option<String>,
+    /// A permission every connection's token must grant.
+    connect_permission: Option<String>,
+    /// Refuse to start while a channel namespace does not say who may use it.
+    #[serde(default)]
+    strict: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +161,10 @@ pub(crate) struct LimitsFile {
     idle_timeout: Option<Dur>,
     drain_timeout: Option<Dur>,
     server_call_timeout: Option<Dur>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    call_rate: Option<RateSetting>,
+    publish_rate: Option<RateSetting>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +182,45 @@ pub(crate) struct NamespaceFile {
     #[serde(default)]
     client_publish: bool,
     max_subscribers: Option<usize>,
+    /// Open to every connection, anonymous ones included, for the actions `require` does
+    /// not name.
+    #[serde(default)]
+    public: bool,
+    /// The permission each action needs.
+    #[serde(default)]
+    require: RequireFile,
+}
+
+/// `require = { join = "…", publish = "…", presence = "…", history = "…" }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RequireFile {
+    join: Option<String>,
+    publish: Option<String>,
+    presence: Option<String>,
+    history: Option<String>,
+}
+
+impl RequireFile {
+    fn actions(&self) -> [(ChannelAction, &'static str, Option<&str>); 4] {
+        [
+            (ChannelAction::Join, "join", self.join.as_deref()),
+            (ChannelAction::Publish, "publish", self.publish.as_deref()),
+            (
+                ChannelAction::Presence,
+                "presence",
+                self.presence.as_deref(),
+            ),
+            (ChannelAction::History, "history", self.history.as_deref()),
+        ]
+    }
+
+    /// The first action with a permission, if any.
+    fn first(&self) -> Option<&'static str> {
+        self.actions()
+            .into_iter()
+            .find_map(|(_, action, permission)| permission.map(|_| action))
+    }
 }
 
 fn yes() -> bool {
@@ -106,15 +228,25 @@ fn yes() -> bool {
 }
 
 /// Reads and validates a configuration file; the error names the file, the key and the
-/// problem.
+/// problem. Relative key file paths in `[auth.jwt]` are taken from the file's directory.
 pub(crate) fn load(path: &Path) -> Result<FileConfig, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let config: FileConfig =
+    let mut config: FileConfig =
         toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))?;
-    config
-        .validate()
-        .map_err(|e| format!("invalid config {}: {e}", path.display()))?;
+    config.source = Some(path.to_owned());
+    config.validate().map_err(|e| config.invalid(&e))?;
+    if let Some(jwt) = &mut config.auth.jwt {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        for file in [&mut jwt.public_key_file, &mut jwt.jwks_file]
+            .into_iter()
+            .flatten()
+        {
+            if file.is_relative() {
+                *file = dir.join(&*file);
+            }
+        }
+    }
     Ok(config)
 }
 
@@ -126,10 +258,40 @@ fn check(ok: bool, key: &str, problem: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `name` may name a cookie (an RFC 6265 token).
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 impl FileConfig {
+    /// `problem` as an error of this file (as is without a file).
+    fn invalid(&self, problem: &str) -> String {
+        match &self.source {
+            Some(path) => format!("invalid config {}: {problem}", path.display()),
+            None => problem.to_owned(),
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         if let Some(path) = &self.path {
             check(path.starts_with('/'), "path", "must start with `/`")?;
+        }
+        if let Some(cookie) = &self.auth.cookie {
+            check(
+                is_cookie_name(cookie),
+                "auth.cookie",
+                "is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+            )?;
+        }
+        if let Some(permission) = &self.auth.connect_permission {
+            check(
+                !permission.is_empty(),
+                "auth.connect_permission",
+                "is empty",
+            )?;
         }
         let l = &self.limits;
         if let Some(size) = l.max_message_size {
@@ -150,6 +312,14 @@ impl FileConfig {
                     key,
                     "must be between 1 and 1000000",
                 )?;
+            }
+        }
+        for (key, value) in [
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip),
+        ] {
+            if let Some(value) = value {
+                check(value >= 1, key, "must be at least 1")?;
             }
         }
         if let Some(Dur(heartbeat)) = l.heartbeat {
@@ -182,14 +352,133 @@ impl FileConfig {
                 &key("history_ttl"),
                 "needs `history_size` above 0",
             )?;
+            for (_, action, permission) in ns.require.actions() {
+                let Some(permission) = permission else {
+                    continue;
+                };
+                let key = key(&format!("require.{action}"));
+                check(!permission.is_empty(), &key, "is empty")?;
+                match action {
+                    "publish" => check(ns.client_publish, &key, "needs `client_publish = true`")?,
+                    "presence" => check(ns.presence, &key, "needs `presence = true`")?,
+                    "history" => check(ns.history_size > 0, &key, "needs `history_size` above 0")?,
+                    _ => {}
+                }
+            }
         }
         Ok(())
     }
 
-    /// The endpoint configuration the file describes (defaults for what it leaves out).
+    /// Whether the file configures JWT authentication (`[auth.jwt]`).
+    pub(crate) fn has_jwt(&self) -> bool {
+        self.auth.jwt.is_some()
+    }
+
+    /// Configures authentication on `builder`: HS256 tokens signed with `jwt_secret` (the
+    /// `--jwt-secret` flag, which replaces the key and `algorithms` of `[auth.jwt]` and keeps
+    /// its other checks), else `[auth.jwt]`, plus the cookie, the connect permission and
+    /// strict mode. Key files are read here: a bad one is refused naming its key.
+    pub(crate) fn auth(
+        &self,
+        mut builder: ServerBuilder,
+        jwt_secret: Option<&str>,
+    ) -> Result<ServerBuilder, String> {
+        let auth = &self.auth;
+        let jwt = match (jwt_secret, &auth.jwt) {
+            (Some(secret), file) => {
+                if secret.is_empty() {
+                    return Err("--jwt-secret is empty".into());
+                }
+                let mut jwt = file.clone().unwrap_or_default();
+                jwt.secret = Some(secret.to_owned());
+                jwt.public_key_file = None;
+                jwt.jwks_file = None;
+                jwt.algorithms = vec!["HS256".to_owned()];
+                Some(jwt)
+            }
+            (None, file) => file.clone(),
+        };
+        builder = builder.strict(auth.strict);
+        let Some(jwt) = jwt else {
+            // Without authentication every connection is anonymous and holds no permission.
+            let required = self.namespaces.iter().flatten().find_map(|(pattern, ns)| {
+                let action = ns.require.first()?;
+                Some(format!("namespaces.\"{pattern}\".require.{action}"))
+            });
+            let connect = auth
+                .connect_permission
+                .as_ref()
+                .map(|_| "auth.connect_permission".to_owned());
+            if let Some(key) = connect.or(required) {
+                return Err(self.invalid(&format!(
+                    "`{key}` needs authentication: an `[auth.jwt]` table or --jwt-secret"
+                )));
+            }
+            return Ok(builder);
+        };
+        let jwks = jwt.jwks_file.is_some();
+        let authenticator = JwtAuthenticator::new(jwt).map_err(|e| {
+            let mut message = format!("`{}`: {e}", jwt_error_key(&e, jwks));
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            self.invalid(&message)
+        })?;
+        builder = builder.authenticator(authenticator);
+        if let Some(cookie) = &auth.cookie {
+            builder = builder.auth_cookie(cookie);
+        }
+        if let Some(permission) = &auth.connect_permission {
+            builder = builder.connect_permission(permission);
+        }
+        Ok(builder)
+    }
+
+    /// The message for a strict-mode refusal, in the file's terms.
+    pub(crate) fn strict_error(&self, error: &StrictModeError) -> String {
+        fn quoted(names: impl Iterator<Item = String>) -> String {
+            names
+                .map(|name| format!("`{name}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+        let mut problems = Vec::new();
+        let namespaces = error.namespaces();
+        if !namespaces.is_empty() {
+            let (says, give) = if namespaces.len() == 1 {
+                ("does not say who may use its channels", "give it")
+            } else {
+                ("do not say who may use their channels", "give each")
+            };
+            problems.push(format!(
+                "{} {says} ({give} `require = {{ join = \"permission\" }}`, also with \
+                 `publish`, `presence` or `history`, or `public = true`)",
+                quoted(namespaces.iter().map(|p| format!("namespaces.\"{p}\""))),
+            ));
+        }
+        if !error.methods().is_empty() {
+            problems.push(format!(
+                "the methods {} declare no permission",
+                quoted(error.methods().iter().cloned()),
+            ));
+        }
+        self.invalid(&format!(
+            "`auth.strict` is on, but {}",
+            problems.join("; and ")
+        ))
+    }
+
+    /// The endpoint configuration the file describes (for what it leaves out, the library's
+    /// defaults, except for the rate limits and connections per address `plexus serve` sets).
     pub(crate) fn endpoint(&self) -> EndpointConfig {
         let mut config = EndpointConfig::default();
         let limits = &mut config.limits;
+        let rate = |(per_second, burst)| RateLimit::new(per_second, burst).ok();
+        limits.call_rate = rate(SERVE_CALL_RATE);
+        limits.publish_rate = rate(SERVE_PUBLISH_RATE);
+        limits.max_connections_per_ip = SERVE_MAX_CONNECTIONS_PER_IP;
         let l = &self.limits;
         if let Some(v) = l.max_message_size {
             limits.max_message_size = v;
@@ -221,8 +510,23 @@ impl FileConfig {
         if let Some(Dur(v)) = l.server_call_timeout {
             limits.server_call_timeout = v;
         }
+        if let Some(v) = l.max_connections {
+            limits.max_connections = v;
+        }
+        if let Some(v) = l.max_connections_per_ip {
+            limits.max_connections_per_ip = v;
+        }
+        if let Some(v) = l.call_rate {
+            limits.call_rate = v.limit();
+        }
+        if let Some(v) = l.publish_rate {
+            limits.publish_rate = v.limit();
+        }
         if let Some(compression) = self.compression {
             config.compression = compression.into();
+        }
+        if let Some(origins) = &self.origins {
+            config.origins = origins.clone();
         }
         config
     }
@@ -243,20 +547,45 @@ impl FileConfig {
                 if let Some(max) = ns.max_subscribers {
                     options = options.max_subscribers(max);
                 }
+                for (action, _, permission) in ns.require.actions() {
+                    if let Some(permission) = permission {
+                        options = options.require(action, permission);
+                    }
+                }
+                if ns.public {
+                    options = options.public_access();
+                }
                 all.namespace(pattern, options)
             })
     }
 }
 
+/// The key of `[auth.jwt]` a [`JwtConfigError`] is about (`jwks`: a JWKS file is set).
+fn jwt_error_key(error: &JwtConfigError, jwks: bool) -> &'static str {
+    match error {
+        JwtConfigError::EmptySecret => "auth.jwt.secret",
+        JwtConfigError::Read { .. } if jwks => "auth.jwt.jwks_file",
+        JwtConfigError::Read { .. } | JwtConfigError::Key { .. } => "auth.jwt.public_key_file",
+        JwtConfigError::Jwks { .. } => "auth.jwt.jwks_file",
+        JwtConfigError::UnknownAlgorithm(_) | JwtConfigError::AlgorithmMismatch { .. } => {
+            "auth.jwt.algorithms"
+        }
+        JwtConfigError::Leeway(_) => "auth.jwt.leeway_secs",
+        _ => "auth.jwt",
+    }
+}
+
 /// What `plexus serve` offers with no configuration: `demo:*` channels with a history of 100
-/// publications, presence with join/leave events, and client publish.
+/// publications, presence with join/leave events, and client publish, open to every
+/// connection.
 pub(crate) fn demo_namespaces() -> Namespaces {
     Namespaces::new().namespace(
         "demo:*",
         ChannelOptions::default()
             .history(100, None)
             .presence(true, true)
-            .client_publish(true),
+            .client_publish(true)
+            .public_access(),
     )
 }
 
@@ -270,13 +599,203 @@ mod tests {
         Ok(config)
     }
 
+    fn rate(per_second: u32, burst: u32) -> Option<RateLimit> {
+        Some(RateLimit::new(per_second, burst).unwrap())
+    }
+
+    /// The auth settings applied to a server with the built-in methods, built (strict mode
+    /// checked).
+    fn build(config: &FileConfig, jwt_secret: Option<&str>) -> Result<(), String> {
+        let builder = plexus_server::Server::builder()
+            .router(plexus::sys::router())
+            .channels(config.namespaces());
+        config
+            .auth(builder, jwt_secret)?
+            .try_build()
+            .map(drop)
+            .map_err(|e| config.strict_error(&e))
+    }
+
     #[test]
     fn the_example_file_is_valid() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../plexus.example.toml");
         let config = load(Path::new(path)).unwrap();
         assert!(config.api_key.is_some());
         let namespaces = config.namespaces();
-        assert!(namespaces.resolve("room:1").is_some());
+        let room = namespaces.resolve("room:1").unwrap();
+        assert_eq!(
+            room.required_permission(ChannelAction::Publish),
+            Some("chat:write")
+        );
+        assert_eq!(
+            room.required_permission(ChannelAction::History),
+            Some("chat:read")
+        );
+        assert!(namespaces.undeclared().is_empty());
+        // It shows the defaults of `plexus serve`.
+        let endpoint = config.endpoint();
+        let defaults = FileConfig::default().endpoint();
+        assert_eq!(endpoint.origins, defaults.origins);
+        assert_eq!(endpoint.limits.call_rate, defaults.limits.call_rate);
+        assert_eq!(endpoint.limits.publish_rate, defaults.limits.publish_rate);
+        assert_eq!(
+            endpoint.limits.max_connections_per_ip,
+            defaults.limits.max_connections_per_ip
+        );
+        assert_eq!(
+            endpoint.limits.max_connections,
+            defaults.limits.max_connections
+        );
+        assert_eq!(config.auth.jwt.as_ref().unwrap().leeway_secs, 5);
+        build(&config, None).unwrap();
+    }
+
+    #[test]
+    fn the_bench_file_turns_the_rate_limits_off() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/plexus-bench.toml");
+        let limits = load(Path::new(path)).unwrap().endpoint().limits;
+        assert_eq!(limits.call_rate, None);
+        assert_eq!(limits.publish_rate, None);
+        assert!(limits.max_connections_per_ip > 20_000);
+        assert!(limits.max_connections >= limits.max_connections_per_ip);
+    }
+
+    #[test]
+    fn serve_has_rate_limits_and_the_default_origin_policy() {
+        let endpoint = parse("").unwrap().endpoint();
+        assert_eq!(endpoint.limits.call_rate, rate(500, 1000));
+        assert_eq!(endpoint.limits.publish_rate, rate(100, 200));
+        assert_eq!(endpoint.limits.max_connections_per_ip, 1000);
+        assert_eq!(endpoint.origins, OriginPolicy::SameOriginOrLocalhost);
+
+        let config = parse(
+            "origins = [\"https://app.example.com\"]\n[limits]\ncall_rate = \"off\"\n\
+             publish_rate = { per_second = 5, burst = 10 }\nmax_connections = 50\n\
+             max_connections_per_ip = 7",
+        )
+        .unwrap();
+        let endpoint = config.endpoint();
+        assert_eq!(endpoint.limits.call_rate, None);
+        assert_eq!(endpoint.limits.publish_rate, rate(5, 10));
+        assert_eq!(endpoint.limits.max_connections, 50);
+        assert_eq!(endpoint.limits.max_connections_per_ip, 7);
+        assert_eq!(
+            endpoint.origins,
+            OriginPolicy::list(["https://app.example.com"]).unwrap()
+        );
+    }
+
+    #[test]
+    fn auth_errors_name_the_key() {
+        let error = parse("[auth]\nconnect_permission = \"\"").unwrap_err();
+        assert_eq!(error, "`auth.connect_permission` is empty");
+        let error = parse("[auth]\ncookie = \"a b\"").unwrap_err();
+        assert!(
+            error.starts_with("`auth.cookie` is not a cookie name"),
+            "{error}"
+        );
+        let error = parse("[auth.jwt]\nsecret = \"s\"\naudiance = \"x\"").unwrap_err();
+        assert!(error.contains("unknown field `audiance`"), "{error}");
+        let error = parse("[auth]\nstrict = \"yes\"").unwrap_err();
+        assert!(error.contains("strict"), "{error}");
+
+        let build_error = |text: &str| build(&parse(text).unwrap(), None).unwrap_err();
+        assert_eq!(
+            build_error("[auth.jwt]\npublic_key_file = \"/no/such/key.pem\""),
+            "`auth.jwt.public_key_file`: cannot read /no/such/key.pem: No such file or \
+             directory (os error 2)"
+        );
+        assert!(
+            build_error("[auth.jwt]\njwks_file = \"/no/such/jwks.json\"")
+                .starts_with("`auth.jwt.jwks_file`: cannot read /no/such/jwks.json")
+        );
+        assert!(build_error("[auth.jwt]").starts_with("`auth.jwt`: no JWT key configured"));
+        assert!(
+            build_error("[auth.jwt]\nsecret = \"s\"\nalgorithms = [\"RS256\"]")
+                .starts_with("`auth.jwt.algorithms`: ")
+        );
+        assert!(
+            build_error("[auth.jwt]\nsecret = \"s\"\nleeway_secs = 100000")
+                .starts_with("`auth.jwt.leeway_secs`: ")
+        );
+        assert_eq!(
+            build_error("[auth]\nconnect_permission = \"c\""),
+            "`auth.connect_permission` needs authentication: an `[auth.jwt]` table or \
+             --jwt-secret"
+        );
+        assert_eq!(
+            build_error("[namespaces.\"a:*\"]\nrequire = { join = \"r\" }"),
+            "`namespaces.\"a:*\".require.join` needs authentication: an `[auth.jwt]` table or \
+             --jwt-secret"
+        );
+    }
+
+    #[test]
+    fn the_jwt_secret_flag_replaces_the_file_key() {
+        let config = parse("[auth.jwt]\npublic_key_file = \"/no/such/key.pem\"").unwrap();
+        build(&config, Some("flag-secret")).unwrap();
+        build(&parse("").unwrap(), Some("flag-secret")).unwrap();
+        assert_eq!(
+            build(&parse("").unwrap(), Some("")).unwrap_err(),
+            "--jwt-secret is empty"
+        );
+        // The file's other checks still apply.
+        let config = parse("[auth.jwt]\nleeway_secs = 100000").unwrap();
+        assert!(
+            build(&config, Some("flag-secret"))
+                .unwrap_err()
+                .starts_with("`auth.jwt.leeway_secs`")
+        );
+        // Permissions are fine once a flag turns authentication on.
+        let config = parse("[namespaces.\"a:*\"]\nrequire = { join = \"r\" }").unwrap();
+        build(&config, Some("flag-secret")).unwrap();
+    }
+
+    #[test]
+    fn strict_mode_names_undeclared_namespaces() {
+        let text = "[auth]\nstrict = true\n[auth.jwt]\nsecret = \"s\"\n\
+                    [namespaces.\"room:*\"]\n[namespaces.\"lobby\"]\npublic = true\n\
+                    [namespaces.\"chat:*\"]\nrequire = { join = \"chat:read\" }";
+        assert_eq!(
+            build(&parse(text).unwrap(), None).unwrap_err(),
+            "`auth.strict` is on, but `namespaces.\"room:*\"` does not say who may use its \
+             channels (give it `require = { join = \"permission\" }`, also with `publish`, \
+             `presence` or `history`, or `public = true`)"
+        );
+        let declared = text.replace(
+            "[namespaces.\"room:*\"]",
+            "[namespaces.\"room:*\"]\npublic = true",
+        );
+        build(&parse(&declared).unwrap(), None).unwrap();
+        // The built-in methods and the demo namespace are declared public.
+        build(&parse("[auth]\nstrict = true").unwrap(), None).unwrap();
+    }
+
+    #[test]
+    fn namespace_permissions_need_their_feature() {
+        for (text, error) in [
+            (
+                "require = { publish = \"w\" }",
+                "`namespaces.\"n:*\".require.publish` needs `client_publish = true`",
+            ),
+            (
+                "require = { presence = \"p\" }",
+                "`namespaces.\"n:*\".require.presence` needs `presence = true`",
+            ),
+            (
+                "require = { history = \"h\" }",
+                "`namespaces.\"n:*\".require.history` needs `history_size` above 0",
+            ),
+            (
+                "require = { join = \"\" }",
+                "`namespaces.\"n:*\".require.join` is empty",
+            ),
+        ] {
+            let text = format!("[namespaces.\"n:*\"]\n{text}");
+            assert_eq!(parse(&text).unwrap_err(), error, "{text}");
+        }
+        let error = parse("[namespaces.\"n:*\"]\nrequire = { joins = \"r\" }").unwrap_err();
+        assert!(error.contains("unknown field `joins`"), "{error}");
     }
 
     #[test]
@@ -296,6 +815,17 @@ mod tests {
         assert!(error.contains("not a duration"), "{error}");
         let error = parse("compression = \"maybe\"").unwrap_err();
         assert!(error.contains("unknown variant `maybe`"), "{error}");
+        let error = parse("origins = [\"app.example.com\"]").unwrap_err();
+        assert!(
+            error.contains("invalid origin `app.example.com`"),
+            "{error}"
+        );
+        let error = parse("[limits]\ncall_rate = \"of\"").unwrap_err();
+        assert!(error.contains(r#"expected "off" or"#), "{error}");
+        let error = parse("[limits]\npublish_rate = { per_second = 1, burst = 0 }").unwrap_err();
+        assert!(error.contains("`burst` must be at least 1"), "{error}");
+        let error = parse("[limits]\nmax_connections_per_ip = 0").unwrap_err();
+        assert_eq!(error, "`limits.max_connections_per_ip` must be at least 1");
     }
 
     #[test]

@@ -215,7 +215,12 @@ async fn establish(inner: &Inner, attempt: u32) -> Result<Session, ConnectError>
     };
 
     let codec = options.codec;
-    if options.credentials_in_hello {
+    // Without a credential in the upgrade the client still says `hello` (with what it has,
+    // maybe nothing): an endpoint that authenticates then answers at once (`welcome` or
+    // `reject`) instead of waiting out its handshake timeout, and one that does not has sent
+    // `welcome` already and ignores it.
+    let header_credential = !options.credentials_in_hello && req.token.is_some();
+    if !header_credential {
         // The first frame of the session; nothing else goes out before `welcome`: the
         // session's link to the calls is installed only after it.
         let data = options

@@ -884,6 +884,11 @@ async fn serve(
                     Ok(frame) => frame,
                     Err(e) => panic!("client sent an undecodable frame: {e}"),
                 };
+                // A client without a credential says an empty `hello`; a server that does
+                // not authenticate ignores it, as the plexus server does.
+                if matches!(frame, Frame::Hello { token: None, .. }) && !script.require_hello {
+                    continue;
+                }
                 let _ = events.send(Event::Frame { conn, frame: frame.clone() });
                 if silent || closing {
                     continue;

@@ -214,10 +214,7 @@ async fn disconnect(
     };
     // Connections on other nodes are reached through the engine; the count is this node's.
     let count = match (request.user, request.conn) {
-        (Some(user), None) => {
-            hub.disconnect_user(&user, code, REASON)
-                .await?
-        }
+        (Some(user), None) => hub.disconnect_user(&user, code, REASON).await?,
         (None, Some(conn)) => {
             let here = usize::from(hub.connection(&conn).is_some());
             hub.disconnect(&conn, code, REASON).await?;

@@ -631,6 +631,25 @@ impl Hub {
         Ok(())
     }
 
+    /// Ends the connection's subscriptions its principal no longer allows (after a token
+    /// refresh): each gets `left` with `FORBIDDEN`.
+    pub(crate) async fn recheck_subscriptions(&self, conn: &ConnectionHandle) {
+        for channel in conn.channels() {
+            let allowed = self
+                .inner
+                .namespaces
+                .resolve(&channel)
+                .is_some_and(|options| options.allows(conn, &channel, ChannelAction::Join));
+            if !allowed {
+                let why = error(
+                    ErrorCode::FORBIDDEN,
+                    "the refreshed credential does not allow this channel",
+                );
+                self.unsubscribe_local(conn, &channel, Some(why)).await;
+            }
+        }
+    }
+
     /// A client's `leave`.
     pub(crate) async fn leave(&self, conn: &ConnectionHandle, name: &str) -> Result<(), ErrorBody> {
         self.options(name)?;

@@ -260,6 +260,16 @@ impl ConnectionHandle {
         channels.drain().collect()
     }
 
+    /// The channels the connection is subscribed to (or joining).
+    pub(crate) fn channels(&self) -> Vec<Arc<str>> {
+        let channels = self
+            .shared
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        channels.iter().cloned().collect()
+    }
+
     /// Whether the connection is subscribed to (or joining) `channel`.
     pub(crate) fn has_channel(&self, channel: &str) -> bool {
         let channels = self

@@ -164,11 +164,14 @@ where
     let reason = conn.run().await;
     server.hub.unregister(&handle).await;
     conn.finish(&reason);
+    let welcomed = conn.welcomed;
+    // Gives the connection's place under the limits back before anyone hears it ended.
+    drop(conn);
     server
         .connections
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(conn = %handle.id(), ?reason, "connection ended");
-    if !conn.welcomed {
+    if !welcomed {
         return;
     }
     if let Some(hook) = server.on_disconnect.clone() {
@@ -1347,6 +1350,8 @@ async fn keep_credential_fresh(server: Arc<ServerInner>, handle: ConnectionHandl
             Ok(fresh) => {
                 tracing::debug!(conn = %handle.id(), "credential refreshed");
                 handle.set_principal(fresh);
+                // Subscriptions made under the old credential must still be allowed.
+                server.hub.recheck_subscriptions(&handle).await;
             }
             Err(e) => {
                 // The credential it has stays good until it expires.

@@ -566,3 +566,251 @@ pub(crate) fn masked_text(payload: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(payload);
     frame
 }
+
+// ---- security tests: credentials in the upgrade, tokens, waiting on the server -----------
+
+/// The HMAC secret of [`jwt_authenticator`].
+pub(crate) const JWT_SECRET: &str = "plexus-security-tests-secret-0123456789abcdef";
+/// The `iss` [`jwt_authenticator`] requires.
+pub(crate) const JWT_ISSUER: &str = "https://auth.plexus.test";
+/// The `aud` [`jwt_authenticator`] requires.
+pub(crate) const JWT_AUDIENCE: &str = "plexus-tests";
+
+/// The configuration of [`jwt_authenticator`]: HS256 with [`JWT_SECRET`], requiring
+/// [`JWT_ISSUER`] and [`JWT_AUDIENCE`], default leeway.
+pub(crate) fn jwt_config() -> plexus_server::JwtConfig {
+    plexus_server::JwtConfig::hmac(JWT_SECRET)
+        .with_algorithms(["HS256"])
+        .with_issuer(JWT_ISSUER)
+        .with_audience(JWT_AUDIENCE)
+}
+
+/// A JWT authenticator for [`jwt_config`].
+pub(crate) fn jwt_authenticator() -> plexus_server::JwtAuthenticator {
+    plexus_server::JwtAuthenticator::new(jwt_config()).expect("valid JWT config")
+}
+
+/// Seconds since the Unix epoch, now.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// The claims [`jwt_authenticator`] accepts: `sub`, `scope` (when not empty), `iss`, `aud`,
+/// `iat` now and `exp` `ttl` seconds from now. Change them to make bad tokens.
+pub(crate) fn claims(sub: &str, scope: &str, ttl: u64) -> Value {
+    let now = unix_now();
+    let mut claims = json!({
+        "sub": sub,
+        "iss": JWT_ISSUER,
+        "aud": JWT_AUDIENCE,
+        "iat": now,
+        "exp": now + ttl,
+    });
+    if !scope.is_empty() {
+        claims["scope"] = json!(scope);
+    }
+    claims
+}
+
+/// A token [`jwt_authenticator`] accepts, for `sub` with the space-separated `scope`, valid
+/// for `ttl` seconds.
+pub(crate) fn token(sub: &str, scope: &str, ttl: u64) -> String {
+    sign_hs256(JWT_SECRET.as_bytes(), &claims(sub, scope, ttl))
+}
+
+/// An HS256 token of exactly `claims`, signed with `secret`.
+pub(crate) fn sign_hs256(secret: &[u8], claims: &Value) -> String {
+    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .expect("sign HS256")
+}
+
+/// An RS256 token of exactly `claims`, signed with the PEM private key `pem`.
+pub(crate) fn sign_rs256(pem: &[u8], claims: &Value) -> String {
+    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(pem).expect("RSA private key"),
+    )
+    .expect("sign RS256")
+}
+
+/// A hand-made token with `alg: none` and an empty signature.
+pub(crate) fn unsigned_token(claims: &Value) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let payload = b64.encode(claims.to_string());
+    format!("{header}.{payload}.")
+}
+
+/// A file of the server crate's test keys (`crates/plexus-server/tests/keys`).
+pub(crate) fn test_key(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plexus-server/tests/keys")
+        .join(name)
+}
+
+/// Where an upgrade request carries its credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CredentialAt {
+    /// `Authorization: Bearer <token>`.
+    Header,
+    /// `Cookie: plexus_token=<token>`.
+    Cookie,
+    /// `/ws?token=<token>`.
+    Query,
+}
+
+impl CredentialAt {
+    /// Every place in an upgrade request.
+    pub(crate) const ALL: [CredentialAt; 3] = [
+        CredentialAt::Header,
+        CredentialAt::Cookie,
+        CredentialAt::Query,
+    ];
+}
+
+/// Opens a WebSocket to `/ws` offering `codec`, with `credential` where it says and the
+/// `extra` headers. `Err((status, body))` when the server refused the upgrade.
+pub(crate) async fn try_upgrade(
+    addr: SocketAddr,
+    codec: Codec,
+    credential: Option<(CredentialAt, &str)>,
+    extra: &[(&str, &str)],
+) -> Result<Ws, (u16, String)> {
+    let path = match credential {
+        Some((CredentialAt::Query, token)) => format!("/ws?token={token}"),
+        _ => "/ws".to_owned(),
+    };
+    let mut request = ws_request_to(addr, &path, Some(codec.subprotocol()));
+    let headers = request.headers_mut();
+    match credential {
+        Some((CredentialAt::Header, token)) => {
+            headers.insert(
+                "Authorization",
+                HeaderValue::from_str(&format!("Bearer {token}")).expect("header value"),
+            );
+        }
+        Some((CredentialAt::Cookie, token)) => {
+            headers.insert(
+                "Cookie",
+                HeaderValue::from_str(&format!("theme=dark; plexus_token={token}"))
+                    .expect("header value"),
+            );
+        }
+        _ => {}
+    }
+    for (name, value) in extra {
+        headers.append(
+            tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    match within("upgrade", tokio_tungstenite::connect_async(request)).await {
+        Ok((ws, _response)) => Ok(ws),
+        Err(tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            Err((response.status().as_u16(), body))
+        }
+        Err(e) => panic!("upgrade failed without an HTTP status: {e}"),
+    }
+}
+
+/// The HTTP status (and body) refusing an upgrade that must be refused.
+pub(crate) async fn refused_upgrade(
+    addr: SocketAddr,
+    credential: Option<(CredentialAt, &str)>,
+    extra: &[(&str, &str)],
+) -> (u16, String) {
+    match try_upgrade(addr, Codec::Json, credential, extra).await {
+        Ok(_) => panic!("the upgrade was accepted; expected a refusal ({credential:?})"),
+        Err(refused) => refused,
+    }
+}
+
+/// Waits (bounded, yielding, no sleeps) until `condition` holds.
+pub(crate) async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    within(what, async {
+        while !condition() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+impl RawClient {
+    /// A client on an upgraded socket that has not had its `welcome` yet (the field is
+    /// null until [`RawClient::expect_welcome`]).
+    pub(crate) fn unwelcomed(ws: Ws, codec: Codec) -> Self {
+        RawClient {
+            ws,
+            codec,
+            welcome: Value::Null,
+        }
+    }
+
+    /// Reads the frame that must come next, a `welcome`, and keeps it.
+    pub(crate) async fn expect_welcome(&mut self) -> Value {
+        let welcome = self.recv_json().await;
+        assert_eq!(welcome["t"], "welcome", "expected welcome, got {welcome}");
+        self.welcome = welcome.clone();
+        welcome
+    }
+
+    /// Connects with `credential` in the upgrade request and reads the `welcome`.
+    pub(crate) async fn connect_with(
+        addr: SocketAddr,
+        codec: Codec,
+        credential: Option<(CredentialAt, &str)>,
+    ) -> Self {
+        let ws = try_upgrade(addr, codec, credential, &[])
+            .await
+            .unwrap_or_else(|(status, body)| {
+                let at = credential.map(|(at, _)| at);
+                panic!("upgrade with a credential in {at:?} refused: {status} {body}")
+            });
+        let mut client = Self::unwelcomed(ws, codec);
+        client.expect_welcome().await;
+        client
+    }
+
+    /// Connects without a credential and authenticates in band with a `hello` carrying
+    /// `token`; returns the client before reading the server's answer.
+    pub(crate) async fn hello(addr: SocketAddr, codec: Codec, token: Option<&str>) -> Self {
+        let ws = try_upgrade(addr, codec, None, &[])
+            .await
+            .unwrap_or_else(|(status, body)| panic!("upgrade refused: {status} {body}"));
+        let mut client = Self::unwelcomed(ws, codec);
+        let mut hello = json!({"t": "hello"});
+        if let Some(token) = token {
+            hello["token"] = json!(token);
+        }
+        client.send_json(hello).await;
+        client
+    }
+
+    /// Asserts that the server refuses this session: `reject` with `code` and `message`,
+    /// then the close code `close`.
+    pub(crate) async fn assert_rejected(&mut self, code: &str, message: &str, close: u16) {
+        let frame = self.recv_json().await;
+        assert_eq!(
+            frame,
+            json!({"t": "reject", "e": {"code": code, "message": message}}),
+            "expected a reject"
+        );
+        assert_eq!(self.recv_close().await, close, "close code after {frame}");
+    }
+}

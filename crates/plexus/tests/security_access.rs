@@ -618,3 +618,53 @@ async fn a_strict_server_with_declarations_builds_and_enforces_them() {
     assert_err(&client.recv_json().await, Some(4), "FORBIDDEN");
     client.assert_echo(5).await;
 }
+
+/// The token's `info` claim is what presence shows of the member, to `$presence` and in
+/// `pjoin`; the user is the token's `sub`.
+#[tokio::test]
+async fn presence_shows_the_user_and_info_from_the_token() {
+    let server = start_with(
+        Server::builder()
+            .router(sys())
+            .config(config())
+            .authenticator(jwt_authenticator())
+            .channels(
+                Namespaces::new()
+                    .namespace("room:*", ChannelOptions::default().presence(true, true)),
+            ),
+    )
+    .await;
+    let mut bob = connect(&server, Codec::Json, "bob", "").await;
+    bob.send_json(json!({"t": "join", "id": 1, "ch": "room:p"}))
+        .await;
+    assert_eq!(bob.recv_json().await["t"], "res");
+    let mut claims = support::claims("alice", "", 3600);
+    claims["info"] = json!({"name": "Alice", "color": "teal"});
+    let token = support::sign_hs256(support::JWT_SECRET.as_bytes(), &claims);
+    let mut alice = RawClient::connect_with(
+        server.addr,
+        Codec::MsgPack,
+        Some((CredentialAt::Header, &token)),
+    )
+    .await;
+    assert_eq!(alice.welcome["user"], "alice");
+    alice
+        .send_json(json!({"t": "join", "id": 1, "ch": "room:p"}))
+        .await;
+    assert_eq!(alice.recv_json().await["t"], "res");
+    let pjoin = bob.recv_json().await;
+    assert_eq!(pjoin["t"], "pjoin");
+    assert_eq!(pjoin["d"]["user"], "alice");
+    assert_eq!(
+        pjoin["d"]["info"],
+        json!({"name": "Alice", "color": "teal"})
+    );
+    let members = alice.call(2, "$presence", json!({"ch": "room:p"})).await;
+    let mut members: Vec<Value> = members["d"].as_array().cloned().unwrap_or_default();
+    members.sort_by_key(|m| m["user"].as_str().map(str::to_owned));
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert_eq!(members[0]["user"], "alice");
+    assert_eq!(members[0]["info"]["name"], "Alice");
+    assert_eq!(members[1]["user"], "bob");
+    assert_eq!(members[1]["info"], Value::Null);
+}

@@ -45,6 +45,11 @@ pub(crate) enum Permission {
 }
 
 impl Permission {
+    /// Whether every connection may call the method.
+    pub(crate) fn is_open(&self) -> bool {
+        !matches!(self, Permission::Required(_))
+    }
+
     /// Whether `principal` may call a method with this permission.
     pub(crate) fn allows(&self, principal: &Principal) -> bool {
         match self {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::StreamExt;
 use plexus_client::{BoxError, ClientOptions, Status};
 use plexus_server::{
     ChannelAction, ChannelOptions, Codec, JwtAuthenticator, Namespaces, RpcError, Server,
@@ -40,7 +41,14 @@ async fn start_refreshing() -> TestServer {
         .request("admin.reset", |_: Value| async {
             Ok::<_, RpcError>("reset")
         })
-        .requires("admin");
+        .requires("admin")
+        .stream("ops.tail", |_: Value| async {
+            // One line, then it waits: a stream that lives until something stops it.
+            let lines = futures_util::stream::once(async { Ok::<_, RpcError>("line 1") })
+                .chain(futures_util::stream::pending());
+            Ok::<_, RpcError>(lines)
+        })
+        .requires("ops.read");
     let namespaces = Namespaces::new().namespace(
         "vault:*",
         ChannelOptions::default().require(ChannelAction::Join, "vault.read"),
@@ -406,4 +414,34 @@ async fn a_refresh_without_the_join_permission_ends_the_subscription() {
         .await;
     let frame = client.recv_json().await;
     assert_eq!(frame, json!({"t": "res", "id": 3, "d": "after"}), "{frame}");
+}
+
+/// A stream opened with a permission the refreshed token no longer holds is stopped and
+/// answered `FORBIDDEN`; the connection goes on.
+#[tokio::test]
+async fn a_refresh_without_a_method_permission_stops_its_stream() {
+    let server = start_refreshing().await;
+    let (mut client, exp) = short_lived(&server, Codec::Json, false, "connect ops.read").await;
+    client
+        .send_json(json!({"t": "sub", "id": 1, "m": "ops.tail", "d": null}))
+        .await;
+    let item = client.recv_json().await;
+    assert_eq!(
+        (item["t"].clone(), item["d"].clone()),
+        (json!("item"), json!("line 1"))
+    );
+    let id = expect_refresh(&mut client, exp).await;
+    answer(&mut client, id, &token("alice", CONNECT, 3600)).await;
+    assert_err(&client.recv_json().await, Some(1), "FORBIDDEN");
+    client
+        .send_json(json!({"t": "sub", "id": 2, "m": "ops.tail", "d": null}))
+        .await;
+    assert_err(&client.recv_json().await, Some(2), "FORBIDDEN");
+    client
+        .send_json(json!({"t": "req", "id": 3, "m": "sys.echo", "d": "still here"}))
+        .await;
+    assert_eq!(
+        client.recv_json().await,
+        json!({"t": "res", "id": 3, "d": "still here"})
+    );
 }

@@ -54,6 +54,8 @@ pub(crate) struct ConnShared {
     pub(crate) query: Option<String>,
     /// Replaced when the client refreshes its credential.
     pub(crate) principal: std::sync::RwLock<Arc<Principal>>,
+    /// Set when the principal is replaced: the connection task checks its calls again.
+    pub(crate) principal_changed: std::sync::atomic::AtomicBool,
     /// The server's shared extensions.
     pub(crate) extensions: Arc<http::Extensions>,
     /// This connection's own typed values (empty, and unallocated, until one is inserted).
@@ -103,6 +105,7 @@ impl ConnectionHandle {
                 headers: HeaderMap::new(),
                 query: None,
                 principal: std::sync::RwLock::new(Arc::new(principal)),
+                principal_changed: Default::default(),
                 extensions: Arc::default(),
                 local: Mutex::new(http::Extensions::new()),
                 queue: Arc::new(OutboundQueue::new(16)),
@@ -162,6 +165,8 @@ impl ConnectionHandle {
             .principal
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Arc::new(principal);
+        self.shared.principal_changed.store(true, Ordering::Release);
+        self.shared.queue.kick();
     }
 
     /// A typed value: this connection's own (see [`ConnectionHandle::insert_extension`])

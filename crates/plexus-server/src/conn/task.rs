@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -58,11 +58,16 @@ pub(crate) struct Accepted {
     pub(crate) slot: ConnectionSlot,
 }
 
+/// A method a connection may call, and the permission that allowed it (if it needs one).
+type Allowed = (Method, Option<Arc<str>>);
+
 struct InFlight {
     seq: u64,
     abort: Option<AbortHandle>,
     state: Option<Arc<CallState>>,
     credit: Option<Arc<Semaphore>>,
+    /// The permission the method requires: checked again when the principal changes.
+    needs: Option<Arc<str>>,
 }
 
 /// Granted credit beyond this is ignored (it would mean "unlimited" anyway) so that no
@@ -122,6 +127,7 @@ where
         headers: accepted.headers,
         query: accepted.query,
         principal: std::sync::RwLock::new(Arc::new(accepted.principal.unwrap_or_default())),
+        principal_changed: Default::default(),
         extensions: server.extensions.clone(),
         local: Mutex::new(http::Extensions::new()),
         queue: queue.clone(),
@@ -225,6 +231,13 @@ where
             // setting one kicks the outbound queue, which wakes this task. (Polling a
             // `Notified` every turn would take its waiter lock every time, and the shutdown
             // signal is shared by every connection.)
+            if self.handle.shared.principal_changed.load(Ordering::Acquire) {
+                self.recheck_calls();
+                // Rare: boxed, so that this future (alive as long as the connection) stays small.
+                if let Err(reason) = Box::pin(self.drain()).await {
+                    return reason;
+                }
+            }
             if self.handle.shared.close.is_fired() {
                 let (code, reason) = self
                     .handle
@@ -353,6 +366,32 @@ where
                     let reason = refused_reason(&e);
                     return Err(self.close(e.close_code(), reason).await);
                 }
+            }
+        }
+    }
+
+    /// After a token refresh: calls in flight whose method needs a permission the new
+    /// principal lacks are stopped and answered `FORBIDDEN`.
+    fn recheck_calls(&mut self) {
+        self.handle
+            .shared
+            .principal_changed
+            .store(false, Ordering::Release);
+        let principal = self.handle.principal();
+        let revoked: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, call)| call.needs.as_deref().is_some_and(|p| !principal.can(p)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in revoked {
+            if let Some(call) = self.in_flight.remove(&id) {
+                stop(call, CancelReason::Forbidden);
+                let error = ErrorBody::new(
+                    ErrorCode::FORBIDDEN,
+                    "the refreshed credential does not allow this call",
+                );
+                self.reply(id, Err(error));
             }
         }
     }
@@ -703,8 +742,9 @@ where
         Ok(())
     }
 
-    /// The method `name`, if the connection may call it; `Err` answers `FORBIDDEN`.
-    fn lookup(&mut self, id: Option<u64>, name: &str) -> Result<Option<Method>, Step> {
+    /// The method `name` and the permission it requires, if the connection may call it;
+    /// `Err` answers `FORBIDDEN`.
+    fn lookup(&mut self, id: Option<u64>, name: &str) -> Result<Option<Allowed>, Step> {
         let Some((method, permission)) = self.server.router.get_with_permission(name) else {
             return Ok(None);
         };
@@ -715,7 +755,7 @@ where
             permission.allows(principal)
         };
         if allowed {
-            Ok(Some(method.clone()))
+            Ok(Some((method.clone(), permission.required().cloned())))
         } else {
             let message = format!("not allowed to call `{}`", shown(name));
             Err(self.error(id, ErrorCode::FORBIDDEN, message))
@@ -752,10 +792,10 @@ where
         if let Err(step) = self.within_rate(false, Some(id)) {
             return step;
         }
-        let start = match self.lookup(Some(id), &method) {
+        let (start, needs) = match self.lookup(Some(id), &method) {
             Err(step) => return step,
-            Ok(Some(Method::Request(start))) => start,
-            Ok(Some(other)) => return self.wrong_kind(Some(id), &method, &other, "req"),
+            Ok(Some((Method::Request(start), needs))) => (start, needs),
+            Ok(Some((other, _))) => return self.wrong_kind(Some(id), &method, &other, "req"),
             Ok(None) => return self.unknown(Some(id), &method),
         };
         let parts = self.parts(id, data);
@@ -788,6 +828,7 @@ where
                         abort: Some(task.abort_handle()),
                         state,
                         credit: None,
+                        needs,
                     },
                 );
                 Step::Continue
@@ -802,10 +843,10 @@ where
         if let Err(step) = self.within_rate(false, Some(id)) {
             return step;
         }
-        let start = match self.lookup(Some(id), &method) {
+        let (start, needs) = match self.lookup(Some(id), &method) {
             Err(step) => return step,
-            Ok(Some(Method::Stream(start))) => start,
-            Ok(Some(other)) => return self.wrong_kind(Some(id), &method, &other, "sub"),
+            Ok(Some((Method::Stream(start), needs))) => (start, needs),
+            Ok(Some((other, _))) => return self.wrong_kind(Some(id), &method, &other, "sub"),
             Ok(None) => return self.unknown(Some(id), &method),
         };
         let parts = self.parts(id, data);
@@ -837,6 +878,7 @@ where
                 abort: Some(task.abort_handle()),
                 state,
                 credit,
+                needs,
             },
         );
         Step::Continue
@@ -846,10 +888,10 @@ where
         if let Err(step) = self.within_rate(false, None) {
             return step;
         }
-        let start = match self.lookup(None, &method) {
+        let (start, _) = match self.lookup(None, &method) {
             Err(step) => return step,
-            Ok(Some(Method::Notify(start))) => start,
-            Ok(Some(other)) => return self.wrong_kind(None, &method, &other, "ntf"),
+            Ok(Some((Method::Notify(start), needs))) => (start, needs),
+            Ok(Some((other, _))) => return self.wrong_kind(None, &method, &other, "ntf"),
             Ok(None) => return self.unknown(None, &method),
         };
         if self.draining.is_some() {

@@ -19,6 +19,8 @@ pub enum CancelReason {
     Disconnected,
     /// The server shut down before the call finished.
     Shutdown,
+    /// The connection's refreshed credential no longer allows the method.
+    Forbidden,
 }
 
 type Cleanup = Box<dyn FnOnce(CancelReason) + Send>;

@@ -45,6 +45,14 @@ pub(crate) enum Permission {
 }
 
 impl Permission {
+    /// The permission required, if any.
+    pub(crate) fn required(&self) -> Option<&Arc<str>> {
+        match self {
+            Permission::Required(permission) => Some(permission),
+            _ => None,
+        }
+    }
+
     /// Whether every connection may call the method.
     pub(crate) fn is_open(&self) -> bool {
         !matches!(self, Permission::Required(_))

@@ -125,7 +125,7 @@ pub(crate) fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match runtime() {
+    let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -249,22 +249,4 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down: draining calls, then closing connections with 1001");
-}
-
-/// The runtime: one worker thread per CPU the process may use. With a single CPU (a small
-/// container, or a process pinned to one core) a current-thread runtime does the same work
-/// without the multi-thread scheduler's cross-thread bookkeeping on every wake-up.
-/// `TOKIO_WORKER_THREADS` sets the number of workers otherwise.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers_set = std::env::var_os("TOKIO_WORKER_THREADS").is_some();
-    if cpus <= 1 && !workers_set {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-    }
 }

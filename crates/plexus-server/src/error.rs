@@ -182,3 +182,9 @@ impl fmt::Display for CallError {
 }
 
 impl std::error::Error for CallError {}
+
+/// A method or channel name as shown in an error message: at most 64 characters, so that a
+/// hostile name cannot make the answer large.
+pub(crate) fn shown(name: &str) -> String {
+    name.chars().take(64).collect()
+}

@@ -28,6 +28,7 @@ pub use plexus_engine::Member;
 use super::filter::Filter;
 use super::options::{ChannelAction, ChannelOptions, Namespaces};
 use crate::conn::ConnectionHandle;
+use crate::error::shown;
 
 /// Most channels this node keeps subscribers for at once; more get `RATE_LIMITED`.
 const DEFAULT_MAX_CHANNELS: usize = 100_000;
@@ -731,41 +732,40 @@ impl Hub {
         let p: ChannelParams = params
             .decode()
             .map_err(|e| crate::error::validation_error(&e).into_body())?;
+        let action = match method {
+            "$presence" => ChannelAction::Presence,
+            "$history" => ChannelAction::History,
+            _ => {
+                return Err(error(
+                    ErrorCode::NOT_FOUND,
+                    format!("unknown built-in method `{}`", shown(method)),
+                ));
+            }
+        };
         let options = self.options(&p.ch)?;
-        let encode = |value: &dyn erased::Value| value.encode(conn.codec());
-        match method {
-            "$presence" => {
-                if !options.presence {
-                    return Err(error(
-                        ErrorCode::NOT_FOUND,
-                        "presence is off for this channel",
-                    ));
-                }
-                if !options.allows(conn, &p.ch, ChannelAction::Presence) {
-                    return Err(forbidden_to_look());
-                }
-                encode(&self.presence(&p.ch).await?)
-            }
-            "$history" => {
-                if !options.allows(conn, &p.ch, ChannelAction::History) {
-                    return Err(forbidden_to_look());
-                }
-                let since = p.since.map(|s| Position {
-                    epoch: s.epoch,
-                    offset: s.offset,
-                });
-                encode(&self.history(&p.ch, since.as_ref(), p.limit).await?)
-            }
-            _ => Err(error(
-                ErrorCode::NOT_FOUND,
-                format!("unknown built-in method `{}`", shown(method)),
-            )),
+        // Permission first: a connection that may not look learns nothing of the channel.
+        if !options.allows(conn, &p.ch, action) {
+            return Err(error(
+                ErrorCode::FORBIDDEN,
+                "not allowed to look at this channel",
+            ));
         }
+        let encode = |value: &dyn erased::Value| value.encode(conn.codec());
+        if action == ChannelAction::Presence {
+            if !options.presence {
+                return Err(error(
+                    ErrorCode::NOT_FOUND,
+                    "presence is off for this channel",
+                ));
+            }
+            return encode(&self.presence(&p.ch).await?);
+        }
+        let since = p.since.map(|s| Position {
+            epoch: s.epoch,
+            offset: s.offset,
+        });
+        encode(&self.history(&p.ch, since.as_ref(), p.limit).await?)
     }
-}
-
-fn forbidden_to_look() -> ErrorBody {
-    error(ErrorCode::FORBIDDEN, "not allowed to look at this channel")
 }
 
 fn msg(channel: &str, offset: u64, data: Payload) -> Frame {
@@ -966,8 +966,4 @@ fn send_to_subscribers(
             let _ = subscriber.conn.push(bytes.clone());
         }
     }
-}
-
-fn shown(name: &str) -> String {
-    name.chars().take(64).collect()
 }

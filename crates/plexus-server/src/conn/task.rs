@@ -28,6 +28,7 @@ use super::queue::QueueEvent;
 use super::{ConnShared, ConnectionHandle, Outbound, OutboundQueue, Pending, Signal};
 use crate::auth::{AuthError, AuthRequest, Credential, CredentialSource};
 use crate::endpoint::ServerInner;
+use crate::error::shown;
 use crate::guard::{CallRateLimiter, ConnectionSlot};
 use crate::principal::Principal;
 use crate::rpc::context::{CallState, CancelReason};
@@ -227,10 +228,10 @@ where
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let idle = self.server.config.limits.idle_timeout;
         loop {
-            // A close request and the server's shutdown are flags looked at once per turn:
-            // setting one kicks the outbound queue, which wakes this task. (Polling a
-            // `Notified` every turn would take its waiter lock every time, and the shutdown
-            // signal is shared by every connection.)
+            // A refreshed principal, a close request and the server's shutdown are flags
+            // looked at once per turn: setting one kicks the outbound queue, which wakes this
+            // task. (Polling a `Notified` every turn would take its waiter lock every time,
+            // and the shutdown signal is shared by every connection.)
             if self.handle.shared.principal_changed.load(Ordering::Acquire) {
                 self.recheck_calls();
                 // Rare: boxed, so that this future (alive as long as the connection) stays small.
@@ -779,18 +780,15 @@ where
         if let Err(step) = self.admit(id) {
             return step;
         }
+        if let Err(step) = self.within_rate(false, Some(id)) {
+            return step;
+        }
         if method.starts_with('$') {
-            if let Err(step) = self.within_rate(false, Some(id)) {
-                return step;
-            }
             let hub = self.server.hub.clone();
             let conn = self.handle.clone();
             return self.hub_call(id, async move {
                 hub.builtin(&conn, &method, &data).await.map(Some)
             });
-        }
-        if let Err(step) = self.within_rate(false, Some(id)) {
-            return step;
         }
         let (start, needs) = match self.lookup(Some(id), &method) {
             Err(step) => return step,
@@ -1075,11 +1073,10 @@ where
     }
 
     fn unknown(&mut self, id: Option<u64>, method: &str) -> Step {
-        let shown: String = method.chars().take(64).collect();
         self.error(
             id,
             ErrorCode::NOT_FOUND,
-            format!("unknown method `{shown}`"),
+            format!("unknown method `{}`", shown(method)),
         )
     }
 
@@ -1314,11 +1311,6 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-/// A method or channel name as shown in an error message: at most 64 characters.
-fn shown(name: &str) -> String {
-    name.chars().take(64).collect()
 }
 
 /// The close reason for a refused credential.

@@ -36,6 +36,8 @@ struct Broker {
 }
 
 struct Stream {
+    /// The channel's name, shared by every publication delivered.
+    name: Arc<str>,
     epoch: Arc<str>,
     offset: u64,
     history: VecDeque<Stored>,
@@ -121,14 +123,16 @@ impl MemoryEngine {
                 "too many channels are kept",
             ));
         }
+        let name: Arc<str> = channel.into();
         let stream = Arc::new(Mutex::new(Stream {
+            name: name.clone(),
             epoch: new_epoch(),
             offset: 0,
             history: VecDeque::new(),
             members: HashMap::new(),
             watchers: HashMap::new(),
         }));
-        streams.insert(channel.into(), stream.clone());
+        streams.insert(name, stream.clone());
         Ok(Some(stream))
     }
 
@@ -180,7 +184,7 @@ impl MemoryEngine {
             }
             if !state.watchers.is_empty() {
                 let publication = Publication {
-                    channel: channel.into(),
+                    channel: state.name.clone(),
                     epoch: state.epoch.clone(),
                     offset,
                     data,

@@ -21,8 +21,7 @@ use crate::channel::{ChannelEvent, Publication};
 use crate::error::CallError;
 use crate::state::Inner;
 
-/// One server-side subscription, or one that ended while the queue was full and whose end
-/// is still to be told.
+/// One live server-side subscription.
 struct ServerChannel {
     /// For dropping duplicates: the epoch of the `joined` and the offset of the last `msg`
     /// accepted (queued or dropped for lack of room).
@@ -36,16 +35,28 @@ struct ServerChannel {
     announced: bool,
     /// Events of the channel were dropped: `Lagged` is owed.
     missed: bool,
-    /// The subscription ended while lagged: `Closed` with this error is owed. The channel
-    /// receives nothing any more (a new `joined` revives it).
-    ended: Option<CallError>,
+}
+
+/// A subscription that ended while its channel lagged: what the application must still be
+/// told of it. Kept apart from the live ones, so that a new `joined` of the same channel
+/// starts a subscription of its own after this one's `Closed`.
+struct OwedEnd {
+    channel: String,
+    /// `Lagged` at this position comes first, if events were dropped.
+    lagged: Option<Position>,
+    error: CallError,
 }
 
 /// Every server-side subscription of the client and the queue of their events.
 #[derive(Default)]
 pub(crate) struct ServerChannels {
-    /// By channel name (ordered, so that owed events come in a predictable order).
+    /// Live subscriptions by channel name (ordered, so that owed events come in a
+    /// predictable order).
     map: BTreeMap<String, ServerChannel>,
+    /// Some live subscription lags: [`flush`](Self::flush) has something to look at.
+    lagging: bool,
+    /// Ended subscriptions whose end is still to be told, oldest first.
+    ends: VecDeque<OwedEnd>,
     queue: VecDeque<(String, ChannelEvent)>,
     waker: Option<Waker>,
     /// A [`ServerSubscriptions`] is alive.
@@ -57,7 +68,7 @@ pub(crate) struct ServerChannels {
 impl ServerChannels {
     /// Whether the server has `channel` subscribed for this client (and has not ended it).
     pub(crate) fn is_live(&self, channel: &str) -> bool {
-        self.map.get(channel).is_some_and(|c| c.ended.is_none())
+        self.map.contains_key(channel)
     }
 
     /// Queues an event, or gives it back when the queue is full.
@@ -81,20 +92,10 @@ impl ServerChannels {
         channel: &str,
         position: Position,
     ) -> Option<Waker> {
-        if let Some(entry) = self.map.get_mut(channel) {
-            match entry.ended.take() {
-                // Subscribed again while the end of the previous subscription was not told
-                // yet: told as one gap instead (`Lagged`, and publications resume).
-                Some(_) => {
-                    entry.tracked = position;
-                    entry.missed = true;
-                }
-                // Subscribed already: the server renewed the subscription without a gap (an
-                // epoch does not change under a live subscription). Nothing to tell.
-                None => {
-                    tracing::debug!(channel, "`joined` for a channel subscribed already");
-                }
-            }
+        if self.map.contains_key(channel) {
+            // Subscribed already: the server renewed the subscription without a gap (an
+            // epoch does not change under a live subscription). Nothing to tell.
+            tracing::debug!(channel, "`joined` for a channel subscribed already");
             return None;
         }
         let mut entry = ServerChannel {
@@ -103,7 +104,6 @@ impl ServerChannels {
             lagged: false,
             announced: false,
             missed: false,
-            ended: None,
         };
         let pushed = self.try_push(capacity, channel, ChannelEvent::Subscribed { position });
         let waker = match pushed {
@@ -113,6 +113,7 @@ impl ServerChannels {
             }
             Err(_) => {
                 entry.lagged = true;
+                self.lagging = true;
                 None
             }
         };
@@ -130,7 +131,7 @@ impl ServerChannels {
         data: Payload,
     ) -> Option<Waker> {
         let full = self.queue.len() >= capacity;
-        let entry = self.map.get_mut(channel).filter(|e| e.ended.is_none())?;
+        let entry = self.map.get_mut(channel)?;
         if offset <= entry.tracked.offset {
             tracing::debug!(
                 channel,
@@ -144,9 +145,11 @@ impl ServerChannels {
         if entry.lagged || full {
             entry.lagged = true;
             entry.missed = true;
+            self.lagging = true;
             return None;
         }
-        entry.delivered = entry.tracked.clone();
+        // The epoch is the `joined`'s for the whole subscription: only the offset moves.
+        entry.delivered.offset = offset;
         let event = ChannelEvent::Publication(Publication { offset, data });
         self.try_push(capacity, channel, event).ok().flatten()
     }
@@ -159,10 +162,11 @@ impl ServerChannels {
         event: ChannelEvent,
     ) -> Option<Waker> {
         let full = self.queue.len() >= capacity;
-        let entry = self.map.get_mut(channel).filter(|e| e.ended.is_none())?;
+        let entry = self.map.get_mut(channel)?;
         if entry.lagged || full {
             entry.lagged = true;
             entry.missed = true;
+            self.lagging = true;
             return None;
         }
         self.try_push(capacity, channel, event).ok().flatten()
@@ -175,15 +179,19 @@ impl ServerChannels {
         channel: &str,
         error: CallError,
     ) -> Option<Waker> {
-        let full = self.queue.len() >= capacity;
-        let entry = self.map.get_mut(channel).filter(|e| e.ended.is_none())?;
+        let entry = self.map.remove(channel)?;
         tracing::debug!(channel, code = %error.code(), "server-side subscription ended");
-        if entry.lagged || full {
-            entry.lagged = true;
-            entry.ended = Some(error);
+        if entry.lagged || self.queue.len() >= capacity {
+            // Started and ended while the queue was full: never told at all.
+            if entry.announced {
+                self.ends.push_back(OwedEnd {
+                    channel: channel.to_owned(),
+                    lagged: entry.missed.then_some(entry.delivered),
+                    error,
+                });
+            }
             return None;
         }
-        self.map.remove(channel);
         self.try_push(capacity, channel, ChannelEvent::Closed(error))
             .ok()
             .flatten()
@@ -191,12 +199,7 @@ impl ServerChannels {
 
     /// Every server-side subscription ends (the connection dropped, or the client is done).
     pub(crate) fn end_all(&mut self, capacity: usize, error: &CallError) -> Option<Waker> {
-        let live: Vec<String> = self
-            .map
-            .iter()
-            .filter(|(_, e)| e.ended.is_none())
-            .map(|(name, _)| name.clone())
-            .collect();
+        let live: Vec<String> = self.map.keys().cloned().collect();
         let mut waker = None;
         for channel in live {
             waker = self.on_left(capacity, &channel, error.clone()).or(waker);
@@ -211,30 +214,27 @@ impl ServerChannels {
         waker.or_else(|| self.waker.take())
     }
 
-    /// Queues what lagged channels owe, while there is room: `Subscribed` if it was never
-    /// queued, `Lagged` if events were dropped, `Closed` if the subscription ended. Each
-    /// channel owes at most three events, so the queue holds at most `capacity + 2`.
+    /// Queues what is owed, while there is room: first the ends of subscriptions that ended
+    /// while lagging (`Lagged` if events were dropped, then `Closed`), then, for live lagged
+    /// channels, `Subscribed` if it was never queued and `Lagged` if events were dropped.
+    /// Each queues at most two events, so the queue holds at most `capacity + 1`.
     fn flush(&mut self, capacity: usize) {
-        if self.queue.len() >= capacity {
+        while self.queue.len() < capacity
+            && let Some(end) = self.ends.pop_front()
+        {
+            if let Some(position) = end.lagged {
+                let event = ChannelEvent::Lagged { position };
+                self.queue.push_back((end.channel.clone(), event));
+            }
+            self.queue
+                .push_back((end.channel, ChannelEvent::Closed(end.error)));
+        }
+        if !self.lagging {
             return;
         }
-        let lagged: Vec<String> = self
-            .map
-            .iter()
-            .filter(|(_, e)| e.lagged)
-            .map(|(name, _)| name.clone())
-            .collect();
-        for channel in lagged {
+        for (channel, entry) in self.map.iter_mut().filter(|(_, e)| e.lagged) {
             if self.queue.len() >= capacity {
-                break;
-            }
-            let Some(entry) = self.map.get_mut(&channel) else {
-                continue;
-            };
-            if !entry.announced && entry.ended.is_some() {
-                // Started and ended while the queue was full: never told.
-                self.map.remove(&channel);
-                continue;
+                return;
             }
             if !entry.announced {
                 let position = entry.delivered.clone();
@@ -250,11 +250,8 @@ impl ServerChannels {
                 entry.missed = false;
             }
             entry.lagged = false;
-            if let Some(error) = entry.ended.take() {
-                self.map.remove(&channel);
-                self.queue.push_back((channel, ChannelEvent::Closed(error)));
-            }
         }
+        self.lagging = false;
     }
 
     /// The next event (for [`ServerSubscriptions`]'s `poll_next`).
@@ -267,7 +264,7 @@ impl ServerChannels {
         if let Some(item) = self.queue.pop_front() {
             return Poll::Ready(Some(item));
         }
-        if self.finished && self.map.is_empty() {
+        if self.finished && self.map.is_empty() && self.ends.is_empty() {
             return Poll::Ready(None);
         }
         match &mut self.waker {
@@ -399,12 +396,7 @@ impl fmt::Debug for ServerSubscriptions {
         f.debug_struct("ServerSubscriptions")
             .field(
                 "channels",
-                &server
-                    .map
-                    .iter()
-                    .filter(|(_, e)| e.ended.is_none())
-                    .map(|(name, _)| name.as_str())
-                    .collect::<Vec<_>>(),
+                &server.map.keys().map(String::as_str).collect::<Vec<_>>(),
             )
             .field("buffered", &server.queue.len())
             .finish()

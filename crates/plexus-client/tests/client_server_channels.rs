@@ -592,3 +592,49 @@ async fn closing_the_client_ends_the_server_side_stream() {
     }
     assert!(timeout(WAIT, stream.next()).await.unwrap().is_none());
 }
+
+/// A channel the server ends and subscribes again while the buffer is full: the first
+/// subscription is told to its end (`Lagged` for what it dropped, then `Closed`), and the
+/// second starts with a `Subscribed` of its own.
+#[tokio::test]
+async fn a_subscription_renewed_while_full_is_told_as_two() {
+    let mut server = TestServer::start(quiet()).await;
+    let (client, conn) = connect_to(
+        &mut server,
+        options(Codec::Json).server_subscription_buffer(2),
+    )
+    .await;
+    server.subscribe(conn, "again");
+    server.publish("again", json!({"n": 1}));
+    // The buffer is full: dropped.
+    server.publish("again", json!({"n": 2}));
+    server.unsubscribe(conn, "again", None);
+    server.subscribe(conn, "again");
+    server.publish("again", json!({"n": 3}));
+    sync(&server, &client, conn).await;
+
+    let mut stream = client.server_subscriptions().unwrap();
+    let mut kinds = Vec::new();
+    for _ in 0..6 {
+        let (channel, event) = next_server(&mut stream).await;
+        assert_eq!(channel, "again");
+        kinds.push(match event {
+            ChannelEvent::Subscribed { .. } => "subscribed".to_owned(),
+            ChannelEvent::Publication(p) => format!("publication {}", p.offset),
+            ChannelEvent::Lagged { position } => format!("lagged {}", position.offset),
+            ChannelEvent::Closed(error) => format!("closed {}", error.code()),
+            other => format!("{other:?}"),
+        });
+    }
+    assert_eq!(
+        kinds,
+        [
+            "subscribed",
+            "publication 1",
+            "lagged 1",
+            "closed UNSUBSCRIBED",
+            "subscribed",
+            "lagged 2",
+        ]
+    );
+}

@@ -408,6 +408,19 @@ impl Inner {
         Ok(bytes)
     }
 
+    /// Sends the `join` of subscription `token` again (with its last position as `since`);
+    /// a join that cannot be encoded fails the subscription.
+    fn rejoin(&self, channels: &mut Channels, link: &Link, token: u64) -> Option<Waker> {
+        let sub = channels.subs.get_mut(&token)?;
+        match self.prepare_join(&mut channels.calls, token, sub) {
+            Ok(bytes) => {
+                link.send_ordered(bytes);
+                None
+            }
+            Err(error) => channels.fail(token, error),
+        }
+    }
+
     /// Sends a `leave` for `channel` on `link` and registers `call` for its answer.
     fn send_leave(
         &self,
@@ -637,13 +650,7 @@ impl Inner {
         }
         sub.phase = Phase::Idle;
         let link = st.link.as_ref()?;
-        match self.prepare_join(&mut channels.calls, token, sub) {
-            Ok(bytes) => {
-                link.send_ordered(bytes);
-                None
-            }
-            Err(error) => channels.fail(token, error),
-        }
+        self.rejoin(channels, link, token)
     }
 
     /// A `msg` arrived.
@@ -789,13 +796,7 @@ impl Inner {
             return sub.overflow();
         }
         let link = st.link.as_ref()?;
-        match self.prepare_join(&mut channels.calls, token, sub) {
-            Ok(bytes) => {
-                link.send_ordered(bytes);
-                None
-            }
-            Err(error) => channels.fail(token, error),
-        }
+        self.rejoin(channels, link, token)
     }
 
     /// The next event of subscription `token` (for [`Subscription`]'s `poll_next`).
@@ -823,13 +824,9 @@ impl Inner {
                         }
                     }
                     (Phase::Idle, Some(link)) => {
-                        match self.prepare_join(&mut channels.calls, token, sub) {
-                            Ok(bytes) => link.send_ordered(bytes),
-                            Err(error) => {
-                                // Nothing else is buffered: the Closed event comes next.
-                                channels.fail(token, error);
-                            }
-                        }
+                        // On failure nothing else is buffered: the Closed event comes next,
+                        // from this very poll's caller, so there is no one else to wake.
+                        let _ = self.rejoin(channels, link, token);
                     }
                     // Disconnected: the next session joins it. Otherwise underway already.
                     _ => {}

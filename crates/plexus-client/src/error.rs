@@ -114,12 +114,11 @@ impl CallError {
 
     /// The end of a subscription by a `left` frame without error.
     pub(crate) fn unsubscribed() -> Self {
-        Self {
-            kind: CallErrorKind::Remote,
-            code: ErrorCode::new("UNSUBSCRIBED"),
-            message: "unsubscribed by the server".to_owned(),
-            data: None,
-        }
+        Self::local(
+            CallErrorKind::Remote,
+            ErrorCode::new("UNSUBSCRIBED"),
+            "unsubscribed by the server",
+        )
     }
 
     pub(crate) fn closed() -> Self {

@@ -76,8 +76,9 @@ struct ServeArgs {
     #[arg(long)]
     node_id: Option<String>,
     /// Turns on authentication: connections must present an HS256 token (JWT) signed with
-    /// this secret, e.g. from `plexus token --secret`, as `Authorization: Bearer`, the
-    /// `plexus_token` cookie or `?token=`. Replaces the key of the file's [auth.jwt].
+    /// this secret, e.g. from `plexus token --secret`, as `Authorization: Bearer`, the auth
+    /// cookie (`plexus_token` unless [auth] cookie says otherwise), `?token=` or a `hello`
+    /// frame. Replaces the key of the file's [auth.jwt].
     /// [default: no authentication]
     #[arg(long, env = "PLEXUS_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,

@@ -158,11 +158,16 @@ impl ConnectArgs {
     }
 }
 
-pub(crate) fn print_json(payload: &Payload) -> Result<(), Failure> {
+/// A value as JSON text; one that has no JSON form is an error, never a silent `null`.
+pub(crate) fn json_text(payload: &Payload) -> Result<String, Failure> {
     let json = payload
         .to_codec(Codec::Json)
-        .map_err(|e| Failure::local("INTERNAL", format!("cannot show the answer as JSON: {e}")))?;
-    println!("{}", String::from_utf8_lossy(json.raw()));
+        .map_err(|e| Failure::local("INTERNAL", format!("cannot show the value as JSON: {e}")))?;
+    Ok(String::from_utf8_lossy(json.raw()).into_owned())
+}
+
+pub(crate) fn print_json(payload: &Payload) -> Result<(), Failure> {
+    println!("{}", json_text(payload)?);
     Ok(())
 }
 

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 use futures_util::StreamExt;
-use plexus_client::{CallOptions, ChannelEvent, Codec, JoinOptions, Position, ReconnectOptions};
+use plexus_client::{CallOptions, ChannelEvent, JoinOptions, Position, ReconnectOptions};
 
-use super::call::{ConnectArgs, DEFAULT_TIMEOUT, Failure, exit, json_arg};
+use super::call::{ConnectArgs, DEFAULT_TIMEOUT, Failure, exit, json_arg, json_text};
 
 /// Arguments of `sub`.
 #[derive(Args, Debug)]
@@ -52,13 +52,6 @@ fn parse_position(text: &str) -> Result<Position, String> {
     })
 }
 
-fn show(payload: &plexus_client::Payload) -> String {
-    payload
-        .to_codec(Codec::Json)
-        .map(|json| String::from_utf8_lossy(json.raw()).into_owned())
-        .unwrap_or_else(|_| "null".into())
-}
-
 /// Joins and prints each publication as `{"o":OFFSET,"d":DATA}` on stdout until Ctrl-C;
 /// reconnects (recovering what was missed) when the connection drops.
 pub(crate) async fn sub(args: SubArgs) -> ExitCode {
@@ -69,8 +62,8 @@ pub(crate) async fn sub(args: SubArgs) -> ExitCode {
                 options = options.since(since);
             }
             if let Some(filter) = &args.filter {
-                let filter = json_arg(Some(filter), "the filter")?;
-                options.filter = Some(filter);
+                let filter = json_arg(Some(filter), "the filter's fields")?;
+                options = options.filter_raw(filter);
             }
             let client = args
                 .conn
@@ -89,7 +82,7 @@ pub(crate) async fn sub(args: SubArgs) -> ExitCode {
                 tokio::select! {
                     event = subscription.next() => match event {
                         Some(ChannelEvent::Publication(publication)) => {
-                            println!("{{\"o\":{},\"d\":{}}}", publication.offset, show(&publication.data));
+                            println!("{{\"o\":{},\"d\":{}}}", publication.offset, json_text(&publication.data)?);
                         }
                         Some(ChannelEvent::MemberJoined(member)) => {
                             eprintln!("joined: {} ({})", member.user.as_deref().unwrap_or("anonymous"), member.conn);
@@ -129,7 +122,7 @@ pub(crate) async fn sub(args: SubArgs) -> ExitCode {
 pub(crate) async fn publish(args: PubArgs) -> ExitCode {
     exit(
         async {
-            let data = json_arg(Some(&args.data), "the publication")?;
+            let data = json_arg(Some(&args.data), "the publication data")?;
             let client = args.conn.connect(&args.url).await?;
             let options =
                 CallOptions::default().timeout(args.conn.timeout().unwrap_or(DEFAULT_TIMEOUT));

@@ -475,7 +475,9 @@ impl FileConfig {
     pub(crate) fn endpoint(&self) -> EndpointConfig {
         let mut config = EndpointConfig::default();
         let limits = &mut config.limits;
-        let rate = |(per_second, burst)| RateLimit::new(per_second, burst).ok();
+        let rate = |(per_second, burst)| {
+            Some(RateLimit::new(per_second, burst).expect("the serve defaults are nonzero"))
+        };
         limits.call_rate = rate(SERVE_CALL_RATE);
         limits.publish_rate = rate(SERVE_PUBLISH_RATE);
         limits.max_connections_per_ip = SERVE_MAX_CONNECTIONS_PER_IP;

@@ -32,11 +32,22 @@ pub(crate) struct OutboundQueue {
     consumer: AtomicWaker,
     /// Wakes producers waiting for room.
     room: Notify,
+    /// Producers waiting for room: a pop skips `room` (and the lock it takes) while none is.
+    waiting: AtomicUsize,
 }
 
 struct State {
     items: VecDeque<Outbound>,
     closed: bool,
+}
+
+/// Counts a producer as waiting for room for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// What the consumer of the queue is woken for.
@@ -65,6 +76,7 @@ impl OutboundQueue {
             kicked: AtomicBool::new(false),
             consumer: AtomicWaker::new(),
             room: Notify::new(),
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -109,8 +121,16 @@ impl OutboundQueue {
     /// stays free for `try_push`, which cannot wait and takes a full queue for a slow
     /// consumer. Otherwise a stream that keeps the queue full by design would make a client
     /// that reads everything look slow.
-    pub(crate) async fn push(&self, mut item: Outbound) -> Result<(), PushError> {
+    pub(crate) async fn push(&self, item: Outbound) -> Result<(), PushError> {
         let limit = (self.capacity / 2).max(1);
+        let item = match self.offer(item, limit) {
+            Ok(()) => return Ok(()),
+            Err((PushError::Closed, _)) => return Err(PushError::Closed),
+            Err((PushError::Full, back)) => back,
+        };
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        let mut item = item;
         loop {
             // Register for a wake-up before looking, so a pop in between is not missed.
             let mut room = pin!(self.room.notified());
@@ -137,7 +157,11 @@ impl OutboundQueue {
                 state.items = VecDeque::new();
             }
             drop(state);
-            self.room.notify_waiters();
+            // SeqCst pairs with the producer's increment: either it sees the pop's room
+            // when it offers again, or this sees it waiting.
+            if self.waiting.load(Ordering::SeqCst) > 0 {
+                self.room.notify_waiters();
+            }
         }
         item
     }

@@ -9,6 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
@@ -224,37 +225,18 @@ where
             ));
         }
         let interval = self.server.config.limits.heartbeat_interval;
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = Heartbeat::new(interval);
         let idle = self.server.config.limits.idle_timeout;
+        // A refreshed principal, a close request and the server's shutdown are flags looked
+        // at after a kick: setting one kicks the outbound queue, which wakes this task.
+        // (Polling a `Notified` every turn would take its waiter lock every time, and the
+        // shutdown signal is shared by every connection.)
+        let mut kicked = true;
         loop {
-            // A refreshed principal, a close request and the server's shutdown are flags
-            // looked at once per turn: setting one kicks the outbound queue, which wakes this
-            // task. (Polling a `Notified` every turn would take its waiter lock every time,
-            // and the shutdown signal is shared by every connection.)
-            if self.handle.shared.principal_changed.load(Ordering::Acquire) {
-                self.recheck_calls();
-                // Rare: boxed, so that this future (alive as long as the connection) stays small.
-                if let Err(reason) = Box::pin(self.drain()).await {
-                    return reason;
-                }
-            }
-            if self.handle.shared.close.is_fired() {
-                let (code, reason) = self
-                    .handle
-                    .shared
-                    .close_code
-                    .get()
-                    .copied()
-                    .unwrap_or((CloseCode::NORMAL, ""));
-                return Box::pin(self.close(code, reason)).await;
-            }
-            if self.draining.is_none() && self.server.is_shutting_down() {
-                self.draining = Some(Instant::now() + self.server.config.limits.drain_timeout);
-                if self.in_flight.is_empty() {
-                    return Box::pin(self.close(CloseCode::GOING_AWAY, "server shutting down"))
-                        .await;
-                }
+            if std::mem::take(&mut kicked)
+                && let Err(reason) = Box::pin(self.look_at_flags()).await
+            {
+                return reason;
             }
             // One timer for the drain deadline and the idle deadline, whichever comes first.
             let idle_deadline = idle.map(|idle| self.last_call + idle);
@@ -268,13 +250,16 @@ where
                 biased;
                 event = std::future::poll_fn(|cx| self.queue.poll_event(cx)) => match event {
                     QueueEvent::Item(out) => self.outbound(out),
-                    QueueEvent::Kick | QueueEvent::Closed => Step::Continue,
+                    QueueEvent::Kick | QueueEvent::Closed => {
+                        kicked = true;
+                        Step::Continue
+                    }
                 },
                 frame = self.ws.next_frame() => match frame {
                     Ok(frame) => self.inbound(frame),
                     Err(e) => Step::ReadFailed(e),
                 },
-                _ = heartbeat.tick() => {
+                () = std::future::poll_fn(|cx| heartbeat.poll_due(cx)) => {
                     if self.last_seen.elapsed() >= interval * 2 {
                         Step::Close(CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout")
                     } else {
@@ -309,6 +294,34 @@ where
                 Step::Ended(reason) => return reason,
             }
         }
+    }
+
+    /// Acts on the flags a kick may have set. `Err` ends the connection for the reason given.
+    /// Rare, so the loop awaits it boxed: this future then takes no room in the loop's.
+    async fn look_at_flags(&mut self) -> Result<(), DisconnectReason> {
+        if self.handle.shared.principal_changed.load(Ordering::Acquire) {
+            self.recheck_calls();
+            self.drain().await?;
+        }
+        if self.handle.shared.close.is_fired() {
+            let (code, reason) = self
+                .handle
+                .shared
+                .close_code
+                .get()
+                .copied()
+                .unwrap_or((CloseCode::NORMAL, ""));
+            return Err(self.close(code, reason).await);
+        }
+        if self.draining.is_none() && self.server.is_shutting_down() {
+            self.draining = Some(Instant::now() + self.server.config.limits.drain_timeout);
+            if self.in_flight.is_empty() {
+                return Err(self
+                    .close(CloseCode::GOING_AWAY, "server shutting down")
+                    .await);
+            }
+        }
+        Ok(())
     }
 
     /// Waits for the client's `hello` and authenticates it. Nothing else is served before:
@@ -1304,6 +1317,49 @@ where
 {
     std::future::poll_fn(|cx| ws.poll_ready_unpin(cx)).await?;
     ws.flush().await
+}
+
+/// The heartbeat timer, polled only when due: once its `Sleep` has this task's waker, the
+/// timer wakes the task at the deadline, so a turn of the loop for anything else (one per
+/// publication delivered) need not touch it.
+struct Heartbeat {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    deadline: Instant,
+    interval: Duration,
+    /// The `Sleep` holds this task's waker for `deadline`.
+    armed: bool,
+}
+
+impl Heartbeat {
+    fn new(interval: Duration) -> Self {
+        let deadline = Instant::now() + interval;
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
+            interval,
+            armed: false,
+        }
+    }
+
+    /// Ready once per interval; the next deadline counts from when it was seen, so a busy
+    /// task does not fire a burst of missed ticks.
+    fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.armed && Instant::now() < self.deadline {
+            return Poll::Pending;
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.deadline = Instant::now() + self.interval;
+                self.sleep.as_mut().reset(self.deadline);
+                self.armed = false;
+                Poll::Ready(())
+            }
+            Poll::Pending => {
+                self.armed = true;
+                Poll::Pending
+            }
+        }
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

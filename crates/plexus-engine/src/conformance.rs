@@ -26,7 +26,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use plexus_protocol::{Codec, Payload, Position, PresenceEvent};
+use plexus_protocol::{Codec, ErrorBody, ErrorCode, Payload, Position, PresenceEvent};
 use tokio::sync::Notify;
 
 use crate::{Engine, EngineSink, Member, NodeMessage, Publication, StreamOptions};
@@ -611,7 +611,7 @@ where
     b.engine.unwatch(&channel).await.expect("unwatch");
 }
 
-/// A broadcast reaches every other node, and not the sender.
+/// A broadcast of each kind of message reaches every other node whole, and not the sender.
 pub async fn broadcast_reaches_the_other_nodes<F, Fut>(make: &F)
 where
     F: Fn() -> Fut,
@@ -622,23 +622,48 @@ where
         node(make, "b").await,
         node(make, "c").await,
     );
-    let message = NodeMessage::Disconnect {
-        conn: unique("conn"),
-        code: 4000,
-        reason: "test".into(),
-    };
-    a.engine
-        .broadcast(message.clone())
-        .await
-        .expect("broadcast");
-    for sink in [&b.sink, &c.sink] {
-        sink.wait_for("the message", |seen| {
-            seen.contains(&Seen::Message(message.clone()))
-        })
-        .await;
+    let json = |value: serde_json::Value| Payload::encode(Codec::Json, &value).expect("encode");
+    // Each kind a cluster engine must carry whole, errors with their data included.
+    let messages = [
+        NodeMessage::Disconnect {
+            conn: unique("conn"),
+            code: 4000,
+            reason: "test".into(),
+        },
+        NodeMessage::Request {
+            conn: unique("conn"),
+            method: "ui.confirm".into(),
+            data: json(serde_json::json!({"q": "sure?"})),
+            node: "a".into(),
+            id: 7,
+            timeout_ms: 5_000,
+        },
+        NodeMessage::Reply {
+            node: "a".into(),
+            id: 7,
+            result: Ok(json(serde_json::json!({"ok": true}))),
+        },
+        NodeMessage::Reply {
+            node: "a".into(),
+            id: 8,
+            result: Err(ErrorBody::new(ErrorCode::new("DECLINED"), "no")
+                .with_data(json(serde_json::json!({"why": "busy"})))),
+        },
+    ];
+    for message in messages {
+        a.engine
+            .broadcast(message.clone())
+            .await
+            .expect("broadcast");
+        for sink in [&b.sink, &c.sink] {
+            sink.wait_for("the message", |seen| {
+                seen.contains(&Seen::Message(message.clone()))
+            })
+            .await;
+        }
+        assert!(
+            !a.sink.seen().contains(&Seen::Message(message)),
+            "the sender does not get its own message"
+        );
     }
-    assert!(
-        !a.sink.seen().contains(&Seen::Message(message)),
-        "the sender does not get its own message"
-    );
 }

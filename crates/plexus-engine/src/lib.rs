@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::MemoryEngine;
-use plexus_protocol::{Payload, Position, PresenceEvent};
+use plexus_protocol::{ErrorBody, Payload, Position, PresenceEvent};
 use serde::{Deserialize, Serialize};
 
 /// What engine calls return: a boxed future, so that engines can be used as
@@ -194,6 +194,31 @@ pub enum NodeMessage {
         code: u16,
         /// Close reason.
         reason: String,
+    },
+    /// Send a request to a connection. The node that holds it answers with
+    /// [`NodeMessage::Reply`] to `node`; the others ignore it.
+    Request {
+        /// Connection id.
+        conn: String,
+        /// Method name.
+        method: String,
+        /// Params.
+        data: Payload,
+        /// The node that asks, which the reply is for.
+        node: String,
+        /// The asking node's id for the request.
+        id: u64,
+        /// How long the client has to answer, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// The answer to a [`NodeMessage::Request`], for the node that sent it.
+    Reply {
+        /// The node the reply is for.
+        node: String,
+        /// The request's id on that node.
+        id: u64,
+        /// The client's result, or why there is none.
+        result: Result<Payload, ErrorBody>,
     },
     /// Close every connection of a user.
     DisconnectUser {

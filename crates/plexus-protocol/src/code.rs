@@ -5,7 +5,8 @@ use crate::Payload;
 
 /// The `code` of an error: an UPPER_SNAKE string. The built-in codes are constants here;
 /// applications add their own with [`ErrorCode::new`].
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct ErrorCode(Cow<'static, str>);
 
 impl ErrorCode {
@@ -69,13 +70,16 @@ impl PartialEq<&str> for ErrorCode {
 }
 
 /// The body of an `err` or `reject` frame: `{"code":...,"message":...,"data":...}`.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Its serde form (the same fields) is what carries an error between nodes.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ErrorBody {
     /// What went wrong, as a code a program can branch on.
     pub code: ErrorCode,
     /// What went wrong, for people.
     pub message: String,
     /// Optional details (for `VALIDATION_ERROR`: `{"path": "<serde path>"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Payload>,
 }
 

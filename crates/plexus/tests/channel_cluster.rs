@@ -4,9 +4,11 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use plexus_server::{
-    ChannelOptions, CloseCode, Codec, EndpointConfig, Engine, MemoryEngine, Namespaces, Server,
+    ChannelOptions, CloseCode, Codec, EndpointConfig, Engine, ErrorCode, MemoryEngine, Namespaces,
+    Server,
 };
 use serde_json::{Value, json};
 use support::{RawClient, TestServer, config, start_with, sys};
@@ -215,6 +217,125 @@ async fn connections_are_reached_from_the_other_node() {
         .await
         .unwrap();
     assert_eq!(client.recv_close().await, 1000);
+}
+
+/// Reads the next frame, which must be a `req` for `method`, and returns its id and params.
+async fn expect_request(client: &mut RawClient, method: &str) -> (u64, Value) {
+    let req = client.recv_json().await;
+    assert_eq!(
+        (req["t"].clone(), req["m"].clone()),
+        (json!("req"), json!(method)),
+        "expected a request: {req}"
+    );
+    (req["id"].as_u64().unwrap(), req["d"].clone())
+}
+
+#[tokio::test]
+async fn a_request_reaches_a_connection_on_the_other_node_and_brings_its_answer_back() {
+    let (a, b) = cluster().await;
+    let mut client = RawClient::connect(a.addr, Some(Codec::MsgPack)).await;
+    let conn = client.welcome["conn"].as_str().unwrap().to_owned();
+    let hub = b.server.hub().clone();
+    let asking = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            hub.request::<_, Value>(
+                &conn,
+                "ui.confirm",
+                &json!({"q": "sure?"}),
+                Duration::from_secs(5),
+            )
+            .await
+        })
+    };
+    let (id, params) = expect_request(&mut client, "ui.confirm").await;
+    assert_eq!(params, json!({"q": "sure?"}));
+    client
+        .send_json(json!({"t": "res", "id": id, "d": {"ok": true}}))
+        .await;
+    assert_eq!(asking.await.unwrap().unwrap(), json!({"ok": true}));
+
+    // The client's error comes back as it was sent, with its data.
+    let hub = b.server.hub().clone();
+    let asking = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            hub.request::<_, Value>(&conn, "ui.confirm", &json!({}), Duration::from_secs(5))
+                .await
+        })
+    };
+    let (id, _) = expect_request(&mut client, "ui.confirm").await;
+    client
+        .send_json(json!({"t": "err", "id": id, "e": {"code": "DECLINED", "message": "no", "data": {"why": "busy"}}}))
+        .await;
+    let refused = asking.await.unwrap().unwrap_err();
+    assert_eq!(refused.code, ErrorCode::new("DECLINED"));
+    assert_eq!(refused.message, "no");
+    assert_eq!(
+        refused.data.unwrap().decode::<Value>().unwrap(),
+        json!({"why": "busy"})
+    );
+
+    // The same call on the node that holds the connection takes the short way.
+    let hub = a.server.hub().clone();
+    let asking = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            hub.request::<_, Value>(
+                &conn,
+                "ui.confirm",
+                &json!({"n": 3}),
+                Duration::from_secs(5),
+            )
+            .await
+        })
+    };
+    let (id, params) = expect_request(&mut client, "ui.confirm").await;
+    assert_eq!(params, json!({"n": 3}));
+    client
+        .send_json(json!({"t": "res", "id": id, "d": 3}))
+        .await;
+    assert_eq!(asking.await.unwrap().unwrap(), json!(3));
+}
+
+#[tokio::test]
+async fn a_request_the_remote_client_leaves_unanswered_times_out_with_a_cancel() {
+    let (a, b) = cluster().await;
+    let mut client = RawClient::connect(a.addr, Some(Codec::Json)).await;
+    let conn = client.welcome["conn"].as_str().unwrap().to_owned();
+    let hub = b.server.hub().clone();
+    let asking = tokio::spawn(async move {
+        hub.request::<_, Value>(&conn, "ui.slow", &json!({}), Duration::from_millis(300))
+            .await
+    });
+    let (id, _) = expect_request(&mut client, "ui.slow").await;
+    // Unanswered: the client's node cancels the call and says so to the asking node.
+    let cancel = client.recv_json().await;
+    assert_eq!(cancel, json!({"t": "cancel", "id": id}));
+    let timed_out = asking.await.unwrap().unwrap_err();
+    assert_eq!(timed_out.code, ErrorCode::TIMEOUT, "{timed_out:?}");
+    client.assert_echo(7).await;
+}
+
+#[tokio::test]
+async fn a_request_to_a_connection_no_node_holds_times_out() {
+    let (_a, b) = cluster().await;
+    let started = Instant::now();
+    let missing = b
+        .server
+        .hub()
+        .request::<_, Value>(
+            "nobody",
+            "ui.confirm",
+            &json!({}),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code, ErrorCode::TIMEOUT);
+    assert!(missing.message.contains("nobody"), "{}", missing.message);
+    // It waited for the timeout and the way back, not for ever.
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 #[tokio::test]

@@ -14,14 +14,18 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use plexus_engine::{Engine, EngineError, EngineErrorKind, EngineSink, NodeMessage, Publication};
 use plexus_protocol::{
     CloseCode, Codec, ErrorBody, ErrorCode, Frame, Payload, Position, PresenceEvent,
 };
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 pub use plexus_engine::Member;
 
@@ -32,6 +36,14 @@ use crate::error::shown;
 
 /// Most channels this node keeps subscribers for at once; more get `RATE_LIMITED`.
 const DEFAULT_MAX_CHANNELS: usize = 100_000;
+
+/// Requests to connections on other nodes this node waits for at once; more get
+/// `RATE_LIMITED`.
+const MAX_REMOTE_REQUESTS: usize = 10_000;
+
+/// How long past the client's own timeout a node waits for another node's reply: the
+/// client's node answers `TIMEOUT` itself, this only covers the way back.
+const REPLY_GRACE: Duration = Duration::from_secs(2);
 
 /// Publications of a channel from its history.
 #[derive(Clone, Debug, Serialize)]
@@ -90,6 +102,11 @@ struct HubInner {
     channels: RwLock<HashMap<Arc<str>, Arc<LocalChannel>>>,
     connections: RwLock<HashMap<String, ConnectionHandle>>,
     max_channels: usize,
+    /// This node's name, which replies from other nodes are addressed to.
+    node: String,
+    /// Requests sent to connections on other nodes, waiting for their replies.
+    remote_requests: Mutex<HashMap<u64, oneshot::Sender<Result<Payload, ErrorBody>>>>,
+    next_remote_request: AtomicU64,
 }
 
 /// The node's hub: publish to channels, presence and history, reach connections anywhere
@@ -150,6 +167,9 @@ impl Hub {
             channels: RwLock::new(HashMap::new()),
             connections: RwLock::new(HashMap::new()),
             max_channels: DEFAULT_MAX_CHANNELS,
+            node: node.to_owned(),
+            remote_requests: Mutex::new(HashMap::new()),
+            next_remote_request: AtomicU64::new(1),
         });
         let sink: Arc<dyn EngineSink> = Arc::new(HubSink(Arc::downgrade(&inner)));
         let node = node.to_owned();
@@ -326,6 +346,84 @@ impl Hub {
             data,
         })
         .await
+    }
+
+    /// Sends a request to the connection `conn`, on this node or another one, and waits up
+    /// to `timeout` for the client's answer. The client gets `cancel` when the time is up
+    /// and the call fails with `TIMEOUT`, as it does when no node holds `conn`.
+    pub async fn request<P, R>(
+        &self,
+        conn: &str,
+        method: &str,
+        params: &P,
+        timeout: Duration,
+    ) -> Result<R, ErrorBody>
+    where
+        P: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let data = Payload::encode(Codec::Json, params)
+            .map_err(|e| error(ErrorCode::VALIDATION_ERROR, e.to_string()))?;
+        let answer = self.request_raw(conn, method, data, timeout).await?;
+        answer.decode().map_err(|e| {
+            error(
+                ErrorCode::VALIDATION_ERROR,
+                format!(
+                    "the client's answer does not fit at `{}`: {}",
+                    e.path(),
+                    e.message()
+                ),
+            )
+        })
+    }
+
+    /// Like [`Hub::request`] with params already encoded (in any codec) and the raw answer.
+    pub async fn request_raw(
+        &self,
+        conn: &str,
+        method: &str,
+        data: Payload,
+        timeout: Duration,
+    ) -> Result<Payload, ErrorBody> {
+        if let Some(handle) = self.connection(conn) {
+            return request_here(&handle, method, data, timeout).await;
+        }
+        let id = self
+            .inner
+            .next_remote_request
+            .fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiting = lock(&self.inner.remote_requests);
+            if waiting.len() >= MAX_REMOTE_REQUESTS {
+                return Err(error(
+                    ErrorCode::RATE_LIMITED,
+                    "too many requests to connections on other nodes are waiting",
+                ));
+            }
+            waiting.insert(id, tx);
+        }
+        // Forgets the request however this future ends (answered, timed out or dropped).
+        let _waiting = RemoteRequest { hub: self, id };
+        self.broadcast(NodeMessage::Request {
+            conn: conn.to_owned(),
+            method: method.to_owned(),
+            data,
+            node: self.inner.node.clone(),
+            id,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        })
+        .await?;
+        match tokio::time::timeout(timeout.saturating_add(REPLY_GRACE), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(error(ErrorCode::UNAVAILABLE, "the hub was shut down")),
+            Err(_) => Err(error(
+                ErrorCode::TIMEOUT,
+                format!(
+                    "no answer from connection {conn}: no node holds it, or its node did not reply"
+                ),
+            )),
+        }
     }
 
     /// Subscribes the connection `conn` to `channel` (a server-side subscription): the
@@ -862,6 +960,32 @@ impl EngineSink for HubSink {
                     let _ = handle.notify_raw(&method, data);
                 }
             }
+            NodeMessage::Request {
+                conn,
+                method,
+                data,
+                node,
+                id,
+                timeout_ms,
+            } => {
+                if let Some(handle) = hub.connection(&conn) {
+                    spawn(async move {
+                        let timeout = Duration::from_millis(timeout_ms);
+                        let result = request_here(&handle, &method, data, timeout).await;
+                        if let Err(e) = hub.broadcast(NodeMessage::Reply { node, id, result }).await
+                        {
+                            tracing::warn!(error = %e, "a reply to another node was lost");
+                        }
+                    });
+                }
+            }
+            NodeMessage::Reply { node, id, result } => {
+                if node == hub.inner.node
+                    && let Some(waiting) = lock(&hub.inner.remote_requests).remove(&id)
+                {
+                    let _ = waiting.send(result);
+                }
+            }
             NodeMessage::Disconnect { conn, code, .. } => {
                 if let Some(handle) = hub.connection(&conn) {
                     handle.close(CloseCode(code), "disconnected by the server");
@@ -908,6 +1032,34 @@ impl EngineSink for HubSink {
                 hub.unsubscribe_local(&conn, &channel, Some(why)).await;
             }
         });
+    }
+}
+
+/// Calls a connection of this node with params in any codec.
+async fn request_here(
+    handle: &ConnectionHandle,
+    method: &str,
+    data: Payload,
+    timeout: Duration,
+) -> Result<Payload, ErrorBody> {
+    let data = data
+        .to_codec(handle.codec())
+        .map_err(|e| error(ErrorCode::VALIDATION_ERROR, e.to_string()))?;
+    handle
+        .request_raw(method, data, timeout)
+        .await
+        .map_err(|e| e.into_body())
+}
+
+/// A request to another node's connection, forgotten when its caller stops waiting.
+struct RemoteRequest<'a> {
+    hub: &'a Hub,
+    id: u64,
+}
+
+impl Drop for RemoteRequest<'_> {
+    fn drop(&mut self) {
+        lock(&self.hub.inner.remote_requests).remove(&self.id);
     }
 }
 

@@ -155,29 +155,27 @@ impl ConnectionLimiter {
     /// given back when the returned slot is dropped.
     pub fn try_acquire(&self, ip: IpAddr) -> Result<ConnectionSlot, LimitRefusal> {
         let inner = &self.inner;
+        let key = self.key(ip);
+        // Both counts change under the map's lock, so a refusal never rests on a place that
+        // another attempt took for a moment and gave back.
+        let mut map = inner.per_ip();
+        if inner.total.load(Ordering::Acquire) >= inner.max_total {
+            return Err(LimitRefusal::Total);
+        }
+        if map.get(&key).copied().unwrap_or(0) >= inner.max_per_ip {
+            return Err(LimitRefusal::PerIp);
+        }
         inner
             .total
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < inner.max_total).then_some(n + 1)
             })
             .map_err(|_| LimitRefusal::Total)?;
-        let key = self.key(ip);
-        {
-            let mut map = inner.per_ip();
-            let count = map.entry(key).or_insert(0);
-            if *count < inner.max_per_ip {
-                *count += 1;
-                return Ok(ConnectionSlot {
-                    inner: inner.clone(),
-                    key,
-                });
-            }
-            if *count == 0 {
-                map.remove(&key);
-            }
-        }
-        inner.total.fetch_sub(1, Ordering::AcqRel);
-        Err(LimitRefusal::PerIp)
+        *map.entry(key).or_insert(0) += 1;
+        Ok(ConnectionSlot {
+            inner: inner.clone(),
+            key,
+        })
     }
 
     /// Connections held now.

@@ -325,6 +325,19 @@ impl Server {
         let chosen = offered
             .as_deref()
             .and_then(|list| Codec::negotiate(Some(list)));
+        // The upgrade itself stays ours, so that the connection's socket can be shared with
+        // publishers (`conn::SharedSocket`); yawc answers the handshake (accept key, agreed
+        // extensions) holding a stand-in.
+        let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            return (
+                StatusCode::BAD_REQUEST,
+                "expected a WebSocket upgrade request",
+            )
+                .into_response();
+        };
+        parts
+            .extensions
+            .insert(hyper::upgrade::on(http::Request::new(())));
         let upgrade = match yawc::IncomingUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(upgrade) => upgrade,
             Err(status) => {
@@ -367,10 +380,16 @@ impl Server {
                 }
             }
         };
-        let (mut response, fut) = match upgrade.upgrade(self.inner.config.ws_options()) {
+        let options = self.inner.config.ws_options();
+        let (mut response, _stand_in) = match upgrade.upgrade(options.clone()) {
             Ok(pair) => pair,
             Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
         };
+        let extensions = response
+            .headers()
+            .get(header::SEC_WEBSOCKET_EXTENSIONS)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         if let Some(codec) = chosen {
             response.headers_mut().insert(
                 header::SEC_WEBSOCKET_PROTOCOL,
@@ -387,11 +406,37 @@ impl Server {
         };
         let inner = self.inner.clone();
         let handshake_timeout = self.inner.config.limits.handshake_timeout;
+        // A compressed connection sends small messages uncompressed (yawc's threshold), and
+        // only those may be written directly.
+        let max_direct_len = match extensions {
+            Some(_) => self.inner.config.compression_threshold.saturating_sub(1),
+            None => usize::MAX,
+        };
         self.inner.tasks.spawn(async move {
-            match tokio::time::timeout(handshake_timeout, fut).await {
-                Ok(Ok(ws)) => conn::run(ws, inner, accepted).await,
-                Ok(Err(e)) => tracing::debug!(error = %e, "upgrade failed"),
-                Err(_) => tracing::debug!("upgrade did not complete within the handshake timeout"),
+            let upgraded = match tokio::time::timeout(handshake_timeout, on_upgrade).await {
+                Ok(Ok(upgraded)) => upgraded,
+                Ok(Err(e)) => return tracing::debug!(error = %e, "upgrade failed"),
+                Err(_) => {
+                    return tracing::debug!(
+                        "upgrade did not complete within the handshake timeout"
+                    );
+                }
+            };
+            let queue = Arc::new(conn::OutboundQueue::new(inner.config.limits.outbound_queue));
+            let socket = conn::SharedSocket::new(
+                queue.clone(),
+                Box::new(hyper_util::rt::TokioIo::new(upgraded)),
+                accepted.codec.is_binary(),
+                max_direct_len,
+            );
+            match yawc::WebSocket::from_stream_with_extensions(
+                socket,
+                yawc::Role::Server,
+                extensions.as_deref(),
+                options,
+            ) {
+                Ok(ws) => conn::run(ws, queue, inner, accepted).await,
+                Err(e) => tracing::debug!(error = %e, "cannot set up the agreed extensions"),
             }
         });
         response.map(axum::body::Body::new)

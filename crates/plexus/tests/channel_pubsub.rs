@@ -334,8 +334,19 @@ async fn history_returns_what_the_channel_keeps() {
     assert_eq!(res["d"]["pubs"], json!([{"o": 4, "d": {"n": 3}}]));
 }
 
+/// On one worker, an idle subscriber's publications are written straight to its socket.
 #[tokio::test]
 async fn one_publisher_to_2000_subscribers_loses_nothing() {
+    one_publisher_to_2000_subscribers().await;
+}
+
+/// On several workers, a fan-out this large goes through each subscriber's queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_publisher_to_2000_subscribers_on_two_workers_loses_nothing() {
+    one_publisher_to_2000_subscribers().await;
+}
+
+async fn one_publisher_to_2000_subscribers() {
     const SUBSCRIBERS: usize = 2000;
     const PUBLICATIONS: u64 = 20;
     let server = start_channels(config()).await;
@@ -369,6 +380,30 @@ async fn one_publisher_to_2000_subscribers_loses_nothing() {
             (1..=PUBLICATIONS).collect::<Vec<_>>()
         );
     }
+}
+
+#[tokio::test]
+async fn large_publications_to_a_client_that_reads_late_arrive_whole_and_in_order() {
+    // 12 MiB: more than the sockets hold, so some writes are cut short and finished later,
+    // and later publications wait in the queue behind them.
+    const PUBLICATIONS: u64 = 48;
+    let server = start_channels(config()).await;
+    let mut client = RawClient::connect(server.addr, Some(Codec::Json)).await;
+    join(&mut client, 1, "feed:large", None).await;
+    let pad = "x".repeat(256 * 1024);
+    for n in 1..=PUBLICATIONS {
+        server
+            .server
+            .hub()
+            .publish("feed:large", &json!({"n": n, "pad": pad}))
+            .await
+            .unwrap();
+    }
+    for (n, (offset, data)) in (1..).zip(msgs(&mut client, "feed:large", 48).await) {
+        assert_eq!((offset, data["n"].as_u64()), (n, Some(n)));
+        assert_eq!(data["pad"].as_str().map(str::len), Some(pad.len()));
+    }
+    client.assert_echo(9).await;
 }
 
 #[tokio::test]

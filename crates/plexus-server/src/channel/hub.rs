@@ -1089,13 +1089,54 @@ fn fan_out(state: &LocalState, channel: &str, publication: &Publication) {
     });
 }
 
-/// Pushes `frame` to every live subscriber `include` accepts, encoded at most once per
-/// codec: the same `Bytes` go into every queue. A full queue closes that subscriber (4008);
-/// the others are not slowed.
+/// Largest fan-out written straight to idle subscribers' sockets on a runtime with several
+/// workers. A bigger one goes through the subscribers' queues, so that their tasks can write
+/// on several workers at once; with one worker there is nothing to gain from that.
+const DIRECT_FAN_OUT: usize = 64;
+
+fn writes_directly(subscribers: usize) -> bool {
+    subscribers <= DIRECT_FAN_OUT
+        || tokio::runtime::Handle::try_current()
+            .is_ok_and(|runtime| runtime.metrics().num_workers() == 1)
+}
+
+/// Sends `frame` to every live subscriber `include` accepts, encoded at most once per
+/// codec: the same `Bytes` go to every socket or queue. An idle subscriber's socket is
+/// written directly where [`writes_directly`] allows. A full queue closes that subscriber
+/// (4008); the others are not slowed.
 fn send_to_subscribers(
     state: &LocalState,
     frame: &Frame,
+    include: impl FnMut(&Subscriber) -> bool,
+) {
+    let direct = writes_directly(state.subscribers.len());
+    if direct {
+        // Each direct write polls a socket, which spends tokio's cooperative budget (128 polls
+        // a turn); past it every write would look blocked. The loop never yields anyway.
+        without_budget(|| send_each(state, frame, include, true));
+    } else {
+        send_each(state, frame, include, false);
+    }
+}
+
+/// Runs `f` with the current task's cooperative budget lifted.
+fn without_budget<R>(f: impl FnOnce() -> R) -> R {
+    let mut f = Some(f);
+    let call = std::pin::pin!(tokio::task::unconstrained(std::future::poll_fn(
+        move |_| std::task::Poll::Ready(f.take().map(|f| f()))
+    )));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match call.poll(&mut cx) {
+        std::task::Poll::Ready(Some(result)) => result,
+        _ => unreachable!("a future ready at its first poll"),
+    }
+}
+
+fn send_each(
+    state: &LocalState,
+    frame: &Frame,
     mut include: impl FnMut(&Subscriber) -> bool,
+    direct: bool,
 ) {
     let mut encoded: [Option<Bytes>; 2] = [None, None];
     for subscriber in state.subscribers.values() {
@@ -1115,7 +1156,7 @@ fn send_to_subscribers(
             }
         }
         if let Some(bytes) = slot {
-            let _ = subscriber.conn.push(bytes.clone());
+            let _ = subscriber.conn.push_publication(bytes, direct);
         }
     }
 }

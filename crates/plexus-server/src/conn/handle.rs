@@ -318,7 +318,17 @@ impl ConnectionHandle {
     /// Queues an encoded frame without waiting. A full queue means the client does not
     /// read fast enough: the connection is closed with 4008 and the frame is not sent.
     pub(crate) fn push(&self, bytes: Bytes) -> Result<(), CallError> {
-        match self.shared.queue.try_push(Outbound::Frame(bytes)) {
+        self.pushed(self.shared.queue.try_push(Outbound::Frame(bytes)))
+    }
+
+    /// Sends a publication like [`ConnectionHandle::push`], written straight to the socket
+    /// when `direct` allows and the connection is idle.
+    pub(crate) fn push_publication(&self, bytes: &Bytes, direct: bool) -> Result<(), CallError> {
+        self.pushed(self.shared.queue.push_publication(bytes, direct))
+    }
+
+    fn pushed(&self, result: Result<(), PushError>) -> Result<(), CallError> {
+        match result {
             Ok(()) => Ok(()),
             Err(PushError::Full) => {
                 if self.shared.close_code.get().is_none() {

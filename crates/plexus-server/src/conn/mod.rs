@@ -7,7 +7,7 @@ mod task;
 
 pub use handle::{ClientStream, ConnectionHandle};
 pub(crate) use handle::{ConnShared, Outbound, Pending};
-pub(crate) use queue::OutboundQueue;
+pub(crate) use queue::{OutboundQueue, SharedSocket};
 pub(crate) use signal::Signal;
 pub use task::DisconnectReason;
 pub(crate) use task::{Accepted, MAX_CONTROL_PAYLOAD, run, write_close_reply};

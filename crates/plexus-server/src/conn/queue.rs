@@ -1,4 +1,4 @@
-//! The bounded outbound queue of one connection.
+//! The bounded outbound queue of one connection, and the socket it shares with publishers.
 //!
 //! Like a bounded tokio mpsc channel with one receiver, except that an idle connection's
 //! queue holds no buffer: tokio's channel allocates its first block of 32 slots up front,
@@ -6,12 +6,15 @@
 //! and gives the memory back once a burst has been written.
 
 use std::collections::VecDeque;
-use std::pin::pin;
-use std::sync::Mutex;
+use std::io::{self, IoSlice};
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker, ready};
 
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
 use super::Outbound;
@@ -34,11 +37,210 @@ pub(crate) struct OutboundQueue {
     room: Notify,
     /// Producers waiting for room: a pop skips `room` (and the lock it takes) while none is.
     waiting: AtomicUsize,
+    /// Set by a direct write: the connection's idle timer counts it as activity.
+    written_directly: AtomicBool,
 }
 
 struct State {
     items: VecDeque<Outbound>,
     closed: bool,
+    direct: Direct,
+}
+
+/// A byte stream a connection runs on.
+pub(crate) trait Socket: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Socket for T {}
+
+/// The connection's socket, shared so that a publisher can write a publication to an idle
+/// connection itself: no queueing, no waking the connection's task, one `writev`. The
+/// connection's task reads and writes through [`SharedSocket`], under the same lock.
+///
+/// A direct write may only happen when it cannot overtake or split anything: the task is in
+/// its main loop, has nothing taken from the queue and not flushed (`busy`), the queue is
+/// empty, and no earlier direct write left a remainder. Otherwise the publication is queued.
+#[derive(Default)]
+struct Direct {
+    socket: Option<Box<dyn Socket>>,
+    /// Direct writes are allowed: the task is in its main loop (not greeting, not closing).
+    open: bool,
+    /// The task has taken frames, or written bytes, that it has not flushed yet.
+    busy: bool,
+    /// What a direct write left unwritten; it goes out before anything else.
+    backlog: BytesMut,
+    /// Largest payload written directly: yawc may compress larger ones.
+    max_len: usize,
+    binary: bool,
+}
+
+/// How a direct write went.
+enum DirectWrite {
+    /// Not attempted, or the socket took nothing: queue the publication instead.
+    NotWritten,
+    /// The whole frame is on its way.
+    Written,
+    /// Part of it is; the rest is in the backlog for the connection's task.
+    Partly,
+}
+
+impl Direct {
+    fn write(&mut self, payload: &Bytes) -> DirectWrite {
+        if !self.open || self.busy || !self.backlog.is_empty() || payload.len() > self.max_len {
+            return DirectWrite::NotWritten;
+        }
+        let Some(socket) = self.socket.as_mut() else {
+            return DirectWrite::NotWritten;
+        };
+        let mut header = [0u8; 10];
+        let header = frame_header(self.binary, payload.len(), &mut header);
+        let total = header.len() + payload.len();
+        // Nobody is waiting to write (not busy), so the no-op waker replaces no one's.
+        let mut cx = Context::from_waker(Waker::noop());
+        let bufs = [IoSlice::new(header), IoSlice::new(payload)];
+        match Pin::new(socket).poll_write_vectored(&mut cx, &bufs) {
+            Poll::Ready(Ok(n)) if n == total => DirectWrite::Written,
+            Poll::Ready(Ok(n)) if n > 0 => {
+                let mut rest = BytesMut::with_capacity(total - n);
+                if n < header.len() {
+                    rest.extend_from_slice(&header[n..]);
+                    rest.extend_from_slice(payload);
+                } else {
+                    rest.extend_from_slice(&payload[n - header.len()..]);
+                }
+                self.backlog = rest;
+                self.busy = true;
+                DirectWrite::Partly
+            }
+            // Full, closed or failing: the task's own write finds out which.
+            _ => DirectWrite::NotWritten,
+        }
+    }
+
+    /// Writes the backlog out; ready once it is empty.
+    fn poll_backlog(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.backlog.is_empty() {
+            let Some(socket) = self.socket.as_mut() else {
+                return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+            };
+            let n = ready!(Pin::new(socket).poll_write(cx, &self.backlog))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.backlog.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The header of an unmasked, unfragmented data frame (RFC 6455, 5.2).
+fn frame_header(binary: bool, len: usize, out: &mut [u8; 10]) -> &[u8] {
+    out[0] = 0x80 | if binary { 0x2 } else { 0x1 };
+    let used = if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if let Ok(len) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&len.to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    &out[..used]
+}
+
+/// The connection's socket as its task (through yawc) sees it: every read and write takes
+/// the queue's lock, so that no direct write happens in the middle of one, and every write
+/// marks the task busy until [`OutboundQueue::flushed`]. Dropping it closes the socket.
+pub(crate) struct SharedSocket {
+    queue: Arc<OutboundQueue>,
+}
+
+impl SharedSocket {
+    /// Shares `socket` through `queue`. Publications of at most `max_direct_len` bytes may be
+    /// written to it directly, as binary frames if `binary`, else text.
+    pub(crate) fn new(
+        queue: Arc<OutboundQueue>,
+        socket: Box<dyn Socket>,
+        binary: bool,
+        max_direct_len: usize,
+    ) -> Self {
+        {
+            let mut state = queue.lock();
+            state.direct.socket = Some(socket);
+            state.direct.binary = binary;
+            state.direct.max_len = max_direct_len;
+        }
+        Self { queue }
+    }
+}
+
+impl Drop for SharedSocket {
+    fn drop(&mut self) {
+        let socket = {
+            let mut state = self.queue.lock();
+            state.direct.open = false;
+            state.direct.socket.take()
+        };
+        drop(socket);
+    }
+}
+
+fn no_socket() -> io::Error {
+    io::ErrorKind::NotConnected.into()
+}
+
+impl AsyncRead for SharedSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut state = self.queue.lock();
+        match state.direct.socket.as_mut() {
+            Some(socket) => Pin::new(socket).poll_read(cx, buf),
+            None => Poll::Ready(Err(no_socket())),
+        }
+    }
+}
+
+impl AsyncWrite for SharedSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut state = self.queue.lock();
+        let direct = &mut state.direct;
+        direct.busy = true;
+        ready!(direct.poll_backlog(cx))?;
+        match direct.socket.as_mut() {
+            Some(socket) => Pin::new(socket).poll_write(cx, buf),
+            None => Poll::Ready(Err(no_socket())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut state = self.queue.lock();
+        let direct = &mut state.direct;
+        ready!(direct.poll_backlog(cx))?;
+        match direct.socket.as_mut() {
+            Some(socket) => Pin::new(socket).poll_flush(cx),
+            None => Poll::Ready(Err(no_socket())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut state = self.queue.lock();
+        let direct = &mut state.direct;
+        direct.open = false;
+        ready!(direct.poll_backlog(cx))?;
+        match direct.socket.as_mut() {
+            Some(socket) => Pin::new(socket).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
 }
 
 /// Counts a producer as waiting for room for as long as it lives.
@@ -69,6 +271,7 @@ impl OutboundQueue {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 closed: false,
+                direct: Direct::default(),
             }),
             capacity: capacity.max(1),
             len: AtomicUsize::new(0),
@@ -77,6 +280,7 @@ impl OutboundQueue {
             consumer: AtomicWaker::new(),
             room: Notify::new(),
             waiting: AtomicUsize::new(0),
+            written_directly: AtomicBool::new(false),
         }
     }
 
@@ -113,6 +317,64 @@ impl OutboundQueue {
         drop(state);
         self.consumer.wake();
         Ok(())
+    }
+
+    /// Sends a publication: written to the socket at once when `direct` and the connection
+    /// is idle (see [`SharedSocket`]), else queued if there is room, like `try_push`.
+    pub(crate) fn push_publication(&self, bytes: &Bytes, direct: bool) -> Result<(), PushError> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(PushError::Closed);
+        }
+        if direct && state.items.is_empty() {
+            match state.direct.write(bytes) {
+                DirectWrite::Written => {
+                    drop(state);
+                    self.written_directly.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
+                DirectWrite::Partly => {
+                    drop(state);
+                    self.written_directly.store(true, Ordering::Relaxed);
+                    // The task writes the rest before anything else.
+                    self.kick();
+                    return Ok(());
+                }
+                DirectWrite::NotWritten => {}
+            }
+        }
+        if state.items.len() >= self.capacity {
+            return Err(PushError::Full);
+        }
+        state.items.push_back(Outbound::Frame(bytes.clone()));
+        self.len.store(state.items.len(), Ordering::Release);
+        drop(state);
+        self.consumer.wake();
+        Ok(())
+    }
+
+    /// Allows direct writes (`true`, when the task enters its main loop) or stops them for
+    /// good (`false`, before the task writes a close frame or gives up on the socket).
+    pub(crate) fn set_direct(&self, open: bool) {
+        self.lock().direct.open = open;
+    }
+
+    /// The task has flushed everything it took: direct writes may go on.
+    pub(crate) fn flushed(&self) {
+        let mut state = self.lock();
+        if state.direct.backlog.is_empty() {
+            state.direct.busy = false;
+        }
+    }
+
+    /// Whether a direct write left a remainder the task must flush.
+    pub(crate) fn has_backlog(&self) -> bool {
+        !self.lock().direct.backlog.is_empty()
+    }
+
+    /// Whether a publication was written directly since the last call.
+    pub(crate) fn take_written_directly(&self) -> bool {
+        self.written_directly.swap(false, Ordering::Relaxed)
     }
 
     /// Queues an item, waiting for room. Fails only when the queue is closed.
@@ -153,6 +415,8 @@ impl OutboundQueue {
         let item = state.items.pop_front();
         self.len.store(state.items.len(), Ordering::Release);
         if item.is_some() {
+            // Until it is flushed, a direct write would overtake it.
+            state.direct.busy = true;
             if state.items.is_empty() && state.items.capacity() > KEEP_CAPACITY {
                 state.items = VecDeque::new();
             }
@@ -351,5 +615,130 @@ mod kick_tests {
                 .unwrap()
                 .unwrap()
         );
+    }
+}
+
+#[cfg(test)]
+mod direct_tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    /// A queue whose connection runs on one end of an in-memory pipe of `room` bytes; the
+    /// other end is the client's.
+    fn shared(room: usize) -> (Arc<OutboundQueue>, SharedSocket, DuplexStream) {
+        let (server, client) = tokio::io::duplex(room);
+        let queue = Arc::new(OutboundQueue::new(8));
+        let socket = SharedSocket::new(queue.clone(), Box::new(server), false, usize::MAX);
+        queue.set_direct(true);
+        (queue, socket, client)
+    }
+
+    async fn read_frame(client: &mut DuplexStream) -> Vec<u8> {
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], 0x81, "a final text frame");
+        let len = match head[1] {
+            126 => usize::from(client.read_u16().await.unwrap()),
+            127 => usize::try_from(client.read_u64().await.unwrap()).unwrap(),
+            n => usize::from(n),
+        };
+        let mut payload = vec![0; len];
+        client.read_exact(&mut payload).await.unwrap();
+        payload
+    }
+
+    #[test]
+    fn headers_use_the_shortest_length_form() {
+        let mut out = [0u8; 10];
+        assert_eq!(frame_header(false, 125, &mut out), [0x81, 125]);
+        assert_eq!(frame_header(true, 126, &mut out), [0x82, 126, 0, 126]);
+        assert_eq!(
+            frame_header(false, 65_535, &mut out),
+            [0x81, 126, 0xff, 0xff]
+        );
+        assert_eq!(
+            frame_header(false, 65_536, &mut out),
+            [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_gets_the_frame_at_once() {
+        let (queue, _socket, mut client) = shared(1024);
+        let publication = Bytes::from_static(b"{\"n\":1}");
+        assert!(queue.push_publication(&publication, true).is_ok());
+        assert!(queue.try_pop().is_none(), "nothing was queued");
+        assert_eq!(read_frame(&mut client).await, b"{\"n\":1}");
+        assert!(queue.take_written_directly());
+    }
+
+    #[tokio::test]
+    async fn a_cut_short_write_is_finished_before_anything_else() {
+        let (queue, mut socket, mut client) = shared(64);
+        let first = Bytes::from(vec![b'a'; 200]);
+        let second = Bytes::from(vec![b'b'; 10]);
+        assert!(queue.push_publication(&first, true).is_ok());
+        assert!(queue.has_backlog(), "the pipe took 64 of 202 bytes");
+        // Queued behind the rest, not written in the middle of it.
+        assert!(queue.push_publication(&second, true).is_ok());
+        let reader = tokio::spawn(async move {
+            let frames = (read_frame(&mut client).await, read_frame(&mut client).await);
+            (frames, client)
+        });
+        // The connection's task: the flush writes the rest, then it writes what it pops.
+        socket.flush().await.unwrap();
+        assert!(!queue.has_backlog());
+        let Some(Outbound::Frame(popped)) = queue.try_pop() else {
+            panic!("the second publication waited in the queue");
+        };
+        let mut frame = frame_header(false, popped.len(), &mut [0; 10]).to_vec();
+        frame.extend_from_slice(&popped);
+        socket.write_all(&frame).await.unwrap();
+        socket.flush().await.unwrap();
+        let ((one, two), _client) = reader.await.unwrap();
+        assert_eq!((one, two), (first.to_vec(), second.to_vec()));
+        // Flushed, the connection is idle again and the next one goes straight out.
+        queue.flushed();
+        assert!(
+            queue
+                .push_publication(&Bytes::from_static(b"c"), true)
+                .is_ok()
+        );
+        assert!(queue.try_pop().is_none());
+    }
+
+    #[tokio::test]
+    async fn no_direct_write_while_busy_closing_or_not_allowed() {
+        let (queue, _socket, _client) = shared(1024);
+        let publication = Bytes::from_static(b"x");
+        // Not allowed by the caller.
+        assert!(queue.push_publication(&publication, false).is_ok());
+        // Busy: the task took that one and has not flushed it.
+        assert!(queue.try_pop().is_some());
+        assert!(queue.push_publication(&publication, true).is_ok());
+        assert!(queue.try_pop().is_some(), "queued while busy");
+        queue.flushed();
+        // Closing: nothing may follow the close frame.
+        queue.set_direct(false);
+        assert!(queue.push_publication(&publication, true).is_ok());
+        assert!(queue.try_pop().is_some(), "queued once closing");
+        assert!(!queue.take_written_directly());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_socket_closes_it_even_while_handles_keep_the_queue() {
+        let (queue, socket, mut client) = shared(1024);
+        drop(socket);
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0);
+        assert!(
+            queue
+                .push_publication(&Bytes::from_static(b"x"), true)
+                .is_ok()
+        );
+        assert!(queue.try_pop().is_some(), "no socket left to write to");
     }
 }

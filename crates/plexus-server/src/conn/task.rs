@@ -115,12 +115,17 @@ struct Connection<S> {
 }
 
 /// Runs one connection to its end.
-pub(crate) async fn run<S>(ws: WebSocket<S>, server: Arc<ServerInner>, accepted: Accepted)
-where
+/// Serves one upgraded connection; `queue` is the one its socket is shared through (see
+/// [`super::SharedSocket`]).
+pub(crate) async fn run<S>(
+    ws: WebSocket<S>,
+    queue: Arc<OutboundQueue>,
+    server: Arc<ServerInner>,
+    accepted: Accepted,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &server.config.limits;
-    let queue = Arc::new(OutboundQueue::new(limits.outbound_queue));
     let awaiting_hello = accepted.principal.is_none();
     let shared = Arc::new(ConnShared {
         id: uuid::Uuid::now_v7().simple().to_string(),
@@ -232,6 +237,8 @@ where
         // (Polling a `Notified` every turn would take its waiter lock every time, and the
         // shutdown signal is shared by every connection.)
         let mut kicked = true;
+        // From here until a close begins, publications may be written to the socket directly.
+        self.queue.set_direct(true);
         loop {
             if std::mem::take(&mut kicked)
                 && let Err(reason) = Box::pin(self.look_at_flags()).await
@@ -286,12 +293,16 @@ where
                 Step::PeerClosed(code) => {
                     // yawc has queued its close reply: write it, then drop the TCP connection
                     // ourselves, as the server should (RFC 6455, 7.1.1).
+                    self.queue.set_direct(false);
                     let reply = write_close_reply(&mut self.ws);
                     let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, reply)).await;
                     return DisconnectReason::ClientClosed(code);
                 }
                 Step::ReadFailed(e) => return Box::pin(self.read_failed(e)).await,
-                Step::Ended(reason) => return reason,
+                Step::Ended(reason) => {
+                    self.queue.set_direct(false);
+                    return reason;
+                }
             }
         }
     }
@@ -299,6 +310,10 @@ where
     /// Acts on the flags a kick may have set. `Err` ends the connection for the reason given.
     /// Rare, so the loop awaits it boxed: this future then takes no room in the loop's.
     async fn look_at_flags(&mut self) -> Result<(), DisconnectReason> {
+        if self.queue.has_backlog() {
+            // A direct write was cut short: its rest goes before anything else.
+            self.drain().await?;
+        }
         if self.handle.shared.principal_changed.load(Ordering::Acquire) {
             self.recheck_calls();
             self.drain().await?;
@@ -435,7 +450,9 @@ where
         if self.draining.is_some_and(|drain| now >= drain) {
             return Step::Close(CloseCode::GOING_AWAY, "server shutting down");
         }
-        let waiting = !self.in_flight.is_empty()
+        // Publications written straight to the socket are activity too.
+        let waiting = self.queue.take_written_directly()
+            || !self.in_flight.is_empty()
             || !self
                 .handle
                 .shared
@@ -471,6 +488,9 @@ where
             result = write => result.map_err(|e| DisconnectReason::Transport(e.to_string())),
             _ = close.fired() => Err(requested_close(&self.handle)),
         };
+        if result.is_ok() {
+            self.queue.flushed();
+        }
         if self.out.capacity() > 64 {
             self.out = VecDeque::new();
         }
@@ -586,6 +606,7 @@ where
     // ---- reading ----------------------------------------------------------------------
 
     async fn read_failed(&mut self, error: yawc::WebSocketError) -> DisconnectReason {
+        self.queue.set_direct(false);
         if matches!(error, yawc::WebSocketError::ConnectionClosed) {
             return DisconnectReason::Transport("connection closed".into());
         }
@@ -1153,6 +1174,8 @@ where
     // ---- closing ----------------------------------------------------------------------
 
     async fn close(&mut self, code: CloseCode, reason: &'static str) -> DisconnectReason {
+        // Nothing may follow the close frame.
+        self.queue.set_direct(false);
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             if self
                 .ws

@@ -385,12 +385,13 @@ async fn one_publisher_to_2000_subscribers() {
 #[tokio::test]
 async fn large_publications_to_a_client_that_reads_late_arrive_whole_and_in_order() {
     // 12 MiB: more than the sockets hold, so some writes are cut short and finished later,
-    // and later publications wait in the queue behind them.
-    const PUBLICATIONS: u64 = 48;
+    // and later publications wait in the queue behind them. The pause between publications
+    // is what lets them be written directly (a channel quiet for 50 ms).
+    const PUBLICATIONS: u64 = 24;
     let server = start_channels(config()).await;
     let mut client = RawClient::connect(server.addr, Some(Codec::Json)).await;
     join(&mut client, 1, "feed:large", None).await;
-    let pad = "x".repeat(256 * 1024);
+    let pad = "x".repeat(512 * 1024);
     for n in 1..=PUBLICATIONS {
         server
             .server
@@ -398,8 +399,11 @@ async fn large_publications_to_a_client_that_reads_late_arrive_whole_and_in_orde
             .publish("feed:large", &json!({"n": n, "pad": pad}))
             .await
             .unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
     }
-    for (n, (offset, data)) in (1..).zip(msgs(&mut client, "feed:large", 48).await) {
+    for (n, (offset, data)) in
+        (1..).zip(msgs(&mut client, "feed:large", PUBLICATIONS as usize).await)
+    {
         assert_eq!((offset, data["n"].as_u64()), (n, Some(n)));
         assert_eq!(data["pad"].as_str().map(str::len), Some(pad.len()));
     }

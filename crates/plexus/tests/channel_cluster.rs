@@ -230,24 +230,27 @@ async fn expect_request(client: &mut RawClient, method: &str) -> (u64, Value) {
     (req["id"].as_u64().unwrap(), req["d"].clone())
 }
 
+/// Starts `hub.request(conn, method, params)` with a 5 s timeout in a task of its own.
+fn ask(
+    server: &TestServer,
+    conn: &str,
+    method: &'static str,
+    params: Value,
+) -> tokio::task::JoinHandle<Result<Value, plexus_server::ErrorBody>> {
+    let hub = server.server.hub().clone();
+    let conn = conn.to_owned();
+    tokio::spawn(async move {
+        hub.request(&conn, method, &params, Duration::from_secs(5))
+            .await
+    })
+}
+
 #[tokio::test]
 async fn a_request_reaches_a_connection_on_the_other_node_and_brings_its_answer_back() {
     let (a, b) = cluster().await;
     let mut client = RawClient::connect(a.addr, Some(Codec::MsgPack)).await;
     let conn = client.welcome["conn"].as_str().unwrap().to_owned();
-    let hub = b.server.hub().clone();
-    let asking = {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            hub.request::<_, Value>(
-                &conn,
-                "ui.confirm",
-                &json!({"q": "sure?"}),
-                Duration::from_secs(5),
-            )
-            .await
-        })
-    };
+    let asking = ask(&b, &conn, "ui.confirm", json!({"q": "sure?"}));
     let (id, params) = expect_request(&mut client, "ui.confirm").await;
     assert_eq!(params, json!({"q": "sure?"}));
     client
@@ -256,14 +259,7 @@ async fn a_request_reaches_a_connection_on_the_other_node_and_brings_its_answer_
     assert_eq!(asking.await.unwrap().unwrap(), json!({"ok": true}));
 
     // The client's error comes back as it was sent, with its data.
-    let hub = b.server.hub().clone();
-    let asking = {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            hub.request::<_, Value>(&conn, "ui.confirm", &json!({}), Duration::from_secs(5))
-                .await
-        })
-    };
+    let asking = ask(&b, &conn, "ui.confirm", json!({}));
     let (id, _) = expect_request(&mut client, "ui.confirm").await;
     client
         .send_json(json!({"t": "err", "id": id, "e": {"code": "DECLINED", "message": "no", "data": {"why": "busy"}}}))
@@ -277,19 +273,7 @@ async fn a_request_reaches_a_connection_on_the_other_node_and_brings_its_answer_
     );
 
     // The same call on the node that holds the connection takes the short way.
-    let hub = a.server.hub().clone();
-    let asking = {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            hub.request::<_, Value>(
-                &conn,
-                "ui.confirm",
-                &json!({"n": 3}),
-                Duration::from_secs(5),
-            )
-            .await
-        })
-    };
+    let asking = ask(&a, &conn, "ui.confirm", json!({"n": 3}));
     let (id, params) = expect_request(&mut client, "ui.confirm").await;
     assert_eq!(params, json!({"n": 3}));
     client

@@ -367,16 +367,7 @@ impl Hub {
         let data = Payload::encode(Codec::Json, params)
             .map_err(|e| error(ErrorCode::VALIDATION_ERROR, e.to_string()))?;
         let answer = self.request_raw(conn, method, data, timeout).await?;
-        answer.decode().map_err(|e| {
-            error(
-                ErrorCode::VALIDATION_ERROR,
-                format!(
-                    "the client's answer does not fit at `{}`: {}",
-                    e.path(),
-                    e.message()
-                ),
-            )
-        })
+        crate::conn::decode_answer(&answer)
     }
 
     /// Like [`Hub::request`] with params already encoded (in any codec) and the raw answer.

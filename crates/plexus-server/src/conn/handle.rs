@@ -415,16 +415,7 @@ impl ConnectionHandle {
     {
         let data = self.params(params)?;
         let payload = self.request_raw(method, data, timeout).await?;
-        payload.decode().map_err(|e| {
-            CallError::new(
-                ErrorCode::VALIDATION_ERROR,
-                format!(
-                    "the client's answer does not fit at `{}`: {}",
-                    e.path(),
-                    e.message()
-                ),
-            )
-        })
+        decode_answer(&payload).map_err(|e| CallError::new(e.code, e.message))
     }
 
     /// Calls the client with a raw payload and returns the raw answer.
@@ -569,4 +560,19 @@ impl<T: DeserializeOwned> Stream for ClientStream<T> {
             }
         }
     }
+}
+
+/// Decodes a client's answer to a request; one that does not fit `R` is a
+/// `VALIDATION_ERROR` that says where.
+pub(crate) fn decode_answer<R: DeserializeOwned>(answer: &Payload) -> Result<R, ErrorBody> {
+    answer.decode().map_err(|e| {
+        ErrorBody::new(
+            ErrorCode::VALIDATION_ERROR,
+            format!(
+                "the client's answer does not fit at `{}`: {}",
+                e.path(),
+                e.message()
+            ),
+        )
+    })
 }

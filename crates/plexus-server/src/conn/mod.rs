@@ -6,7 +6,7 @@ mod signal;
 mod task;
 
 pub use handle::{ClientStream, ConnectionHandle};
-pub(crate) use handle::{ConnShared, Outbound, Pending};
+pub(crate) use handle::{ConnShared, Outbound, Pending, decode_answer};
 pub(crate) use queue::{OutboundQueue, SharedSocket};
 pub(crate) use signal::Signal;
 pub use task::DisconnectReason;

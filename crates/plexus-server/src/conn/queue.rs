@@ -24,6 +24,8 @@ const KEEP_CAPACITY: usize = 16;
 
 pub(crate) struct OutboundQueue {
     state: Mutex<State>,
+    /// The connection's socket (see [`SharedSocket`]).
+    socket: Mutex<SocketState>,
     capacity: usize,
     /// Items queued and whether the queue is closed, readable without the lock: the
     /// connection task looks at an empty queue on every turn of its loop.
@@ -54,23 +56,32 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Socket for T {}
 
 /// The connection's socket, shared so that a publisher can write a publication to an idle
 /// connection itself: no queueing, no waking the connection's task, one `writev`. The
-/// connection's task reads and writes through [`SharedSocket`], under the same lock.
+/// connection's task reads and writes through [`SharedSocket`].
 ///
 /// A direct write may only happen when it cannot overtake or split anything: the task is in
 /// its main loop, has nothing taken from the queue and not flushed (`busy`), the queue is
 /// empty, and no earlier direct write left a remainder. Otherwise the publication is queued.
+/// These flags live under the queue's lock; the socket has a lock of its own, so that the
+/// task's reads and writes do not hold up pushes. A direct write takes the queue's lock, then
+/// the socket's; the task never holds both.
 #[derive(Default)]
 struct Direct {
-    socket: Option<Box<dyn Socket>>,
     /// Direct writes are allowed: the task is in its main loop (not greeting, not closing).
     open: bool,
     /// The task has taken frames, or written bytes, that it has not flushed yet.
     busy: bool,
-    /// What a direct write left unwritten; it goes out before anything else.
-    backlog: BytesMut,
+    /// A direct write left a remainder in the socket's backlog.
+    backlog: bool,
     /// Largest payload written directly: yawc may compress larger ones.
     max_len: usize,
     binary: bool,
+}
+
+/// The socket and what a direct write left unwritten, which goes out before anything else.
+#[derive(Default)]
+struct SocketState {
+    socket: Option<Box<dyn Socket>>,
+    backlog: BytesMut,
 }
 
 /// How a direct write went.
@@ -83,16 +94,14 @@ enum DirectWrite {
     Partly,
 }
 
-impl Direct {
-    fn write(&mut self, payload: &Bytes) -> DirectWrite {
-        if !self.open || self.busy || !self.backlog.is_empty() || payload.len() > self.max_len {
-            return DirectWrite::NotWritten;
-        }
+impl SocketState {
+    /// Writes one frame without waiting.
+    fn write_frame(&mut self, binary: bool, payload: &Bytes) -> DirectWrite {
         let Some(socket) = self.socket.as_mut() else {
             return DirectWrite::NotWritten;
         };
         let mut header = [0u8; 10];
-        let header = frame_header(self.binary, payload.len(), &mut header);
+        let header = frame_header(binary, payload.len(), &mut header);
         let total = header.len() + payload.len();
         // Nobody is waiting to write (not busy), so the no-op waker replaces no one's.
         let mut cx = Context::from_waker(Waker::noop());
@@ -108,7 +117,6 @@ impl Direct {
                     rest.extend_from_slice(&payload[n - header.len()..]);
                 }
                 self.backlog = rest;
-                self.busy = true;
                 DirectWrite::Partly
             }
             // Full, closed or failing: the task's own write finds out which.
@@ -120,7 +128,7 @@ impl Direct {
     fn poll_backlog(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.backlog.is_empty() {
             let Some(socket) = self.socket.as_mut() else {
-                return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+                return Poll::Ready(Err(no_socket()));
             };
             let n = ready!(Pin::new(socket).poll_write(cx, &self.backlog))?;
             if n == 0 {
@@ -129,6 +137,10 @@ impl Direct {
             self.backlog.advance(n);
         }
         Poll::Ready(Ok(()))
+    }
+
+    fn socket(&mut self) -> io::Result<Pin<&mut Box<dyn Socket>>> {
+        self.socket.as_mut().map(Pin::new).ok_or_else(no_socket)
     }
 }
 
@@ -150,9 +162,9 @@ fn frame_header(binary: bool, len: usize, out: &mut [u8; 10]) -> &[u8] {
     &out[..used]
 }
 
-/// The connection's socket as its task (through yawc) sees it: every read and write takes
-/// the queue's lock, so that no direct write happens in the middle of one, and every write
-/// marks the task busy until [`OutboundQueue::flushed`]. Dropping it closes the socket.
+/// The connection's socket as its task (through yawc) sees it. Every write marks the task
+/// busy until [`OutboundQueue::flushed`], so that no direct write comes in the middle of
+/// one, and first finishes what a direct write left. Dropping it closes the socket.
 pub(crate) struct SharedSocket {
     queue: Arc<OutboundQueue>,
 }
@@ -166,9 +178,9 @@ impl SharedSocket {
         binary: bool,
         max_direct_len: usize,
     ) -> Self {
+        queue.lock_socket().socket = Some(socket);
         {
             let mut state = queue.lock();
-            state.direct.socket = Some(socket);
             state.direct.binary = binary;
             state.direct.max_len = max_direct_len;
         }
@@ -178,11 +190,8 @@ impl SharedSocket {
 
 impl Drop for SharedSocket {
     fn drop(&mut self) {
-        let socket = {
-            let mut state = self.queue.lock();
-            state.direct.open = false;
-            state.direct.socket.take()
-        };
+        self.queue.lock().direct.open = false;
+        let socket = self.queue.lock_socket().socket.take();
         drop(socket);
     }
 }
@@ -197,11 +206,7 @@ impl AsyncRead for SharedSocket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut state = self.queue.lock();
-        match state.direct.socket.as_mut() {
-            Some(socket) => Pin::new(socket).poll_read(cx, buf),
-            None => Poll::Ready(Err(no_socket())),
-        }
+        self.queue.lock_socket().socket()?.poll_read(cx, buf)
     }
 }
 
@@ -211,32 +216,23 @@ impl AsyncWrite for SharedSocket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut state = self.queue.lock();
-        let direct = &mut state.direct;
-        direct.busy = true;
-        ready!(direct.poll_backlog(cx))?;
-        match direct.socket.as_mut() {
-            Some(socket) => Pin::new(socket).poll_write(cx, buf),
-            None => Poll::Ready(Err(no_socket())),
-        }
+        self.queue.lock().direct.busy = true;
+        let mut socket = self.queue.lock_socket();
+        ready!(socket.poll_backlog(cx))?;
+        socket.socket()?.poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut state = self.queue.lock();
-        let direct = &mut state.direct;
-        ready!(direct.poll_backlog(cx))?;
-        match direct.socket.as_mut() {
-            Some(socket) => Pin::new(socket).poll_flush(cx),
-            None => Poll::Ready(Err(no_socket())),
-        }
+        let mut socket = self.queue.lock_socket();
+        ready!(socket.poll_backlog(cx))?;
+        socket.socket()?.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut state = self.queue.lock();
-        let direct = &mut state.direct;
-        direct.open = false;
-        ready!(direct.poll_backlog(cx))?;
-        match direct.socket.as_mut() {
+        self.queue.lock().direct.open = false;
+        let mut socket = self.queue.lock_socket();
+        ready!(socket.poll_backlog(cx))?;
+        match socket.socket.as_mut() {
             Some(socket) => Pin::new(socket).poll_shutdown(cx),
             None => Poll::Ready(Ok(())),
         }
@@ -273,6 +269,7 @@ impl OutboundQueue {
                 closed: false,
                 direct: Direct::default(),
             }),
+            socket: Mutex::new(SocketState::default()),
             capacity: capacity.max(1),
             len: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -286,6 +283,10 @@ impl OutboundQueue {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_socket(&self) -> std::sync::MutexGuard<'_, SocketState> {
+        self.socket.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues an item if there is room, without waiting.
@@ -326,14 +327,21 @@ impl OutboundQueue {
         if state.closed {
             return Err(PushError::Closed);
         }
-        if direct && state.items.is_empty() {
-            match state.direct.write(bytes) {
+        let idle = {
+            let direct = &state.direct;
+            direct.open && !direct.busy && !direct.backlog && bytes.len() <= direct.max_len
+        };
+        if direct && idle && state.items.is_empty() {
+            let binary = state.direct.binary;
+            match self.lock_socket().write_frame(binary, bytes) {
                 DirectWrite::Written => {
                     drop(state);
                     self.written_directly.store(true, Ordering::Relaxed);
                     return Ok(());
                 }
                 DirectWrite::Partly => {
+                    state.direct.busy = true;
+                    state.direct.backlog = true;
                     drop(state);
                     self.written_directly.store(true, Ordering::Relaxed);
                     // The task writes the rest before anything else.
@@ -361,15 +369,18 @@ impl OutboundQueue {
 
     /// The task has flushed everything it took: direct writes may go on.
     pub(crate) fn flushed(&self) {
-        let mut state = self.lock();
-        if state.direct.backlog.is_empty() {
-            state.direct.busy = false;
+        // Busy until this returns, so no direct write can leave a new remainder in between.
+        if !self.lock_socket().backlog.is_empty() {
+            return;
         }
+        let mut state = self.lock();
+        state.direct.busy = false;
+        state.direct.backlog = false;
     }
 
     /// Whether a direct write left a remainder the task must flush.
     pub(crate) fn has_backlog(&self) -> bool {
-        !self.lock().direct.backlog.is_empty()
+        self.lock().direct.backlog
     }
 
     /// Whether a publication was written directly since the last call.
@@ -690,7 +701,6 @@ mod direct_tests {
         });
         // The connection's task: the flush writes the rest, then it writes what it pops.
         socket.flush().await.unwrap();
-        assert!(!queue.has_backlog());
         let Some(Outbound::Frame(popped)) = queue.try_pop() else {
             panic!("the second publication waited in the queue");
         };
@@ -702,6 +712,7 @@ mod direct_tests {
         assert_eq!((one, two), (first.to_vec(), second.to_vec()));
         // Flushed, the connection is idle again and the next one goes straight out.
         queue.flushed();
+        assert!(!queue.has_backlog());
         assert!(
             queue
                 .push_publication(&Bytes::from_static(b"c"), true)

@@ -286,6 +286,50 @@ fn sub_prints_what_pub_publishes_and_recovers_with_since() {
 }
 
 #[test]
+fn sub_with_a_timeout_stops_by_itself_and_says_where_it_stopped() {
+    let served = Served::start(&[]);
+    let out = served.plexus(&["pub", "demo:timed", r#"{"n":1}"#]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let position: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let epoch = position["epoch"].as_str().unwrap();
+
+    // Run without blocking the test forever should it not stop.
+    let since = format!("{epoch}:0");
+    let child = Command::new(BIN)
+        .args([
+            "sub",
+            &served.url,
+            "demo:timed",
+            "--since",
+            &since,
+            "--timeout",
+            "300ms",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start plexus sub");
+    let pid = child.id().to_string();
+    let (tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(out) = done.recv_timeout(Duration::from_secs(20)) else {
+        Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+        panic!("plexus sub --timeout 300ms still ran after 20 s");
+    };
+    let out = out.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"o\":1,\"d\":{\"n\":1}}\n"
+    );
+    let err = stderr(&out);
+    assert!(err.contains("(recovered: true)"), "{err}");
+    assert!(err.contains(&format!("last position {epoch}:1")), "{err}");
+}
+
+#[test]
 fn token_prints_a_jwt_that_verifies_with_the_secret() {
     use plexus_server::{AuthError, JwtAuthenticator};
 

@@ -26,7 +26,8 @@ pub(crate) struct ConnectArgs {
     /// Speak MessagePack (plexus.v1.msgpack) instead of JSON
     #[arg(long)]
     msgpack: bool,
-    /// How long to wait (e.g. 500ms, 30s). call/notify/pub: default 30s; stream/sub: no limit.
+    /// How long to wait (e.g. 500ms, 30s). call/notify/pub: default 30s. stream: no limit by
+    /// default. sub: how long to stay subscribed, then exit with success (default: until Ctrl-C).
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
 }

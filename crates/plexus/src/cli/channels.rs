@@ -52,8 +52,8 @@ fn parse_position(text: &str) -> Result<Position, String> {
     })
 }
 
-/// Joins and prints each publication as `{"o":OFFSET,"d":DATA}` on stdout until Ctrl-C;
-/// reconnects (recovering what was missed) when the connection drops.
+/// Joins and prints each publication as `{"o":OFFSET,"d":DATA}` on stdout until Ctrl-C or
+/// the end of `--timeout`; reconnects (recovering what was missed) when the connection drops.
 pub(crate) async fn sub(args: SubArgs) -> ExitCode {
     exit(
         async {
@@ -78,6 +78,8 @@ pub(crate) async fn sub(args: SubArgs) -> ExitCode {
                 position.offset,
                 subscription.recovered()
             );
+            // `--timeout` bounds how long the subscription stays open; without it, until Ctrl-C.
+            let until = args.conn.timeout().map(|t| tokio::time::Instant::now() + t);
             let outcome = loop {
                 tokio::select! {
                     event = subscription.next() => match event {
@@ -106,6 +108,7 @@ pub(crate) async fn sub(args: SubArgs) -> ExitCode {
                         None => break Ok(()),
                     },
                     _ = tokio::signal::ctrl_c() => break Ok(()),
+                    _ = sleep_until(until) => break Ok(()),
                 }
             };
             let last = subscription.last_position().clone();
@@ -137,4 +140,12 @@ pub(crate) async fn publish(args: PubArgs) -> ExitCode {
         }
         .await,
     )
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }

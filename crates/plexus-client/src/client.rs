@@ -13,11 +13,12 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::channel::{Attachment, History, Member, Subscription, WireHistory, WirePosition};
+use crate::channel::{
+    Attachment, History, Member, ServerSubscriptions, Subscription, WireHistory, WirePosition,
+};
 use crate::conn;
 use crate::error::{CallError, ConnectError};
 use crate::options::{CallOptions, ClientOptions, HistoryOptions, JoinOptions, StreamOptions};
-use crate::server_subscription::ServerSubscriptions;
 use crate::state::{Inner, Waiter};
 use crate::stream::CallStream;
 

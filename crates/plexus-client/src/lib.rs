@@ -144,11 +144,10 @@ mod conn;
 mod error;
 mod handler;
 mod options;
-mod server_subscription;
 mod state;
 mod stream;
 
-pub use channel::{ChannelEvent, History, Member, Publication, Subscription};
+pub use channel::{ChannelEvent, History, Member, Publication, ServerSubscriptions, Subscription};
 pub use client::{Client, Status, connect};
 pub use error::{BoxError, CallError, CallErrorKind, ConnectError};
 pub use options::{
@@ -156,7 +155,6 @@ pub use options::{
     HistoryOptions, JoinOptions, ReconnectOptions, StreamOptions,
 };
 pub use plexus_protocol::{Codec, ErrorBody, ErrorCode, Payload, Position};
-pub use server_subscription::ServerSubscriptions;
 pub use stream::CallStream;
 
 #[cfg(test)]

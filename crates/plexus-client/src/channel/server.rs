@@ -1,7 +1,7 @@
 //! Server-side subscriptions: channels the server subscribed this connection to (`joined`
 //! frames), delivered to the application through one [`ServerSubscriptions`] stream.
 //!
-//! Their state lives in [`Channels::server`](crate::channel::Channels), under the client's
+//! Their state lives in [`Channels::server`](super::Channels), under the client's
 //! one mutex, like the application's own subscriptions. One bounded queue holds the events
 //! of every server-side channel. When it is full, a channel's events are not queued but
 //! *folded* into its entry (the channel lags): what the application must still be told
@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 use futures_util::Stream;
 use plexus_protocol::{Payload, Position};
 
-use crate::channel::{ChannelEvent, Publication};
+use super::{ChannelEvent, Publication};
 use crate::error::CallError;
 use crate::state::Inner;
 

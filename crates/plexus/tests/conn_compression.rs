@@ -1,7 +1,10 @@
 //! End-to-end: permessage-deflate negotiation (RFC 7692), checked on a hand-written HTTP
-//! upgrade, and the RSV1 bit of the frames the server then writes.
+//! upgrade, and the RSV1 bit of the frames the server then writes, publications written
+//! straight to the socket among them.
 
 mod support;
+
+use std::time::Duration;
 
 use plexus_server::{Compression, Server};
 use serde_json::{Value, json};
@@ -123,4 +126,100 @@ async fn large_messages_are_compressed_small_ones_not() {
     let (compressed, len) = echo_frame(Compression::Off, 4000).await;
     assert!(!compressed);
     assert!(len > 4000);
+}
+
+/// Publications to a compressed connection: small ones after a quiet spell may be written
+/// straight to the socket by the publisher (uncompressed), large ones go through the
+/// connection's task and yawc's compressor. Interleaved, every frame must still decode, in
+/// order, with the compressor's context intact (context takeover on).
+#[tokio::test]
+async fn direct_and_compressed_publications_interleave_intact() {
+    use plexus_server::{ChannelOptions, Namespaces};
+
+    let mut config = support::config();
+    config.compression = Compression::On;
+    let server = start_with(
+        Server::builder()
+            .router(sys())
+            .config(config)
+            .channels(Namespaces::new().namespace("feed:*", ChannelOptions::default())),
+    )
+    .await;
+    let (mut socket, head, mut buf) = raw_upgrade(server.addr, &[OFFER]).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let extensions = header(&head, "sec-websocket-extensions").unwrap_or_default();
+    assert!(extensions.contains("permessage-deflate"), "{extensions}");
+    assert!(
+        !extensions.contains("server_no_context_takeover"),
+        "{extensions}"
+    );
+
+    // The server's context carries over between messages: one inflater for all of them.
+    let mut inflater = flate2::Decompress::new(false);
+    let mut next_text = async |socket: &mut tokio::net::TcpStream, buf: &mut Vec<u8>| loop {
+        let (first, payload) = within("a frame", read_raw_frame_with_flags(socket, buf))
+            .await
+            .expect("a frame");
+        match first & 0x0f {
+            0x9 => continue,
+            0x1 => {
+                assert_eq!(first & 0x80, 0x80, "FIN");
+                if first & 0x40 == 0 {
+                    return (false, serde_json::from_slice::<Value>(&payload).unwrap());
+                }
+                let mut input = payload;
+                input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+                let mut output = Vec::with_capacity(64 * 1024);
+                inflater
+                    .decompress_vec(&input, &mut output, flate2::FlushDecompress::Sync)
+                    .expect("inflates with the shared context");
+                assert!(output.len() < output.capacity(), "inflated whole");
+                return (true, serde_json::from_slice::<Value>(&output).unwrap());
+            }
+            other => panic!("unexpected opcode {other:#x}"),
+        }
+    };
+    let (_, welcome) = next_text(&mut socket, &mut buf).await;
+    assert_eq!(welcome["t"], "welcome");
+    let join = json!({"t": "join", "id": 1, "ch": "feed:z"}).to_string();
+    within("send", socket.write_all(&masked_text(join.as_bytes())))
+        .await
+        .expect("write");
+    let (_, res) = next_text(&mut socket, &mut buf).await;
+    assert_eq!(res["t"], "res", "{res}");
+
+    let hub = server.server.hub().clone();
+    let large = "abc".repeat(2000);
+    let mut expected = Vec::new();
+    for round in 0..8u64 {
+        // Quiet for longer than the direct-write rule asks (50 ms): a small publication
+        // that opens the round may go straight to the socket, a large one must not (it is
+        // to be compressed); the rest of the round follows through the queue.
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let n = round * 3;
+        let sizes = if round % 2 == 0 {
+            [false, true, false]
+        } else {
+            [true, false, false]
+        };
+        for (k, is_large) in (0..).zip(sizes) {
+            let data = if is_large {
+                json!({"n": n + k, "pad": large})
+            } else {
+                json!({"n": n + k})
+            };
+            hub.publish("feed:z", &data).await.unwrap();
+            expected.push((n + k, is_large));
+        }
+    }
+    for (offset, (n, compressed)) in (1u64..).zip(expected) {
+        let (was_compressed, frame) = next_text(&mut socket, &mut buf).await;
+        assert_eq!(frame["t"], "msg", "{frame}");
+        assert_eq!(frame["o"], offset, "in order, none missing: {frame}");
+        assert_eq!(frame["d"]["n"], n);
+        assert_eq!(was_compressed, compressed, "publication {n}");
+        if compressed {
+            assert_eq!(frame["d"]["pad"], large.as_str());
+        }
+    }
 }

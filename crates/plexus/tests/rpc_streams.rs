@@ -269,3 +269,48 @@ async fn panicking_streams_give_internal(codec: Codec) {
         client.assert_echo(100 + id).await;
     }
 }
+
+/// A close request (here the hub's `disconnect`) is acted on while a fast stream keeps the
+/// connection's outbound queue from ever emptying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_is_acted_on_while_a_fast_stream_keeps_the_queue_full() {
+    use plexus_server::CloseCode;
+    use support::Event;
+
+    let server = start(sys(), support::config()).await;
+    let mut client = server.client(Codec::Json).await;
+    let n: u64 = 1_000_000_000;
+    client
+        .send_json(json!({"t": "sub", "id": 1, "m": "sys.count", "d": {"n": n}}))
+        .await;
+    for i in 0..100 {
+        assert_eq!(client.recv_json().await, item(1, json!(i)));
+    }
+    let conn = client.welcome["conn"].as_str().unwrap().to_owned();
+    server
+        .server
+        .hub()
+        .disconnect(&conn, CloseCode::NORMAL, "bye")
+        .await
+        .unwrap();
+    // Items keep coming until the close; it must not wait for the stream to end.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut after = 0u64;
+    loop {
+        match client.next_event(Duration::from_secs(10)).await {
+            Some(Event::Frame(frame)) => {
+                assert_eq!(frame["t"], "item", "{frame}");
+                after += 1;
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no close after {after} more items"
+                );
+            }
+            Some(Event::Close(code)) => {
+                assert_eq!(code, Some(1000));
+                break;
+            }
+            other => panic!("expected items then a close, got {other:?}"),
+        }
+    }
+}

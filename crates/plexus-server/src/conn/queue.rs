@@ -62,8 +62,9 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Socket for T {}
 /// its main loop, has nothing taken from the queue and not flushed (`busy`), the queue is
 /// empty, and no earlier direct write left a remainder. Otherwise the publication is queued.
 /// These flags live under the queue's lock; the socket has a lock of its own, so that the
-/// task's reads and writes do not hold up pushes. A direct write takes the queue's lock, then
-/// the socket's; the task never holds both.
+/// task's reads and writes do not hold up pushes. Whoever holds both (a direct write,
+/// [`OutboundQueue::flushed`]) takes the queue's first; the task's reads and writes hold
+/// only the socket's.
 #[derive(Default)]
 struct Direct {
     /// Direct writes are allowed: the task is in its main loop (not greeting, not closing).
@@ -97,6 +98,10 @@ enum DirectWrite {
 impl SocketState {
     /// Writes one frame without waiting.
     fn write_frame(&mut self, binary: bool, payload: &Bytes) -> DirectWrite {
+        // The flags rule this out; a remainder must never be split or replaced, whatever.
+        if !self.backlog.is_empty() {
+            return DirectWrite::NotWritten;
+        }
         let Some(socket) = self.socket.as_mut() else {
             return DirectWrite::NotWritten;
         };
@@ -369,11 +374,16 @@ impl OutboundQueue {
 
     /// The task has flushed everything it took: direct writes may go on.
     pub(crate) fn flushed(&self) {
-        // Busy until this returns, so no direct write can leave a new remainder in between.
-        if !self.lock_socket().backlog.is_empty() {
+        let mut state = self.lock();
+        // Not busy: nothing to clear, and a direct write may be under way, whose remainder
+        // must not be forgotten. Busy: no direct write happens until this clears it, so a
+        // remainder can only shrink meanwhile (the task writes it).
+        if !state.direct.busy {
             return;
         }
-        let mut state = self.lock();
+        if state.direct.backlog && !self.lock_socket().backlog.is_empty() {
+            return;
+        }
         state.direct.busy = false;
         state.direct.backlog = false;
     }
@@ -447,14 +457,16 @@ impl OutboundQueue {
         self.consumer.wake();
     }
 
-    /// The next item, a kick, or the end. Only the connection task calls this.
+    /// The next item, a kick, or the end. Only the connection task calls this. A kick
+    /// comes first: a queue that never empties (a fast stream, a busy channel) must not
+    /// keep the task from a close request or a shutdown.
     pub(crate) fn poll_event(&self, cx: &mut Context<'_>) -> Poll<QueueEvent> {
         for attempt in 0..2 {
+            if self.kicked.load(Ordering::Acquire) && self.kicked.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(QueueEvent::Kick);
+            }
             if let Some(item) = self.try_pop() {
                 return Poll::Ready(QueueEvent::Item(item));
-            }
-            if self.kicked.swap(false, Ordering::AcqRel) {
-                return Poll::Ready(QueueEvent::Kick);
             }
             if self.closed.load(Ordering::Acquire) {
                 return Poll::Ready(QueueEvent::Closed);
@@ -627,6 +639,20 @@ mod kick_tests {
                 .unwrap()
         );
     }
+
+    #[tokio::test]
+    async fn a_kick_goes_before_queued_items() {
+        let queue = OutboundQueue::new(4);
+        assert!(
+            queue
+                .try_push(Outbound::Frame(Bytes::from_static(b"a")))
+                .is_ok()
+        );
+        queue.kick();
+        let next = || std::future::poll_fn(|cx| queue.poll_event(cx));
+        assert!(matches!(next().await, QueueEvent::Kick));
+        assert!(matches!(next().await, QueueEvent::Item(_)));
+    }
 }
 
 #[cfg(test)]
@@ -693,6 +719,9 @@ mod direct_tests {
         let second = Bytes::from(vec![b'b'; 10]);
         assert!(queue.push_publication(&first, true).is_ok());
         assert!(queue.has_backlog(), "the pipe took 64 of 202 bytes");
+        // A flush that did not write the rest leaves it owed.
+        queue.flushed();
+        assert!(queue.has_backlog(), "the rest is still owed");
         // Queued behind the rest, not written in the middle of it.
         assert!(queue.push_publication(&second, true).is_ok());
         let reader = tokio::spawn(async move {

@@ -253,10 +253,16 @@ where
             };
             // Every branch only updates state and queues frames; the one place that writes is
             // `drain` below. That keeps this future, which lives as long as the connection, small.
+            // A popped item marks the task busy (no direct writes) until a flush; one that
+            // writes nothing (the end of a notification, a stale stream item) still needs it.
+            let mut popped = false;
             let step = tokio::select! {
                 biased;
                 event = std::future::poll_fn(|cx| self.queue.poll_event(cx)) => match event {
-                    QueueEvent::Item(out) => self.outbound(out),
+                    QueueEvent::Item(out) => {
+                        popped = true;
+                        self.outbound(out)
+                    }
                     QueueEvent::Kick | QueueEvent::Closed => {
                         kicked = true;
                         Step::Continue
@@ -276,7 +282,7 @@ where
                 }
                 _ = sleep_until_opt(deadline), if deadline.is_some() => self.deadline_reached(),
             };
-            if !self.out.is_empty()
+            if (popped || !self.out.is_empty())
                 && let Err(reason) = self.drain().await
             {
                 return reason;

@@ -58,13 +58,11 @@ impl Inner {
     }
 
     fn release(&self, key: IpKey) {
-        {
-            let mut map = self.per_ip();
-            if let Some(count) = map.get_mut(&key) {
-                *count -= 1;
-                if *count == 0 {
-                    map.remove(&key);
-                }
+        let mut map = self.per_ip();
+        if let Some(count) = map.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&key);
             }
         }
         self.total.fetch_sub(1, Ordering::AcqRel);
@@ -75,9 +73,8 @@ impl Inner {
 ///
 /// [`try_acquire`](Self::try_acquire) is called once per connection attempt and returns a
 /// [`ConnectionSlot`] that gives the place back when dropped; hold it for the life of the
-/// connection. The total is an atomic counter (a full server refuses without taking a lock);
-/// the per-address counts are a map behind a mutex, taken once on connect and once on
-/// disconnect. The map only holds addresses with open connections, so it never has more
+/// connection. Both counts change under one mutex, taken once on connect and once on
+/// disconnect; the total is also an atomic, so that reading it takes no lock. The map only holds addresses with open connections, so it never has more
 /// than `max_total` entries.
 ///
 /// IPv4 clients are counted per address. IPv6 clients are counted per /64 prefix by
@@ -165,12 +162,7 @@ impl ConnectionLimiter {
         if map.get(&key).copied().unwrap_or(0) >= inner.max_per_ip {
             return Err(LimitRefusal::PerIp);
         }
-        inner
-            .total
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < inner.max_total).then_some(n + 1)
-            })
-            .map_err(|_| LimitRefusal::Total)?;
+        inner.total.fetch_add(1, Ordering::AcqRel);
         *map.entry(key).or_insert(0) += 1;
         Ok(ConnectionSlot {
             inner: inner.clone(),

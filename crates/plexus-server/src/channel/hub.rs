@@ -171,7 +171,9 @@ impl Hub {
             max_channels: DEFAULT_MAX_CHANNELS,
             node: node.to_owned(),
             remote_requests: Mutex::new(HashMap::new()),
-            next_remote_request: AtomicU64::new(1),
+            // A random start: a late reply meant for an earlier process of the same node
+            // name must not match a new request.
+            next_remote_request: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0),
         });
         let sink: Arc<dyn EngineSink> = Arc::new(HubSink(Arc::downgrade(&inner)));
         let node = node.to_owned();

@@ -27,7 +27,8 @@ pub(crate) struct ConnectArgs {
     #[arg(long)]
     msgpack: bool,
     /// How long to wait (e.g. 500ms, 30s). call/notify/pub: default 30s. stream: no limit by
-    /// default. sub: how long to stay subscribed, then exit with success (default: until Ctrl-C).
+    /// default. sub: how long to stay subscribed once joined, then exit with success (default:
+    /// until Ctrl-C).
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
 }
@@ -109,13 +110,16 @@ impl ConnectArgs {
     }
 
     pub(crate) async fn connect(&self, url: &str) -> Result<Client, Failure> {
-        self.connect_with(url, ReconnectOptions::disabled()).await
+        let connect_timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        self.connect_with(url, ReconnectOptions::disabled(), connect_timeout)
+            .await
     }
 
     pub(crate) async fn connect_with(
         &self,
         url: &str,
         reconnect: ReconnectOptions,
+        connect_timeout: Duration,
     ) -> Result<Client, Failure> {
         let mut options = ClientOptions::default()
             .codec(if self.msgpack {
@@ -124,7 +128,7 @@ impl ConnectArgs {
                 Codec::Json
             })
             .reconnect(reconnect)
-            .connect_timeout(self.timeout.unwrap_or(DEFAULT_TIMEOUT));
+            .connect_timeout(connect_timeout);
         // Without a token the client says an empty `hello`, which a server that needs a
         // credential refuses at once (NOT_AUTHORIZED).
         if let Some(token) = &self.token {

@@ -67,7 +67,8 @@ pub(crate) async fn sub(args: SubArgs) -> ExitCode {
             }
             let client = args
                 .conn
-                .connect_with(&args.url, ReconnectOptions::default())
+                // `--timeout` is how long to stay subscribed, not how long to connect.
+                .connect_with(&args.url, ReconnectOptions::default(), DEFAULT_TIMEOUT)
                 .await?;
             let mut subscription = client.join(&args.channel, options).await?;
             let position = subscription.position().clone();

@@ -33,8 +33,8 @@ enum Command {
     Notify(call::CallArgs),
     /// Open a stream and print one JSON item per line until it ends (or Ctrl-C).
     Stream(call::CallArgs),
-    /// Join CHANNEL and print each publication as {"o":OFFSET,"d":DATA} until Ctrl-C;
-    /// reconnects and recovers what was missed.
+    /// Join CHANNEL and print each publication as {"o":OFFSET,"d":DATA} until Ctrl-C or
+    /// --timeout; reconnects and recovers what was missed.
     Sub(channels::SubArgs),
     /// Publish JSON to CHANNEL and print its position.
     Pub(channels::PubArgs),

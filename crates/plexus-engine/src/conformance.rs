@@ -643,6 +643,10 @@ where
             id: 7,
             result: Ok(json(serde_json::json!({"ok": true}))),
         },
+        NodeMessage::CancelRequest {
+            node: "a".into(),
+            id: 9,
+        },
         NodeMessage::Reply {
             node: "a".into(),
             id: 8,

@@ -220,6 +220,14 @@ pub enum NodeMessage {
         /// The client's result, or why there is none.
         result: Result<Payload, ErrorBody>,
     },
+    /// The asking node stopped waiting for its [`NodeMessage::Request`] `id` (its caller
+    /// gave up): the node that holds the connection cancels the call on the client.
+    CancelRequest {
+        /// The node that asked.
+        node: String,
+        /// The request's id on that node.
+        id: u64,
+    },
     /// Close every connection of a user.
     DisconnectUser {
         /// User id.

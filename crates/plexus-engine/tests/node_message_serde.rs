@@ -21,6 +21,11 @@ fn requests_and_replies_round_trip_through_json() {
         timeout_ms: 30_000,
     };
     assert_eq!(round_trip(&request), request);
+    let cancel = NodeMessage::CancelRequest {
+        node: "a".into(),
+        id: 42,
+    };
+    assert_eq!(round_trip(&cancel), cancel);
 
     let error = ErrorBody::new(ErrorCode::new("DECLINED"), "no")
         .with_data(Payload::encode(Codec::Json, &json!({"why": "busy"})).unwrap());

@@ -302,6 +302,30 @@ async fn a_request_the_remote_client_leaves_unanswered_times_out_with_a_cancel()
 }
 
 #[tokio::test]
+async fn a_request_whose_caller_gives_up_is_cancelled_on_the_other_node() {
+    let (a, b) = cluster().await;
+    let mut client = RawClient::connect(a.addr, Some(Codec::Json)).await;
+    let conn = client.welcome["conn"].as_str().unwrap().to_owned();
+    let hub = b.server.hub().clone();
+    let asking = tokio::spawn(async move {
+        hub.request::<_, Value>(&conn, "ui.confirm", &json!({}), Duration::from_secs(60))
+            .await
+    });
+    let (id, _) = expect_request(&mut client, "ui.confirm").await;
+    // The caller on node B stops waiting long before the minute is up.
+    asking.abort();
+    let started = std::time::Instant::now();
+    let cancel = client.recv_json().await;
+    assert_eq!(cancel, json!({"t": "cancel", "id": id}));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // An answer after the cancel is dropped quietly; the connection goes on.
+    client
+        .send_json(json!({"t": "res", "id": id, "d": true}))
+        .await;
+    client.assert_echo(7).await;
+}
+
+#[tokio::test]
 async fn a_request_to_a_connection_no_node_holds_times_out() {
     let (_a, b) = cluster().await;
     let started = Instant::now();

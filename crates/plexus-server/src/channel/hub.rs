@@ -41,6 +41,10 @@ const DEFAULT_MAX_CHANNELS: usize = 100_000;
 /// `RATE_LIMITED`.
 const MAX_REMOTE_REQUESTS: usize = 10_000;
 
+/// Requests from other nodes this node answers at once that can be cancelled early (when
+/// their caller gives up); past that, a call still runs, to its own timeout.
+const MAX_CANCELLABLE: usize = 10_000;
+
 /// How long past the client's own timeout a node waits for another node's reply: the
 /// client's node answers `TIMEOUT` itself, this only covers the way back.
 const REPLY_GRACE: Duration = Duration::from_secs(2);
@@ -109,6 +113,9 @@ struct HubInner {
     /// Requests sent to connections on other nodes, waiting for their replies.
     remote_requests: Mutex<HashMap<u64, oneshot::Sender<Result<Payload, ErrorBody>>>>,
     next_remote_request: AtomicU64,
+    /// Requests from other nodes to this node's connections, by asking node and id, so
+    /// that a [`NodeMessage::CancelRequest`] can stop them.
+    answering: Mutex<HashMap<(String, u64), tokio::task::AbortHandle>>,
 }
 
 /// The node's hub: publish to channels, presence and history, reach connections anywhere
@@ -174,6 +181,7 @@ impl Hub {
             // A random start: a late reply meant for an earlier process of the same node
             // name must not match a new request.
             next_remote_request: AtomicU64::new(uuid::Uuid::new_v4().as_u64_pair().0),
+            answering: Mutex::new(HashMap::new()),
         });
         let sink: Arc<dyn EngineSink> = Arc::new(HubSink(Arc::downgrade(&inner)));
         let node = node.to_owned();
@@ -354,7 +362,8 @@ impl Hub {
 
     /// Sends a request to the connection `conn`, on this node or another one, and waits up
     /// to `timeout` for the client's answer. The client gets `cancel` when the time is up
-    /// and the call fails with `TIMEOUT`, as it does when no node holds `conn`.
+    /// and the call fails with `TIMEOUT`, as it does when no node holds `conn`. Dropping the
+    /// future before then also sends the client `cancel`, wherever it is.
     pub async fn request<P, R>(
         &self,
         conn: &str,
@@ -398,8 +407,13 @@ impl Hub {
             }
             waiting.insert(id, tx);
         }
-        // Forgets the request however this future ends (answered, timed out or dropped).
-        let _waiting = RemoteRequest { hub: self, id };
+        // Forgets the request however this future ends (answered, timed out or dropped), and
+        // cancels it on the client's node when dropped before either.
+        let mut waiting = RemoteRequest {
+            hub: self,
+            id,
+            over: false,
+        };
         self.broadcast(NodeMessage::Request {
             conn: conn.to_owned(),
             method: method.to_owned(),
@@ -409,7 +423,9 @@ impl Hub {
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         })
         .await?;
-        match tokio::time::timeout(timeout.saturating_add(REPLY_GRACE), rx).await {
+        let outcome = tokio::time::timeout(timeout.saturating_add(REPLY_GRACE), rx).await;
+        waiting.over = true;
+        match outcome {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(error(ErrorCode::UNAVAILABLE, "the hub was shut down")),
             Err(_) => Err(error(
@@ -487,6 +503,40 @@ impl Hub {
         })
         .await?;
         Ok(here)
+    }
+
+    /// Calls this node's connection for another node, and sends that node the answer.
+    fn answer_request(
+        &self,
+        handle: ConnectionHandle,
+        method: String,
+        data: Payload,
+        node: String,
+        id: u64,
+        timeout_ms: u64,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return tracing::warn!("a request arrived outside a tokio runtime; dropped");
+        };
+        let key = (node, id);
+        // Held across the spawn, so the call cannot end (and forget itself) before it is noted.
+        let mut answering = lock(&self.inner.answering);
+        let call = runtime.spawn({
+            let hub = self.clone();
+            let key = key.clone();
+            async move {
+                let timeout = Duration::from_millis(timeout_ms);
+                let result = request_here(&handle, &method, data, timeout).await;
+                lock(&hub.inner.answering).remove(&key);
+                let (node, id) = key;
+                if let Err(e) = hub.broadcast(NodeMessage::Reply { node, id, result }).await {
+                    tracing::warn!(error = %e, "a reply to another node was lost");
+                }
+            }
+        });
+        if answering.len() < MAX_CANCELLABLE {
+            answering.insert(key, call.abort_handle());
+        }
     }
 
     fn disconnect_user_here(&self, user: &str, code: CloseCode, reason: &'static str) -> usize {
@@ -964,14 +1014,13 @@ impl EngineSink for HubSink {
                 timeout_ms,
             } => {
                 if let Some(handle) = hub.connection(&conn) {
-                    spawn(async move {
-                        let timeout = Duration::from_millis(timeout_ms);
-                        let result = request_here(&handle, &method, data, timeout).await;
-                        if let Err(e) = hub.broadcast(NodeMessage::Reply { node, id, result }).await
-                        {
-                            tracing::warn!(error = %e, "a reply to another node was lost");
-                        }
-                    });
+                    hub.answer_request(handle, method, data, node, id, timeout_ms);
+                }
+            }
+            NodeMessage::CancelRequest { node, id } => {
+                // Dropping the call sends the client its `cancel`.
+                if let Some(call) = lock(&hub.inner.answering).remove(&(node, id)) {
+                    call.abort();
                 }
             }
             NodeMessage::Reply { node, id, result } => {
@@ -1050,11 +1099,28 @@ async fn request_here(
 struct RemoteRequest<'a> {
     hub: &'a Hub,
     id: u64,
+    /// Answered, or waited for as long as the client had: nothing to cancel.
+    over: bool,
 }
 
 impl Drop for RemoteRequest<'_> {
     fn drop(&mut self) {
-        lock(&self.hub.inner.remote_requests).remove(&self.id);
+        let waiting = lock(&self.hub.inner.remote_requests)
+            .remove(&self.id)
+            .is_some();
+        if waiting && !self.over {
+            // The caller gave up early: the client need not answer any more.
+            let hub = self.hub.clone();
+            let message = NodeMessage::CancelRequest {
+                node: hub.inner.node.clone(),
+                id: self.id,
+            };
+            spawn(async move {
+                if let Err(e) = hub.broadcast(message).await {
+                    tracing::debug!(error = ?e, "a request's cancel did not reach the other nodes");
+                }
+            });
+        }
     }
 }
 

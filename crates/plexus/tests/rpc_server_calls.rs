@@ -386,3 +386,25 @@ async fn handler_notifications_arrive_before_its_reply(codec: Codec) {
         );
     }
 }
+
+/// Notifications queued before a close request reach the client before its close frame:
+/// a server can say why it ends a session.
+#[tokio::test]
+async fn notifications_sent_before_a_close_arrive_before_it() {
+    for codec in [Codec::Json, Codec::MsgPack] {
+        let (_server, mut client, conn) = setup(codec).await;
+        for n in 0..20 {
+            conn.notify("session.ending", &json!({"n": n})).unwrap();
+        }
+        conn.close(plexus_server::CloseCode::FORBIDDEN, "revoked");
+        for n in 0..20 {
+            let frame = client.recv_json().await;
+            assert_eq!(
+                frame,
+                json!({"t": "ntf", "m": "session.ending", "d": {"n": n}}),
+                "{codec:?}"
+            );
+        }
+        assert_eq!(client.recv_close().await, 4003);
+    }
+}

@@ -320,7 +320,11 @@ where
             // A direct write was cut short: its rest goes before anything else.
             self.drain().await?;
         }
+        // A kick is looked at before queued items; what was queued before it still comes
+        // first where it matters.
         if self.handle.shared.principal_changed.load(Ordering::Acquire) {
+            // A call whose answer is queued already ends with it, not with FORBIDDEN.
+            self.take_queued();
             self.recheck_calls();
             self.drain().await?;
         }
@@ -332,11 +336,15 @@ where
                 .get()
                 .copied()
                 .unwrap_or((CloseCode::NORMAL, ""));
+            // What was queued before the close request (say, a notification of why) goes
+            // out before the close frame.
+            self.take_queued();
             return Err(self.close(code, reason).await);
         }
         if self.draining.is_none() && self.server.is_shutting_down() {
             self.draining = Some(Instant::now() + self.server.config.limits.drain_timeout);
             if self.in_flight.is_empty() {
+                self.take_queued();
                 return Err(self
                     .close(CloseCode::GOING_AWAY, "server shutting down")
                     .await);
@@ -595,8 +603,8 @@ where
         Step::Continue
     }
 
-    /// Moves every frame queued so far to the writer, so that a frame written directly
-    /// afterwards follows them.
+    /// Moves every frame queued so far to the writer, so that a frame written afterwards (a
+    /// reply, a close) follows them.
     fn take_queued(&mut self) {
         // Each round takes at least one frame: this takes all that were queued at the start.
         for _ in 0..self.server.config.limits.outbound_queue.max(1) {
@@ -1183,6 +1191,12 @@ where
         // Nothing may follow the close frame.
         self.queue.set_direct(false);
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            // Frames taken for writing before the close go first.
+            while let Some(frame) = self.out.pop_front() {
+                if self.ws.feed(frame).await.is_err() {
+                    return;
+                }
+            }
             if self
                 .ws
                 .send(yawc::Frame::close(

@@ -414,15 +414,21 @@ impl Hub {
             id,
             over: false,
         };
-        self.broadcast(NodeMessage::Request {
-            conn: conn.to_owned(),
-            method: method.to_owned(),
-            data,
-            node: self.inner.node.clone(),
-            id,
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-        })
-        .await?;
+        let sent = self
+            .broadcast(NodeMessage::Request {
+                conn: conn.to_owned(),
+                method: method.to_owned(),
+                data,
+                node: self.inner.node.clone(),
+                id,
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            })
+            .await;
+        if let Err(e) = sent {
+            // Never sent: nothing to cancel.
+            waiting.over = true;
+            return Err(e);
+        }
         let outcome = tokio::time::timeout(timeout.saturating_add(REPLY_GRACE), rx).await;
         waiting.over = true;
         match outcome {
@@ -521,6 +527,10 @@ impl Hub {
         let key = (node, id);
         // Held across the spawn, so the call cannot end (and forget itself) before it is noted.
         let mut answering = lock(&self.inner.answering);
+        if answering.contains_key(&key) {
+            // The same request delivered twice: it is being answered.
+            return;
+        }
         let call = runtime.spawn({
             let hub = self.clone();
             let key = key.clone();
@@ -1129,7 +1139,7 @@ fn spawn(future: impl Future<Output = ()> + Send + 'static) {
         Ok(runtime) => {
             runtime.spawn(future);
         }
-        Err(_) => tracing::warn!("a node message arrived outside a tokio runtime; dropped"),
+        Err(_) => tracing::warn!("no tokio runtime to act on a node message (or send a cancel)"),
     }
 }
 

@@ -58,7 +58,10 @@ async fn p99_latency(with_slow_consumer: bool) -> (u64, Option<Option<u16>>) {
     const SUBSCRIBERS: usize = 100;
     const COUNT: usize = 600;
     let mut config = config();
-    config.limits.outbound_queue = 32;
+    // Room for 128 ms of publications: a reader the test's own load starves for a moment
+    // (100 readers parsing JSON in a debug build, on 2 cores) is not cut, while the
+    // subscriber that never reads fills it long before the 600th publication.
+    config.limits.outbound_queue = 64;
     let server = start_channels(config).await;
     let hub = server.server.hub().clone();
     let started = std::time::Instant::now();
@@ -133,11 +136,11 @@ async fn p99_latency(with_slow_consumer: bool) -> (u64, Option<Option<u16>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_does_not_slow_100_others() {
-    // Runs alternate, three of each, and the medians are compared, so that a burst of
-    // load on the machine during one run does not decide the outcome.
+    // Runs alternate, five of each, and the medians are compared, so that a burst of
+    // load on the machine during one or two runs does not decide the outcome.
     let mut alone = Vec::new();
     let mut beside = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..5 {
         alone.push(p99_latency(false).await.0);
         let (p99, slow_close) = p99_latency(true).await;
         // The slow one is cut with 4008 (or its socket simply ends if the close frame
@@ -150,7 +153,7 @@ async fn a_slow_consumer_does_not_slow_100_others() {
     }
     alone.sort_unstable();
     beside.sort_unstable();
-    let (baseline, with_slow) = (alone[1], beside[1]);
+    let (baseline, with_slow) = (alone[2], beside[2]);
     // Within 2x of the runs without the slow consumer; a 2 ms floor keeps scheduler noise on
     // a busy 2-core machine from deciding the outcome.
     let bound = 2 * baseline.max(2_000);
@@ -159,6 +162,6 @@ async fn a_slow_consumer_does_not_slow_100_others() {
         "p99 with a slow consumer {beside:?} µs, without {alone:?} µs"
     );
     eprintln!(
-        "p99 delivery latency (medians of 3): {baseline} µs alone, {with_slow} µs beside a slow consumer"
+        "p99 delivery latency (medians of 5): {baseline} µs alone, {with_slow} µs beside a slow consumer"
     );
 }

@@ -230,19 +230,19 @@ async fn expect_request(client: &mut RawClient, method: &str) -> (u64, Value) {
     (req["id"].as_u64().unwrap(), req["d"].clone())
 }
 
-/// Starts `hub.request(conn, method, params)` with a 5 s timeout in a task of its own.
+const FIVE_S: Duration = Duration::from_secs(5);
+
+/// Starts `hub.request(conn, method, params, timeout)` in a task of its own.
 fn ask(
     server: &TestServer,
     conn: &str,
     method: &'static str,
     params: Value,
+    timeout: Duration,
 ) -> tokio::task::JoinHandle<Result<Value, plexus_server::ErrorBody>> {
     let hub = server.server.hub().clone();
     let conn = conn.to_owned();
-    tokio::spawn(async move {
-        hub.request(&conn, method, &params, Duration::from_secs(5))
-            .await
-    })
+    tokio::spawn(async move { hub.request(&conn, method, &params, timeout).await })
 }
 
 #[tokio::test]
@@ -250,7 +250,7 @@ async fn a_request_reaches_a_connection_on_the_other_node_and_brings_its_answer_
     let (a, b) = cluster().await;
     let mut client = RawClient::connect(a.addr, Some(Codec::MsgPack)).await;
     let conn = client.welcome["conn"].as_str().unwrap().to_owned();
-    let asking = ask(&b, &conn, "ui.confirm", json!({"q": "sure?"}));
+    let asking = ask(&b, &conn, "ui.confirm", json!({"q": "sure?"}), FIVE_S);
     let (id, params) = expect_request(&mut client, "ui.confirm").await;
     assert_eq!(params, json!({"q": "sure?"}));
     client
@@ -259,7 +259,7 @@ async fn a_request_reaches_a_connection_on_the_other_node_and_brings_its_answer_
     assert_eq!(asking.await.unwrap().unwrap(), json!({"ok": true}));
 
     // The client's error comes back as it was sent, with its data.
-    let asking = ask(&b, &conn, "ui.confirm", json!({}));
+    let asking = ask(&b, &conn, "ui.confirm", json!({}), FIVE_S);
     let (id, _) = expect_request(&mut client, "ui.confirm").await;
     client
         .send_json(json!({"t": "err", "id": id, "e": {"code": "DECLINED", "message": "no", "data": {"why": "busy"}}}))
@@ -273,7 +273,7 @@ async fn a_request_reaches_a_connection_on_the_other_node_and_brings_its_answer_
     );
 
     // The same call on the node that holds the connection takes the short way.
-    let asking = ask(&a, &conn, "ui.confirm", json!({"n": 3}));
+    let asking = ask(&a, &conn, "ui.confirm", json!({"n": 3}), FIVE_S);
     let (id, params) = expect_request(&mut client, "ui.confirm").await;
     assert_eq!(params, json!({"n": 3}));
     client
@@ -287,11 +287,7 @@ async fn a_request_the_remote_client_leaves_unanswered_times_out_with_a_cancel()
     let (a, b) = cluster().await;
     let mut client = RawClient::connect(a.addr, Some(Codec::Json)).await;
     let conn = client.welcome["conn"].as_str().unwrap().to_owned();
-    let hub = b.server.hub().clone();
-    let asking = tokio::spawn(async move {
-        hub.request::<_, Value>(&conn, "ui.slow", &json!({}), Duration::from_millis(300))
-            .await
-    });
+    let asking = ask(&b, &conn, "ui.slow", json!({}), Duration::from_millis(300));
     let (id, _) = expect_request(&mut client, "ui.slow").await;
     // Unanswered: the client's node cancels the call and says so to the asking node.
     let cancel = client.recv_json().await;
@@ -306,11 +302,7 @@ async fn a_request_whose_caller_gives_up_is_cancelled_on_the_other_node() {
     let (a, b) = cluster().await;
     let mut client = RawClient::connect(a.addr, Some(Codec::Json)).await;
     let conn = client.welcome["conn"].as_str().unwrap().to_owned();
-    let hub = b.server.hub().clone();
-    let asking = tokio::spawn(async move {
-        hub.request::<_, Value>(&conn, "ui.confirm", &json!({}), Duration::from_secs(60))
-            .await
-    });
+    let asking = ask(&b, &conn, "ui.confirm", json!({}), Duration::from_secs(60));
     let (id, _) = expect_request(&mut client, "ui.confirm").await;
     // The caller on node B stops waiting long before the minute is up.
     asking.abort();

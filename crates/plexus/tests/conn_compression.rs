@@ -74,6 +74,24 @@ async fn nothing_negotiated_without_an_offer() {
     assert_eq!(extensions, None);
 }
 
+/// The next data frame the server sends, skipping pings: whether RSV1 (compressed) is set,
+/// and the payload as sent. Checks it is a final text frame.
+async fn next_text_frame(socket: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (bool, Vec<u8>) {
+    loop {
+        let (first, payload) = within("a frame", read_raw_frame_with_flags(socket, buf))
+            .await
+            .expect("a frame");
+        match first & 0x0f {
+            0x9 => continue,
+            0x1 => {
+                assert_eq!(first & 0x80, 0x80, "FIN");
+                return (first & 0x40 != 0, payload);
+            }
+            other => panic!("unexpected opcode {other:#x}"),
+        }
+    }
+}
+
 /// Sends an uncompressed `sys.echo` of `size` characters on a raw upgraded socket and
 /// returns the RSV1 bit and length of the reply frame.
 async fn echo_frame(compression: Compression, size: usize) -> (bool, usize) {
@@ -95,19 +113,8 @@ async fn echo_frame(compression: Compression, size: usize) -> (bool, usize) {
     )
     .await
     .expect("write");
-    loop {
-        let (first, payload) = within("reply", read_raw_frame_with_flags(&mut socket, &mut buf))
-            .await
-            .expect("reply");
-        match first & 0x0f {
-            0x9 => continue,
-            0x1 => {
-                assert_eq!(first & 0x80, 0x80, "FIN");
-                return (first & 0x40 != 0, payload.len());
-            }
-            other => panic!("unexpected opcode {other:#x}"),
-        }
-    }
+    let (compressed, payload) = next_text_frame(&mut socket, &mut buf).await;
+    (compressed, payload.len())
 }
 
 #[tokio::test]
@@ -156,28 +163,19 @@ async fn direct_and_compressed_publications_interleave_intact() {
 
     // The server's context carries over between messages: one inflater for all of them.
     let mut inflater = flate2::Decompress::new(false);
-    let mut next_text = async |socket: &mut tokio::net::TcpStream, buf: &mut Vec<u8>| loop {
-        let (first, payload) = within("a frame", read_raw_frame_with_flags(socket, buf))
-            .await
-            .expect("a frame");
-        match first & 0x0f {
-            0x9 => continue,
-            0x1 => {
-                assert_eq!(first & 0x80, 0x80, "FIN");
-                if first & 0x40 == 0 {
-                    return (false, serde_json::from_slice::<Value>(&payload).unwrap());
-                }
-                let mut input = payload;
-                input.extend_from_slice(&[0, 0, 0xff, 0xff]);
-                let mut output = Vec::with_capacity(64 * 1024);
-                inflater
-                    .decompress_vec(&input, &mut output, flate2::FlushDecompress::Sync)
-                    .expect("inflates with the shared context");
-                assert!(output.len() < output.capacity(), "inflated whole");
-                return (true, serde_json::from_slice::<Value>(&output).unwrap());
-            }
-            other => panic!("unexpected opcode {other:#x}"),
+    let mut next_text = async |socket: &mut tokio::net::TcpStream, buf: &mut Vec<u8>| {
+        let (compressed, payload) = next_text_frame(socket, buf).await;
+        if !compressed {
+            return (false, serde_json::from_slice::<Value>(&payload).unwrap());
         }
+        let mut input = payload;
+        input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut output = Vec::with_capacity(64 * 1024);
+        inflater
+            .decompress_vec(&input, &mut output, flate2::FlushDecompress::Sync)
+            .expect("inflates with the shared context");
+        assert!(output.len() < output.capacity(), "inflated whole");
+        (true, serde_json::from_slice::<Value>(&output).unwrap())
     };
     let (_, welcome) = next_text(&mut socket, &mut buf).await;
     assert_eq!(welcome["t"], "welcome");

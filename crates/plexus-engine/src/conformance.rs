@@ -29,7 +29,7 @@ use std::time::Duration;
 use plexus_protocol::{Codec, ErrorBody, ErrorCode, Payload, Position, PresenceEvent};
 use tokio::sync::Notify;
 
-use crate::{Engine, EngineSink, Member, NodeMessage, Publication, StreamOptions};
+use crate::{Engine, EngineSink, Member, NodeMessage, Publication, Retention};
 
 /// How long a check waits for an event before it fails.
 const WAIT: Duration = Duration::from_secs(10);
@@ -164,8 +164,8 @@ fn data(n: u64) -> Payload {
     Payload::encode(Codec::Json, &n).expect("a number encodes")
 }
 
-fn keep(history_size: usize) -> StreamOptions {
-    StreamOptions {
+fn keep(history_size: usize) -> Retention {
+    Retention {
         history_size,
         history_ttl: None,
     }
@@ -355,7 +355,7 @@ where
 {
     let a = node(make, "a").await;
     let channel = unique("ttl");
-    let options = StreamOptions {
+    let options = Retention {
         history_size: 10,
         history_ttl: Some(Duration::from_millis(20)),
     };

@@ -63,7 +63,7 @@ pub trait Engine: Send + Sync + 'static {
         &'a self,
         channel: &'a str,
         data: Payload,
-        options: &'a StreamOptions,
+        options: &'a Retention,
     ) -> EngineFuture<'a, Position>;
 
     /// The channel's current position and the kept publications after `since` (all kept,
@@ -116,7 +116,7 @@ pub trait EngineSink: Send + Sync + 'static {
 
 /// How a channel keeps its publications, given with each publication.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StreamOptions {
+pub struct Retention {
     /// How many publications to keep (0: none).
     pub history_size: usize,
     /// How long to keep each one; `None`: until pushed out by newer ones.

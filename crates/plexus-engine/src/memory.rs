@@ -14,7 +14,7 @@ use plexus_protocol::{Payload, Position, PresenceEvent};
 
 use crate::{
     Engine, EngineError, EngineErrorKind, EngineFuture, EngineSink, HistoryPage, Member,
-    NodeMessage, Publication, StreamOptions,
+    NodeMessage, Publication, Retention,
 };
 
 /// Channels kept at once unless configured otherwise.
@@ -166,7 +166,7 @@ impl MemoryEngine {
         &self,
         channel: &str,
         data: Payload,
-        options: &StreamOptions,
+        options: &Retention,
     ) -> Result<Position, EngineError> {
         let stream = self.stream(channel, true)?.expect("created");
         let position = {
@@ -335,7 +335,7 @@ impl Engine for MemoryEngine {
         &'a self,
         channel: &'a str,
         data: Payload,
-        options: &'a StreamOptions,
+        options: &'a Retention,
     ) -> EngineFuture<'a, Position> {
         ready(self.publish_now(channel, data, options))
     }

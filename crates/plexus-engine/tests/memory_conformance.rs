@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use plexus_engine::{Engine, EngineErrorKind, MemoryEngine, StreamOptions, conformance};
+use plexus_engine::{Engine, EngineErrorKind, MemoryEngine, Retention, conformance};
 use plexus_protocol::{Codec, Payload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,7 +18,7 @@ async fn memory_engine_keeps_the_contract() {
 #[tokio::test]
 async fn channels_that_hold_nothing_are_forgotten_and_start_a_new_epoch() {
     let engine = MemoryEngine::new();
-    let options = StreamOptions::default();
+    let options = Retention::default();
     let data = Payload::encode(Codec::Json, &1).unwrap();
     let first = engine.publish("c", data.clone(), &options).await.unwrap();
     assert_eq!(
@@ -37,7 +37,7 @@ async fn channels_that_hold_nothing_are_forgotten_and_start_a_new_epoch() {
 #[tokio::test]
 async fn the_number_of_channels_is_bounded() {
     let engine = MemoryEngine::with_max_channels(2);
-    let options = StreamOptions {
+    let options = Retention {
         history_size: 1,
         history_ttl: None,
     };

@@ -34,7 +34,7 @@ mod payload;
 pub use code::{CloseCode, ErrorBody, ErrorCode};
 pub use codec::{Codec, DecodeError, EncodeError};
 pub use frame::{Frame, Position, PresenceEvent};
-pub use payload::{Payload, PayloadError};
+pub use payload::{IntoPayload, Payload, PayloadError};
 
 /// The default WebSocket path of a plexus endpoint.
 pub const DEFAULT_PATH: &str = "/ws";

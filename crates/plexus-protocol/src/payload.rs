@@ -1,3 +1,4 @@
+use std::any::Any;
 use std::fmt;
 
 use bytes::Bytes;
@@ -116,6 +117,21 @@ impl Payload {
         })
     }
 
+    /// Deserializes the value into `T`, or hands the payload itself over when `T` is
+    /// [`Payload`] (no parse): for APIs that return either a typed value or the raw one.
+    pub fn decode_as<T: DeserializeOwned + 'static>(self) -> Result<T, PayloadError> {
+        let mut slot = Some(self);
+        if let Some(raw) = (&mut slot as &mut dyn Any).downcast_mut::<Option<T>>()
+            && let Some(value) = raw.take()
+        {
+            return Ok(value);
+        }
+        match slot {
+            Some(payload) => payload.decode(),
+            None => unreachable!("taken only when `T` is `Payload`"),
+        }
+    }
+
     /// The codec the raw bytes are in.
     pub fn codec(&self) -> Codec {
         self.codec
@@ -223,5 +239,29 @@ impl<'de> serde::Deserialize<'de> for Payload {
             codec: Codec::Json,
             raw: out.into(),
         })
+    }
+}
+
+/// What a call or publication can carry: any `&T` where `T: Serialize`, encoded in the
+/// connection's codec, or a [`Payload`] as it is (no parse; transcoded only when its codec is
+/// not the connection's). This is how one `request` takes typed and raw params alike.
+pub trait IntoPayload {
+    /// The value in `codec`.
+    fn into_payload(self, codec: Codec) -> Result<Payload, PayloadError>;
+}
+
+impl<T: Serialize + ?Sized> IntoPayload for &T {
+    fn into_payload(self, codec: Codec) -> Result<Payload, PayloadError> {
+        Payload::encode(codec, self)
+    }
+}
+
+impl IntoPayload for Payload {
+    fn into_payload(self, codec: Codec) -> Result<Payload, PayloadError> {
+        if self.codec == codec {
+            Ok(self)
+        } else {
+            self.to_codec(codec)
+        }
     }
 }

@@ -12,7 +12,7 @@ use plexus_protocol::{CloseCode, Codec, ErrorBody, ErrorCode, Payload};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::Server;
+use crate::endpoint::Server;
 
 /// Most channels one broadcast may name.
 const MAX_BROADCAST: usize = 1000;
@@ -38,6 +38,12 @@ impl IntoResponse for ApiError {
         };
         let body = json!({"error": {"code": self.0.code.as_str(), "message": self.0.message}});
         (status, Json(body)).into_response()
+    }
+}
+
+impl From<crate::hub::HubError> for ApiError {
+    fn from(e: crate::hub::HubError) -> Self {
+        Self(e.into_body())
     }
 }
 
@@ -132,11 +138,7 @@ async fn publish(
     authorize(&state, &headers)?;
     let request = body(request)?;
     let data = Payload::encode(Codec::Json, &request.data).map_err(|e| invalid(e.to_string()))?;
-    let position = state
-        .server
-        .hub()
-        .publish_raw(&request.channel, data)
-        .await?;
+    let position = state.server.hub().publish(&request.channel, data).await?;
     Ok(Json(Published {
         channel: request.channel,
         epoch: position.epoch,
@@ -160,9 +162,9 @@ async fn broadcast(
     let data = Payload::encode(Codec::Json, &request.data).map_err(|e| invalid(e.to_string()))?;
     let mut results = Vec::with_capacity(request.channels.len());
     for channel in request.channels {
-        results.push(match state.server.hub().publish_raw(&channel, data.clone()).await {
+        results.push(match state.server.hub().publish(&channel, data.clone()).await {
             Ok(position) => json!({"channel": channel, "epoch": position.epoch, "offset": position.offset}),
-            Err(error) => json!({"channel": channel, "error": {"code": error.code.as_str(), "message": error.message}}),
+            Err(error) => json!({"channel": channel, "error": {"code": error.code().as_str(), "message": error.message()}}),
         });
     }
     Ok(Json(json!({ "results": results })))

@@ -118,7 +118,129 @@ impl Default for EndpointConfig {
     }
 }
 
+impl Limits {
+    /// Sets [`Limits::max_message_size`].
+    pub fn max_message_size(mut self, max_message_size: usize) -> Self {
+        self.max_message_size = max_message_size;
+        self
+    }
+
+    /// Sets [`Limits::max_in_flight`].
+    pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// Sets [`Limits::outbound_queue`].
+    pub fn outbound_queue(mut self, outbound_queue: usize) -> Self {
+        self.outbound_queue = outbound_queue;
+        self
+    }
+
+    /// Sets [`Limits::handshake_timeout`].
+    pub fn handshake_timeout(mut self, handshake_timeout: Duration) -> Self {
+        self.handshake_timeout = handshake_timeout;
+        self
+    }
+
+    /// Sets [`Limits::idle_timeout`].
+    pub fn idle_timeout(mut self, idle_timeout: impl Into<Option<Duration>>) -> Self {
+        self.idle_timeout = idle_timeout.into();
+        self
+    }
+
+    /// Sets [`Limits::heartbeat_interval`].
+    pub fn heartbeat_interval(mut self, heartbeat_interval: Duration) -> Self {
+        self.heartbeat_interval = heartbeat_interval;
+        self
+    }
+
+    /// Sets [`Limits::max_subscriptions`].
+    pub fn max_subscriptions(mut self, max_subscriptions: usize) -> Self {
+        self.max_subscriptions = max_subscriptions;
+        self
+    }
+
+    /// Sets [`Limits::max_bad_frames_per_minute`].
+    pub fn max_bad_frames_per_minute(mut self, max_bad_frames_per_minute: u32) -> Self {
+        self.max_bad_frames_per_minute = max_bad_frames_per_minute;
+        self
+    }
+
+    /// Sets [`Limits::server_call_timeout`].
+    pub fn server_call_timeout(mut self, server_call_timeout: Duration) -> Self {
+        self.server_call_timeout = server_call_timeout;
+        self
+    }
+
+    /// Sets [`Limits::drain_timeout`].
+    pub fn drain_timeout(mut self, drain_timeout: Duration) -> Self {
+        self.drain_timeout = drain_timeout;
+        self
+    }
+
+    /// Sets [`Limits::max_connections`].
+    pub fn max_connections(mut self, max_connections: usize) -> Self {
+        self.max_connections = max_connections;
+        self
+    }
+
+    /// Sets [`Limits::max_connections_per_ip`].
+    pub fn max_connections_per_ip(mut self, max_connections_per_ip: usize) -> Self {
+        self.max_connections_per_ip = max_connections_per_ip;
+        self
+    }
+
+    /// Sets [`Limits::call_rate`].
+    pub fn call_rate(mut self, call_rate: impl Into<Option<RateLimit>>) -> Self {
+        self.call_rate = call_rate.into();
+        self
+    }
+
+    /// Sets [`Limits::publish_rate`].
+    pub fn publish_rate(mut self, publish_rate: impl Into<Option<RateLimit>>) -> Self {
+        self.publish_rate = publish_rate.into();
+        self
+    }
+}
+
 impl EndpointConfig {
+    /// Sets [`EndpointConfig::limits`].
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets [`EndpointConfig::compression`].
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// Sets [`EndpointConfig::compression_threshold`].
+    pub fn compression_threshold(mut self, compression_threshold: usize) -> Self {
+        self.compression_threshold = compression_threshold;
+        self
+    }
+
+    /// Sets [`EndpointConfig::read_buffer`].
+    pub fn read_buffer(mut self, read_buffer: usize) -> Self {
+        self.read_buffer = read_buffer;
+        self
+    }
+
+    /// Sets [`EndpointConfig::write_buffer`].
+    pub fn write_buffer(mut self, write_buffer: usize) -> Self {
+        self.write_buffer = write_buffer;
+        self
+    }
+
+    /// Sets [`EndpointConfig::origins`].
+    pub fn origins(mut self, origins: OriginPolicy) -> Self {
+        self.origins = origins;
+        self
+    }
+
     /// The yawc options that implement this configuration.
     pub(crate) fn ws_options(&self) -> yawc::Options {
         // yawc's size limit is exclusive: a message of exactly `max_message_size` must pass.

@@ -50,27 +50,30 @@ mod echo;
 mod endpoint;
 mod error;
 mod guard;
+mod hub;
 mod principal;
 mod rpc;
+mod session;
 
 pub use auth::{
     AuthError, AuthRequest, Authenticator, Credential, CredentialSource, JwtAuthenticator,
     JwtConfig,
 };
-pub use channel::{ChannelAction, ChannelOptions, History, HistoryEntry, Hub, Member, Namespaces};
+pub use channel::{ChannelAction, ChannelOptions, Namespaces};
 pub use config::{Compression, EndpointConfig, Limits};
-pub use conn::{ClientStream, ConnectionHandle, DisconnectReason};
+pub use conn::{ClientStream, CloseReason, ConnectionHandle, DisconnectReason};
 pub use echo::echo_route;
-pub use endpoint::{DEFAULT_AUTH_COOKIE, Server, ServerBuilder};
+pub use endpoint::{DEFAULT_AUTH_COOKIE, Server, ServerBuilder, StrictModeError, check_strict};
 pub use error::{CallError, RpcError};
 pub use guard::{
     AllowedOrigin, CallRateLimiter, ConnectionLimiter, ConnectionSlot, InvalidOrigin,
-    InvalidRateLimit, LimitRefusal, OriginPolicy, RateLimit, StrictModeError, check_strict,
+    InvalidRateLimit, LimitRefusal, OriginPolicy, RateLimit,
 };
+pub use hub::{History, Hub, HubError, HubErrorKind, Member, Publication};
 pub use plexus_engine as engine;
 pub use plexus_engine::{Engine, MemoryEngine};
 pub use plexus_protocol as protocol;
-pub use plexus_protocol::{CloseCode, Codec, ErrorBody, ErrorCode, Payload};
+pub use plexus_protocol::{CloseCode, Codec, ErrorBody, ErrorCode, IntoPayload, Payload, Position};
 pub use principal::Principal;
 pub use rpc::context::{CallContext, CancelReason};
 pub use rpc::handler::{NotifyHandler, RequestHandler, StreamHandler};

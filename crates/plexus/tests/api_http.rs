@@ -21,9 +21,7 @@ async fn start_api() -> TestServer {
             config.limits.max_message_size = 4096;
             config
         })
-        .channels(
-            Namespaces::new().namespace("room:*", ChannelOptions::default().presence(true, false)),
-        )
+        .channels(Namespaces::new().namespace("room:*", ChannelOptions::default().presence(true)))
         .build();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -17,8 +17,9 @@ fn namespaces() -> Namespaces {
     Namespaces::new().namespace(
         "room:*",
         ChannelOptions::default()
-            .history(100, None)
-            .presence(true, true)
+            .history_size(100)
+            .presence(true)
+            .join_leave_events(true)
             .client_publish(true),
     )
 }
@@ -239,7 +240,7 @@ fn ask(
     method: &'static str,
     params: Value,
     timeout: Duration,
-) -> tokio::task::JoinHandle<Result<Value, plexus_server::ErrorBody>> {
+) -> tokio::task::JoinHandle<Result<Value, plexus_server::HubError>> {
     let hub = server.server.hub().clone();
     let conn = conn.to_owned();
     tokio::spawn(async move { hub.request(&conn, method, &params, timeout).await })
@@ -265,10 +266,10 @@ async fn a_request_reaches_a_connection_on_the_other_node_and_brings_its_answer_
         .send_json(json!({"t": "err", "id": id, "e": {"code": "DECLINED", "message": "no", "data": {"why": "busy"}}}))
         .await;
     let refused = asking.await.unwrap().unwrap_err();
-    assert_eq!(refused.code, ErrorCode::new("DECLINED"));
-    assert_eq!(refused.message, "no");
+    assert_eq!(*refused.code(), ErrorCode::new("DECLINED"));
+    assert_eq!(refused.message(), "no");
     assert_eq!(
-        refused.data.unwrap().decode::<Value>().unwrap(),
+        refused.data().unwrap().decode::<Value>().unwrap(),
         json!({"why": "busy"})
     );
 
@@ -293,7 +294,7 @@ async fn a_request_the_remote_client_leaves_unanswered_times_out_with_a_cancel()
     let cancel = client.recv_json().await;
     assert_eq!(cancel, json!({"t": "cancel", "id": id}));
     let timed_out = asking.await.unwrap().unwrap_err();
-    assert_eq!(timed_out.code, ErrorCode::TIMEOUT, "{timed_out:?}");
+    assert_eq!(*timed_out.code(), ErrorCode::TIMEOUT, "{timed_out:?}");
     client.assert_echo(7).await;
 }
 
@@ -324,7 +325,7 @@ async fn a_request_to_a_connection_no_node_holds_times_out() {
     let missing = b
         .server
         .hub()
-        .request::<_, Value>(
+        .request::<Value>(
             "nobody",
             "ui.confirm",
             &json!({}),
@@ -332,8 +333,12 @@ async fn a_request_to_a_connection_no_node_holds_times_out() {
         )
         .await
         .unwrap_err();
-    assert_eq!(missing.code, ErrorCode::TIMEOUT);
-    assert!(missing.message.contains("nobody"), "{}", missing.message);
+    assert_eq!(*missing.code(), ErrorCode::TIMEOUT);
+    assert!(
+        missing.message().contains("nobody"),
+        "{}",
+        missing.message()
+    );
     // It waited for the timeout and the way back, not for ever.
     assert!(started.elapsed() < Duration::from_secs(10));
 }
@@ -355,9 +360,9 @@ async fn a_server_side_subscription_on_the_same_node_and_its_limit() {
         "the position it starts from: {joined}"
     );
     let refused = hub.subscribe(&conn, "room:other").await.unwrap_err();
-    assert_eq!(refused.code.as_str(), "RATE_LIMITED", "{refused:?}");
+    assert_eq!(refused.code().as_str(), "RATE_LIMITED", "{refused:?}");
     let unknown = hub.subscribe(&conn, "nowhere").await.unwrap_err();
-    assert_eq!(unknown.code.as_str(), "NOT_FOUND");
+    assert_eq!(unknown.code().as_str(), "NOT_FOUND");
     // The client may leave a server-side subscription like its own.
     client
         .send_json(json!({"t": "leave", "id": 1, "ch": "room:h"}))
@@ -397,7 +402,7 @@ struct FlakyEngine {
 mod flaky {
     use super::*;
     use plexus_server::engine::{
-        EngineError, EngineFuture, EngineSink, HistoryPage, Member, NodeMessage, StreamOptions,
+        EngineError, EngineFuture, EngineSink, HistoryPage, Member, NodeMessage, Retention,
     };
     use plexus_server::protocol::Position;
     use std::sync::atomic::Ordering;
@@ -440,7 +445,7 @@ mod flaky {
             &'a self,
             channel: &'a str,
             data: plexus_server::Payload,
-            options: &'a StreamOptions,
+            options: &'a Retention,
         ) -> EngineFuture<'a, Position> {
             self.check(self.inner.publish(channel, data, options))
         }
@@ -488,7 +493,7 @@ async fn an_engine_that_is_down_gives_unavailable_and_the_connection_lives_on() 
         .await;
     support::assert_err(&client.recv_json().await, Some(2), "UNAVAILABLE");
     let refused = server.server.hub().publish("room:d", &1).await.unwrap_err();
-    assert_eq!(refused.code.as_str(), "UNAVAILABLE");
+    assert_eq!(refused.code().as_str(), "UNAVAILABLE");
     assert!(
         server.server.hub().channels().is_empty(),
         "the failed join left nothing"

@@ -14,11 +14,12 @@ fn namespaces() -> Namespaces {
         .namespace(
             "room:*",
             ChannelOptions::default()
-                .history(100, None)
-                .presence(true, true)
+                .history_size(100)
+                .presence(true)
+                .join_leave_events(true)
                 .client_publish(true),
         )
-        .namespace("feed:*", ChannelOptions::default().history(10, None))
+        .namespace("feed:*", ChannelOptions::default().history_size(10))
         .namespace("bare:*", ChannelOptions::default())
 }
 

@@ -203,15 +203,12 @@ async fn the_server_calls_handlers_registered_on_the_rust_client() {
             let sum: i64 = conn.request("client.add", &json!([2, 3])).await?;
             conn.notify("client.note", &"noted")?;
             let items: Vec<u64> = conn
-                .stream::<_, u64>("client.count", &3)
+                .stream::<u64>("client.count", &3)
                 .await?
                 .map(Result::unwrap)
                 .collect()
                 .await;
-            let missing = conn
-                .request::<_, Value>("client.nope", &())
-                .await
-                .unwrap_err();
+            let missing = conn.request::<Value>("client.nope", &()).await.unwrap_err();
             let _ = results_tx.send(json!({
                 "sum": sum,
                 "items": items,
@@ -499,7 +496,7 @@ async fn a_rust_subscription_survives_a_reconnect_without_loss_or_duplicates() {
             Namespaces::new().namespace(
                 "room:*",
                 ChannelOptions::default()
-                    .history(100, None)
+                    .history_size(100)
                     .client_publish(true),
             ),
         )

@@ -27,7 +27,8 @@ async fn setup() -> (support::TestServer, Gone) {
 }
 
 /// A raw TCP client completes the upgrade and then never writes anything (so never a pong):
-/// it sees pings, then a close 4002 within 1.5 s.
+/// it sees pings, then a close 4002 after at least one interval. (That it comes at exactly
+/// the second beat is checked on a paused clock in the session's own tests.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_peer_is_closed_4002() {
     let (server, mut gone) = setup().await;
@@ -58,10 +59,6 @@ async fn silent_peer_is_closed_4002() {
     assert!(close.len() >= 2);
     assert_eq!(u16::from_be_bytes([close[0], close[1]]), 4002);
     assert!(
-        elapsed < Duration::from_millis(1500),
-        "closed after {elapsed:?}"
-    );
-    assert!(
         elapsed >= INTERVAL,
         "closed after {elapsed:?}, before one interval"
     );
@@ -71,7 +68,7 @@ async fn silent_peer_is_closed_4002() {
     assert_eq!(conn, welcome["conn"]);
     assert_eq!(
         reason,
-        DisconnectReason::ServerClosed(CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout")
+        DisconnectReason::ServerClosed(CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout".into())
     );
 }
 
@@ -87,7 +84,7 @@ async fn unpolled_client_is_closed_4002() {
     assert_eq!(conn, client.welcome["conn"]);
     assert_eq!(
         reason,
-        DisconnectReason::ServerClosed(CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout")
+        DisconnectReason::ServerClosed(CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout".into())
     );
     // Two intervals of silence, plus at most the close handshake timeout for a peer that
     // never answers the close.

@@ -70,7 +70,7 @@ async fn message_over_size_limit_closes_1009(codec: Codec) {
     assert_eq!(client.recv_close().await, 1009);
     assert_eq!(
         reason_of(&mut gone, &client.welcome["conn"]).await,
-        DisconnectReason::ServerClosed(CloseCode::TOO_LARGE, "message too large")
+        DisconnectReason::ServerClosed(CloseCode::TOO_LARGE, "message too large".into())
     );
     witness.assert_echo(1).await;
 }
@@ -141,7 +141,10 @@ async fn too_many_bad_frames_close_4029(codec: Codec) {
     assert_eq!(client.recv_close().await, 4029);
     assert_eq!(
         reason_of(&mut gone, &client.welcome["conn"]).await,
-        DisconnectReason::ServerClosed(CloseCode::TOO_MANY_BAD_FRAMES, "too many bad frames")
+        DisconnectReason::ServerClosed(
+            CloseCode::TOO_MANY_BAD_FRAMES,
+            "too many bad frames".into()
+        )
     );
     witness.assert_echo(1).await;
 }
@@ -244,7 +247,7 @@ async fn outbound_overflow_with_stalled_socket_ends_connection(codec: Codec) {
     within("the overflowing connection to end", conn.closed()).await;
     assert_eq!(
         reason_of(&mut gone, &client.welcome["conn"]).await,
-        DisconnectReason::ServerClosed(CloseCode::SLOW_CONSUMER, "slow consumer")
+        DisconnectReason::ServerClosed(CloseCode::SLOW_CONSUMER, "slow consumer".into())
     );
     witness.assert_echo(1).await;
 
@@ -300,7 +303,7 @@ async fn outbound_overflow_burst_closes_4008() {
     assert_eq!(code, Some(4008));
     assert_eq!(
         reason_of(&mut gone, &client.welcome["conn"]).await,
-        DisconnectReason::ServerClosed(CloseCode::SLOW_CONSUMER, "slow consumer")
+        DisconnectReason::ServerClosed(CloseCode::SLOW_CONSUMER, "slow consumer".into())
     );
     witness.assert_echo(1).await;
 }
@@ -317,7 +320,7 @@ async fn idle_timeout_closes_1000() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert_eq!(
         reason_of(&mut gone, &client.welcome["conn"]).await,
-        DisconnectReason::ServerClosed(CloseCode::NORMAL, "idle timeout")
+        DisconnectReason::ServerClosed(CloseCode::NORMAL, "idle timeout".into())
     );
 }
 
@@ -339,7 +342,7 @@ async fn a_call_in_progress_is_not_idleness() {
     assert!(started.elapsed() >= Duration::from_millis(1000));
     assert_eq!(
         reason_of(&mut gone, &client.welcome["conn"]).await,
-        DisconnectReason::ServerClosed(CloseCode::NORMAL, "idle timeout")
+        DisconnectReason::ServerClosed(CloseCode::NORMAL, "idle timeout".into())
     );
 }
 

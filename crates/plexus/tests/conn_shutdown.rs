@@ -54,7 +54,7 @@ async fn going_away(gone: &mut Gone, client: &RawClient) {
     assert_eq!(conn, client.welcome["conn"]);
     assert_eq!(
         reason,
-        DisconnectReason::ServerClosed(CloseCode::GOING_AWAY, "server shutting down")
+        DisconnectReason::ServerClosed(CloseCode::GOING_AWAY, "server shutting down".into())
     );
 }
 
@@ -111,8 +111,12 @@ async fn in_flight_stream_finishes_then_1001(codec: Codec) {
     server.served(TIMEOUT).await.expect("serve");
 }
 
+/// Without calls in flight, a connection does not wait for the drain: closed at the instant
+/// of the shutdown on a paused clock (the session's tests), and here long before the drain
+/// timeout whatever the machine's load.
 async fn idle_connection_gets_1001_promptly(codec: Codec) {
-    let (mut server, mut gone, _) = setup(Duration::from_secs(10)).await;
+    const DRAIN: Duration = Duration::from_secs(60);
+    let (mut server, mut gone, _) = setup(DRAIN).await;
     let mut client = server.client(codec).await;
     let mut other = server.client(codec).await;
     let started = Instant::now();
@@ -120,7 +124,7 @@ async fn idle_connection_gets_1001_promptly(codec: Codec) {
     assert_eq!(client.recv_close().await, 1001);
     assert_eq!(other.recv_close().await, 1001);
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(1), "1001 after {elapsed:?}");
+    assert!(elapsed < DRAIN / 2, "1001 after {elapsed:?}");
     let mut ended = vec![
         recv(&mut gone, "on_disconnect").await,
         recv(&mut gone, "on_disconnect").await,
@@ -129,14 +133,11 @@ async fn idle_connection_gets_1001_promptly(codec: Codec) {
     for (_, reason) in &ended {
         assert_eq!(
             *reason,
-            DisconnectReason::ServerClosed(CloseCode::GOING_AWAY, "server shutting down")
+            DisconnectReason::ServerClosed(CloseCode::GOING_AWAY, "server shutting down".into())
         );
     }
     server.served(TIMEOUT).await.expect("serve");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "serve returned promptly"
-    );
+    assert!(started.elapsed() < DRAIN / 2, "serve returned promptly");
 }
 
 async fn call_outlasting_drain_is_cancelled_with_shutdown(codec: Codec) {

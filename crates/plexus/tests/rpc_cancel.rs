@@ -12,6 +12,11 @@ use serde_json::{Value, json};
 use support::{recv, start, sys};
 use tokio::sync::mpsc;
 
+/// Far below the minute `guarded.sleep` sleeps (and the never of the others): a stop within
+/// it is the cancel's doing, however busy the machine. How soon exactly is checked on a
+/// paused clock in the session's own tests.
+const PROMPT: Duration = Duration::from_secs(30);
+
 codec_tests!(
     cancel_request_runs_cleanup_and_sends_nothing,
     cancel_stream_stops_items_without_end,
@@ -155,12 +160,12 @@ async fn cancel_request_runs_cleanup_and_sends_nothing(codec: Codec) {
     let (cleanup, dropped) = stopped(&mut events, 1, true).await;
     let (reason, cleaned) = cleanup.expect("cleanup");
     assert_eq!(reason, CancelReason::Cancelled);
+    // The handler never ends by itself: the cleanup and the drop are the cancel's doing.
+    // That they happen at the instant of the cancel is checked on a paused clock in the
+    // session's tests; here they must come long before any timeout of the handler's.
     let latency = cleaned.duration_since(sent);
-    assert!(
-        latency < Duration::from_millis(100),
-        "cleanup ran {latency:?} after cancel"
-    );
-    assert!(dropped.duration_since(sent) < Duration::from_millis(100));
+    assert!(latency < PROMPT, "cleanup ran {latency:?} after cancel");
+    assert!(dropped.duration_since(sent) < PROMPT);
 
     // No res/err for id 1: the next frame is the echo's reply, and nothing follows.
     client.assert_echo(2).await;
@@ -219,8 +224,8 @@ async fn cancel_stream_with_context_reports_cancelled(codec: Codec) {
     let (cleanup, dropped) = stopped(&mut events, 5, true).await;
     let (reason, cleaned) = cleanup.expect("cleanup");
     assert_eq!(reason, CancelReason::Cancelled);
-    assert!(cleaned.duration_since(sent) < Duration::from_millis(100));
-    assert!(dropped.duration_since(sent) < Duration::from_millis(100));
+    assert!(cleaned.duration_since(sent) < PROMPT);
+    assert!(dropped.duration_since(sent) < PROMPT);
     client.assert_echo(6).await;
     client.expect_silence(Duration::from_millis(100)).await;
 }
@@ -285,10 +290,7 @@ async fn cancelled_sleep_is_dropped_at_once(codec: Codec) {
     client.send_json(json!({"t": "cancel", "id": 3})).await;
     let (_, dropped) = stopped(&mut events, 3, false).await;
     let latency = dropped.duration_since(sent);
-    assert!(
-        latency < Duration::from_millis(100),
-        "future dropped {latency:?} after cancel"
-    );
+    assert!(latency < PROMPT, "future dropped {latency:?} after cancel");
     client.assert_echo(4).await;
     client.expect_silence(Duration::from_millis(100)).await;
 }

@@ -99,7 +99,7 @@ where
 async fn request_gets_client_result(codec: Codec) {
     let (_server, mut client, conn) = setup(codec).await;
     let mut out = spawn_reporting(async move {
-        conn.request::<_, Sum>("client.add", &json!({"a": 1, "b": 2}))
+        conn.request::<Sum>("client.add", &json!({"a": 1, "b": 2}))
             .await
     });
     let id = expect_call(&mut client, "req", "client.add", json!({"a": 1, "b": 2})).await;
@@ -112,10 +112,8 @@ async fn request_gets_client_result(codec: Codec) {
 
 async fn request_gets_client_error(codec: Codec) {
     let (_server, mut client, conn) = setup(codec).await;
-    let mut out = spawn_reporting(async move {
-        conn.request::<_, Value>("client.add", &json!({"a": 1}))
-            .await
-    });
+    let mut out =
+        spawn_reporting(async move { conn.request::<Value>("client.add", &json!({"a": 1})).await });
     let id = expect_call(&mut client, "req", "client.add", json!({"a": 1})).await;
     client
         .send_json(json!({"t": "err", "id": id, "e": {"code": "CLIENT_ERR", "message": "no b", "data": {"missing": "b"}}}))
@@ -133,7 +131,7 @@ async fn request_gets_client_error(codec: Codec) {
 async fn request_answer_of_wrong_shape_is_validation_error(codec: Codec) {
     let (_server, mut client, conn) = setup(codec).await;
     let mut out =
-        spawn_reporting(async move { conn.request::<_, Sum>("client.add", &json!([1, 2])).await });
+        spawn_reporting(async move { conn.request::<Sum>("client.add", &json!([1, 2])).await });
     let id = expect_call(&mut client, "req", "client.add", json!([1, 2])).await;
     client
         .send_json(json!({"t": "res", "id": id, "d": {"sum": "three"}}))
@@ -148,7 +146,7 @@ async fn request_answer_of_wrong_shape_is_validation_error(codec: Codec) {
 async fn request_timeout_sends_cancel(codec: Codec) {
     let (_server, mut client, conn) = setup(codec).await;
     let mut out = spawn_reporting(async move {
-        conn.request_timeout::<_, Value>("client.slow", &json!(null), Duration::from_millis(200))
+        conn.request_timeout::<Value>("client.slow", &json!(null), Duration::from_millis(200))
             .await
     });
     let id = expect_call(&mut client, "req", "client.slow", json!(null)).await;
@@ -168,12 +166,10 @@ async fn concurrent_requests_get_their_own_answers(codec: Codec) {
     let (_server, mut client, conn) = setup(codec).await;
     let first = conn.clone();
     let mut out_a =
-        spawn_reporting(
-            async move { first.request::<_, Value>("client.which", &json!("a")).await },
-        );
+        spawn_reporting(async move { first.request::<Value>("client.which", &json!("a")).await });
     let id_a = expect_call(&mut client, "req", "client.which", json!("a")).await;
     let mut out_b =
-        spawn_reporting(async move { conn.request::<_, Value>("client.which", &json!("b")).await });
+        spawn_reporting(async move { conn.request::<Value>("client.which", &json!("b")).await });
     let id_b = expect_call(&mut client, "req", "client.which", json!("b")).await;
     assert_ne!(id_a, id_b, "calls in flight have distinct ids");
     // Answer in reverse order.
@@ -206,7 +202,7 @@ async fn stream_yields_items_then_none(codec: Codec) {
     let (_server, mut client, conn) = setup(codec).await;
     let mut out = spawn_reporting(async move {
         let mut stream = conn
-            .stream::<_, Value>("client.items", &json!({"from": 1}))
+            .stream::<Value>("client.items", &json!({"from": 1}))
             .await
             .expect("open stream");
         let mut items = Vec::new();
@@ -235,7 +231,7 @@ async fn stream_grants_credit_as_items_are_consumed(codec: Codec) {
     let (_server, mut client, conn) = setup(codec).await;
     let mut out = spawn_reporting(async move {
         let stream = conn
-            .stream::<_, u64>("client.numbers", &json!(null))
+            .stream::<u64>("client.numbers", &json!(null))
             .await
             .expect("open stream");
         stream
@@ -266,7 +262,7 @@ async fn stream_error_from_client(codec: Codec) {
     let (_server, mut client, conn) = setup(codec).await;
     let mut out = spawn_reporting(async move {
         let mut stream = conn
-            .stream::<_, Value>("client.items", &json!(null))
+            .stream::<Value>("client.items", &json!(null))
             .await
             .expect("open stream");
         let mut seen = Vec::new();
@@ -295,7 +291,7 @@ async fn dropping_stream_sends_cancel(codec: Codec) {
     let (_server, mut client, conn) = setup(codec).await;
     let mut out = spawn_reporting(async move {
         let mut stream = conn
-            .stream::<_, Value>("client.items", &json!(null))
+            .stream::<Value>("client.items", &json!(null))
             .await
             .expect("open stream");
         let first = stream.next().await;
@@ -343,7 +339,7 @@ async fn pending_call_fails_when_connection_closes(codec: Codec) {
     let handle = conn.clone();
     let mut out = spawn_reporting(async move {
         handle
-            .request_timeout::<_, Value>("client.never", &json!(null), Duration::from_secs(60))
+            .request_timeout::<Value>("client.never", &json!(null), Duration::from_secs(60))
             .await
     });
     expect_call(&mut client, "req", "client.never", json!(null)).await;
@@ -354,7 +350,7 @@ async fn pending_call_fails_when_connection_closes(codec: Codec) {
     assert!(conn.is_closed());
     // Calls on a closed connection fail at once.
     assert!(conn.notify("x.y", &1).expect_err("closed").is_unavailable());
-    let error = support::within("request on closed", conn.request::<_, Value>("x.y", &1))
+    let error = support::within("request on closed", conn.request::<Value>("x.y", &1))
         .await
         .expect_err("closed");
     assert!(error.is_unavailable(), "{error}");

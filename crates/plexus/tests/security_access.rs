@@ -178,8 +178,8 @@ fn guarded_namespaces() -> Namespaces {
         .namespace(
             "vault:*",
             ChannelOptions::default()
-                .history(10, None)
-                .presence(true, false)
+                .history_size(10)
+                .presence(true)
                 .client_publish(true)
                 .require(ChannelAction::Join, "vault.read")
                 .require(ChannelAction::Publish, "vault.write"),
@@ -188,8 +188,8 @@ fn guarded_namespaces() -> Namespaces {
             // Presence and history with a permission of their own, beyond joining.
             "audit:*",
             ChannelOptions::default()
-                .history(10, None)
-                .presence(true, false)
+                .history_size(10)
+                .presence(true)
                 .require(ChannelAction::Join, "audit.read")
                 .require(ChannelAction::Presence, "audit.admin")
                 .require(ChannelAction::History, "audit.admin"),
@@ -363,7 +363,7 @@ async fn channel_actions_without_their_permission_are_forbidden() {
     // Only the allowed publications are in the channel, and the refused joins left no
     // member behind.
     let history = hub.history("vault:1", None, None).await.unwrap();
-    assert_eq!(history.pubs.len(), writes, "{history:?}");
+    assert_eq!(history.publications.len(), writes, "{history:?}");
     let members: Vec<String> = hub
         .presence("vault:1")
         .await
@@ -629,8 +629,12 @@ async fn presence_shows_the_user_and_info_from_the_token() {
             .config(config())
             .authenticator(jwt_authenticator())
             .channels(
-                Namespaces::new()
-                    .namespace("room:*", ChannelOptions::default().presence(true, true)),
+                Namespaces::new().namespace(
+                    "room:*",
+                    ChannelOptions::default()
+                        .presence(true)
+                        .join_leave_events(true),
+                ),
             ),
     )
     .await;

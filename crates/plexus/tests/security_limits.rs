@@ -342,16 +342,12 @@ async fn a_call_flood_is_rate_limited_and_the_connection_stays_usable() {
     let mut config = config();
     config.limits.call_rate = Some(RateLimit::new(5, 5).unwrap());
     let router = sys().notify("log.note", |_: Value| async {});
-    let server = start_with(
-        Server::builder().router(router).config(config).channels(
-            Namespaces::new().namespace(
-                "room:*",
-                ChannelOptions::default()
-                    .public_access()
-                    .presence(true, false),
-            ),
+    let server = start_with(Server::builder().router(router).config(config).channels(
+        Namespaces::new().namespace(
+            "room:*",
+            ChannelOptions::default().public_access().presence(true),
         ),
-    )
+    ))
     .await;
     let mut witness = server.client(Codec::MsgPack).await;
     let mut flooder = server.client(Codec::Json).await;

@@ -19,11 +19,13 @@ use futures_util::future::BoxFuture;
 use http::{HeaderMap, StatusCode};
 use plexus_protocol::{CloseCode, ErrorBody, ErrorCode, Payload};
 
-use crate::Principal;
+use crate::principal::Principal;
 
+mod admission;
 mod credential;
 pub mod jwt;
 
+pub(crate) use admission::Admission;
 pub use credential::{Credential, CredentialSource, MAX_CREDENTIAL_LEN, credential_from_request};
 pub use jwt::{JwtAuthenticator, JwtConfig, JwtConfigError};
 
@@ -45,6 +47,14 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// The reason given in the close frame of a connection refused for this error.
+    pub fn close_reason(&self) -> &'static str {
+        match self {
+            AuthError::Forbidden(_) => "forbidden",
+            _ => "not authorized",
+        }
+    }
+
     /// A [`AuthError::NotAuthorized`] with `message`.
     pub fn not_authorized(message: impl Into<String>) -> Self {
         Self::NotAuthorized(message.into())

@@ -1,8 +1,6 @@
-//! Channels: pub/sub with history, recovery, presence and filters.
+//! Channel namespaces: how the channels of each namespace behave and who may use them. The
+//! channels themselves live in the hub (`crate::hub`).
 
-mod filter;
-mod hub;
 mod options;
 
-pub use hub::{History, HistoryEntry, Hub, Member};
 pub use options::{ChannelAction, ChannelOptions, Namespaces};

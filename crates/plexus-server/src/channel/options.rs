@@ -55,7 +55,7 @@ pub struct ChannelOptions {
     pub recovery: bool,
     /// Whether the channel keeps a member list (`$presence`). Default false.
     pub presence: bool,
-    /// Whether subscribers get `pjoin`/`pleave` events (needs `presence`). Default false.
+    /// Whether subscribers get `pjoin`/`pleave` events (only with `presence`). Default false.
     pub join_leave_events: bool,
     /// Whether clients may publish (`pub`). Default false: only the server publishes.
     pub client_publish: bool,
@@ -103,33 +103,43 @@ impl fmt::Debug for ChannelOptions {
 }
 
 impl ChannelOptions {
-    /// Keeps the last `size` publications.
-    pub fn history(mut self, size: usize, ttl: Option<Duration>) -> Self {
-        self.history_size = size;
-        self.history_ttl = ttl;
+    /// Sets [`ChannelOptions::history_size`].
+    pub fn history_size(mut self, history_size: usize) -> Self {
+        self.history_size = history_size;
         self
     }
 
-    /// Turns recovery on or off.
+    /// Sets [`ChannelOptions::history_ttl`].
+    pub fn history_ttl(mut self, history_ttl: impl Into<Option<Duration>>) -> Self {
+        self.history_ttl = history_ttl.into();
+        self
+    }
+
+    /// Sets [`ChannelOptions::recovery`].
     pub fn recovery(mut self, on: bool) -> Self {
         self.recovery = on;
         self
     }
 
-    /// Keeps a member list; with `events`, subscribers also get `pjoin`/`pleave`.
-    pub fn presence(mut self, on: bool, events: bool) -> Self {
-        self.presence = on;
-        self.join_leave_events = on && events;
+    /// Sets [`ChannelOptions::presence`].
+    pub fn presence(mut self, presence: bool) -> Self {
+        self.presence = presence;
         self
     }
 
-    /// Lets clients publish.
+    /// Sets [`ChannelOptions::join_leave_events`].
+    pub fn join_leave_events(mut self, join_leave_events: bool) -> Self {
+        self.join_leave_events = join_leave_events;
+        self
+    }
+
+    /// Sets [`ChannelOptions::client_publish`].
     pub fn client_publish(mut self, on: bool) -> Self {
         self.client_publish = on;
         self
     }
 
-    /// Caps the subscribers of one channel.
+    /// Sets [`ChannelOptions::max_subscribers`].
     pub fn max_subscribers(mut self, max: usize) -> Self {
         self.max_subscribers = max;
         self
@@ -205,8 +215,8 @@ impl ChannelOptions {
     }
 
     /// How the engine keeps this channel's publications.
-    pub(crate) fn stream(&self) -> plexus_engine::StreamOptions {
-        plexus_engine::StreamOptions {
+    pub(crate) fn retention(&self) -> plexus_engine::Retention {
+        plexus_engine::Retention {
             history_size: self.history_size,
             history_ttl: self.history_ttl,
         }
@@ -384,7 +394,7 @@ mod tests {
     fn undeclared_lists_namespaces_that_say_nothing() {
         let ns = Namespaces::new()
             .namespace("open:*", ChannelOptions::default())
-            .namespace("lobby", ChannelOptions::default().history(10, None))
+            .namespace("lobby", ChannelOptions::default().history_size(10))
             .namespace("news:*", ChannelOptions::default().public_access())
             .namespace(
                 "chat:*",
@@ -412,9 +422,9 @@ mod tests {
     fn the_most_specific_rule_wins() {
         let ns = Namespaces::new()
             .namespace("*", ChannelOptions::default())
-            .namespace("room:*", ChannelOptions::default().history(10, None))
-            .namespace("room:vip:*", ChannelOptions::default().history(20, None))
-            .namespace("room:lobby", ChannelOptions::default().history(30, None));
+            .namespace("room:*", ChannelOptions::default().history_size(10))
+            .namespace("room:vip:*", ChannelOptions::default().history_size(20))
+            .namespace("room:lobby", ChannelOptions::default().history_size(30));
         let size = |ch: &str| ns.resolve(ch).map(|o| o.history_size);
         assert_eq!(size("room:1"), Some(10));
         assert_eq!(size("room:vip:1"), Some(20));

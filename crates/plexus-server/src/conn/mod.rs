@@ -1,13 +1,24 @@
-//! One task per socket: read, dispatch, write, heartbeat, limits, close.
+//! The bottom layer: one socket. Its bounded outbound queue (and the direct writes that may
+//! skip it), the [`Wire`] a session reads and writes through, heartbeats, closing, and the
+//! [`ConnectionHandle`] anyone can reach the connection with. Nothing here knows about
+//! methods or channels: that is the session's (`crate::session`) and the hub's.
 
+mod client_calls;
+mod close;
 mod handle;
+mod heartbeat;
 mod queue;
 mod signal;
-mod task;
+mod subscriptions;
+mod wire;
 
-pub use handle::{ClientStream, ConnectionHandle};
-pub(crate) use handle::{ConnShared, Outbound, Pending, decode_answer};
-pub(crate) use queue::{OutboundQueue, SharedSocket};
+pub use client_calls::ClientStream;
+pub(crate) use client_calls::decode_answer;
+pub use close::{CloseReason, DisconnectReason};
+pub(crate) use close::{MAX_CONTROL_PAYLOAD, close_reason, write_close_reply};
+pub use handle::ConnectionHandle;
+pub(crate) use handle::{ConnectionInfo, HandleLimits};
+pub(crate) use heartbeat::Heartbeat;
+pub(crate) use queue::{Outbound, OutboundQueue, QueueEvent, SharedSocket};
 pub(crate) use signal::Signal;
-pub use task::DisconnectReason;
-pub(crate) use task::{Accepted, MAX_CONTROL_PAYLOAD, run, write_close_reply};
+pub(crate) use wire::{Inbound, Socket, Wire};

@@ -542,9 +542,11 @@ impl FileConfig {
             .iter()
             .fold(Namespaces::new(), |all, (pattern, ns)| {
                 let mut options = ChannelOptions::default()
-                    .history(ns.history_size, ns.history_ttl.map(|d| d.0))
+                    .history_size(ns.history_size)
+                    .history_ttl(ns.history_ttl.map(|d| d.0))
                     .recovery(ns.recovery)
-                    .presence(ns.presence, ns.join_leave_events)
+                    .presence(ns.presence)
+                    .join_leave_events(ns.presence && ns.join_leave_events)
                     .client_publish(ns.client_publish);
                 if let Some(max) = ns.max_subscribers {
                     options = options.max_subscribers(max);
@@ -584,8 +586,9 @@ pub(crate) fn demo_namespaces() -> Namespaces {
     Namespaces::new().namespace(
         "demo:*",
         ChannelOptions::default()
-            .history(100, None)
-            .presence(true, true)
+            .history_size(100)
+            .presence(true)
+            .join_leave_events(true)
             .client_publish(true)
             .public_access(),
     )

@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use super::{AuthError, AuthRequest, Authenticator, MAX_CREDENTIAL_LEN};
-use crate::Principal;
+use crate::principal::Principal;
 
 mod key;
 mod mint;

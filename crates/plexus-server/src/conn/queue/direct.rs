@@ -1,86 +1,64 @@
-//! The bounded outbound queue of one connection, and the socket it shares with publishers.
+//! Direct writes: a publisher writes a publication straight to an idle connection's socket,
+//! with no queueing and no wake-up of the connection's task (one `writev` of header and
+//! payload). Measured worth keeping: it is what makes a quiet channel's message reach an idle
+//! subscriber without a task switch (see `hub/fanout.rs` for when the hub asks for it).
 //!
-//! Like a bounded tokio mpsc channel with one receiver, except that an idle connection's
-//! queue holds no buffer: tokio's channel allocates its first block of 32 slots up front,
-//! which is a large share of an idle connection's memory. This one allocates on first use
-//! and gives the memory back once a burst has been written.
+//! The socket is shared: the connection's task reads and writes it through [`SharedSocket`],
+//! and a publisher through [`OutboundQueue::push_publication`]. The invariants, stated once:
+//!
+//! 1. **Nothing is overtaken.** A direct write happens only while the queue is empty and the
+//!    task has flushed everything it took from it (`busy` is clear): a frame the task holds
+//!    would otherwise be overtaken.
+//! 2. **Nothing is split.** It happens only while the task is in its main loop (`open`: not
+//!    greeting, not closing) and no earlier direct write left a remainder (`backlog`). A
+//!    remainder is finished by the task before anything else it writes ([`SharedSocket`]'s
+//!    writes and flushes write the backlog first), and [`OutboundQueue::flushed`] never clears
+//!    `busy` while one is owed.
+//! 3. **Only yawc compresses.** On a compressed connection only payloads under the
+//!    compression threshold (`max_len`) are written directly.
+//! 4. **Locks in one order.** The flags live under the queue's lock, the socket and its
+//!    backlog under a lock of their own (so the task's reads and writes do not hold up
+//!    pushes). Whoever takes both (a direct write, [`OutboundQueue::flushed`]) takes the
+//!    queue's first; the task's reads and writes take only the socket's.
+//! 5. **A socket that takes nothing** means the publication is queued instead; one that takes
+//!    part of it leaves the rest in the backlog and kicks the task.
+//!
+//! Direct writes run under `tokio::task::unconstrained` at the caller (tokio's cooperative
+//! budget would make them look blocked after a few hundred in one fan-out).
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 
-use super::Outbound;
-
-/// Capacity kept after the queue empties; more is released.
-const KEEP_CAPACITY: usize = 16;
-
-pub(crate) struct OutboundQueue {
-    state: Mutex<State>,
-    /// The connection's socket (see [`SharedSocket`]).
-    socket: Mutex<SocketState>,
-    capacity: usize,
-    /// Items queued and whether the queue is closed, readable without the lock: the
-    /// connection task looks at an empty queue on every turn of its loop.
-    len: AtomicUsize,
-    closed: AtomicBool,
-    /// Set by `kick`: the consumer should look at its flags.
-    kicked: AtomicBool,
-    /// The connection task (the single consumer) while it waits for an item.
-    consumer: AtomicWaker,
-    /// Wakes producers waiting for room.
-    room: Notify,
-    /// Producers waiting for room: a pop skips `room` (and the lock it takes) while none is.
-    waiting: AtomicUsize,
-    /// Set by a direct write: the connection's idle timer counts it as activity.
-    written_directly: AtomicBool,
-}
-
-struct State {
-    items: VecDeque<Outbound>,
-    closed: bool,
-    direct: Direct,
-}
+use super::{Outbound, OutboundQueue, PushError};
 
 /// A byte stream a connection runs on.
 pub(crate) trait Socket: AsyncRead + AsyncWrite + Send + Unpin {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Socket for T {}
 
-/// The connection's socket, shared so that a publisher can write a publication to an idle
-/// connection itself: no queueing, no waking the connection's task, one `writev`. The
-/// connection's task reads and writes through [`SharedSocket`].
-///
-/// A direct write may only happen when it cannot overtake or split anything: the task is in
-/// its main loop, has nothing taken from the queue and not flushed (`busy`), the queue is
-/// empty, and no earlier direct write left a remainder. Otherwise the publication is queued.
-/// These flags live under the queue's lock; the socket has a lock of its own, so that the
-/// task's reads and writes do not hold up pushes. Whoever holds both (a direct write,
-/// [`OutboundQueue::flushed`]) takes the queue's first; the task's reads and writes hold
-/// only the socket's.
+/// The direct-write flags, under the queue's lock (see the module documentation).
 #[derive(Default)]
-struct Direct {
+pub(super) struct Direct {
     /// Direct writes are allowed: the task is in its main loop (not greeting, not closing).
-    open: bool,
+    pub(super) open: bool,
     /// The task has taken frames, or written bytes, that it has not flushed yet.
-    busy: bool,
+    pub(super) busy: bool,
     /// A direct write left a remainder in the socket's backlog.
-    backlog: bool,
+    pub(super) backlog: bool,
     /// Largest payload written directly: yawc may compress larger ones.
-    max_len: usize,
-    binary: bool,
+    pub(super) max_len: usize,
+    pub(super) binary: bool,
 }
 
 /// The socket and what a direct write left unwritten, which goes out before anything else.
 #[derive(Default)]
-struct SocketState {
+pub(super) struct SocketState {
     socket: Option<Box<dyn Socket>>,
     backlog: BytesMut,
 }
@@ -244,87 +222,7 @@ impl AsyncWrite for SharedSocket {
     }
 }
 
-/// Counts a producer as waiting for room for as long as it lives.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// What the consumer of the queue is woken for.
-pub(crate) enum QueueEvent {
-    Item(Outbound),
-    Kick,
-    Closed,
-}
-
-/// Why an item was not queued.
-pub(crate) enum PushError {
-    Full,
-    Closed,
-}
-
 impl OutboundQueue {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Self {
-            state: Mutex::new(State {
-                items: VecDeque::new(),
-                closed: false,
-                direct: Direct::default(),
-            }),
-            socket: Mutex::new(SocketState::default()),
-            capacity: capacity.max(1),
-            len: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
-            kicked: AtomicBool::new(false),
-            consumer: AtomicWaker::new(),
-            room: Notify::new(),
-            waiting: AtomicUsize::new(0),
-            written_directly: AtomicBool::new(false),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn lock_socket(&self) -> std::sync::MutexGuard<'_, SocketState> {
-        self.socket.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues an item if there is room, without waiting.
-    pub(crate) fn try_push(&self, item: Outbound) -> Result<(), PushError> {
-        self.offer(item, self.capacity).map_err(|(error, _)| error)
-    }
-
-    /// Queues an item whatever the queue holds (for items whose size is bounded elsewhere).
-    pub(crate) fn force_push(&self, item: Outbound) -> Result<(), PushError> {
-        self.offer(item, usize::MAX).map_err(|(error, _)| error)
-    }
-
-    /// The most items `try_push` queues.
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Queues an item if fewer than `limit` are queued, or hands it back.
-    fn offer(&self, item: Outbound, limit: usize) -> Result<(), (PushError, Outbound)> {
-        let mut state = self.lock();
-        if state.closed {
-            return Err((PushError::Closed, item));
-        }
-        if state.items.len() >= limit {
-            return Err((PushError::Full, item));
-        }
-        state.items.push_back(item);
-        self.len.store(state.items.len(), Ordering::Release);
-        drop(state);
-        self.consumer.wake();
-        Ok(())
-    }
-
     /// Sends a publication: written to the socket at once when `direct` and the connection
     /// is idle (see [`SharedSocket`]), else queued if there is room, like `try_push`.
     pub(crate) fn push_publication(&self, bytes: &Bytes, direct: bool) -> Result<(), PushError> {
@@ -396,262 +294,6 @@ impl OutboundQueue {
     /// Whether a publication was written directly since the last call.
     pub(crate) fn take_written_directly(&self) -> bool {
         self.written_directly.swap(false, Ordering::Relaxed)
-    }
-
-    /// Queues an item, waiting for room. Fails only when the queue is closed.
-    ///
-    /// Items that can wait (replies and stream items) fill at most half the queue: the rest
-    /// stays free for `try_push`, which cannot wait and takes a full queue for a slow
-    /// consumer. Otherwise a stream that keeps the queue full by design would make a client
-    /// that reads everything look slow.
-    pub(crate) async fn push(&self, item: Outbound) -> Result<(), PushError> {
-        let limit = (self.capacity / 2).max(1);
-        let item = match self.offer(item, limit) {
-            Ok(()) => return Ok(()),
-            Err((PushError::Closed, _)) => return Err(PushError::Closed),
-            Err((PushError::Full, back)) => back,
-        };
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(&self.waiting);
-        let mut item = item;
-        loop {
-            // Register for a wake-up before looking, so a pop in between is not missed.
-            let mut room = pin!(self.room.notified());
-            room.as_mut().enable();
-            match self.offer(item, limit) {
-                Ok(()) => return Ok(()),
-                Err((PushError::Closed, _)) => return Err(PushError::Closed),
-                Err((PushError::Full, back)) => item = back,
-            }
-            room.await;
-        }
-    }
-
-    /// Takes the next item without waiting.
-    pub(crate) fn try_pop(&self) -> Option<Outbound> {
-        if self.len.load(Ordering::Acquire) == 0 {
-            return None;
-        }
-        let mut state = self.lock();
-        let item = state.items.pop_front();
-        self.len.store(state.items.len(), Ordering::Release);
-        if item.is_some() {
-            // Until it is flushed, a direct write would overtake it.
-            state.direct.busy = true;
-            if state.items.is_empty() && state.items.capacity() > KEEP_CAPACITY {
-                state.items = VecDeque::new();
-            }
-            drop(state);
-            // SeqCst pairs with the producer's increment: either it sees the pop's room
-            // when it offers again, or this sees it waiting.
-            if self.waiting.load(Ordering::SeqCst) > 0 {
-                self.room.notify_waiters();
-            }
-        }
-        item
-    }
-
-    /// Wakes the consumer without an item (its `poll_event` answers `Kick`).
-    pub(crate) fn kick(&self) {
-        self.kicked.store(true, Ordering::Release);
-        self.consumer.wake();
-    }
-
-    /// The next item, a kick, or the end. Only the connection task calls this. A kick
-    /// comes first: a queue that never empties (a fast stream, a busy channel) must not
-    /// keep the task from a close request or a shutdown.
-    pub(crate) fn poll_event(&self, cx: &mut Context<'_>) -> Poll<QueueEvent> {
-        for attempt in 0..2 {
-            if self.kicked.load(Ordering::Acquire) && self.kicked.swap(false, Ordering::AcqRel) {
-                return Poll::Ready(QueueEvent::Kick);
-            }
-            if let Some(item) = self.try_pop() {
-                return Poll::Ready(QueueEvent::Item(item));
-            }
-            if self.closed.load(Ordering::Acquire) {
-                return Poll::Ready(QueueEvent::Closed);
-            }
-            if attempt == 0 {
-                self.consumer.register(cx.waker());
-            }
-        }
-        Poll::Pending
-    }
-
-    /// Waits for the next item; `None` once closed (kicks are skipped).
-    #[cfg(test)]
-    pub(crate) async fn pop(&self) -> Option<Outbound> {
-        loop {
-            match std::future::poll_fn(|cx| self.poll_event(cx)).await {
-                QueueEvent::Item(item) => return Some(item),
-                QueueEvent::Kick => continue,
-                QueueEvent::Closed => return None,
-            }
-        }
-    }
-
-    /// Closes the queue: queued items are dropped and every waiting producer fails.
-    pub(crate) fn close(&self) {
-        let items = {
-            let mut state = self.lock();
-            state.closed = true;
-            self.closed.store(true, Ordering::Release);
-            self.len.store(0, Ordering::Release);
-            std::mem::take(&mut state.items)
-        };
-        drop(items);
-        self.room.notify_waiters();
-        self.consumer.wake();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use bytes::Bytes;
-
-    use super::*;
-
-    fn item(n: u8) -> Outbound {
-        Outbound::Frame(Bytes::from(vec![n]))
-    }
-
-    fn value(item: Outbound) -> u8 {
-        match item {
-            Outbound::Frame(bytes) => bytes[0],
-            _ => unreachable!(),
-        }
-    }
-
-    #[test]
-    fn bounded_and_in_order() {
-        let queue = OutboundQueue::new(2);
-        assert!(queue.try_push(item(1)).is_ok());
-        assert!(queue.try_push(item(2)).is_ok());
-        assert!(matches!(queue.try_push(item(3)), Err(PushError::Full)));
-        assert_eq!(queue.try_pop().map(value), Some(1));
-        assert!(queue.try_push(item(3)).is_ok());
-        assert_eq!(queue.try_pop().map(value), Some(2));
-        assert_eq!(queue.try_pop().map(value), Some(3));
-        assert!(queue.try_pop().is_none());
-    }
-
-    #[test]
-    fn idle_queue_holds_no_buffer() {
-        let queue = OutboundQueue::new(1024);
-        assert_eq!(queue.lock().items.capacity(), 0);
-        for n in 0..100 {
-            assert!(queue.try_push(item(n)).is_ok());
-        }
-        while queue.try_pop().is_some() {}
-        assert!(queue.lock().items.capacity() <= KEEP_CAPACITY);
-    }
-
-    #[tokio::test]
-    async fn push_waits_for_room() {
-        let queue = Arc::new(OutboundQueue::new(1));
-        assert!(queue.try_push(item(1)).is_ok());
-        let producer = tokio::spawn({
-            let queue = queue.clone();
-            async move { queue.push(item(2)).await.is_ok() }
-        });
-        assert_eq!(queue.pop().await.map(value), Some(1));
-        assert_eq!(queue.pop().await.map(value), Some(2));
-        assert!(producer.await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn waiting_pushes_leave_half_the_queue_to_try_push() {
-        let queue = Arc::new(OutboundQueue::new(4));
-        assert!(queue.push(item(1)).await.is_ok());
-        assert!(queue.push(item(2)).await.is_ok());
-        // Half full: a third waiting push waits, while try_push still finds room.
-        let producer = tokio::spawn({
-            let queue = queue.clone();
-            async move { queue.push(item(5)).await.is_ok() }
-        });
-        assert!(queue.try_push(item(3)).is_ok());
-        assert!(queue.try_push(item(4)).is_ok());
-        assert!(matches!(queue.try_push(item(9)), Err(PushError::Full)));
-        for n in 1..=5 {
-            assert_eq!(queue.pop().await.map(value), Some(n));
-        }
-        assert!(producer.await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn close_fails_waiting_producers_and_ends_the_consumer() {
-        let queue = Arc::new(OutboundQueue::new(1));
-        assert!(queue.try_push(item(1)).is_ok());
-        let producer = tokio::spawn({
-            let queue = queue.clone();
-            async move { queue.push(item(2)).await.is_err() }
-        });
-        tokio::task::yield_now().await;
-        queue.close();
-        assert!(
-            tokio::time::timeout(Duration::from_secs(5), producer)
-                .await
-                .unwrap()
-                .unwrap()
-        );
-        assert!(queue.pop().await.is_none());
-        assert!(matches!(queue.try_push(item(3)), Err(PushError::Closed)));
-    }
-
-    #[tokio::test]
-    async fn a_dropped_pop_loses_nothing() {
-        let queue = Arc::new(OutboundQueue::new(4));
-        // A pop that is polled while empty, then dropped, must not swallow a later item.
-        let _ = tokio::time::timeout(Duration::from_millis(1), queue.pop()).await;
-        assert!(queue.try_push(item(7)).is_ok());
-        assert_eq!(queue.pop().await.map(value), Some(7));
-    }
-}
-
-#[cfg(test)]
-mod kick_tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn a_kick_wakes_the_consumer_without_an_item() {
-        let queue = Arc::new(OutboundQueue::new(4));
-        let waiting = tokio::spawn({
-            let queue = queue.clone();
-            async move {
-                matches!(
-                    std::future::poll_fn(|cx| queue.poll_event(cx)).await,
-                    QueueEvent::Kick
-                )
-            }
-        });
-        tokio::task::yield_now().await;
-        queue.kick();
-        assert!(
-            tokio::time::timeout(Duration::from_secs(5), waiting)
-                .await
-                .unwrap()
-                .unwrap()
-        );
-    }
-
-    #[tokio::test]
-    async fn a_kick_goes_before_queued_items() {
-        let queue = OutboundQueue::new(4);
-        assert!(
-            queue
-                .try_push(Outbound::Frame(Bytes::from_static(b"a")))
-                .is_ok()
-        );
-        queue.kick();
-        let next = || std::future::poll_fn(|cx| queue.poll_event(cx));
-        assert!(matches!(next().await, QueueEvent::Kick));
-        assert!(matches!(next().await, QueueEvent::Item(_)));
     }
 }
 

@@ -1,0 +1,295 @@
+//! Calls the server makes to the client ([`ConnectionHandle::request`],
+//! [`ConnectionHandle::stream`]): the table of those waiting for an answer, and the stream
+//! their items arrive on. The connection's session routes the client's answers here.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use plexus_protocol::{ErrorBody, ErrorCode, Frame, IntoPayload, Payload};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+
+use super::ConnectionHandle;
+use super::queue::Outbound;
+use crate::error::CallError;
+
+/// How many items a stream opened by the server may have in transit before the consumer
+/// reads them; credit is granted back as it does.
+const SERVER_STREAM_WINDOW: u32 = 64;
+
+/// What a stream the server opened receives: an item, its end (`None`), or its error.
+type StreamEvent = Result<Option<Payload>, ErrorBody>;
+
+/// A call the server made to the client, waiting for its answer.
+enum Pending {
+    Request(oneshot::Sender<Result<Payload, ErrorBody>>),
+    Stream(mpsc::Sender<StreamEvent>),
+}
+
+/// The calls the server has in flight to one client, bounded.
+pub(crate) struct ClientCalls {
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+    max: usize,
+    /// Default timeout of a request.
+    timeout: Duration,
+}
+
+impl ClientCalls {
+    pub(crate) fn new(max: usize, timeout: Duration) -> Self {
+        Self {
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            max,
+            timeout,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether any call waits for the client.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Fails every call waiting (their senders are dropped): the connection ended.
+    pub(crate) fn clear(&self) {
+        let pending = std::mem::take(&mut *self.lock());
+        drop(pending);
+    }
+
+    /// Routes the client's answer (`res` or `err`) to call `id`.
+    pub(crate) fn answer(&self, id: u64, answer: Result<Payload, ErrorBody>) {
+        match self.lock().remove(&id) {
+            Some(Pending::Request(tx)) => {
+                let _ = tx.send(answer);
+            }
+            Some(Pending::Stream(tx)) => {
+                let _ = tx.try_send(answer.map(Some));
+            }
+            None => {}
+        }
+    }
+
+    /// Routes an `item` (`Some`) or `end` (`None`) of the client to stream `id`.
+    pub(crate) fn stream_event(&self, id: u64, event: Result<Option<Payload>, ErrorBody>) {
+        let mut pending = self.lock();
+        let Some(Pending::Stream(tx)) = pending.get(&id) else {
+            return;
+        };
+        let last = !matches!(event, Ok(Some(_)));
+        if tx.try_send(event).is_err() {
+            // The client sent more than the credit it was given: end the stream with an error.
+            if let Some(Pending::Stream(tx)) = pending.remove(&id) {
+                let _ = tx.try_send(Err(ErrorBody::new(
+                    ErrorCode::BAD_FRAME,
+                    "the client sent more items than its credit allowed",
+                )));
+            }
+        } else if last {
+            pending.remove(&id);
+        }
+    }
+}
+
+impl ConnectionHandle {
+    fn register(&self, pending: Pending) -> Result<PendingGuard, CallError> {
+        if self.is_closed() {
+            return Err(CallError::closed());
+        }
+        let calls = self.client_calls();
+        let mut map = calls.lock();
+        if map.len() >= calls.max {
+            return Err(CallError::new(
+                ErrorCode::RATE_LIMITED,
+                "too many calls to this client in flight",
+            ));
+        }
+        let id = calls.next_id.fetch_add(1, Ordering::Relaxed);
+        map.insert(id, pending);
+        Ok(PendingGuard {
+            conn: self.clone(),
+            id,
+            done: false,
+        })
+    }
+
+    /// Calls method `method` on the client and waits for its answer, up to the endpoint's
+    /// server-call timeout. `params` is any `&T: Serialize`, or a [`Payload`] sent as it is;
+    /// `R` is any `DeserializeOwned` type, or [`Payload`] for the answer as it came.
+    pub async fn request<R>(&self, method: &str, params: impl IntoPayload) -> Result<R, CallError>
+    where
+        R: DeserializeOwned + 'static,
+    {
+        self.request_timeout(method, params, self.client_calls().timeout)
+            .await
+    }
+
+    /// Like [`ConnectionHandle::request`] with an explicit timeout. On timeout the client
+    /// is sent `cancel` and the call fails with `TIMEOUT`.
+    pub async fn request_timeout<R>(
+        &self,
+        method: &str,
+        params: impl IntoPayload,
+        timeout: Duration,
+    ) -> Result<R, CallError>
+    where
+        R: DeserializeOwned + 'static,
+    {
+        let data = params
+            .into_payload(self.codec())
+            .map_err(|e| CallError::new(ErrorCode::VALIDATION_ERROR, e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        let mut guard = self.register(Pending::Request(tx))?;
+        self.push(self.encode(&Frame::Req {
+            id: guard.id,
+            method: method.to_owned(),
+            data,
+        })?)?;
+        let answer = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => {
+                guard.done = true;
+                answer.map_err(CallError::from)?
+            }
+            Ok(Err(_)) => {
+                guard.done = true;
+                return Err(CallError::closed());
+            }
+            Err(_) => return Err(CallError::timeout()),
+        };
+        decode_answer(answer).map_err(CallError::from)
+    }
+
+    /// Opens a stream on the client: `method` is called with `params`, and its items arrive
+    /// through the returned [`ClientStream`]. Dropping it sends `cancel`.
+    pub async fn stream<T>(
+        &self,
+        method: &str,
+        params: impl IntoPayload,
+    ) -> Result<ClientStream<T>, CallError>
+    where
+        T: DeserializeOwned + 'static,
+    {
+        let data = params
+            .into_payload(self.codec())
+            .map_err(|e| CallError::new(ErrorCode::VALIDATION_ERROR, e.to_string()))?;
+        // Room for the whole window plus the final frame: a client that honours credit never
+        // finds it full.
+        let (tx, rx) = mpsc::channel(SERVER_STREAM_WINDOW as usize + 1);
+        let guard = self.register(Pending::Stream(tx))?;
+        self.push(self.encode(&Frame::Sub {
+            id: guard.id,
+            method: method.to_owned(),
+            data,
+            credit: Some(SERVER_STREAM_WINDOW),
+        })?)?;
+        Ok(ClientStream {
+            guard,
+            rx,
+            consumed: 0,
+            finished: false,
+            _item: std::marker::PhantomData,
+        })
+    }
+}
+
+/// Removes a pending call when its caller stops waiting, and tells the client to stop.
+struct PendingGuard {
+    conn: ConnectionHandle,
+    id: u64,
+    done: bool,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let removed = self.conn.client_calls().lock().remove(&self.id).is_some();
+        if removed
+            && !self.done
+            && !self.conn.is_closed()
+            && let Ok(bytes) = self.conn.encode(&Frame::Cancel { id: self.id })
+        {
+            let _ = self.conn.shared.queue.try_push(Outbound::Frame(bytes));
+        }
+    }
+}
+
+/// Items of a stream the server opened on the client. Ends with `None` after `end`; yields
+/// one `Err` and ends if the client fails the stream or the connection closes.
+pub struct ClientStream<T> {
+    guard: PendingGuard,
+    rx: mpsc::Receiver<StreamEvent>,
+    consumed: u32,
+    finished: bool,
+    _item: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned + 'static> Stream for ClientStream<T> {
+    type Item = Result<T, CallError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        let event = match this.rx.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(event) => event,
+        };
+        let item = match event {
+            Some(Ok(Some(item))) => item,
+            ended => {
+                this.finished = true;
+                this.guard.done = true;
+                return Poll::Ready(match ended {
+                    None => Some(Err(CallError::closed())),
+                    Some(Err(e)) => Some(Err(e.into())),
+                    _ => None,
+                });
+            }
+        };
+        this.consumed += 1;
+        if this.consumed >= SERVER_STREAM_WINDOW / 2 {
+            let n = std::mem::take(&mut this.consumed);
+            if let Ok(bytes) = this.guard.conn.encode(&Frame::Credit {
+                id: this.guard.id,
+                n,
+            }) {
+                let _ = this.guard.conn.push(bytes);
+            }
+        }
+        Poll::Ready(Some(item.decode_as().map_err(|e| {
+            CallError::new(
+                ErrorCode::VALIDATION_ERROR,
+                format!(
+                    "stream item does not fit at `{}`: {}",
+                    e.path(),
+                    e.message()
+                ),
+            )
+        })))
+    }
+}
+
+/// Decodes a client's answer to a request ([`Payload`] takes it as it is); one that does not
+/// fit `R` is a `VALIDATION_ERROR` that says where.
+pub(crate) fn decode_answer<R: DeserializeOwned + 'static>(
+    answer: Payload,
+) -> Result<R, ErrorBody> {
+    answer.decode_as().map_err(|e| {
+        ErrorBody::new(
+            ErrorCode::VALIDATION_ERROR,
+            format!(
+                "the client's answer does not fit at `{}`: {}",
+                e.path(),
+                e.message()
+            ),
+        )
+    })
+}

@@ -1,0 +1,209 @@
+//! [`ServerBuilder`]: what a server serves and how.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::strict::{StrictModeError, check_strict};
+use super::{DEFAULT_AUTH_COOKIE, Server, ServerInner};
+use crate::auth::{Admission, Authenticator};
+use crate::channel::Namespaces;
+use crate::config::EndpointConfig;
+use crate::conn::{ConnectionHandle, DisconnectReason};
+use crate::guard::ConnectionLimiter;
+use crate::hub::Hub;
+use crate::rpc::router::Router;
+use crate::session::{ConnectHook, DisconnectHook, SessionEnv};
+
+/// Builds a [`Server`].
+pub struct ServerBuilder {
+    router: Router,
+    config: EndpointConfig,
+    node: Option<String>,
+    extensions: http::Extensions,
+    on_connect: Option<ConnectHook>,
+    on_disconnect: Option<DisconnectHook>,
+    namespaces: Namespaces,
+    engine: Option<Arc<dyn plexus_engine::Engine>>,
+    authenticator: Option<Arc<dyn Authenticator>>,
+    auth_cookie: String,
+    connect_permission: Option<String>,
+    strict: bool,
+}
+
+impl ServerBuilder {
+    /// Enables channels: the namespaces and their options. Without it, `join`, `leave`
+    /// and `pub` get `NOT_FOUND`.
+    pub fn channels(mut self, namespaces: Namespaces) -> Self {
+        self.namespaces = namespaces;
+        self
+    }
+
+    /// The engine carrying channels (positions, history, presence) and messages for
+    /// connections on other nodes. Default: an in-memory engine of this node alone.
+    pub fn engine(mut self, engine: Arc<dyn plexus_engine::Engine>) -> Self {
+        self.engine = Some(engine);
+        self
+    }
+
+    /// Authenticates every connection with `authenticator`. The credential is read from
+    /// the upgrade request (`Authorization: Bearer`, the auth cookie, `?token=`): an invalid
+    /// one gets HTTP 401 (403 when valid but not allowed) before the upgrade. Without one,
+    /// the server waits for the client's `hello` and answers `welcome`, or `reject` and
+    /// close 4001/4003. Connections whose credential expires are asked for a fresh one
+    /// (`$refresh`) and closed with 4001 when none comes in time.
+    pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
+        self.authenticator = Some(Arc::new(authenticator));
+        self
+    }
+
+    /// The cookie holding the credential (default `plexus_token`).
+    pub fn auth_cookie(mut self, name: impl Into<String>) -> Self {
+        self.auth_cookie = name.into();
+        self
+    }
+
+    /// A permission every connection must hold; a credential without it is refused with
+    /// `FORBIDDEN` (HTTP 403, or `reject` and 4003).
+    pub fn connect_permission(mut self, permission: impl Into<String>) -> Self {
+        self.connect_permission = Some(permission.into());
+        self
+    }
+
+    /// Strict mode: every method must declare its permission (`Router::requires` or
+    /// `Router::public`) and every channel namespace its access (`ChannelOptions::require`
+    /// or `ChannelOptions::public_access`), or the server does not start.
+    pub fn strict(mut self, on: bool) -> Self {
+        self.strict = on;
+        self
+    }
+
+    /// The methods the server serves.
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// Limits, timeouts and compression.
+    pub fn config(mut self, config: EndpointConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// This node's id, sent in `welcome` (default: random).
+    pub fn node_id(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// A value handlers can read with `CallContext::extension::<T>()`.
+    pub fn extension<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.extensions.insert(value);
+        self
+    }
+
+    /// Runs after a connection's `welcome` has been sent, in its own task so that it may call
+    /// the client. The connection serves calls meanwhile: a value a handler needs from the
+    /// hook (`ConnectionHandle::insert_extension`) may not be there yet for the very first
+    /// calls.
+    pub fn on_connect<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(ConnectionHandle) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_connect = Some(Arc::new(move |conn| Box::pin(hook(conn))));
+        self
+    }
+
+    /// Runs once a connection has ended, with the reason.
+    pub fn on_disconnect<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(ConnectionHandle, DisconnectReason) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_disconnect = Some(Arc::new(move |conn, reason| Box::pin(hook(conn, reason))));
+        self
+    }
+
+    /// The server, or, in strict mode, what lacks a permission declaration.
+    pub fn try_build(self) -> Result<Server, StrictModeError> {
+        if self.strict {
+            check_strict(&self.router, &self.namespaces)?;
+        }
+        Ok(self.build_unchecked())
+    }
+
+    /// The server.
+    ///
+    /// # Panics
+    ///
+    /// In strict mode, when a method or namespace lacks a permission declaration (use
+    /// [`ServerBuilder::try_build`] to handle that).
+    pub fn build(self) -> Server {
+        match self.try_build() {
+            Ok(server) => server,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn build_unchecked(self) -> Server {
+        let limits = &self.config.limits;
+        let limiter = ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_ip);
+        let node = self
+            .node
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+        let engine = self
+            .engine
+            .unwrap_or_else(|| Arc::new(plexus_engine::MemoryEngine::new()));
+        let admission = self.authenticator.map(|authenticator| {
+            Arc::new(Admission {
+                authenticator,
+                cookie: self.auth_cookie,
+                connect_permission: self.connect_permission,
+            })
+        });
+        let env = SessionEnv {
+            router: self.router,
+            hub: Hub::with_engine(self.namespaces, engine, &node),
+            admission,
+            limits: self.config.limits.clone(),
+            node,
+            extensions: Arc::new(self.extensions),
+            on_connect: self.on_connect,
+            on_disconnect: self.on_disconnect,
+            shutting_down: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+        };
+        Server {
+            inner: Arc::new(ServerInner {
+                env: Arc::new(env),
+                config: self.config,
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                limiter,
+            }),
+        }
+    }
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self {
+            router: Router::new(),
+            config: EndpointConfig::default(),
+            node: None,
+            extensions: http::Extensions::new(),
+            on_connect: None,
+            on_disconnect: None,
+            namespaces: Namespaces::new(),
+            engine: None,
+            authenticator: None,
+            auth_cookie: DEFAULT_AUTH_COOKIE.to_owned(),
+            connect_permission: None,
+            strict: false,
+        }
+    }
+}

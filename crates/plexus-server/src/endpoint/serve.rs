@@ -1,0 +1,100 @@
+//! `serve`: the server's own accept loop, and its graceful shutdown.
+//!
+//! Not `axum::serve`, because that one sets no timer, so hyper's header-read timeout never
+//! applies and a socket that sends nothing (or trickles a request head) is held forever.
+//! Ours drops it after the handshake timeout, and inserts `ConnectInfo` itself. This is why
+//! `hyper`, `hyper-util` and `tower` (for `map_request`) are direct dependencies; all three
+//! were already in the graph through axum.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use super::Server;
+
+impl Server {
+    /// Serves `app` (which should include [`Server::route`]) on `listener` until `signal`
+    /// completes, then shuts down gracefully: stop accepting, let calls in flight finish up
+    /// to the drain timeout, close every connection with 1001, and return.
+    ///
+    /// Each accepted TCP connection must send its HTTP request head within the handshake
+    /// timeout, or it is dropped: a client that opens sockets and sends nothing (or trickles
+    /// bytes) cannot hold them open.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        app: axum::Router,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let server = self.clone();
+        tokio::spawn(async move {
+            signal.await;
+            server.shutdown();
+        });
+        let shutdown = self.inner.shutdown.clone();
+        let header_timeout = self.inner.config.limits.handshake_timeout;
+        let http = TaskTracker::new();
+        loop {
+            let (stream, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                            _ = shutdown.cancelled() => break,
+                        }
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let service = app.clone().map_request(
+                move |mut request: http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(remote));
+                    request.map(axum::body::Body::new)
+                },
+            );
+            let service = hyper_util::service::TowerToHyperService::new(service);
+            let shutdown = shutdown.clone();
+            http.spawn(async move {
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                let connection = builder
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .with_upgrades();
+                let mut connection = std::pin::pin!(connection);
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "http connection ended");
+                        }
+                    }
+                    _ = shutdown.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
+            });
+        }
+        drop(listener);
+        http.close();
+        // Connections get the drain timeout plus time for their close handshakes.
+        let deadline = self.inner.config.limits.drain_timeout + Duration::from_secs(3);
+        let all_closed = async {
+            http.wait().await;
+            self.wait_closed().await;
+        };
+        if tokio::time::timeout(deadline, all_closed).await.is_err() {
+            tracing::warn!("some connections did not close in time");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,120 @@
+//! Fan-out: a publication (or a presence event) to every live subscriber of a local
+//! channel, encoded at most once per codec, the same bytes shared by every socket or queue.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use plexus_engine::Publication;
+use plexus_protocol::{Frame, Payload};
+
+use super::local::{LocalState, Subscriber};
+
+/// Hands a publication to every live subscriber whose filter matches.
+pub(super) fn fan_out(state: &mut LocalState, channel: &str, publication: &Publication) {
+    if state.subscribers.len() == state.joining {
+        return;
+    }
+    let frame = msg(channel, publication.offset, publication.data.clone());
+    // Parsed once, and only if some subscriber has a filter.
+    let mut parsed: Option<Option<serde_json::Value>> = None;
+    send_to_subscribers(state, &frame, |subscriber| match &subscriber.filter {
+        Some(filter) => {
+            let value = parsed.get_or_insert_with(|| publication.data.to_json_value().ok());
+            filter.matches(value.as_ref())
+        }
+        None => true,
+    });
+}
+
+/// Largest fan-out written straight to idle subscribers' sockets on a runtime with several
+/// workers. A bigger one goes through the subscribers' queues, so that their tasks can write
+/// on several workers at once; with one worker there is nothing to gain from that.
+const DIRECT_FAN_OUT: usize = 64;
+
+/// How long a channel must have been quiet for its next frame to be written directly. A
+/// busier channel goes through the queues, where the frames that pile up while a task waits
+/// for its turn leave in one write: fewer segments and fewer wake-ups of the reader, which
+/// at full rate is worth far more than the wake-up of the task saved by a direct write
+/// (measured: 1.4 against 3.8 µs a delivery to 5,000 subscribers). So a chat message or an
+/// alert goes out at once, and a feed of more than 20 publications a second is batched.
+const DIRECT_QUIET: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn writes_directly(state: &LocalState, now: std::time::Instant) -> bool {
+    state
+        .last_sent
+        .is_none_or(|last| now.saturating_duration_since(last) >= DIRECT_QUIET)
+        && (state.subscribers.len() <= DIRECT_FAN_OUT
+            || tokio::runtime::Handle::try_current()
+                .is_ok_and(|runtime| runtime.metrics().num_workers() == 1))
+}
+
+/// Sends `frame` to every live subscriber `include` accepts, encoded at most once per
+/// codec: the same `Bytes` go to every socket or queue. An idle subscriber's socket is
+/// written directly where [`writes_directly`] allows. A full queue closes that subscriber
+/// (4008); the others are not slowed.
+pub(super) fn send_to_subscribers(
+    state: &mut LocalState,
+    frame: &Frame,
+    include: impl FnMut(&Subscriber) -> bool,
+) {
+    if writes_directly(state, std::time::Instant::now()) {
+        // Each direct write polls a socket, which spends tokio's cooperative budget (128 polls
+        // a turn); past it every write would look blocked. The loop never yields anyway.
+        without_budget(|| send_each(state, frame, include, true));
+    } else {
+        send_each(state, frame, include, false);
+    }
+    // Quiet is counted from the end of a fan-out: a long one is not a pause.
+    state.last_sent = Some(std::time::Instant::now());
+}
+
+/// Runs `f` with the current task's cooperative budget lifted.
+fn without_budget<R>(f: impl FnOnce() -> R) -> R {
+    let mut f = Some(f);
+    let call = std::pin::pin!(tokio::task::unconstrained(std::future::poll_fn(
+        move |_| std::task::Poll::Ready(f.take().map(|f| f()))
+    )));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match call.poll(&mut cx) {
+        std::task::Poll::Ready(Some(result)) => result,
+        _ => unreachable!("a future ready at its first poll"),
+    }
+}
+
+fn send_each(
+    state: &LocalState,
+    frame: &Frame,
+    mut include: impl FnMut(&Subscriber) -> bool,
+    direct: bool,
+) {
+    let mut encoded: [Option<Bytes>; 2] = [None, None];
+    for subscriber in state.subscribers.values() {
+        // One being closed (a slow consumer, say) leaves the channel when its task ends.
+        if subscriber.joining.is_some() || subscriber.conn.is_closing() || !include(subscriber) {
+            continue;
+        }
+        let codec = subscriber.conn.codec();
+        let slot = &mut encoded[usize::from(codec.is_binary())];
+        if slot.is_none() {
+            match codec.encode(frame) {
+                Ok(bytes) => *slot = Some(bytes),
+                Err(e) => {
+                    tracing::warn!(frame = frame.tag(), error = %e, "cannot be encoded for a subscriber");
+                    continue;
+                }
+            }
+        }
+        if let Some(bytes) = slot {
+            let _ = subscriber.conn.push_publication(bytes, direct);
+        }
+    }
+}
+
+/// A `msg` frame.
+pub(super) fn msg(channel: &str, offset: u64, data: Payload) -> Frame {
+    Frame::Msg {
+        channel: channel.to_owned(),
+        offset,
+        data,
+    }
+}

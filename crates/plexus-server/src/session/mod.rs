@@ -1,0 +1,248 @@
+//! The session layer: one connection's life above its socket.
+//!
+//! A session greets the client (`hello`/`welcome`), owns the table of the client's calls in
+//! flight, turns each frame into a call on the router or the hub, answers the server's
+//! calls to the client, keeps the credential fresh, and closes. It reaches the rest of the
+//! server only through [`SessionEnv`]: the router, the hub, the admission policy and the
+//! limits, so data flows one way: socket → connection (`crate::conn`) → session → router /
+//! hub → engine.
+//!
+//! Files: `event_loop.rs` (the loop and its flags), `hello.rs` (the handshake),
+//! `dispatch.rs` (frames to calls), `calls.rs` (the in-flight table and the one way a call is
+//! spawned), `channels.rs` (channel frames to the hub), `refresh.rs` (`$refresh`).
+
+mod calls;
+mod channels;
+mod dispatch;
+mod event_loop;
+mod hello;
+mod refresh;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use http::HeaderMap;
+use plexus_protocol::{Codec, ErrorBody, ErrorCode, Frame};
+use tokio::time::Instant;
+
+use crate::auth::Admission;
+use crate::config::Limits;
+use crate::conn::{
+    ConnectionHandle, ConnectionInfo, DisconnectReason, HandleLimits, OutboundQueue, Socket, Wire,
+};
+use crate::guard::{CallRateLimiter, ConnectionSlot};
+use crate::hub::Hub;
+use crate::principal::Principal;
+use crate::rpc::handler::BoxFuture;
+use crate::rpc::router::Router;
+
+use calls::Calls;
+use dispatch::BadFrames;
+
+/// Runs after a connection's `welcome`.
+pub(crate) type ConnectHook = Arc<dyn Fn(ConnectionHandle) -> BoxFuture<()> + Send + Sync>;
+/// Runs once a connection has ended.
+pub(crate) type DisconnectHook =
+    Arc<dyn Fn(ConnectionHandle, DisconnectReason) -> BoxFuture<()> + Send + Sync>;
+
+/// What a session needs from the server around it, shared by every session of a server.
+pub(crate) struct SessionEnv {
+    /// The methods.
+    pub(crate) router: Router,
+    /// Channels and connections, on this node and beyond.
+    pub(crate) hub: Hub,
+    /// Who may connect (`None`: everyone, anonymously).
+    pub(crate) admission: Option<Arc<Admission>>,
+    pub(crate) limits: Limits,
+    /// This node's id, sent in `welcome`.
+    pub(crate) node: String,
+    /// The server's typed values, readable by every handler.
+    pub(crate) extensions: Arc<http::Extensions>,
+    pub(crate) on_connect: Option<ConnectHook>,
+    pub(crate) on_disconnect: Option<DisconnectHook>,
+    /// Set when the server starts shutting down; sessions look at it after a kick.
+    pub(crate) shutting_down: AtomicBool,
+    /// Sessions running now.
+    pub(crate) open: AtomicUsize,
+}
+
+impl SessionEnv {
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Authenticates a credential (from the upgrade, a `hello` or a refresh) and checks the
+    /// connect permission; everyone is anonymous when the server does not authenticate.
+    pub(crate) async fn authenticate(
+        &self,
+        request: crate::auth::AuthRequest<'_>,
+    ) -> Result<Principal, crate::auth::AuthError> {
+        match &self.admission {
+            Some(admission) => admission.authenticate(request).await,
+            None => Ok(Principal::anonymous()),
+        }
+    }
+}
+
+/// What the upgrade established about a new connection.
+pub(crate) struct Accepted {
+    pub(crate) codec: Codec,
+    pub(crate) remote: Option<SocketAddr>,
+    pub(crate) headers: HeaderMap,
+    pub(crate) query: Option<String>,
+    /// `None`: the client must authenticate with `hello` before anything else.
+    pub(crate) principal: Option<Principal>,
+    /// The connection's place under the connection limits, given back when it ends.
+    pub(crate) slot: ConnectionSlot,
+}
+
+/// One connection's session: its socket, its calls, its budgets.
+struct Session {
+    wire: Wire,
+    handle: ConnectionHandle,
+    env: Arc<SessionEnv>,
+    queue: Arc<OutboundQueue>,
+    calls: Calls,
+    bad_frames: BadFrames,
+    /// When the client was last heard from (any frame).
+    last_seen: Instant,
+    /// When the connection last had application traffic (for the idle timeout).
+    last_call: Instant,
+    /// Set when the server shuts down: calls in flight may finish until then.
+    draining: Option<Instant>,
+    /// Whether the client must send `hello` first.
+    awaiting_hello: bool,
+    /// Whether `welcome` was sent (hooks run only for such connections).
+    welcomed: bool,
+    call_rate: Option<CallRateLimiter>,
+    publish_rate: Option<CallRateLimiter>,
+    _slot: ConnectionSlot,
+}
+
+/// Serves one upgraded connection to its end: `ws` runs on a socket shared through `queue`
+/// (see `conn::SharedSocket`).
+pub(crate) async fn run(
+    ws: Socket,
+    queue: Arc<OutboundQueue>,
+    env: Arc<SessionEnv>,
+    accepted: Accepted,
+) {
+    let limits = &env.limits;
+    let awaiting_hello = accepted.principal.is_none();
+    let info = ConnectionInfo {
+        id: uuid::Uuid::now_v7().simple().to_string(),
+        codec: accepted.codec,
+        remote: accepted.remote,
+        headers: accepted.headers,
+        query: accepted.query,
+    };
+    let handle = ConnectionHandle::new(
+        info,
+        accepted.principal.unwrap_or_default(),
+        queue.clone(),
+        env.extensions.clone(),
+        HandleLimits {
+            max_calls: limits.max_in_flight,
+            call_timeout: limits.server_call_timeout,
+            max_subscriptions: limits.max_subscriptions,
+        },
+    );
+    let now = Instant::now();
+    let mut session = Session {
+        wire: Wire::new(ws, queue.clone(), accepted.codec.is_binary()),
+        handle: handle.clone(),
+        env: env.clone(),
+        queue,
+        calls: Calls::default(),
+        bad_frames: BadFrames::new(limits.max_bad_frames_per_minute),
+        last_seen: now,
+        last_call: now,
+        draining: None,
+        awaiting_hello,
+        welcomed: false,
+        call_rate: limits.call_rate.map(CallRateLimiter::new),
+        publish_rate: limits.publish_rate.map(CallRateLimiter::new),
+        _slot: accepted.slot,
+    };
+    env.open.fetch_add(1, Ordering::Relaxed);
+    env.hub.register(&handle);
+    let reason = session.run().await;
+    env.hub.unregister(&handle).await;
+    session.finish(&reason);
+    let welcomed = session.welcomed;
+    // Gives the connection's place under the limits back before anyone hears it ended.
+    drop(session);
+    env.open.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(conn = %handle.id(), ?reason, "connection ended");
+    if !welcomed {
+        return;
+    }
+    if let Some(hook) = env.on_disconnect.clone() {
+        tokio::spawn(hook(handle, reason));
+    }
+}
+
+impl Session {
+    fn codec(&self) -> Codec {
+        self.handle.codec()
+    }
+
+    /// The whole session: the handshake, then the loop until the connection ends.
+    async fn run(&mut self) -> DisconnectReason {
+        if self.awaiting_hello
+            && let Err(reason) = Box::pin(self.hello()).await
+        {
+            return reason;
+        }
+        if let Err(reason) = self.welcome().await {
+            return reason;
+        }
+        self.serve().await
+    }
+
+    /// Stops everything the connection still runs and wakes everyone waiting on it.
+    fn finish(&mut self, reason: &DisconnectReason) {
+        let shutdown = matches!(
+            reason,
+            DisconnectReason::ServerClosed(plexus_protocol::CloseCode::GOING_AWAY, _)
+        );
+        self.calls.stop_all(shutdown);
+        // Dropping the senders fails every call the server made to this client.
+        self.handle.client_calls().clear();
+        self.handle.shared.gone.fire();
+        self.queue.close();
+    }
+
+    // ---- what the session writes ---------------------------------------------------------
+
+    /// Encodes a frame and queues it for the writer.
+    fn write_frame(&mut self, frame: &Frame) {
+        match self.codec().encode(frame) {
+            Ok(bytes) => self.wire.push(bytes),
+            Err(e) => tracing::error!(error = %e, "could not encode a frame"),
+        }
+    }
+
+    /// Answers the client's call `id`.
+    fn reply(&mut self, id: u64, reply: Result<plexus_protocol::Payload, ErrorBody>) {
+        let frame = match reply {
+            Ok(data) => Frame::Res { id, data },
+            Err(error) => Frame::Err {
+                id: Some(id),
+                error,
+            },
+        };
+        self.write_frame(&frame);
+    }
+
+    /// Sends an `err` (for call `id`, or without one).
+    fn error(&mut self, id: Option<u64>, code: ErrorCode, message: String) {
+        self.write_frame(&Frame::Err {
+            id,
+            error: ErrorBody::new(code, message),
+        });
+    }
+}

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use plexus_protocol::{Codec, ErrorBody, Frame, Payload, Position};
+use plexus_protocol::{Codec, ErrorBody};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -18,26 +17,9 @@ use crate::channel::{
 };
 use crate::conn;
 use crate::error::{CallError, ConnectError};
-use crate::options::{CallOptions, ClientOptions, HistoryOptions, JoinOptions, StreamOptions};
-use crate::state::{Inner, Waiter};
-use crate::stream::CallStream;
-
-/// The state of the client's connection, as seen through [`Client::status`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Status {
-    /// Opening the first session.
-    Connecting,
-    /// A session is open: calls go out at once.
-    Connected,
-    /// The session dropped; reconnecting with backoff. Notifications and retryable calls
-    /// wait in the offline queue.
-    Reconnecting,
-    /// Done: closed by [`Client::close`], by a close code that forbids reconnecting
-    /// (1008, 4000, 4003), by a fatal connection error (HTTP 403, `reject` `FORBIDDEN`), or
-    /// after `max_attempts` failed attempts; [`Client::close_reason`] says which. Final.
-    Closed,
-}
+use crate::options::{ClientOptions, HistoryOptions, JoinOptions};
+use crate::state::Inner;
+use crate::status::Status;
 
 /// Connects to a plexus endpoint (`ws://host:port/ws`) and resolves once the first session
 /// is open (`welcome` received).
@@ -101,7 +83,7 @@ impl Drop for Lifeline {
 /// order, right after the next `welcome`.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     _life: Arc<Lifeline>,
 }
 
@@ -116,168 +98,6 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// Calls `method` with `params` and decodes the result, with the default deadline.
-    pub async fn request<P, R>(&self, method: &str, params: &P) -> Result<R, CallError>
-    where
-        P: Serialize + ?Sized,
-        R: DeserializeOwned,
-    {
-        self.request_with(method, params, CallOptions::default())
-            .await
-    }
-
-    /// Calls `method` with `params` and call options (deadline, retryable).
-    pub async fn request_with<P, R>(
-        &self,
-        method: &str,
-        params: &P,
-        options: CallOptions,
-    ) -> Result<R, CallError>
-    where
-        P: Serialize + ?Sized,
-        R: DeserializeOwned,
-    {
-        let params = Payload::encode(self.inner.codec(), params).map_err(CallError::encode)?;
-        let result = self.request_raw_with(method, params, options).await?;
-        result.decode().map_err(|e| CallError::decode(&e))
-    }
-
-    /// Calls `method` with already-encoded params; the result stays encoded.
-    pub async fn request_raw(&self, method: &str, params: Payload) -> Result<Payload, CallError> {
-        self.request_raw_with(method, params, CallOptions::default())
-            .await
-    }
-
-    /// Calls `method` with already-encoded params and call options.
-    ///
-    /// On timeout the call fails with `TIMEOUT` and a `cancel` frame is sent for it.
-    pub async fn request_raw_with(
-        &self,
-        method: &str,
-        params: Payload,
-        options: CallOptions,
-    ) -> Result<Payload, CallError> {
-        let id = self.inner.next_id();
-        let bytes = self.inner.encode(&Frame::Req {
-            id,
-            method: method.to_owned(),
-            data: params,
-        })?;
-        self.call(id, bytes, options).await
-    }
-
-    /// Sends call `id` (a `req` or `pub`, encoded) and waits for its `res` or `err`.
-    async fn call(
-        &self,
-        id: u64,
-        bytes: bytes::Bytes,
-        options: CallOptions,
-    ) -> Result<Payload, CallError> {
-        let deadline = options.timeout.unwrap_or(self.inner.options.call_timeout);
-        let (tx, rx) = oneshot::channel();
-        let call = async {
-            let mut guard = self
-                .inner
-                .start_call(id, bytes, Waiter::Request(tx), options.retryable)
-                .await?;
-            let result = rx.await;
-            guard.disarm();
-            result.unwrap_or_else(|_| Err(CallError::closed()))
-        };
-        // On timeout the future (and its guard) is dropped: the call is forgotten and
-        // cancelled.
-        match tokio::time::timeout(deadline, call).await {
-            Ok(result) => result,
-            Err(_) => Err(CallError::timeout()),
-        }
-    }
-
-    /// Sends a notification. While disconnected it waits in the offline queue; when the
-    /// queue is full this fails at once with [`CallErrorKind::QueueFull`](crate::CallErrorKind::QueueFull).
-    pub async fn notify<P>(&self, method: &str, params: &P) -> Result<(), CallError>
-    where
-        P: Serialize + ?Sized,
-    {
-        let params = Payload::encode(self.inner.codec(), params).map_err(CallError::encode)?;
-        self.notify_raw(method, params).await
-    }
-
-    /// Sends a notification with already-encoded params.
-    pub async fn notify_raw(&self, method: &str, params: Payload) -> Result<(), CallError> {
-        let bytes = self.inner.encode(&Frame::Ntf {
-            method: method.to_owned(),
-            data: params,
-        })?;
-        self.inner.send_notification(bytes).await
-    }
-
-    /// Opens a stream: `sub` for `method`, items decoded as `T`.
-    pub async fn stream<P, T>(&self, method: &str, params: &P) -> Result<CallStream<T>, CallError>
-    where
-        P: Serialize + ?Sized,
-        T: DeserializeOwned,
-    {
-        self.stream_with(method, params, StreamOptions::default())
-            .await
-    }
-
-    /// Opens a stream with options (credit window, deadline, retryable).
-    pub async fn stream_with<P, T>(
-        &self,
-        method: &str,
-        params: &P,
-        options: StreamOptions,
-    ) -> Result<CallStream<T>, CallError>
-    where
-        P: Serialize + ?Sized,
-        T: DeserializeOwned,
-    {
-        let params = Payload::encode(self.inner.codec(), params).map_err(CallError::encode)?;
-        self.open_stream(method, params, options, |payload| {
-            payload.decode::<T>().map_err(|e| CallError::decode(&e))
-        })
-        .await
-    }
-
-    /// Opens a stream with already-encoded params; items stay encoded.
-    pub async fn stream_raw(
-        &self,
-        method: &str,
-        params: Payload,
-        options: StreamOptions,
-    ) -> Result<CallStream<Payload>, CallError> {
-        self.open_stream(method, params, options, Ok).await
-    }
-
-    async fn open_stream<T>(
-        &self,
-        method: &str,
-        params: Payload,
-        options: StreamOptions,
-        decode: fn(Payload) -> Result<T, CallError>,
-    ) -> Result<CallStream<T>, CallError> {
-        let id = self.inner.next_id();
-        let bytes = self.inner.encode(&Frame::Sub {
-            id,
-            method: method.to_owned(),
-            data: params,
-            credit: options.credit,
-        })?;
-        // Room for what the server may send before we grant more, plus the final event.
-        let in_transit = options
-            .credit
-            .map_or(crate::options::UNCREDITED_STREAM_BUFFER, |window| {
-                window as usize
-            });
-        let (tx, rx) = mpsc::channel(in_transit + 1);
-        let deadline = options.timeout.map(|t| Box::pin(tokio::time::sleep(t)));
-        let guard = self
-            .inner
-            .start_call(id, bytes, Waiter::Stream(tx), options.retryable)
-            .await?;
-        Ok(CallStream::new(guard, rx, decode, deadline, options.credit))
-    }
-
     /// Joins `channel` and resolves once the server answered the `join`: a
     /// [`Subscription`], the [`Stream`](futures_util::Stream) of the channel's
     /// [`ChannelEvent`](crate::ChannelEvent)s.
@@ -344,58 +164,6 @@ impl Client {
             Ok(Err(_)) => Err(CallError::closed()),
             Err(_) => Err(CallError::timeout()),
         }
-    }
-
-    /// Publishes `data` to `channel` (`pub`) and returns the publication's position.
-    ///
-    /// Not retried after a reconnect: a `pub` whose answer was lost may or may not have
-    /// been published. The publisher receives its own publication too if it joined the
-    /// channel.
-    pub async fn publish<T>(&self, channel: &str, data: &T) -> Result<Position, CallError>
-    where
-        T: Serialize + ?Sized,
-    {
-        self.publish_with(channel, data, CallOptions::default())
-            .await
-    }
-
-    /// Publishes `data` to `channel` with call options (deadline; `retryable` waits for
-    /// the connection and re-sends after a drop, so the publication may be made twice).
-    pub async fn publish_with<T>(
-        &self,
-        channel: &str,
-        data: &T,
-        options: CallOptions,
-    ) -> Result<Position, CallError>
-    where
-        T: Serialize + ?Sized,
-    {
-        let data = Payload::encode(self.inner.codec(), data).map_err(CallError::encode)?;
-        self.publish_raw_with(channel, data, options).await
-    }
-
-    /// Publishes an already-encoded value to `channel`.
-    pub async fn publish_raw(&self, channel: &str, data: Payload) -> Result<Position, CallError> {
-        self.publish_raw_with(channel, data, CallOptions::default())
-            .await
-    }
-
-    /// Publishes an already-encoded value to `channel` with call options.
-    pub async fn publish_raw_with(
-        &self,
-        channel: &str,
-        data: Payload,
-        options: CallOptions,
-    ) -> Result<Position, CallError> {
-        let id = self.inner.next_id();
-        let bytes = self.inner.encode(&Frame::Pub {
-            id,
-            channel: channel.to_owned(),
-            data,
-        })?;
-        let result = self.call(id, bytes, options).await?;
-        let position: WirePosition = result.decode().map_err(|e| CallError::decode(&e))?;
-        Ok(position.into())
     }
 
     /// The members of `channel` now (`$presence`).

@@ -13,11 +13,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, sleep_until, timeout, timeout_at};
 use yawc::{OpCode, TcpWebSocket, WebSocketError};
 
-use crate::Status;
-use crate::error::{BoxError, ConnectError};
-use crate::handler::Incoming;
-use crate::options::{ConnectRequest, CredentialsFn};
+use crate::credentials;
+use crate::error::ConnectError;
+use crate::incoming::Incoming;
+use crate::options::ConnectRequest;
 use crate::state::{Inner, Link};
+use crate::status::Status;
 
 /// Capacity of a connection's outbound queue of calls and notifications.
 const OUTBOUND_CAPACITY: usize = 256;
@@ -150,7 +151,7 @@ pub(crate) async fn run(inner: Arc<Inner>, ready: oneshot::Sender<Result<(), Con
 async fn establish(inner: &Inner, attempt: u32) -> Result<Session, ConnectError> {
     let options = &inner.options;
     let token = match options.credential_source() {
-        Some(hook) => fetch_credential(hook, options.connect_timeout)
+        Some(hook) => credentials::fetch(hook, options.connect_timeout)
             .await
             .map_err(ConnectError::Credentials)?,
         None => None,
@@ -287,21 +288,6 @@ async fn establish(inner: &Inner, attempt: u32) -> Result<Session, ConnectError>
                 )));
             }
         }
-    }
-}
-
-/// Calls the credentials hook, bounded by `limit`; a panic is an error too.
-pub(crate) async fn fetch_credential(
-    hook: CredentialsFn,
-    limit: Duration,
-) -> Result<Option<String>, BoxError> {
-    let Ok(fetching) = std::panic::catch_unwind(AssertUnwindSafe(|| hook())) else {
-        return Err("credentials hook panicked".into());
-    };
-    match timeout(limit, AssertUnwindSafe(fetching).catch_unwind()).await {
-        Err(_) => Err("credentials hook timed out".into()),
-        Ok(Err(_)) => Err("credentials hook panicked".into()),
-        Ok(Ok(result)) => result,
     }
 }
 
@@ -565,7 +551,7 @@ fn batch_of(out_rx: &mut mpsc::Receiver<crate::state::Outbound>, max: usize) -> 
 /// Sends Close 1000 and reads until the server's reply ends the connection (bounded).
 /// Errors the server reports meanwhile (an `err` without id, e.g. for the last notification)
 /// still reach [`Client::errors`](crate::Client::errors).
-async fn close_gracefully(inner: &Inner, codec: crate::Codec, ws: &mut TcpWebSocket) {
+async fn close_gracefully(inner: &Inner, codec: plexus_protocol::Codec, ws: &mut TcpWebSocket) {
     let close = yawc::Frame::close(yawc::close::CloseCode::Normal, b"");
     if timeout(CLOSE_WAIT, ws.send(close)).await.is_err() {
         return;

@@ -3,9 +3,7 @@
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
-//! use plexus_client::{
-//!     CallOptions, ChannelEvent, ClientOptions, ErrorBody, JoinOptions, StreamOptions, connect,
-//! };
+//! use plexus_client::{ChannelEvent, ClientOptions, JoinOptions, Payload, Router, RpcError, connect};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize)]
@@ -19,10 +17,9 @@
 //! }
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let options = ClientOptions::default()
-//!     .token("secret")
-//!     // The server may call the client too.
-//!     .on_request("client.ping", |n: u32| async move { Ok::<_, ErrorBody>(n + 1) });
+//! // The server may call the client too: handlers on a router shaped like the server's.
+//! let router = Router::new().request("client.ping", |n: u32| async move { Ok::<_, RpcError>(n + 1) });
+//! let options = ClientOptions::default().token("secret").router(router);
 //! let client = connect("ws://127.0.0.1:8080/ws", options).await?;
 //!
 //! // Request / response, typed on both ends.
@@ -30,14 +27,14 @@
 //! println!("{}", greeting.text);
 //!
 //! // An idempotent call may wait for a reconnect instead of failing.
-//! let n: u64 = client
-//!     .request_with("counter.get", &(), CallOptions::default().retryable(true))
-//!     .await?;
+//! let n: u64 = client.request("counter.get", &()).retryable(true).await?;
+//!
+//! // The same call surface takes raw values: a `Payload` goes and comes back as it is.
+//! let echoed: Payload = client.request("sys.echo", Payload::null(client.codec())).await?;
+//! # let _ = echoed;
 //!
 //! // A stream with flow control: the server sends at most 32 items ahead.
-//! let mut ticks = client
-//!     .stream_with::<_, u64>("ticks.count", &n, StreamOptions::default().credit(32))
-//!     .await?;
+//! let mut ticks = client.stream::<u64>("ticks.count", &n).credit(32).await?;
 //! while let Some(tick) = ticks.next().await {
 //!     println!("tick {}", tick?);
 //! }
@@ -97,10 +94,12 @@
 //!   # }
 //!   ```
 //! - **Calls.** [`Client::request`] (one result), [`Client::notify`] (no answer),
-//!   [`Client::stream`] (a [`CallStream`] of items; dropping it sends `cancel`). Each has a
-//!   `_raw` twin that takes and returns [`Payload`]s as they are on the wire. Every failure
-//!   is a [`CallError`] with a wire [`ErrorCode`]; server errors keep their code, message and
-//!   data.
+//!   [`Client::stream`] (a [`CallStream`] of items; dropping it sends `cancel`),
+//!   [`Client::publish`]. Each takes typed params (`&T: Serialize`) or a raw [`Payload`]
+//!   ([`IntoPayload`]), and gives typed results or the raw [`Payload`]; a request, a stream or
+//!   a publication is a future with option setters ([`Request::timeout`],
+//!   [`Request::retryable`], [`StreamRequest::credit`]). Every failure is a [`CallError`]
+//!   with a wire [`ErrorCode`]; server errors keep their code, message and data.
 //! - **Deadlines.** A request that outlives its deadline fails with `TIMEOUT` and the client
 //!   sends `cancel` for it.
 //! - **Reconnect.** When the socket drops, the server goes away (1001) or goes silent for
@@ -111,11 +110,11 @@
 //!   disconnected wait in a bounded queue and go out in order after the next `welcome`;
 //!   a full queue fails at once ([`CallErrorKind::QueueFull`]). Calls in flight when the
 //!   connection drops fail with `UNAVAILABLE`, unless retryable: those are sent again.
-//! - **Server → client calls.** Handlers registered on [`ClientOptions`]
-//!   ([`on_request`](ClientOptions::on_request), [`on_notify`](ClientOptions::on_notify),
-//!   [`on_stream`](ClientOptions::on_stream)) answer the server; unknown methods get
-//!   `NOT_FOUND`, a server `cancel` drops the handler. Names starting with `$` are the
-//!   built-ins' (`$refresh`) and cannot be registered.
+//! - **Server → client calls.** Handlers on a [`Router`] (given with
+//!   [`ClientOptions::router`]) answer the server, shaped like the server's router and
+//!   returning the same [`RpcError`]; unknown methods get `NOT_FOUND`, a server `cancel`
+//!   drops the handler. Names starting with `$` are the built-ins' (`$refresh`) and cannot
+//!   be registered.
 //! - **Hooks.** [`ClientOptions::before_connect`] runs before every attempt (after the
 //!   credentials hook) and may change the URL, headers and token.
 //! - **Channels.** [`Client::join`] gives a [`Subscription`], a stream of [`ChannelEvent`]s:
@@ -138,23 +137,30 @@
 //!   bounded buffer ([`ClientOptions::server_subscription_buffer`]) drops what does not fit
 //!   and says so with [`ChannelEvent::Lagged`].
 
+mod call;
 mod channel;
 mod client;
 mod conn;
+mod credentials;
 mod error;
-mod handler;
+mod incoming;
 mod options;
+mod router;
 mod state;
+mod status;
 mod stream;
 
+pub use call::{Publish, Request, StreamRequest};
 pub use channel::{ChannelEvent, History, Member, Publication, ServerSubscriptions, Subscription};
-pub use client::{Client, Status, connect};
+pub use client::{Client, connect};
 pub use error::{BoxError, CallError, CallErrorKind, ConnectError};
 pub use options::{
     CallOptions, ClientOptions, ConnectRequest, DEFAULT_CHANNEL_BUFFER, DEFAULT_STREAM_WINDOW,
     HistoryOptions, JoinOptions, ReconnectOptions, StreamOptions,
 };
-pub use plexus_protocol::{Codec, ErrorBody, ErrorCode, Payload, Position};
+pub use plexus_protocol::{Codec, ErrorBody, ErrorCode, IntoPayload, Payload, Position, RpcError};
+pub use router::Router;
+pub use status::Status;
 pub use stream::CallStream;
 
 #[cfg(test)]
@@ -179,9 +185,9 @@ mod tests {
 
     #[allow(dead_code)]
     fn futures_are_send(client: &Client) {
-        assert_send(&client.request::<_, u32>("a.b", &1));
+        assert_send(&client.request::<u32>("a.b", &1));
         assert_send(&client.notify("a.b", &1));
-        assert_send(&client.stream::<_, u32>("a.b", &1));
+        assert_send(&client.stream::<u32>("a.b", &1));
         assert_send(&client.close());
         assert_send(&client.join("a", JoinOptions::default()));
         assert_send(&client.publish("a", &1));

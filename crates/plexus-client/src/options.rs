@@ -6,20 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use futures_util::{Stream, StreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use plexus_protocol::{Codec, ErrorBody, Payload, Position};
+use plexus_protocol::{Codec, IntoPayload, Payload, Position};
 use rand::Rng;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use url::Url;
 
+use crate::credentials::{self, CredentialsFn};
 use crate::error::BoxError;
-use crate::handler::Handlers;
-
-/// The credentials hook: run before every connection attempt and for each `$refresh`.
-pub(crate) type CredentialsFn =
-    Arc<dyn Fn() -> BoxFuture<'static, Result<Option<String>, BoxError>> + Send + Sync>;
+use crate::router::Router;
 
 /// The hook run before every connection attempt.
 pub(crate) type BeforeConnect = Arc<
@@ -86,7 +80,8 @@ pub struct ClientOptions {
     pub server_subscription_buffer: usize,
     pub(crate) credentials: Option<CredentialsFn>,
     pub(crate) before_connect: Option<BeforeConnect>,
-    pub(crate) handlers: Handlers,
+    /// The methods the server may call on this client.
+    pub(crate) router: Router,
 }
 
 impl Default for ClientOptions {
@@ -107,7 +102,7 @@ impl Default for ClientOptions {
             server_subscription_buffer: DEFAULT_CHANNEL_BUFFER,
             credentials: None,
             before_connect: None,
-            handlers: Handlers::default(),
+            router: Router::default(),
         }
     }
 }
@@ -133,7 +128,7 @@ impl fmt::Debug for ClientOptions {
             )
             .field("credentials", &self.credentials.is_some())
             .field("before_connect", &self.before_connect.is_some())
-            .field("handlers", &self.handlers)
+            .field("router", &self.router)
             .finish()
     }
 }
@@ -216,11 +211,7 @@ impl ClientOptions {
         if let Some(hook) = &self.credentials {
             return Some(hook.clone());
         }
-        let token = self.token.clone()?;
-        Some(Arc::new(move || {
-            let token = token.clone();
-            Box::pin(async move { Ok(Some(token)) })
-        }))
+        self.token.clone().map(credentials::fixed)
     }
 
     /// Sets the default request deadline.
@@ -300,124 +291,17 @@ impl ClientOptions {
         self
     }
 
-    /// Answers the server's requests for `method` with `handler`, which gets the raw params.
-    ///
-    /// # Panics
-    ///
-    /// If `method` starts with `$`: those names are reserved for built-ins (the client
-    /// answers `$refresh` itself, see [`ClientOptions::credentials`]). The same holds for
-    /// every `on_*` method.
-    pub fn on_request_raw<F, Fut>(mut self, method: impl Into<String>, handler: F) -> Self
-    where
-        F: Fn(Payload) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Payload, ErrorBody>> + Send + 'static,
-    {
-        self.handlers
-            .requests
-            .insert(app_method(method), Arc::new(move |p| Box::pin(handler(p))));
+    /// Sets the methods the server may call on this client (see [`Router`]).
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
         self
     }
 
-    /// Answers the server's requests for `method` with a typed `handler`. Params that do not
-    /// fit `P` are answered with `VALIDATION_ERROR` (data `{"path": ...}`) without calling it.
-    pub fn on_request<P, R, F, Fut>(self, method: impl Into<String>, handler: F) -> Self
-    where
-        P: DeserializeOwned + Send + 'static,
-        R: Serialize + Send + 'static,
-        F: Fn(P) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<R, ErrorBody>> + Send + 'static,
-    {
-        let handler = Arc::new(handler);
-        self.on_request_raw(method, move |payload: Payload| {
-            let handler = handler.clone();
-            async move {
-                let codec = payload.codec();
-                let params = crate::handler::decode_params::<P>(&payload)?;
-                let result = handler(params).await?;
-                crate::handler::encode_result(codec, &result)
-            }
-        })
-    }
-
-    /// Handles the server's notifications for `method` with `handler` (raw params).
-    pub fn on_notify_raw<F, Fut>(mut self, method: impl Into<String>, handler: F) -> Self
-    where
-        F: Fn(Payload) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        self.handlers
-            .notifications
-            .insert(app_method(method), Arc::new(move |p| Box::pin(handler(p))));
+    /// Sets [`ClientOptions::headers`] (replacing those added so far).
+    pub fn headers(mut self, headers: HeaderMap) -> Self {
+        self.headers = headers;
         self
     }
-
-    /// Handles the server's notifications for `method` with a typed `handler`. Params that
-    /// do not fit `P` are logged at debug level and dropped.
-    pub fn on_notify<P, F, Fut>(self, method: impl Into<String>, handler: F) -> Self
-    where
-        P: DeserializeOwned + Send + 'static,
-        F: Fn(P) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let handler = Arc::new(handler);
-        let method = method.into();
-        let name = method.clone();
-        self.on_notify_raw(method, move |payload: Payload| {
-            let handler = handler.clone();
-            let name = name.clone();
-            async move {
-                match payload.decode::<P>() {
-                    Ok(params) => handler(params).await,
-                    Err(e) => tracing::debug!(method = %name, path = e.path(), "dropping notification with bad params: {e}"),
-                }
-            }
-        })
-    }
-
-    /// Serves the server's streams (`sub`) for `method` with `handler` (raw params and items).
-    /// The stream's items are sent as `item` frames, then `end`, or `err` on the first error.
-    /// A `cancel` from the server drops the stream; `credit` is honoured.
-    pub fn on_stream_raw<F, S>(mut self, method: impl Into<String>, handler: F) -> Self
-    where
-        F: Fn(Payload) -> S + Send + Sync + 'static,
-        S: Stream<Item = Result<Payload, ErrorBody>> + Send + 'static,
-    {
-        self.handlers
-            .streams
-            .insert(app_method(method), Arc::new(move |p| handler(p).boxed()));
-        self
-    }
-
-    /// Serves the server's streams for `method` with a typed `handler`.
-    pub fn on_stream<P, T, F, S>(self, method: impl Into<String>, handler: F) -> Self
-    where
-        P: DeserializeOwned + Send + 'static,
-        T: Serialize + Send + 'static,
-        F: Fn(P) -> S + Send + Sync + 'static,
-        S: Stream<Item = Result<T, ErrorBody>> + Send + 'static,
-    {
-        self.on_stream_raw(method, move |payload: Payload| {
-            let codec = payload.codec();
-            match crate::handler::decode_params::<P>(&payload) {
-                Ok(params) => handler(params)
-                    .map(move |item| {
-                        item.and_then(|value| crate::handler::encode_result(codec, &value))
-                    })
-                    .left_stream(),
-                Err(e) => futures_util::stream::once(async move { Err(e) }).right_stream(),
-            }
-        })
-    }
-}
-
-/// A method name for an application handler: `$` names are the built-ins'.
-fn app_method(method: impl Into<String>) -> String {
-    let method = method.into();
-    assert!(
-        !method.starts_with('$'),
-        "method names starting with `$` are reserved for built-ins: `{method}`"
-    );
-    method
 }
 
 /// Reconnecting: exponential backoff with full jitter.
@@ -512,7 +396,7 @@ pub(crate) fn full_jitter(ceiling: Duration, rng: &mut impl Rng) -> Duration {
     Duration::from_nanos(rng.random_range(0..=nanos))
 }
 
-/// The options of one request: see [`Client::request_with`](crate::Client::request_with).
+/// The options of one request or publication: see [`Request::options`](crate::Request::options).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CallOptions {
@@ -546,7 +430,7 @@ pub const DEFAULT_STREAM_WINDOW: u32 = 256;
 /// the application reads them fails the stream (`BAD_FRAME`) instead of growing memory.
 pub(crate) const UNCREDITED_STREAM_BUFFER: usize = 4096;
 
-/// The options of one stream: see [`Client::stream_with`](crate::Client::stream_with).
+/// The options of one stream: see [`StreamRequest::options`](crate::StreamRequest::options).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StreamOptions {
@@ -612,7 +496,7 @@ pub const DEFAULT_CHANNEL_BUFFER: usize = 1024;
 /// let options = JoinOptions::default()
 ///     // Resume where a previous run stopped (see `Subscription::last_position`).
 ///     .since(Position { epoch: "e1".into(), offset: 41 })
-///     .filter(serde_json::json!({"kind": "chat"}))
+///     .filter(&serde_json::json!({"kind": "chat"}))
 ///     .buffer(256)
 ///     .timeout(Duration::from_secs(5));
 /// # let _ = options;
@@ -656,18 +540,15 @@ impl JoinOptions {
         self
     }
 
-    /// Sets the delivery filter from a JSON value (sent in the client's codec).
-    pub fn filter(mut self, filter: serde_json::Value) -> Self {
+    /// Sets the delivery filter: any `&T: Serialize` (a `serde_json::Value`, say), or a
+    /// [`Payload`] (transcoded to the client's codec when needed). A value that cannot be
+    /// encoded becomes `null`: no filter.
+    pub fn filter(mut self, filter: impl IntoPayload) -> Self {
         self.filter = Some(
-            Payload::encode(Codec::Json, &filter).unwrap_or_else(|_| Payload::null(Codec::Json)),
+            filter
+                .into_payload(Codec::Json)
+                .unwrap_or_else(|_| Payload::null(Codec::Json)),
         );
-        self
-    }
-
-    /// Sets the delivery filter from an encoded value (transcoded to the client's codec when
-    /// needed).
-    pub fn filter_raw(mut self, filter: Payload) -> Self {
-        self.filter = Some(filter);
         self
     }
 

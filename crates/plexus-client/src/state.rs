@@ -15,7 +15,8 @@ use url::Url;
 use crate::channel::Channels;
 use crate::error::{CallError, ConnectError};
 use crate::options::ClientOptions;
-use crate::{Codec, Status};
+use crate::status::Status;
+use plexus_protocol::Codec;
 
 /// An encoded frame on its way out.
 #[derive(Debug)]

@@ -117,11 +117,12 @@ async fn hello_comes_first_with_token_and_data_and_calls_wait_for_welcome() {
 
     // No `welcome` yet: not connected, calls are not sent but fail or wait.
     assert_eq!(*client.status().borrow(), Status::Reconnecting);
-    let error = client.request::<_, u32>("echo", &1).await.unwrap_err();
+    let error = client.request::<u32>("echo", &1).await.unwrap_err();
     assert!(error.is_unavailable(), "{error:?}");
     client.notify("log.event", &"queued").await.unwrap();
-    let retryable =
-        client.request_with::<_, u32>("echo", &7, CallOptions::default().retryable(true));
+    let retryable = client
+        .request::<u32>("echo", &7)
+        .options(CallOptions::default().retryable(true));
     tokio::pin!(retryable);
     // One poll queues it (no link to send it on).
     assert!(futures_util::poll!(&mut retryable).is_pending());
@@ -283,7 +284,7 @@ async fn a_forbidden_reconnect_closes_the_client_with_the_reason() {
     let reason = client.close_reason().expect("a close reason");
     assert!(reason.is_forbidden(), "{reason:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    let error = client.request::<_, u32>("echo", &1).await.unwrap_err();
+    let error = client.request::<u32>("echo", &1).await.unwrap_err();
     assert!(error.is_unavailable());
 }
 
@@ -421,7 +422,7 @@ async fn unknown_dollar_methods_are_not_found() {
 #[test]
 #[should_panic(expected = "reserved for built-ins")]
 fn the_application_cannot_register_refresh() {
-    let _ = ClientOptions::default().on_request("$refresh", |_: serde_json::Value| async {
+    let _ = plexus_client::Router::new().request("$refresh", |_: serde_json::Value| async {
         Ok::<_, plexus_protocol::ErrorBody>(json!({"token": "shadow"}))
     });
 }

@@ -156,7 +156,7 @@ async fn publish_returns_increasing_offsets() {
         }
         assert_eq!(offsets, vec![1, 2, 3]);
         let raw = client
-            .publish_raw("news", json_payload(codec, json!({"n": 4})))
+            .publish("news", json_payload(codec, json!({"n": 4})))
             .await
             .unwrap();
         assert_eq!(raw, pos("e1", 4));
@@ -799,7 +799,7 @@ async fn filter_is_sent_again_on_rejoin() {
         let _sub = client
             .join(
                 "room",
-                JoinOptions::default().filter(json!({"kind": "chat"})),
+                JoinOptions::default().filter(&json!({"kind": "chat"})),
             )
             .await
             .unwrap();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::{StreamExt, stream};
-use plexus_client::{ClientOptions, ErrorBody, ErrorCode};
+use plexus_client::{ClientOptions, ErrorBody, ErrorCode, Payload, Router, RpcError};
 use plexus_protocol::{Codec, Frame};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -36,11 +36,16 @@ fn req(id: u64, method: &str, data: serde_json::Value) -> Frame {
 #[tokio::test]
 async fn server_requests_reach_typed_handlers() {
     let mut server = TestServer::start(Script::default()).await;
-    let options = ClientOptions::default()
-        .on_request("client.add", |p: Add| async move {
-            Ok::<_, ErrorBody>(Sum { sum: p.a + p.b })
-        })
-        .on_request_raw("client.raw", |p| async move { Ok(p) });
+    let options = ClientOptions::default().router(
+        Router::new()
+            .request("client.add", |p: Add| async move {
+                Ok::<_, ErrorBody>(Sum { sum: p.a + p.b })
+            })
+            .request(
+                "client.raw",
+                |p: Payload| async move { Ok::<_, RpcError>(p) },
+            ),
+    );
     let (_client, conn) = connect_to(&mut server, options).await;
 
     server.send(conn, req(1, "client.add", json!({"a": 2, "b": 3})));
@@ -64,13 +69,15 @@ async fn server_requests_reach_typed_handlers() {
 #[tokio::test]
 async fn handler_errors_and_bad_params_are_err_frames() {
     let mut server = TestServer::start(Script::default()).await;
-    let options = ClientOptions::default()
-        .on_request("client.add", |p: Add| async move {
-            Ok::<_, ErrorBody>(Sum { sum: p.a + p.b })
-        })
-        .on_request("client.deny", |_: serde_json::Value| async move {
-            Err::<(), _>(ErrorBody::new(ErrorCode::FORBIDDEN, "not you"))
-        });
+    let options = ClientOptions::default().router(
+        Router::new()
+            .request("client.add", |p: Add| async move {
+                Ok::<_, ErrorBody>(Sum { sum: p.a + p.b })
+            })
+            .request("client.deny", |_: serde_json::Value| async move {
+                Err::<(), _>(ErrorBody::new(ErrorCode::FORBIDDEN, "not you"))
+            }),
+    );
     let (_client, conn) = connect_to(&mut server, options).await;
 
     server.send(conn, req(7, "client.add", json!({"a": "x", "b": 1})));
@@ -132,12 +139,15 @@ async fn unknown_methods_get_not_found() {
 async fn server_notifications_reach_handlers() {
     let mut server = TestServer::start(Script::default()).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let options = ClientOptions::default().on_notify("client.note", move |text: String| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(text);
-        }
-    });
+    let options = ClientOptions::default().router(Router::new().notify(
+        "client.note",
+        move |text: String| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(text);
+            }
+        },
+    ));
     let (_client, conn) = connect_to(&mut server, options).await;
     server.send(
         conn,
@@ -153,13 +163,18 @@ async fn server_notifications_reach_handlers() {
 #[tokio::test]
 async fn server_streams_are_served() {
     let mut server = TestServer::start(Script::default()).await;
-    let options = ClientOptions::default()
-        .on_stream("client.count", |n: u64| {
-            stream::iter((0..n).map(Ok::<_, ErrorBody>))
-        })
-        .on_stream_raw("client.broken", |_| {
-            stream::iter(vec![Err(ErrorBody::new(ErrorCode::INTERNAL, "nope"))])
-        });
+    let options = ClientOptions::default().router(
+        Router::new()
+            .stream("client.count", |n: u64| async move {
+                Ok::<_, RpcError>(stream::iter((0..n).map(Ok::<_, ErrorBody>)))
+            })
+            .stream("client.broken", |_: Payload| async move {
+                Ok::<_, RpcError>(stream::iter(vec![Err::<Payload, _>(ErrorBody::new(
+                    ErrorCode::INTERNAL,
+                    "nope",
+                ))]))
+            }),
+    );
     let (_client, conn) = connect_to(&mut server, options).await;
     server.send(
         conn,
@@ -217,20 +232,22 @@ async fn server_cancel_drops_the_handler() {
     let mut server = TestServer::start(Script::default()).await;
     let (started_tx, mut started) = mpsc::unbounded_channel();
     let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
-    let options = ClientOptions::default()
-        .on_request("client.slow", move |_: serde_json::Value| {
-            let started = started_tx.clone();
-            let signal = DropSignal(Some(dropped_tx.clone()));
-            async move {
-                let _signal = signal;
-                let _ = started.send(());
-                futures_util::future::pending::<()>().await;
-                Ok::<_, ErrorBody>(())
-            }
-        })
-        .on_request("client.add", |p: Add| async move {
-            Ok::<_, ErrorBody>(Sum { sum: p.a + p.b })
-        });
+    let options = ClientOptions::default().router(
+        Router::new()
+            .request("client.slow", move |_: serde_json::Value| {
+                let started = started_tx.clone();
+                let signal = DropSignal(Some(dropped_tx.clone()));
+                async move {
+                    let _signal = signal;
+                    let _ = started.send(());
+                    futures_util::future::pending::<()>().await;
+                    Ok::<_, ErrorBody>(())
+                }
+            })
+            .request("client.add", |p: Add| async move {
+                Ok::<_, ErrorBody>(Sum { sum: p.a + p.b })
+            }),
+    );
     let (_client, conn) = connect_to(&mut server, options).await;
     server.send(conn, req(1, "client.slow", json!(null)));
     timeout(WAIT, started.recv()).await.unwrap().unwrap();
@@ -247,17 +264,21 @@ async fn server_credit_is_honoured() {
     let mut server = TestServer::start(Script::default()).await;
     let produced = Arc::new(AtomicUsize::new(0));
     let counter = produced.clone();
-    let options = ClientOptions::default()
-        .on_stream("client.many", move |_: serde_json::Value| {
-            let counter = counter.clone();
-            stream::iter(0..1000u64).map(move |i| {
-                counter.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, ErrorBody>(i)
+    let options = ClientOptions::default().router(
+        Router::new()
+            .stream("client.many", move |_: serde_json::Value| {
+                let counter = counter.clone();
+                async move {
+                    Ok::<_, RpcError>(stream::iter(0..1000u64).map(move |i| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, ErrorBody>(i)
+                    }))
+                }
             })
-        })
-        .on_request("client.add", |p: Add| async move {
-            Ok::<_, ErrorBody>(Sum { sum: p.a + p.b })
-        });
+            .request("client.add", |p: Add| async move {
+                Ok::<_, ErrorBody>(Sum { sum: p.a + p.b })
+            }),
+    );
     let (_client, conn) = connect_to(&mut server, options).await;
     server.send(
         conn,
@@ -304,13 +325,16 @@ async fn server_ping_frames_get_pong() {
 #[tokio::test]
 async fn a_panicking_handler_is_an_internal_error() {
     let mut server = TestServer::start(Script::default()).await;
-    let options = ClientOptions::default()
-        .on_request_raw("client.panic", |_| async move {
-            panic!("handler bug");
-        })
-        .on_request_raw("client.panic_early", |_| -> std::future::Ready<_> {
-            panic!("handler bug before the future");
-        });
+    async fn panics(_: Payload) -> Result<Payload, RpcError> {
+        panic!("handler bug");
+    }
+    let options =
+        ClientOptions::default().router(Router::new().request("client.panic", panics).request(
+            "client.panic_early",
+            |_: Payload| -> std::future::Ready<Result<Payload, RpcError>> {
+                panic!("handler bug before the future");
+            },
+        ));
     let (_client, conn) = connect_to(&mut server, options).await;
     server.send(conn, req(1, "client.panic", json!(null)));
     server.send(conn, req(2, "client.panic_early", json!(null)));

@@ -36,7 +36,8 @@ async fn notifications_sent_while_down_arrive_in_order_after_reconnect() {
         let client = client.clone();
         tokio::spawn(async move {
             client
-                .request_with::<_, u32>("echo", &99, CallOptions::default().retryable(true))
+                .request::<u32>("echo", &99)
+                .options(CallOptions::default().retryable(true))
                 .await
         })
     };
@@ -50,7 +51,7 @@ async fn notifications_sent_while_down_arrive_in_order_after_reconnect() {
     assert_eq!(client.pending_calls(), 1);
     client.notify("log.line", &5u32).await.unwrap();
     // Not retryable: fails at once.
-    let error = client.request::<_, u32>("echo", &1).await.unwrap_err();
+    let error = client.request::<u32>("echo", &1).await.unwrap_err();
     assert_eq!(error.kind(), CallErrorKind::Unavailable);
     assert_eq!(error.code(), &ErrorCode::UNAVAILABLE);
 
@@ -90,7 +91,8 @@ async fn a_full_queue_fails_at_once() {
     assert_eq!(error.to_string(), "offline queue is full");
     // Retryable calls count against the same bound.
     let error = client
-        .request_with::<_, u32>("echo", &1, CallOptions::default().retryable(true))
+        .request::<u32>("echo", &1)
+        .options(CallOptions::default().retryable(true))
         .await
         .unwrap_err();
     assert!(error.is_queue_full());
@@ -103,9 +105,9 @@ async fn in_flight_calls_fail_unavailable_when_the_connection_drops() {
     let (client, _) = connect_to(&mut server, options()).await;
     let call = {
         let client = client.clone();
-        tokio::spawn(async move { client.request::<_, u32>("never", &1).await })
+        tokio::spawn(async move { client.request::<u32>("never", &1).await })
     };
-    let stream = client.stream::<_, u32>("forever", &()).await.unwrap();
+    let stream = client.stream::<u32>("forever", &()).await.unwrap();
     for _ in 0..2 {
         server.frame().await;
     }
@@ -136,11 +138,8 @@ async fn in_flight_retryable_calls_are_sent_again_after_reconnect() {
         let client = client.clone();
         tokio::spawn(async move {
             client
-                .request_with::<_, String>(
-                    "flaky",
-                    &"again",
-                    CallOptions::default().retryable(true),
-                )
+                .request::<String>("flaky", &"again")
+                .options(CallOptions::default().retryable(true))
                 .await
         })
     };
@@ -166,9 +165,8 @@ async fn queued_calls_time_out_and_leave_the_queue() {
     server.stop().await;
     wait_status(&mut status, Status::Reconnecting).await;
     let error = client
-        .request_with::<_, u32>(
-            "echo",
-            &1,
+        .request::<u32>("echo", &1)
+        .options(
             CallOptions::default()
                 .retryable(true)
                 .timeout(Duration::from_millis(50)),

@@ -33,7 +33,7 @@ async fn reconnects_after_the_server_restarts_on_the_same_port() {
     server.stop().await;
     wait_status(&mut status, Status::Reconnecting).await;
     // Calls while down fail at once unless retryable.
-    let error = client.request::<_, u32>("echo", &1).await.unwrap_err();
+    let error = client.request::<u32>("echo", &1).await.unwrap_err();
     assert!(error.is_unavailable());
 
     let mut server = TestServer::start_on(port, Script::default()).await;
@@ -73,7 +73,7 @@ async fn closed_with(code: u16) {
     let mut status = client.status();
     let pending = {
         let client = client.clone();
-        tokio::spawn(async move { client.request::<_, u32>("never", &1).await })
+        tokio::spawn(async move { client.request::<u32>("never", &1).await })
     };
     server
         .frame_where(|f| matches!(f, plexus_protocol::Frame::Req { .. }))

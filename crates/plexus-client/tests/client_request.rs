@@ -39,7 +39,7 @@ async fn echo_roundtrip(codec: Codec) {
     assert_eq!(frame.id(), Some(2));
 
     let raw = client
-        .request_raw("echo", Payload::encode(codec, &json!([1, 2, 3])).unwrap())
+        .request::<Payload>("echo", Payload::encode(codec, &json!([1, 2, 3])).unwrap())
         .await
         .unwrap();
     assert_eq!(raw.to_json_value().unwrap(), json!([1, 2, 3]));
@@ -151,7 +151,7 @@ async fn remote_error(codec: Codec) {
     let mut server = TestServer::start(Script::default()).await;
     let (client, _) = connect_to(&mut server, ClientOptions::default().codec(codec)).await;
     let error = client
-        .request::<_, serde_json::Value>("fail", &json!({}))
+        .request::<serde_json::Value>("fail", &json!({}))
         .await
         .unwrap_err();
     assert_eq!(error.kind(), CallErrorKind::Remote);
@@ -166,7 +166,7 @@ async fn remote_error(codec: Codec) {
         "server error VALIDATION_ERROR: name is required"
     );
 
-    let error = client.request::<_, ()>("no.such", &()).await.unwrap_err();
+    let error = client.request::<()>("no.such", &()).await.unwrap_err();
     assert_eq!(error.code(), &ErrorCode::NOT_FOUND);
 }
 
@@ -185,7 +185,7 @@ async fn result_that_does_not_fit_is_a_decode_error() {
     let mut server = TestServer::start(Script::default()).await;
     let (client, _) = connect_to(&mut server, ClientOptions::default()).await;
     let error = client
-        .request::<_, Point>("echo", &json!({"x": "not a number", "label": "a"}))
+        .request::<Point>("echo", &json!({"x": "not a number", "label": "a"}))
         .await
         .unwrap_err();
     assert_eq!(error.kind(), CallErrorKind::Decode);
@@ -215,14 +215,14 @@ async fn oversized_calls_fail_before_sending() {
     let (client, _) =
         connect_to(&mut server, ClientOptions::default().max_message_size(1024)).await;
     let big = "x".repeat(2048);
-    let error = client.request::<_, String>("echo", &big).await.unwrap_err();
+    let error = client.request::<String>("echo", &big).await.unwrap_err();
     assert_eq!(error.kind(), CallErrorKind::Encode);
     assert_eq!(error.code(), &ErrorCode::TOO_LARGE);
     let error = client.notify("log", &big).await.unwrap_err();
     assert_eq!(error.code(), &ErrorCode::TOO_LARGE);
     assert_eq!(client.pending_calls(), 0);
     // The connection is fine.
-    let small: String = client.request("echo", &"ok").await.unwrap();
+    let small: String = client.request("echo", "ok").await.unwrap();
     assert_eq!(small, "ok");
 }
 
@@ -327,7 +327,7 @@ async fn close_sends_1000_and_fails_later_calls() {
         }
     }
     assert!(saw_close);
-    let error = client.request::<_, u32>("echo", &1).await.unwrap_err();
+    let error = client.request::<u32>("echo", &1).await.unwrap_err();
     assert_eq!(error.kind(), CallErrorKind::Closed);
     assert!(error.is_unavailable());
     let error = client.notify("x", &1).await.unwrap_err();

@@ -17,7 +17,7 @@ async fn items_then_end() {
     for codec in [Codec::Json, Codec::MsgPack] {
         let mut server = TestServer::start(Script::default()).await;
         let (client, _) = connect_to(&mut server, ClientOptions::default().codec(codec)).await;
-        let stream = client.stream::<_, u64>("count", &5).await.unwrap();
+        let stream = client.stream::<u64>("count", &5).await.unwrap();
         let items: Vec<u64> = timeout(WAIT, stream.map(Result::unwrap).collect())
             .await
             .unwrap();
@@ -35,7 +35,7 @@ async fn items_then_end() {
 async fn err_yields_one_error_then_ends() {
     let mut server = TestServer::start(Script::default()).await;
     let (client, _) = connect_to(&mut server, ClientOptions::default()).await;
-    let mut stream = client.stream::<_, u64>("fail_stream", &()).await.unwrap();
+    let mut stream = client.stream::<u64>("fail_stream", &()).await.unwrap();
     let first = timeout(WAIT, stream.next()).await.unwrap().unwrap();
     assert_eq!(first.unwrap(), 0);
     let second = timeout(WAIT, stream.next()).await.unwrap().unwrap();
@@ -50,7 +50,7 @@ async fn err_yields_one_error_then_ends() {
 async fn dropping_a_stream_sends_cancel() {
     let mut server = TestServer::start(Script::default()).await;
     let (client, _) = connect_to(&mut server, ClientOptions::default()).await;
-    let stream = client.stream::<_, u64>("forever", &()).await.unwrap();
+    let stream = client.stream::<u64>("forever", &()).await.unwrap();
     let id = stream.id();
     let (_, sub) = server.frame().await;
     assert_eq!(sub.id(), Some(id));
@@ -65,7 +65,7 @@ async fn dropping_a_stream_sends_cancel() {
 async fn a_finished_stream_sends_no_cancel() {
     let mut server = TestServer::start(Script::default()).await;
     let (client, _) = connect_to(&mut server, ClientOptions::default()).await;
-    let mut stream = client.stream::<_, u64>("count", &1).await.unwrap();
+    let mut stream = client.stream::<u64>("count", &1).await.unwrap();
     assert_eq!(stream.next().await.unwrap().unwrap(), 0);
     assert!(timeout(WAIT, stream.next()).await.unwrap().is_none());
     drop(stream);
@@ -84,7 +84,8 @@ async fn credit_is_granted_as_items_are_consumed() {
     // The server sends at most the credit it was given: the stream only completes if the
     // client keeps granting more.
     let stream = client
-        .stream_with::<_, u64>("credit", &20, StreamOptions::default().credit(4))
+        .stream::<u64>("credit", &20)
+        .options(StreamOptions::default().credit(4))
         .await
         .unwrap();
     let items: Vec<u64> = timeout(WAIT, stream.map(Result::unwrap).collect())
@@ -124,11 +125,8 @@ async fn stream_deadline_times_out_and_cancels() {
     let mut server = TestServer::start(Script::default()).await;
     let (client, _) = connect_to(&mut server, ClientOptions::default()).await;
     let mut stream = client
-        .stream_with::<_, u64>(
-            "forever",
-            &(),
-            StreamOptions::default().timeout(Duration::from_millis(100)),
-        )
+        .stream::<u64>("forever", &())
+        .options(StreamOptions::default().timeout(Duration::from_millis(100)))
         .await
         .unwrap();
     let error = timeout(WAIT, stream.next())
@@ -154,11 +152,8 @@ async fn raw_streams_yield_payloads_and_bad_items_are_errors() {
     let mut server = TestServer::start(Script::default()).await;
     let (client, conn) = connect_to(&mut server, ClientOptions::default()).await;
     let mut stream = client
-        .stream_raw(
-            "forever",
-            Payload::null(Codec::Json),
-            StreamOptions::default(),
-        )
+        .stream::<Payload>("forever", Payload::null(Codec::Json))
+        .options(StreamOptions::default())
         .await
         .unwrap();
     let (_, sub) = server.frame().await;
@@ -173,7 +168,7 @@ async fn raw_streams_yield_payloads_and_bad_items_are_errors() {
     assert_eq!(first.to_json_value().unwrap(), serde_json::json!({"a": 1}));
     drop(stream);
 
-    let mut typed = client.stream::<_, u64>("forever", &()).await.unwrap();
+    let mut typed = client.stream::<u64>("forever", &()).await.unwrap();
     let (_, _cancel) = server.frame().await;
     let (_, sub) = server.frame().await;
     let id = sub.id().unwrap();
@@ -211,7 +206,8 @@ async fn a_server_ignoring_credit_fails_the_stream_instead_of_growing_memory() {
     let (client, _) = connect_to(&mut server, ClientOptions::default()).await;
     // "count" sends everything at once, whatever the credit: 10 items into a window of 4.
     let stream = client
-        .stream_with::<_, u64>("count", &10, StreamOptions::default().credit(4))
+        .stream::<u64>("count", &10)
+        .options(StreamOptions::default().credit(4))
         .await
         .unwrap();
     let id = stream.id();

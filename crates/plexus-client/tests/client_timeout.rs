@@ -14,11 +14,8 @@ async fn timeout_fails_the_call_and_sends_cancel() {
     let (client, _) = connect_to(&mut server, ClientOptions::default()).await;
 
     let error = client
-        .request_with::<_, u32>(
-            "never",
-            &1,
-            CallOptions::default().timeout(Duration::from_millis(100)),
-        )
+        .request::<u32>("never", &1)
+        .options(CallOptions::default().timeout(Duration::from_millis(100)))
         .await
         .unwrap_err();
     assert_eq!(error.kind(), CallErrorKind::Timeout);
@@ -38,7 +35,7 @@ async fn default_call_timeout_applies() {
     let mut server = TestServer::start(Script::default()).await;
     let options = ClientOptions::default().call_timeout(Duration::from_millis(50));
     let (client, _) = connect_to(&mut server, options).await;
-    let error = client.request::<_, u32>("never", &1).await.unwrap_err();
+    let error = client.request::<u32>("never", &1).await.unwrap_err();
     assert!(error.is_timeout());
     server
         .frame_where(|f| matches!(f, Frame::Cancel { .. }))
@@ -54,11 +51,8 @@ async fn many_timeouts_leave_no_pending_calls() {
         let client = client.clone();
         async move {
             client
-                .request_with::<_, u32>(
-                    "never",
-                    &i,
-                    CallOptions::default().timeout(Duration::from_millis(50)),
-                )
+                .request::<u32>("never", &i)
+                .options(CallOptions::default().timeout(Duration::from_millis(50)))
                 .await
         }
     });
@@ -80,7 +74,7 @@ async fn dropping_a_request_sends_cancel() {
     let (client, _) = connect_to(&mut server, ClientOptions::default()).await;
     let task = {
         let client = client.clone();
-        tokio::spawn(async move { client.request::<_, u32>("never", &1).await })
+        tokio::spawn(async move { client.request::<u32>("never", &1).await })
     };
     let (_, req) = server.frame().await;
     let id = req.id().unwrap();
@@ -95,11 +89,8 @@ async fn a_late_answer_after_timeout_is_ignored() {
     let mut server = TestServer::start(Script::default()).await;
     let (client, conn) = connect_to(&mut server, ClientOptions::default()).await;
     let error = client
-        .request_with::<_, u32>(
-            "never",
-            &1,
-            CallOptions::default().timeout(Duration::from_millis(50)),
-        )
+        .request::<u32>("never", &1)
+        .options(CallOptions::default().timeout(Duration::from_millis(50)))
         .await
         .unwrap_err();
     assert!(error.is_timeout());

@@ -23,16 +23,19 @@
 //!   in, so that forwarding or echoing it costs no re-parse; [`Payload::decode`] turns it into a
 //!   typed value and names the bad field when that fails.
 //! - [`ErrorCode`], [`CloseCode`]: the error codes of `err` frames and the WebSocket close codes.
+//! - [`RpcError`]: what a handler returns when a call fails, on the server and the client.
 //!
 //! The decoder never panics, whatever the input; it is property-tested and fuzzed.
 
 mod code;
 mod codec;
+mod error;
 mod frame;
 mod payload;
 
 pub use code::{CloseCode, ErrorBody, ErrorCode};
 pub use codec::{Codec, DecodeError, EncodeError};
+pub use error::RpcError;
 pub use frame::{Frame, Position, PresenceEvent};
 pub use payload::{IntoPayload, Payload, PayloadError};
 

@@ -95,6 +95,16 @@ impl Payload {
         })
     }
 
+    /// Serializes `value` in `codec`, or hands it over as it is when it is a [`Payload`]
+    /// already in `codec` (transcoded when in the other): for APIs that take either.
+    pub fn encode_as<T: Serialize + 'static>(codec: Codec, value: T) -> Result<Self, PayloadError> {
+        match (&value as &dyn Any).downcast_ref::<Payload>() {
+            Some(payload) if payload.codec == codec => Ok(payload.clone()),
+            Some(payload) => payload.to_codec(codec),
+            None => Self::encode(codec, &value),
+        }
+    }
+
     /// Deserializes the value into `T`. On failure the error names the serde path of the
     /// field that did not fit.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {

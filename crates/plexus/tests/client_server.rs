@@ -120,7 +120,7 @@ async fn the_rust_client_calls_the_real_server_in_both_codecs() {
         assert_eq!(greeting, "hello Ada, 36");
 
         let error = client
-            .request::<_, String>("user.greet", &json!({"name": "Ada", "age": 300}))
+            .request::<String>("user.greet", &json!({"name": "Ada", "age": 300}))
             .await
             .unwrap_err();
         assert_eq!(error.code(), &ErrorCode::VALIDATION_ERROR);
@@ -128,14 +128,11 @@ async fn the_rust_client_calls_the_real_server_in_both_codecs() {
             error.data().unwrap().to_json_value().unwrap(),
             json!({"path": "age"})
         );
-        let error = client
-            .request::<_, Value>("no.such", &())
-            .await
-            .unwrap_err();
+        let error = client.request::<Value>("no.such", &()).await.unwrap_err();
         assert_eq!(error.code(), &ErrorCode::NOT_FOUND);
 
         let items: Vec<u64> = client
-            .stream::<_, u64>("sys.count", &json!({"n": 5}))
+            .stream::<u64>("sys.count", &json!({"n": 5}))
             .await
             .unwrap()
             .map(Result::unwrap)
@@ -144,11 +141,8 @@ async fn the_rust_client_calls_the_real_server_in_both_codecs() {
         assert_eq!(items, vec![0, 1, 2, 3, 4]);
         // A window smaller than the stream: credit keeps it going.
         let items: Vec<u64> = client
-            .stream_with::<_, u64>(
-                "sys.count",
-                &json!({"n": 50}),
-                StreamOptions::default().credit(4),
-            )
+            .stream::<u64>("sys.count", &json!({"n": 50}))
+            .options(StreamOptions::default().credit(4))
             .await
             .unwrap()
             .map(Result::unwrap)
@@ -184,7 +178,7 @@ async fn dropping_a_client_stream_cancels_the_handler_on_the_server() {
     let client = plexus_client::connect(&server.url(), ClientOptions::default())
         .await
         .unwrap();
-    let mut ticks = client.stream::<_, u64>("ticks.forever", &()).await.unwrap();
+    let mut ticks = client.stream::<u64>("ticks.forever", &()).await.unwrap();
     assert_eq!(ticks.next().await.unwrap().unwrap(), 0);
     drop(ticks);
     let reason = timeout(WAIT, cancelled.recv()).await.unwrap().unwrap();
@@ -219,19 +213,23 @@ async fn the_server_calls_handlers_registered_on_the_rust_client() {
     });
     let server = Running::start("127.0.0.1:0".parse().unwrap(), router, quick_config()).await;
     let (note_tx, mut note_rx) = mpsc::unbounded_channel::<String>();
-    let options = ClientOptions::default()
-        .on_request("client.add", |pair: (i64, i64)| async move {
-            Ok::<_, plexus_client::ErrorBody>(pair.0 + pair.1)
-        })
-        .on_notify("client.note", move |note: String| {
-            let note_tx = note_tx.clone();
-            async move {
-                let _ = note_tx.send(note);
-            }
-        })
-        .on_stream("client.count", |n: u64| {
-            futures_util::stream::iter((0..n).map(Ok::<_, plexus_client::ErrorBody>))
-        });
+    let options = ClientOptions::default().router(
+        plexus_client::Router::new()
+            .request("client.add", |pair: (i64, i64)| async move {
+                Ok::<_, plexus_client::ErrorBody>(pair.0 + pair.1)
+            })
+            .notify("client.note", move |note: String| {
+                let note_tx = note_tx.clone();
+                async move {
+                    let _ = note_tx.send(note);
+                }
+            })
+            .stream("client.count", |n: u64| async move {
+                Ok::<_, RpcError>(futures_util::stream::iter(
+                    (0..n).map(Ok::<_, plexus_client::ErrorBody>),
+                ))
+            }),
+    );
     let client = plexus_client::connect(&server.url(), options)
         .await
         .unwrap();
@@ -391,7 +389,7 @@ async fn the_client_detects_a_half_open_connection_and_reconnects() {
         .unwrap();
     wait_status(&mut status, Status::Connected).await;
     assert_ne!(client.conn_id().unwrap(), first_conn);
-    let echoed: String = client.request("sys.echo", &"alive").await.unwrap();
+    let echoed: String = client.request("sys.echo", "alive").await.unwrap();
     assert_eq!(echoed, "alive");
     client.close().await;
     server.stop().await;
@@ -415,7 +413,7 @@ async fn an_in_flight_call_fails_unavailable_when_the_server_goes_away() {
         let client = client.clone();
         async move {
             client
-                .request::<_, Value>("sys.sleep", &json!({"ms": 60_000}))
+                .request::<Value>("sys.sleep", &json!({"ms": 60_000}))
                 .await
         }
     });
@@ -475,7 +473,7 @@ async fn typed_values_per_connection_and_per_server_reach_handlers() {
         // The hook runs after `welcome`: wait until it has run for this connection.
         let conn = timeout(WAIT, ready.recv()).await.unwrap().unwrap();
         assert_eq!(Some(conn), client.conn_id());
-        answers.push(client.request::<_, Value>("whoami", &()).await.unwrap());
+        answers.push(client.request::<Value>("whoami", &()).await.unwrap());
         client.close().await;
     }
     assert_eq!(answers[0], json!({"greeting": "hi", "seat": 1}));

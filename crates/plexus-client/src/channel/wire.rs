@@ -56,7 +56,7 @@ struct WirePublication {
 }
 
 impl WireHistory {
-    pub(crate) fn into_history(self, codec: crate::Codec) -> History {
+    pub(crate) fn into_history(self, codec: plexus_protocol::Codec) -> History {
         History {
             position: Position {
                 epoch: self.epoch,

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{Hub, HubError};
 use crate::channel::ChannelAction;
 use crate::conn::ConnectionHandle;
-use crate::error::{RpcError, shown, validation_error};
+use crate::error::{RpcError, shown};
 
 /// The params of both built-ins.
 #[derive(Deserialize)]
@@ -50,7 +50,7 @@ impl Hub {
     ) -> Result<Payload, HubError> {
         let p: ChannelParams = params
             .decode()
-            .map_err(|e| HubError::from(validation_error(&e).into_body()))?;
+            .map_err(|e| HubError::from(RpcError::invalid_params(&e).into_body()))?;
         let action = match method {
             "$presence" => ChannelAction::Presence,
             "$history" => ChannelAction::History,

@@ -1,6 +1,5 @@
 //! Handler traits: how plain async functions and closures over serde types become methods.
 
-use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::context::{CallContext, CallState};
 use crate::conn::ConnectionHandle;
-use crate::error::{RpcError, validation_error};
+use crate::error::RpcError;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
@@ -50,25 +49,15 @@ pub struct Started<T> {
 /// Params for a handler: `Payload` itself passes through untouched (no parse), anything else
 /// is deserialized with the bad field's path reported.
 fn params<P: DeserializeOwned + 'static>(payload: Payload) -> Result<P, ErrorBody> {
-    let mut slot = Some(payload);
-    if let Some(raw) = (&mut slot as &mut dyn Any).downcast_mut::<Option<P>>()
-        && let Some(p) = raw.take()
-    {
-        return Ok(p);
-    }
-    let payload = slot.take().unwrap_or_else(|| Payload::null(Codec::Json));
     payload
-        .decode()
-        .map_err(|e| validation_error(&e).into_body())
+        .decode_as()
+        .map_err(|e| RpcError::invalid_params(&e).into_body())
 }
 
 /// A handler's result in the connection's codec: a `Payload` result is passed through.
 fn result<R: Serialize + 'static>(codec: Codec, value: R) -> Reply {
-    let encoded = match (&value as &dyn Any).downcast_ref::<Payload>() {
-        Some(payload) => payload.to_codec(codec),
-        None => Payload::encode(codec, &value),
-    };
-    encoded.map_err(|e| RpcError::internal(format!("result not serializable: {e}")).into_body())
+    Payload::encode_as(codec, value)
+        .map_err(|e| RpcError::internal(format!("result not serializable: {e}")).into_body())
 }
 
 fn ready<T: Send + 'static>(value: T) -> BoxFuture<T> {

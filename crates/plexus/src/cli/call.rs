@@ -189,7 +189,10 @@ pub(crate) async fn call(args: CallArgs) -> ExitCode {
             let params = args.params()?;
             let client = args.connect().await?;
             let options = CallOptions::default().timeout(args.timeout().unwrap_or(DEFAULT_TIMEOUT));
-            let answer = client.request_raw_with(&args.method, params, options).await;
+            let answer = client
+                .request::<Payload>(&args.method, params)
+                .options(options)
+                .await;
             client.close().await;
             print_json(&answer?)
         }
@@ -203,7 +206,7 @@ pub(crate) async fn notify(args: CallArgs) -> ExitCode {
             let params = args.params()?;
             let client = args.connect().await?;
             let mut errors = client.errors();
-            client.notify_raw(&args.method, params).await?;
+            client.notify(&args.method, params).await?;
             // The close handshake comes after the notification on the wire, so an error the
             // server reports for it (e.g. NOT_FOUND) has arrived once the close completes.
             client.close().await;
@@ -225,7 +228,10 @@ pub(crate) async fn stream(args: CallArgs) -> ExitCode {
             if let Some(timeout) = args.timeout() {
                 options = options.timeout(timeout);
             }
-            let mut items = client.stream_raw(&args.method, params, options).await?;
+            let mut items = client
+                .stream::<Payload>(&args.method, params)
+                .options(options)
+                .await?;
             let outcome = loop {
                 tokio::select! {
                     item = items.next() => match item {

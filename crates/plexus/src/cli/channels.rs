@@ -63,7 +63,7 @@ pub(crate) async fn sub(args: SubArgs) -> ExitCode {
             }
             if let Some(filter) = &args.filter {
                 let filter = json_arg(Some(filter), "the filter's fields")?;
-                options = options.filter_raw(filter);
+                options = options.filter(filter);
             }
             let client = args
                 .conn
@@ -130,7 +130,7 @@ pub(crate) async fn publish(args: PubArgs) -> ExitCode {
             let client = args.conn.connect(&args.url).await?;
             let options =
                 CallOptions::default().timeout(args.conn.timeout().unwrap_or(DEFAULT_TIMEOUT));
-            let position = client.publish_raw_with(&args.channel, data, options).await;
+            let position = client.publish(&args.channel, data).options(options).await;
             client.close().await;
             let position = position?;
             println!(

@@ -1,72 +1,22 @@
-//! Handlers for the server's calls to the client: requests, notifications, streams, and
-//! the built-in `$refresh`.
+//! The server's calls to this client in flight on one connection: each runs the handler
+//! the [`Router`](crate::Router) names (or the built-in `$refresh`) on a task the server
+//! can cancel, and its replies go back through the connection.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use plexus_protocol::{Codec, ErrorBody, ErrorCode, Frame, Payload};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
-use crate::conn::fetch_credential;
-use crate::options::{ClientOptions, CredentialsFn};
-
-pub(crate) type RequestFn =
-    Arc<dyn Fn(Payload) -> BoxFuture<'static, Result<Payload, ErrorBody>> + Send + Sync>;
-pub(crate) type NotifyFn = Arc<dyn Fn(Payload) -> BoxFuture<'static, ()> + Send + Sync>;
-pub(crate) type StreamFn =
-    Arc<dyn Fn(Payload) -> BoxStream<'static, Result<Payload, ErrorBody>> + Send + Sync>;
-
-/// The registered handlers, by method name.
-#[derive(Clone, Default)]
-pub(crate) struct Handlers {
-    pub(crate) requests: HashMap<String, RequestFn>,
-    pub(crate) notifications: HashMap<String, NotifyFn>,
-    pub(crate) streams: HashMap<String, StreamFn>,
-}
-
-impl fmt::Debug for Handlers {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Handlers")
-            .field("requests", &self.requests.keys().collect::<Vec<_>>())
-            .field(
-                "notifications",
-                &self.notifications.keys().collect::<Vec<_>>(),
-            )
-            .field("streams", &self.streams.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-/// Decodes a handler's params; a mismatch is a `VALIDATION_ERROR` naming the field.
-pub(crate) fn decode_params<P: DeserializeOwned>(payload: &Payload) -> Result<P, ErrorBody> {
-    payload.decode::<P>().map_err(|e| {
-        let body = ErrorBody::new(
-            ErrorCode::VALIDATION_ERROR,
-            format!("invalid params at `{}`: {}", e.path(), e.message()),
-        );
-        match Payload::encode(payload.codec(), &serde_json::json!({ "path": e.path() })) {
-            Ok(data) => body.with_data(data),
-            Err(_) => body,
-        }
-    })
-}
-
-/// Encodes a handler's result in the connection's codec.
-pub(crate) fn encode_result<R: Serialize>(codec: Codec, value: &R) -> Result<Payload, ErrorBody> {
-    Payload::encode(codec, value).map_err(|e| {
-        tracing::warn!("cannot encode handler result: {e}");
-        ErrorBody::new(ErrorCode::INTERNAL, "cannot encode result")
-    })
-}
+use crate::credentials::{self, CredentialsFn};
+use crate::options::ClientOptions;
+use crate::router::{Method, Router};
 
 /// A call from the server that a handler is working on.
 pub(crate) struct IncomingCall {
@@ -76,7 +26,7 @@ pub(crate) struct IncomingCall {
 
 /// The server's calls in flight on one connection, owned by the connection task.
 pub(crate) struct Incoming {
-    handlers: Handlers,
+    router: Router,
     /// Answers `$refresh`.
     credentials: Option<CredentialsFn>,
     /// How long `$refresh` waits for the credentials hook.
@@ -94,7 +44,7 @@ const MAX_CREDIT: usize = 1 << 30;
 impl Incoming {
     pub(crate) fn new(options: &ClientOptions, replies: mpsc::Sender<Frame>) -> Self {
         Self {
-            handlers: options.handlers.clone(),
+            router: options.router.clone(),
             credentials: options.credential_source(),
             credentials_timeout: options.connect_timeout,
             calls: HashMap::new(),
@@ -117,8 +67,8 @@ impl Incoming {
             self.spawn_request(id, refreshing.boxed());
             return None;
         }
-        // `$` names cannot be registered (see `ClientOptions::on_request_raw`).
-        let Some(handler) = self.handlers.requests.get(method) else {
+        // `$` names cannot be registered (see `Router::request`).
+        let Some(Method::Request(handler)) = self.router.get(method) else {
             return Some(not_found(id, method));
         };
         // The handler is user code: a panic, even while building the future, becomes an
@@ -165,7 +115,7 @@ impl Incoming {
             tracing::warn!(id, "server reused the id of a call in flight; ignoring it");
             return None;
         }
-        let Some(handler) = self.handlers.streams.get(method) else {
+        let Some(Method::Stream(handler)) = self.router.get(method) else {
             return Some(not_found(id, method));
         };
         let semaphore = credit.map(|n| Arc::new(Semaphore::new((n as usize).min(MAX_CREDIT))));
@@ -173,8 +123,21 @@ impl Incoming {
         let handler = handler.clone();
         let replies = self.replies.clone();
         let task = tokio::spawn(async move {
-            let stream = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(data))) {
-                Ok(stream) => stream,
+            let Ok(opening) = std::panic::catch_unwind(AssertUnwindSafe(|| handler(data))) else {
+                let _ = replies.send(internal(id)).await;
+                return;
+            };
+            let stream = match AssertUnwindSafe(opening).catch_unwind().await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    let _ = replies
+                        .send(Frame::Err {
+                            id: Some(id),
+                            error,
+                        })
+                        .await;
+                    return;
+                }
                 Err(_) => {
                     let _ = replies.send(internal(id)).await;
                     return;
@@ -216,8 +179,8 @@ impl Incoming {
 
     /// Runs a notification handler, detached.
     pub(crate) fn notify(&self, method: &str, data: Payload) {
-        match self.handlers.notifications.get(method) {
-            Some(handler) => {
+        match self.router.get(method) {
+            Some(Method::Notify(handler)) => {
                 let Ok(fut) = std::panic::catch_unwind(AssertUnwindSafe(|| handler(data))) else {
                     tracing::warn!(%method, "notification handler panicked");
                     return;
@@ -229,7 +192,7 @@ impl Incoming {
                     }
                 });
             }
-            None => tracing::debug!(%method, "no handler for notification"),
+            _ => tracing::debug!(%method, "no handler for notification"),
         }
     }
 
@@ -297,8 +260,11 @@ async fn refresh(
     let Some(hook) = credentials else {
         return Err(unavailable("the client has no credentials"));
     };
-    match fetch_credential(hook, limit).await {
-        Ok(Some(token)) => encode_result(codec, &RefreshResult { token }),
+    match credentials::fetch(hook, limit).await {
+        Ok(Some(token)) => Payload::encode(codec, &RefreshResult { token }).map_err(|e| {
+            tracing::warn!("cannot encode the answer to $refresh: {e}");
+            ErrorBody::new(ErrorCode::INTERNAL, "cannot encode result")
+        }),
         Ok(None) => Err(unavailable("no credential available")),
         Err(e) => {
             tracing::warn!("credentials hook failed for $refresh: {e}");

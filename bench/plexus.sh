@@ -12,4 +12,4 @@ RPC_REPLY_CONTAINS='"id":{seq},'
 SUBSCRIBE='{"t":"join","id":1,"ch":"bench:{channel}"}'
 SUBSCRIBE_ACK='"recovered"'
 PUBLISH='{"t":"pub","id":{seq},"ch":"bench:{channel}","d":{"seq":{seq},"ts":{ts},"pad":"{pad}"}}'
-setup() { (cd "$PLEXUS_ROOT" && CARGO_TARGET_DIR="$PLEXUS_TARGET" cargo build --release -q -p plexus --bin plexus); }
+setup() { (cd "$PLEXUS_ROOT" && CARGO_TARGET_DIR="$PLEXUS_TARGET" cargo build --release -q -p plexus --features cli --bin plexus); }

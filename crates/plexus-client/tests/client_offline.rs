@@ -1,6 +1,6 @@
-//! The offline queue and retryable calls across reconnects.
+//! The offline queue and retryable calls across reconnects, against the real server.
 
-mod support;
+mod real;
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use plexus_client::{
     CallErrorKind, CallOptions, ClientOptions, ErrorCode, ReconnectOptions, Status,
 };
 use plexus_protocol::Frame;
-use support::{Script, TestServer, WAIT, connect_to, wait_status};
+use real::{RealServer as TestServer, Script, WAIT, connect_to, wait_status};
 use tokio::time::timeout;
 
 fn options() -> ClientOptions {

@@ -1,6 +1,7 @@
-//! Reconnecting: server restarts, close codes, backoff with full jitter, before_connect.
+//! Reconnecting: server restarts, close codes, backoff with full jitter, before_connect,
+//! against the real server.
 
-mod support;
+mod real;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,8 +9,20 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use plexus_client::{ClientOptions, ConnectError, ReconnectOptions, Status, connect};
-use support::{Script, TestServer, WAIT, connect_to, wait_status};
+use real::{RealServer as TestServer, Script, WAIT, connect_to, wait_status};
 use tokio::time::{Instant, timeout};
+
+/// Waits for the `welcome` of proxied connection `conn`.
+async fn wait_until_welcomed(server: &mut TestServer, conn: u64) {
+    for _ in 0..1000 {
+        if let real::Event::Welcome { conn: c } = server.event().await
+            && c == conn
+        {
+            return;
+        }
+    }
+    panic!("no welcome on connection {conn}");
+}
 
 fn fast_reconnect() -> ReconnectOptions {
     ReconnectOptions::default()
@@ -28,7 +41,7 @@ async fn reconnects_after_the_server_restarts_on_the_same_port() {
     .await;
     let mut status = client.status();
     assert_eq!(*status.borrow_and_update(), Status::Connected);
-    assert_eq!(client.conn_id().as_deref(), Some("c1"));
+    assert_eq!(client.conn_id(), Some(server.id_of(1)));
 
     server.stop().await;
     wait_status(&mut status, Status::Reconnecting).await;
@@ -60,7 +73,8 @@ async fn status_goes_reconnecting_then_connected_when_dropped() {
     wait_status(&mut status, Status::Connected).await;
     let (conn, _) = server.upgrade().await;
     assert_eq!(conn, 2);
-    assert_eq!(client.conn_id().as_deref(), Some("c2"));
+    wait_until_welcomed(&mut server, conn).await;
+    assert_eq!(client.conn_id(), Some(server.id_of(2)));
 }
 
 async fn closed_with(code: u16) {

@@ -1,13 +1,13 @@
-//! Requests, notifications, errors, codecs and session start against the scripted server.
+//! Requests, notifications, errors, codecs and session start, against the real server.
 
-mod support;
+mod real;
 
 use http::{HeaderName, HeaderValue};
 use plexus_client::{CallErrorKind, ClientOptions, ConnectError, ErrorCode, connect};
 use plexus_protocol::{Codec, Frame, Payload};
+use real::{Event, RealServer as TestServer, Script, connect_to};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use support::{Event, Script, TestServer, connect_to};
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct Point {
@@ -18,7 +18,7 @@ struct Point {
 async fn echo_roundtrip(codec: Codec) {
     let mut server = TestServer::start(Script::default()).await;
     let (client, _) = connect_to(&mut server, ClientOptions::default().codec(codec)).await;
-    assert_eq!(client.conn_id().as_deref(), Some("c1"));
+    assert_eq!(client.conn_id(), Some(server.id_of(1)));
     assert_eq!(client.codec(), codec);
 
     let point = Point {
@@ -59,6 +59,7 @@ async fn request_response_msgpack() {
 #[tokio::test]
 async fn subprotocol_and_token_header_are_sent() {
     let mut server = TestServer::start(Script {
+        auth: true,
         require_token: Some("abc".into()),
         ..Script::default()
     })
@@ -81,6 +82,7 @@ async fn subprotocol_and_token_header_are_sent() {
 #[tokio::test]
 async fn wrong_token_header_is_http_401_unauthorized_and_retried() {
     let mut server = TestServer::start(Script {
+        auth: true,
         require_token: Some("abc".into()),
         ..Script::default()
     })
@@ -103,7 +105,7 @@ async fn wrong_token_header_is_http_401_unauthorized_and_retried() {
 #[tokio::test]
 async fn hello_sends_the_token_in_band() {
     let mut server = TestServer::start(Script {
-        require_hello: true,
+        auth: true,
         ..Script::default()
     })
     .await;
@@ -129,7 +131,7 @@ async fn hello_sends_the_token_in_band() {
 #[tokio::test]
 async fn hello_with_a_bad_token_is_rejected() {
     let server = TestServer::start(Script {
-        require_hello: true,
+        auth: true,
         ..Script::default()
     })
     .await;
@@ -245,42 +247,6 @@ async fn compression_can_be_negotiated() {
 }
 
 #[tokio::test]
-async fn bad_frames_from_the_server_do_not_break_the_client() {
-    let mut server = TestServer::start(Script::default()).await;
-    let (client, conn) = connect_to(&mut server, ClientOptions::default()).await;
-    let mut errors = client.errors();
-
-    server.send_raw(conn, "{not json");
-    server.send_raw(conn, r#"{"t":"bogus","id":3}"#);
-    server.send_raw(conn, r#"{"t":"res","id":999,"d":1}"#);
-    server.send_raw(conn, r#"{"t":"item","id":998,"d":1}"#);
-    server.send(
-        conn,
-        Frame::Err {
-            id: None,
-            error: plexus_client::ErrorBody::new(ErrorCode::BAD_FRAME, "what was that"),
-        },
-    );
-
-    // The client answers undecodable frames with BAD_FRAME (no id).
-    for _ in 0..2 {
-        let (_, frame) = server.frame().await;
-        match frame {
-            Frame::Err { id: None, error } => assert_eq!(error.code, ErrorCode::BAD_FRAME),
-            other => panic!("expected err without id, got {other:?}"),
-        }
-    }
-    let reported = tokio::time::timeout(support::WAIT, errors.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(reported.message, "what was that");
-
-    let n: u32 = client.request("echo", &1).await.unwrap();
-    assert_eq!(n, 1);
-}
-
-#[tokio::test]
 async fn invalid_urls_fail_fast() {
     for url in ["http://127.0.0.1/ws", "not a url", "ws://"] {
         let error = connect(url, ClientOptions::default()).await.unwrap_err();
@@ -314,7 +280,7 @@ async fn close_sends_1000_and_fails_later_calls() {
     let (client, conn) = connect_to(&mut server, ClientOptions::default()).await;
     let mut status = client.status();
     client.close().await;
-    support::wait_status(&mut status, plexus_client::Status::Closed).await;
+    real::wait_status(&mut status, plexus_client::Status::Closed).await;
     let mut saw_close = false;
     for _ in 0..10 {
         match server.event().await {
@@ -332,17 +298,4 @@ async fn close_sends_1000_and_fails_later_calls() {
     assert!(error.is_unavailable());
     let error = client.notify("x", &1).await.unwrap_err();
     assert_eq!(error.kind(), CallErrorKind::Closed);
-}
-
-#[tokio::test]
-async fn a_huge_heartbeat_in_welcome_is_harmless() {
-    let mut server = TestServer::start(Script {
-        heartbeat_ms: u64::MAX,
-        ping: false,
-        ..Script::default()
-    })
-    .await;
-    let (client, _) = connect_to(&mut server, ClientOptions::default()).await;
-    let n: u32 = client.request("echo", &3).await.unwrap();
-    assert_eq!(n, 3);
 }

@@ -1,6 +1,7 @@
-//! Streams the client opens: items, end, err, cancel on drop, credit, deadline.
+//! Streams the client opens: items, end, err, cancel on drop, credit, deadline. Against the
+//! real server, except a server that ignores credit (`client_misbehaving_server.rs`).
 
-mod support;
+mod real;
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use plexus_client::{
     CallErrorKind, ClientOptions, DEFAULT_STREAM_WINDOW, ErrorCode, StreamOptions,
 };
 use plexus_protocol::{Codec, Frame, Payload};
-use support::{Script, TestServer, WAIT, connect_to};
+use real::{RealServer as TestServer, Script, WAIT, connect_to};
 use tokio::time::timeout;
 
 #[tokio::test]
@@ -150,16 +151,13 @@ async fn stream_deadline_times_out_and_cancels() {
 #[tokio::test]
 async fn raw_streams_yield_payloads_and_bad_items_are_errors() {
     let mut server = TestServer::start(Script::default()).await;
-    let (client, conn) = connect_to(&mut server, ClientOptions::default()).await;
+    let (client, _) = connect_to(&mut server, ClientOptions::default()).await;
+    // `items` yields its params' elements, then ends.
     let mut stream = client
-        .stream::<Payload>("forever", Payload::null(Codec::Json))
+        .stream::<Payload>("items", &serde_json::json!([{"a": 1}]))
         .options(StreamOptions::default())
         .await
         .unwrap();
-    let (_, sub) = server.frame().await;
-    let id = sub.id().unwrap();
-    let item = support::json_payload(Codec::Json, serde_json::json!({"a": 1}));
-    server.send(conn, Frame::Item { id, data: item });
     let first = timeout(WAIT, stream.next())
         .await
         .unwrap()
@@ -168,25 +166,10 @@ async fn raw_streams_yield_payloads_and_bad_items_are_errors() {
     assert_eq!(first.to_json_value().unwrap(), serde_json::json!({"a": 1}));
     drop(stream);
 
-    let mut typed = client.stream::<u64>("forever", &()).await.unwrap();
-    let (_, _cancel) = server.frame().await;
-    let (_, sub) = server.frame().await;
-    let id = sub.id().unwrap();
-    server.send(
-        conn,
-        Frame::Item {
-            id,
-            data: support::json_payload(Codec::Json, serde_json::json!("nope")),
-        },
-    );
-    server.send(
-        conn,
-        Frame::Item {
-            id,
-            data: support::json_payload(Codec::Json, serde_json::json!(3)),
-        },
-    );
-    server.send(conn, Frame::End { id });
+    let mut typed = client
+        .stream::<u64>("items", &serde_json::json!(["nope", 3]))
+        .await
+        .unwrap();
     let bad = timeout(WAIT, typed.next())
         .await
         .unwrap()
@@ -198,34 +181,4 @@ async fn raw_streams_yield_payloads_and_bad_items_are_errors() {
         3
     );
     assert!(timeout(WAIT, typed.next()).await.unwrap().is_none());
-}
-
-#[tokio::test]
-async fn a_server_ignoring_credit_fails_the_stream_instead_of_growing_memory() {
-    let mut server = TestServer::start(Script::default()).await;
-    let (client, _) = connect_to(&mut server, ClientOptions::default()).await;
-    // "count" sends everything at once, whatever the credit: 10 items into a window of 4.
-    let stream = client
-        .stream::<u64>("count", &10)
-        .options(StreamOptions::default().credit(4))
-        .await
-        .unwrap();
-    let id = stream.id();
-    let (_, sub) = server.frame().await;
-    assert_eq!(sub.id(), Some(id));
-    // The overflow cancels the stream on the server before the application reads anything.
-    let (_, cancel) = server.frame().await;
-    assert_eq!(cancel, Frame::Cancel { id });
-    let results: Vec<_> = timeout(WAIT, stream.collect()).await.unwrap();
-    let (items, errors): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
-    assert_eq!(
-        items.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
-        vec![0, 1, 2, 3]
-    );
-    assert_eq!(errors.len(), 1);
-    assert_eq!(
-        errors[0].as_ref().unwrap_err().code(),
-        &ErrorCode::BAD_FRAME
-    );
-    assert_eq!(client.pending_calls(), 0);
 }

@@ -1,7 +1,8 @@
 //! Authentication: the credentials hook, header or `hello`, refusals (HTTP 401/403,
-//! `reject`, close 4001/4003) and their retry policy, and the `$refresh` built-in.
+//! `reject`, close 4001/4003) and their retry policy, and the `$refresh` built-in; against
+//! the real server (tokens `good`, `good-*` accepted, `forbidden*` refused as forbidden).
 
-mod support;
+mod real;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,8 +13,8 @@ use plexus_client::{
     BoxError, CallOptions, ClientOptions, ConnectError, ReconnectOptions, Status, connect,
 };
 use plexus_protocol::{Codec, ErrorCode, Frame};
+use real::{Event, RealServer as TestServer, Script, WAIT, wait_status};
 use serde_json::json;
-use support::{Event, Script, TestServer, WAIT, json_payload, wait_status};
 use tokio::time::timeout;
 
 type Hook = Box<dyn Fn() -> BoxFuture<'static, Result<Option<String>, BoxError>> + Send + Sync>;
@@ -49,16 +50,13 @@ fn fast_reconnect() -> ReconnectOptions {
 
 fn header_auth() -> Script {
     Script {
-        header_auth: true,
+        auth: true,
         ..Script::default()
     }
 }
 
 fn hello_auth() -> Script {
-    Script {
-        require_hello: true,
-        ..Script::default()
-    }
+    header_auth()
 }
 
 async fn connect_within(url: &str, options: ClientOptions) -> plexus_client::Client {
@@ -305,17 +303,10 @@ async fn a_failing_hook_fails_the_attempt_and_none_sends_no_credential() {
     assert!(headers.get("authorization").is_none());
 }
 
-/// Sends `$refresh` (with `exp`) as server call `id` on `conn` and returns the client's
-/// answer.
-async fn refresh(server: &mut TestServer, conn: u64, codec: Codec, id: u64) -> Frame {
-    server.send(
-        conn,
-        Frame::Req {
-            id,
-            method: "$refresh".into(),
-            data: json_payload(codec, json!({"exp": 1_700_000_000u64})),
-        },
-    );
+/// Calls `$refresh` (with `exp`) from the server on `conn`, as its call `id` (the server
+/// numbers a connection's calls 1, 2, ...), and returns the client's answer on the wire.
+async fn refresh(server: &mut TestServer, conn: u64, _codec: Codec, id: u64) -> Frame {
+    server.call(conn, "$refresh", json!({"exp": 1_700_000_000u64}));
     server
         .frame_where_on(
             conn,
@@ -354,7 +345,7 @@ async fn refresh_error(options: ClientOptions) -> plexus_protocol::ErrorBody {
     let mut server = TestServer::start(Script::default()).await;
     let _client = connect_within(&server.url(), options).await;
     let (conn, _) = server.upgrade().await;
-    match refresh(&mut server, conn, Codec::Json, 9).await {
+    match refresh(&mut server, conn, Codec::Json, 1).await {
         Frame::Err { error, .. } => error,
         other => panic!("expected err, got {other:?}"),
     }
@@ -402,16 +393,9 @@ async fn unknown_dollar_methods_are_not_found() {
     let mut server = TestServer::start(Script::default()).await;
     let _client = connect_within(&server.url(), ClientOptions::default()).await;
     let (conn, _) = server.upgrade().await;
-    server.send(
-        conn,
-        Frame::Req {
-            id: 3,
-            method: "$presence".into(),
-            data: json_payload(Codec::Json, json!({"ch": "x"})),
-        },
-    );
+    server.call(conn, "$presence", json!({"ch": "x"}));
     let frame = server
-        .frame_where_on(conn, |f| matches!(f, Frame::Err { id: Some(3), .. }))
+        .frame_where_on(conn, |f| matches!(f, Frame::Err { id: Some(1), .. }))
         .await;
     let Frame::Err { error, .. } = frame else {
         unreachable!()

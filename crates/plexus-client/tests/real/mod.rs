@@ -200,8 +200,25 @@ impl Engine for Interruptible {
     }
 }
 
+/// Holds authentication (and so `welcome`) back while set: see
+/// [`RealServer::hold_welcome`].
+struct Hold {
+    holding: AtomicBool,
+    released: tokio::sync::Semaphore,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Self {
+            holding: AtomicBool::new(false),
+            released: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
 /// The real server behind the recording proxy.
 pub struct RealServer {
+    hold: Arc<Hold>,
     /// The proxy's address: what clients connect to.
     pub addr: SocketAddr,
     pub server: Server,
@@ -264,11 +281,20 @@ impl RealServer {
             .config(config)
             .engine(engine.clone())
             .channels(Namespaces::new().namespace("*", channel));
+        let hold = Arc::new(Hold::default());
         if script.auth {
             let required = script.require_token.clone();
+            let held = hold.clone();
             builder = builder.authenticator(fn_authenticator(move |request| {
                 let judged = judge(request.token(), required.as_deref());
-                async move { judged }
+                let held = held.clone();
+                async move {
+                    if held.holding.load(Ordering::SeqCst) {
+                        let permit = held.released.acquire().await;
+                        permit.expect("never closed").forget();
+                    }
+                    judged
+                }
             }));
         }
         let server = builder.build();
@@ -298,6 +324,7 @@ impl RealServer {
         });
         let accept = tokio::spawn(accept_loop(listener, upstream, proxy.clone()));
         Self {
+            hold,
             addr,
             server,
             engine,
@@ -349,6 +376,11 @@ impl RealServer {
             }
         }
         panic!("no matching frame among 1000 frames");
+    }
+
+    /// The next frame of connection `conn` (skipping other events and connections).
+    pub async fn frame_of(&mut self, conn: u64) -> Frame {
+        self.frame_where_on(conn, |_| true).await
     }
 
     /// The next frame of connection `conn` matching `pred` (skipping others).
@@ -437,6 +469,28 @@ impl RealServer {
             let id = self.id_of(conn);
             self.server.hub().unsubscribe(&id, channel).await.unwrap();
         }
+    }
+
+    /// While `hold` is true, each authentication (and so the `welcome` after it) waits for
+    /// a [`RealServer::release_welcome`] (only with [`Script::auth`]).
+    pub fn hold_welcome(&self, hold: bool) {
+        self.hold.holding.store(hold, Ordering::SeqCst);
+    }
+
+    /// Lets one held authentication go on (the connection's `welcome` follows).
+    pub fn release_welcome(&self, _conn: u64) {
+        self.hold.released.add_permits(1);
+    }
+
+    /// Calls `method` on connection `conn`'s client from the server (its answer is seen
+    /// on the wire with [`RealServer::frame`]); the handle numbers its calls 1, 2, ...
+    pub fn call(&self, conn: u64, method: &'static str, params: serde_json::Value) {
+        let handle = self.handle(conn);
+        tokio::spawn(async move {
+            let _ = handle
+                .request_timeout::<Payload>(method, &params, WAIT)
+                .await;
+        });
     }
 
     /// Refuses `channel` (join, pub, `$presence`, `$history`) from now on.

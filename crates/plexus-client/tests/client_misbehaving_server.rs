@@ -1,6 +1,6 @@
 //! What a real plexus server never does, and the client must survive: frames that do not
 //! decode or answer nothing, a hostile heartbeat, answers after the deadline, a stream that
-//! ignores credit, application-level pings. Against the scripted server (`support`), which
+//! ignores credit, application-level pings, a server that stops pinging. Against the scripted server (`support`), which
 //! can send anything.
 
 mod support;
@@ -8,9 +8,11 @@ mod support;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use plexus_client::{CallOptions, ClientOptions, ErrorCode, StreamOptions};
+use plexus_client::{
+    CallOptions, ClientOptions, ErrorCode, ReconnectOptions, Status, StreamOptions, connect,
+};
 use plexus_protocol::Frame;
-use support::{Script, TestServer, WAIT, connect_to};
+use support::{Script, TestServer, WAIT, connect_to, wait_status};
 use tokio::time::timeout;
 
 #[tokio::test]
@@ -119,4 +121,31 @@ async fn a_server_ignoring_credit_fails_the_stream_instead_of_growing_memory() {
         &ErrorCode::BAD_FRAME
     );
     assert_eq!(client.pending_calls(), 0);
+}
+
+#[tokio::test]
+async fn a_server_that_stops_pinging_is_left() {
+    let mut server = TestServer::start(Script {
+        ping: false,
+        heartbeat_ms: 200,
+        ..Script::default()
+    })
+    .await;
+    let options = ClientOptions::default()
+        .heartbeat_grace(Duration::from_millis(300))
+        .reconnect(
+            ReconnectOptions::default()
+                .initial_delay(Duration::from_millis(20))
+                .max_delay(Duration::from_millis(100)),
+        );
+    let client = timeout(WAIT, connect(&server.url(), options))
+        .await
+        .unwrap()
+        .unwrap();
+    server.upgrade().await;
+    let mut status = client.status();
+    wait_status(&mut status, Status::Reconnecting).await;
+    wait_status(&mut status, Status::Connected).await;
+    let (conn, _) = server.upgrade().await;
+    assert_eq!(conn, 2);
 }

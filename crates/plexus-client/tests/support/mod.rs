@@ -1,5 +1,6 @@
-//! A scripted plexus server for the client's tests: axum + yawc on 127.0.0.1, speaking the
-//! protocol through plexus-protocol's codecs, and a TCP proxy that can stop forwarding.
+//! A scripted plexus server for the client's tests of what a real server does not do (and,
+//! until they move to the real server in `tests/real`, of channels): axum + yawc on
+//! 127.0.0.1, speaking the protocol through plexus-protocol's codecs.
 //!
 //! Built-in methods (requests): `echo` (returns its params), `fail` (VALIDATION_ERROR with
 //! data `{"path":"name"}`), `never` (no answer), `flaky` (no answer the first time it is
@@ -33,7 +34,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,8 +46,7 @@ use axum::routing::get;
 use futures_util::SinkExt;
 use plexus_client::{Status, connect};
 use plexus_protocol::{Codec, ErrorBody, ErrorCode, Frame, Payload, Position, PresenceEvent};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -1047,92 +1047,6 @@ async fn serve(
                     return;
                 }
             }
-        }
-    }
-}
-
-/// A TCP proxy in front of a server; [`Proxy::freeze`] makes the connections open at that
-/// moment stop forwarding in both directions (they stay open: a half-open connection),
-/// while new connections are forwarded normally.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    frozen: Arc<AtomicU64>,
-    accepted: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let frozen = Arc::new(AtomicU64::new(0));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let (f, a) = (frozen.clone(), accepted.clone());
-        let task = tokio::spawn(async move {
-            // Bounded: a test opens a handful of connections.
-            for generation in 1..=1000u64 {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                a.fetch_add(1, Ordering::SeqCst);
-                let Ok(server) = TcpStream::connect(upstream).await else {
-                    continue;
-                };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, generation, f.clone()));
-                tokio::spawn(pump(sr, cw, generation, f.clone()));
-            }
-        });
-        Self {
-            addr,
-            frozen,
-            accepted,
-            task,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    /// Connections open now stop forwarding; later ones are not affected.
-    pub fn freeze(&self) {
-        let current = self.accepted.load(Ordering::SeqCst) as u64;
-        self.frozen.store(current, Ordering::SeqCst);
-    }
-
-    /// How many connections the proxy accepted.
-    pub fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    generation: u64,
-    frozen: Arc<AtomicU64>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    // Bounded by the sockets' lives (and a cap on reads).
-    for _ in 0..1_000_000 {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if generation <= frozen.load(Ordering::SeqCst) {
-            // Half-open: swallow the bytes, keep the socket open.
-            continue;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
         }
     }
 }

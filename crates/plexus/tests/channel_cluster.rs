@@ -220,6 +220,40 @@ async fn connections_are_reached_from_the_other_node() {
     assert_eq!(client.recv_close().await, 1000);
 }
 
+/// A connection closed through another node gets the reason given there, and its own node
+/// reports it as such.
+#[tokio::test]
+async fn a_disconnect_through_another_node_keeps_its_reason() {
+    let a = MemoryEngine::new();
+    let b = a.peer();
+    let (builder, mut gone) = support::with_disconnect_hook(
+        Server::builder()
+            .router(sys())
+            .node_id("a")
+            .engine(Arc::new(a))
+            .channels(namespaces()),
+    );
+    let a = start_with(builder).await;
+    let b = node(Arc::new(b), "b", config()).await;
+    let client = RawClient::connect(a.addr, Some(Codec::Json)).await;
+    let conn = client.welcome["conn"].as_str().unwrap().to_owned();
+    b.server
+        .hub()
+        .disconnect(&conn, CloseCode::FORBIDDEN, "banned by the moderator")
+        .await
+        .unwrap();
+    let (ended, reason) = support::recv(&mut gone, "on_disconnect").await;
+    assert_eq!(ended, conn);
+    assert_eq!(
+        reason,
+        plexus_server::DisconnectReason::ServerClosed(
+            CloseCode::FORBIDDEN,
+            "banned by the moderator".into()
+        )
+    );
+    drop(client);
+}
+
 /// Reads the next frame, which must be a `req` for `method`, and returns its id and params.
 async fn expect_request(client: &mut RawClient, method: &str) -> (u64, Value) {
     let req = client.recv_json().await;

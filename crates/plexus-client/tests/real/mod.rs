@@ -243,6 +243,11 @@ struct ProxyState {
     frozen: AtomicU64,
     /// Connections numbered up to this one are dropped.
     dropped: AtomicU64,
+    /// While false, new connections are closed at once (the server is unreachable).
+    accepting: AtomicBool,
+    /// While true, what the server sends is held back (not lost) until it is false again.
+    paused: AtomicBool,
+    resumed: tokio::sync::Notify,
     kill: tokio::sync::Notify,
 }
 
@@ -320,6 +325,9 @@ impl RealServer {
             ids: Mutex::new(HashMap::new()),
             frozen: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            accepting: AtomicBool::new(true),
+            paused: AtomicBool::new(false),
+            resumed: tokio::sync::Notify::new(),
             kill: tokio::sync::Notify::new(),
         });
         let accept = tokio::spawn(accept_loop(listener, upstream, proxy.clone()));
@@ -461,10 +469,19 @@ impl RealServer {
     /// Ends connection `conn`'s subscription to `channel` from the server: `left` without
     /// error, or, with `interrupted`, `left` `UNAVAILABLE` for every subscriber of the
     /// channel (its stream was interrupted), after which clients re-join with recovery.
+    /// Returns once the server no longer counts the subscriber.
     pub async fn unsubscribe(&self, conn: u64, channel: &str, interrupted: bool) {
         if interrupted {
             let sink = self.engine.sink.lock().unwrap().clone().expect("started");
             sink.interrupted(channel);
+            // The interruption is acted on in a task of the hub's: wait for its effect.
+            timeout(WAIT, async {
+                while self.subscribers(channel) > 0 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the interrupted subscription did not end");
         } else {
             let id = self.id_of(conn);
             self.server.hub().unsubscribe(&id, channel).await.unwrap();
@@ -537,6 +554,21 @@ impl RealServer {
         self.proxy.frozen.store(current, Ordering::SeqCst);
     }
 
+    /// Holds back what the server sends on every connection (nothing is lost: it is written
+    /// when the pause ends), or ends the pause.
+    pub fn pause(&self, paused: bool) {
+        self.proxy.paused.store(paused, Ordering::SeqCst);
+        if !paused {
+            self.proxy.resumed.notify_waiters();
+        }
+    }
+
+    /// Makes the server unreachable (new connections are closed at once) or reachable
+    /// again.
+    pub fn set_accepting(&self, accepting: bool) {
+        self.proxy.accepting.store(accepting, Ordering::SeqCst);
+    }
+
     /// Stops listening and drops every connection.
     pub async fn stop(mut self) {
         self.drop_all();
@@ -577,6 +609,10 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, proxy: Arc<Pro
         let Ok((client, _)) = listener.accept().await else {
             return;
         };
+        if !proxy.accepting.load(Ordering::SeqCst) {
+            drop(client);
+            continue;
+        }
         let conn = proxy.next_conn.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(proxy_connection(conn, client, upstream, proxy.clone()));
     }
@@ -729,6 +765,18 @@ async fn pump(
     let mut buf = vec![0u8; 64 * 1024];
     // Bounded by the sockets' lives (and a cap on reads).
     for _ in 0..10_000_000 {
+        if direction == Direction::FromServer {
+            // A pause holds the bytes back; it does not lose them.
+            loop {
+                let resumed = proxy.resumed.notified();
+                tokio::pin!(resumed);
+                resumed.as_mut().enable();
+                if !proxy.paused.load(Ordering::SeqCst) {
+                    break;
+                }
+                resumed.await;
+            }
+        }
         if !pending.is_empty() {
             if conn <= proxy.frozen.load(Ordering::SeqCst) {
                 // Half-open: swallow the bytes, keep the socket open.

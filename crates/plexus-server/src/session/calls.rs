@@ -204,7 +204,7 @@ impl Session {
     ) {
         let seq = self.calls.next_seq();
         let future = start(seq);
-        let queue = self.queue.clone();
+        let queue = self.queue().clone();
         let codec = self.codec();
         let task = tokio::spawn(async move {
             let last = AssertUnwindSafe(future)

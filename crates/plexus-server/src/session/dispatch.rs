@@ -21,22 +21,15 @@ use crate::rpc::router::Method;
 /// A method a connection may call, and the permission that allowed it (if it needs one).
 type Allowed = (Method, Option<Arc<str>>);
 
-/// Bad frames tolerated in a sliding minute.
+/// The bad frames of the last minute.
+#[derive(Default)]
 pub(super) struct BadFrames {
     seen: VecDeque<Instant>,
-    per_minute: u32,
 }
 
 impl BadFrames {
-    pub(super) fn new(per_minute: u32) -> Self {
-        Self {
-            seen: VecDeque::new(),
-            per_minute,
-        }
-    }
-
-    /// Counts one; whether the budget is exceeded.
-    fn exceeded(&mut self) -> bool {
+    /// Counts one; whether more than `per_minute` came within a minute.
+    fn exceeded(&mut self, per_minute: u32) -> bool {
         let now = Instant::now();
         while self
             .seen
@@ -46,7 +39,7 @@ impl BadFrames {
             self.seen.pop_front();
         }
         self.seen.push_back(now);
-        self.seen.len() > self.per_minute as usize
+        self.seen.len() > per_minute as usize
     }
 }
 
@@ -77,7 +70,10 @@ impl Session {
     /// Answers a frame that cannot be served with `BAD_FRAME`; too many close the
     /// connection with 4029.
     pub(super) fn bad_frame(&mut self, id: Option<u64>, message: String) -> Step {
-        if self.bad_frames.exceeded() {
+        if self
+            .bad_frames
+            .exceeded(self.env.limits.max_bad_frames_per_minute)
+        {
             return Step::Close(CloseCode::TOO_MANY_BAD_FRAMES, "too many bad frames");
         }
         self.error(id, ErrorCode::BAD_FRAME, message);
@@ -270,7 +266,7 @@ impl Session {
             return Step::Continue;
         };
         let credit = credit.map(|n| Arc::new(Semaphore::new(n as usize)));
-        let (queue, codec, items) = (self.queue.clone(), self.codec(), credit.clone());
+        let (queue, codec, items) = (self.queue().clone(), self.codec(), credit.clone());
         let call = Spawned {
             state,
             credit,

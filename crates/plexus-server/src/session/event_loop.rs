@@ -38,7 +38,7 @@ impl Session {
         // shutdown signal is shared by every connection.)
         let mut kicked = true;
         // From here until a close begins, publications may be written to the socket directly.
-        self.queue.set_direct(true);
+        self.queue().set_direct(true);
         loop {
             if std::mem::take(&mut kicked)
                 && let Err(reason) = Box::pin(self.look_at_flags()).await
@@ -56,7 +56,7 @@ impl Session {
             let mut popped = false;
             let step = tokio::select! {
                 biased;
-                event = std::future::poll_fn(|cx| self.queue.poll_event(cx)) => match event {
+                event = std::future::poll_fn(|cx| self.handle.shared.queue.poll_event(cx)) => match event {
                     QueueEvent::Item(out) => {
                         popped = true;
                         self.outbound(out);
@@ -105,7 +105,7 @@ impl Session {
     /// Acts on the flags a kick may have set. `Err` ends the connection for the reason given.
     /// Rare, so the loop awaits it boxed: this future then takes no room in the loop's.
     async fn look_at_flags(&mut self) -> Result<(), DisconnectReason> {
-        if self.queue.has_backlog() {
+        if self.queue().has_backlog() {
             // A direct write was cut short: its rest goes before anything else.
             self.drain().await?;
         }
@@ -141,7 +141,7 @@ impl Session {
             return Step::Close(CloseCode::GOING_AWAY, "server shutting down");
         }
         // Publications written straight to the socket are activity too.
-        let waiting = self.queue.take_written_directly()
+        let waiting = self.queue().take_written_directly()
             || !self.calls.is_empty()
             || !self.handle.client_calls().is_empty();
         if waiting {
@@ -195,7 +195,7 @@ impl Session {
                 written += 1;
             }
             if written < WRITE_BATCH {
-                next = self.queue.try_pop();
+                next = self.queue().try_pop();
             }
         }
     }
@@ -205,7 +205,7 @@ impl Session {
     pub(super) fn take_queued(&mut self) {
         // Each round takes at least one frame: this takes all that were queued at the start.
         for _ in 0..self.env.limits.outbound_queue.max(1) {
-            match self.queue.try_pop() {
+            match self.queue().try_pop() {
                 Some(out) => self.outbound(out),
                 None => break,
             }

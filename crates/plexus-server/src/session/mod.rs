@@ -104,7 +104,6 @@ struct Session {
     wire: Wire,
     handle: ConnectionHandle,
     env: Arc<SessionEnv>,
-    queue: Arc<OutboundQueue>,
     calls: Calls,
     bad_frames: BadFrames,
     /// When the client was last heard from (any frame).
@@ -152,12 +151,11 @@ pub(crate) async fn run(
     );
     let now = Instant::now();
     let mut session = Session {
-        wire: Wire::new(ws, queue.clone(), accepted.codec.is_binary()),
+        wire: Wire::new(ws, queue, accepted.codec.is_binary()),
         handle: handle.clone(),
         env: env.clone(),
-        queue,
         calls: Calls::default(),
-        bad_frames: BadFrames::new(limits.max_bad_frames_per_minute),
+        bad_frames: BadFrames::default(),
         last_seen: now,
         last_call: now,
         draining: None,
@@ -190,6 +188,11 @@ impl Session {
         self.handle.codec()
     }
 
+    /// The connection's outbound queue (kept on its handle, not twice in the session).
+    fn queue(&self) -> &Arc<OutboundQueue> {
+        &self.handle.shared.queue
+    }
+
     /// The whole session: the handshake, then the loop until the connection ends.
     async fn run(&mut self) -> DisconnectReason {
         if self.awaiting_hello
@@ -213,7 +216,7 @@ impl Session {
         // Dropping the senders fails every call the server made to this client.
         self.handle.client_calls().clear();
         self.handle.shared.gone.fire();
-        self.queue.close();
+        self.queue().close();
     }
 
     // ---- what the session writes ---------------------------------------------------------

@@ -564,3 +564,42 @@ async fn a_refresh_that_drops_a_permission_stops_its_calls_with_forbidden() {
     assert_eq!(stopped["e"]["code"], "FORBIDDEN");
     assert_eq!(cancelled.recv().await, Some(CancelReason::Forbidden));
 }
+
+/// What every idle connection costs: the session's future (it lives as long as the
+/// connection) and the state its handles share. Rare paths are boxed so that they take no
+/// room in the future; this keeps it that way.
+#[tokio::test]
+async fn an_idle_connection_stays_small() {
+    let (env, _seen) = env(Setup::default());
+    let (server, _client) = tokio::io::duplex(64);
+    let queue = Arc::new(OutboundQueue::new(16));
+    let socket = SharedSocket::new(queue.clone(), Box::new(server), false, usize::MAX);
+    let ws = yawc::WebSocket::from_stream(
+        socket,
+        yawc::Role::Server,
+        EndpointConfig::default().ws_options(),
+    )
+    .unwrap();
+    let limiter = ConnectionLimiter::new(10, 10);
+    let accepted = Accepted {
+        codec: Codec::Json,
+        remote: None,
+        headers: http::HeaderMap::new(),
+        query: None,
+        principal: Some(Principal::anonymous()),
+        slot: limiter
+            .try_acquire(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .unwrap(),
+    };
+    let future = super::run(ws, queue, env, accepted);
+    let session = std::mem::size_of_val(&future);
+    let shared = std::mem::size_of_val(&*ConnectionHandle::for_test(Principal::anonymous()).shared);
+    assert!(
+        session <= 3_300,
+        "the session's future grew to {session} bytes"
+    );
+    assert!(
+        shared <= 544,
+        "a connection's shared state grew to {shared} bytes"
+    );
+}

@@ -78,6 +78,7 @@ impl<'a, R: DeserializeOwned + Send + 'static> Future for Request<'a, R> {
                     id,
                     method: method.to_owned(),
                     data,
+                    node: None,
                 })?;
                 let result = client.call(id, bytes, options).await?;
                 result.decode_as().map_err(|e| CallError::decode(&e))
@@ -162,6 +163,7 @@ async fn open_stream<T: DeserializeOwned + Send + 'static>(
         method: method.to_owned(),
         data,
         credit: options.credit,
+        node: None,
     })?;
     // Room for what the server may send before we grant more, plus the final event.
     let in_transit = options
@@ -308,6 +310,7 @@ impl Client {
         let bytes = self.inner.encode(&Frame::Ntf {
             method: method.to_owned(),
             data: self.payload(params)?,
+            node: None,
         })?;
         self.inner.send_notification(bytes).await
     }

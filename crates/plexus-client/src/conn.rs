@@ -507,14 +507,17 @@ fn dispatch(inner: &Inner, incoming: &mut Incoming, frame: Frame) -> Option<Fram
         Frame::Err { id: None, error } => report_error(inner, error),
         Frame::Item { id, data } => inner.on_item(id, data),
         Frame::End { id } => inner.on_end(id),
-        Frame::Req { id, method, data } => return incoming.request(id, &method, data),
+        Frame::Req {
+            id, method, data, ..
+        } => return incoming.request(id, &method, data),
         Frame::Sub {
             id,
             method,
             data,
             credit,
+            ..
         } => return incoming.stream(id, &method, data, credit),
-        Frame::Ntf { method, data } => incoming.notify(&method, data),
+        Frame::Ntf { method, data, .. } => incoming.notify(&method, data),
         Frame::Cancel { id } => incoming.cancel(id),
         Frame::Credit { id, n } => incoming.credit(id, n),
         Frame::Msg {

@@ -61,7 +61,7 @@ async fn notifications_sent_while_down_arrive_in_order_after_reconnect() {
     for _ in 0..7 {
         let (_, frame) = server.frame().await;
         match frame {
-            Frame::Ntf { method, data } => {
+            Frame::Ntf { method, data, .. } => {
                 assert_eq!(method, "log.line");
                 seen.push(format!("n{}", data.decode::<u32>().unwrap()));
             }

@@ -203,7 +203,7 @@ async fn notifications_reach_the_server() {
     client.notify("log.event", &json!({"n": 1})).await.unwrap();
     let (_, frame) = server.frame().await;
     match frame {
-        Frame::Ntf { method, data } => {
+        Frame::Ntf { method, data, .. } => {
             assert_eq!(method, "log.event");
             assert_eq!(data.to_json_value().unwrap(), json!({"n": 1}));
         }

@@ -40,6 +40,7 @@ fn frames(codec: Codec) -> [(&'static str, Frame); 3] {
         id: 1042,
         method: "orders.create".into(),
         data: Payload::encode(codec, &params()).unwrap(),
+        node: None,
     };
     let res = Frame::Res {
         id: 1042,

@@ -26,6 +26,9 @@ impl ErrorCode {
     pub const CANCELLED: Self = Self::from_static("CANCELLED");
     /// No provider serves the method right now (relay mode).
     pub const SERVICE_OFFLINE: Self = Self::from_static("SERVICE_OFFLINE");
+    /// The request conflicts with the current state (a relay's node id already held by
+    /// another connection).
+    pub const CONFLICT: Self = Self::from_static("CONFLICT");
     /// A rate or concurrency limit was hit.
     pub const RATE_LIMITED: Self = Self::from_static("RATE_LIMITED");
     /// A value is larger than allowed.

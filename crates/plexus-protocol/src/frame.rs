@@ -56,6 +56,8 @@ pub enum Frame {
         method: String,
         /// The params.
         data: Payload,
+        /// Through a relay: the provider node the call is pinned to.
+        node: Option<String>,
     },
     /// The success result of request `id`.
     Res {
@@ -77,6 +79,8 @@ pub enum Frame {
         method: String,
         /// The params.
         data: Payload,
+        /// Through a relay: the provider node the notification is pinned to.
+        node: Option<String>,
     },
     /// Opens a stream: zero or more `item`, then one `end` or `err`.
     Sub {
@@ -89,6 +93,8 @@ pub enum Frame {
         /// When present, flow control is on: the callee sends at most this many items
         /// beyond what later `credit` frames grant.
         credit: Option<u32>,
+        /// Through a relay: the provider node the stream is pinned to.
+        node: Option<String>,
     },
     /// One item of stream `id`.
     Item {

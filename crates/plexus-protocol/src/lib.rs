@@ -9,7 +9,7 @@
 //!
 //! let codec = Codec::Json;
 //! let frame = codec.decode(br#"{"t":"req","id":1,"m":"sys.echo","d":{"x":1}}"#.as_slice().into())?;
-//! let Frame::Req { id, method, data } = frame else { unreachable!() };
+//! let Frame::Req { id, method, data, .. } = frame else { unreachable!() };
 //! assert_eq!((id, method.as_str()), (1, "sys.echo"));
 //! let reply = codec.encode(&Frame::Res { id, data })?;
 //! assert_eq!(&reply[..], br#"{"t":"res","id":1,"d":{"x":1}}"#);

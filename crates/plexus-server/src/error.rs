@@ -10,12 +10,15 @@ use plexus_protocol::{ErrorBody, ErrorCode, Payload};
 #[derive(Debug, Clone)]
 pub struct CallError {
     body: ErrorBody,
+    /// The connection ended (or was gone) before an answer came.
+    closed: bool,
 }
 
 impl CallError {
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             body: ErrorBody::new(code, message),
+            closed: false,
         }
     }
 
@@ -28,7 +31,10 @@ impl CallError {
     }
 
     pub(crate) fn closed() -> Self {
-        Self::new(ErrorCode::UNAVAILABLE, "the connection is closed")
+        Self {
+            closed: true,
+            ..Self::new(ErrorCode::UNAVAILABLE, "the connection is closed")
+        }
     }
 
     /// The error code: the client's own, or `TIMEOUT`, `UNAVAILABLE`, `VALIDATION_ERROR`
@@ -53,15 +59,23 @@ impl CallError {
         self.body.code == ErrorCode::TIMEOUT
     }
 
-    /// Whether the connection was closed or gone.
+    /// Whether the connection was closed or gone, or the client answered `UNAVAILABLE`.
     pub fn is_unavailable(&self) -> bool {
         self.body.code == ErrorCode::UNAVAILABLE
+    }
+
+    /// Whether the connection ended (or was gone) before the client answered.
+    pub fn is_closed(&self) -> bool {
+        self.closed
     }
 }
 
 impl From<ErrorBody> for CallError {
     fn from(body: ErrorBody) -> Self {
-        Self { body }
+        Self {
+            body,
+            closed: false,
+        }
     }
 }
 

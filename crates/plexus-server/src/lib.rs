@@ -52,6 +52,7 @@ mod error;
 mod guard;
 mod hub;
 mod principal;
+mod relay;
 mod rpc;
 mod session;
 
@@ -75,6 +76,7 @@ pub use plexus_engine::{Engine, MemoryEngine};
 pub use plexus_protocol as protocol;
 pub use plexus_protocol::{CloseCode, Codec, ErrorBody, ErrorCode, IntoPayload, Payload, Position};
 pub use principal::Principal;
+pub use relay::{ProviderEvent, ProviderInfo, Relay, RelayConfig};
 pub use rpc::context::{CallContext, CancelReason};
 pub use rpc::handler::{NotifyHandler, RequestHandler, StreamHandler};
 pub use rpc::router::Router;

@@ -894,7 +894,7 @@ async fn serve(
                     continue;
                 }
                 let reply = match frame {
-                    Frame::Req { id, method, data } => match method.as_str() {
+                    Frame::Req { id, method, data, .. } => match method.as_str() {
                         "echo" => Some(Frame::Res { id, data }),
                         "fail" => Some(Frame::Err {
                             id: Some(id),
@@ -925,7 +925,7 @@ async fn serve(
                             error: ErrorBody::new(ErrorCode::NOT_FOUND, "no such method"),
                         }),
                     },
-                    Frame::Sub { id, method, data, credit } => match method.as_str() {
+                    Frame::Sub { id, method, data, credit, .. } => match method.as_str() {
                         "count" | "credit" => {
                             let total = data.decode::<u64>().unwrap_or(0);
                             let credit = if method == "credit" { credit.map(u64::from) } else { None };

@@ -193,25 +193,30 @@ fn fields_of(frame: &Frame) -> Fields<'_> {
             id: i,
             method,
             data,
-        }
-        | Frame::Sub {
-            id: i,
-            method,
-            data,
-            credit: None,
-        } => [t, id(i), s("m", method), d(data), None, None, None, None],
-        Frame::Sub {
-            id: i,
-            method,
-            data,
-            credit: Some(credit),
+            node,
         } => [
             t,
             id(i),
             s("m", method),
             d(data),
-            Some(("credit", U64(u64::from(*credit)))),
+            s_opt("node", node),
             None,
+            None,
+            None,
+        ],
+        Frame::Sub {
+            id: i,
+            method,
+            data,
+            credit,
+            node,
+        } => [
+            t,
+            id(i),
+            s("m", method),
+            d(data),
+            credit.map(|credit| ("credit", U64(u64::from(credit)))),
+            s_opt("node", node),
             None,
             None,
         ],
@@ -228,7 +233,16 @@ fn fields_of(frame: &Frame) -> Fields<'_> {
             None,
             None,
         ],
-        Frame::Ntf { method, data } => [t, s("m", method), d(data), None, None, None, None, None],
+        Frame::Ntf { method, data, node } => [
+            t,
+            s("m", method),
+            d(data),
+            s_opt("node", node),
+            None,
+            None,
+            None,
+            None,
+        ],
         Frame::End { id: i } | Frame::Cancel { id: i } => {
             [t, id(i), None, None, None, None, None, None]
         }
@@ -354,6 +368,7 @@ impl RawFrame<'_> {
                 id: id()?,
                 method: method()?,
                 data,
+                node: self.node.map(Cow::into_owned),
             },
             "res" => Frame::Res { id: id()?, data },
             "err" => Frame::Err {
@@ -363,12 +378,14 @@ impl RawFrame<'_> {
             "ntf" => Frame::Ntf {
                 method: method()?,
                 data,
+                node: self.node.map(Cow::into_owned),
             },
             "sub" => Frame::Sub {
                 id: id()?,
                 method: method()?,
                 data,
                 credit: small("credit", self.credit)?,
+                node: self.node.map(Cow::into_owned),
             },
             "item" => Frame::Item { id: id()?, data },
             "end" => Frame::End { id: id()? },

@@ -103,19 +103,36 @@ pub(crate) fn frame(codec: Codec) -> impl Strategy<Value = Frame> {
             }
         ),
         error_body(codec).prop_map(|error| Frame::Reject { error }),
-        (id(), text(), p()).prop_map(|(id, method, data)| Frame::Req { id, method, data }),
+        (id(), text(), p(), prop::option::of(text())).prop_map(|(id, method, data, node)| {
+            Frame::Req {
+                id,
+                method,
+                data,
+                node,
+            }
+        }),
         (id(), p()).prop_map(|(id, data)| Frame::Res { id, data }),
         (prop::option::of(id()), error_body(codec))
             .prop_map(|(id, error)| Frame::Err { id, error }),
-        (text(), p()).prop_map(|(method, data)| Frame::Ntf { method, data }),
-        (id(), text(), p(), prop::option::of(any::<u32>())).prop_map(
-            |(id, method, data, credit)| Frame::Sub {
+        (text(), p(), prop::option::of(text())).prop_map(|(method, data, node)| Frame::Ntf {
+            method,
+            data,
+            node,
+        }),
+        (
+            id(),
+            text(),
+            p(),
+            prop::option::of(any::<u32>()),
+            prop::option::of(text())
+        )
+            .prop_map(|(id, method, data, credit, node)| Frame::Sub {
                 id,
                 method,
                 data,
                 credit,
-            }
-        ),
+                node,
+            }),
         (id(), p()).prop_map(|(id, data)| Frame::Item { id, data }),
         id().prop_map(|id| Frame::End { id }),
         id().prop_map(|id| Frame::Cancel { id }),

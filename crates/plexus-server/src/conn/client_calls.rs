@@ -152,6 +152,7 @@ impl ConnectionHandle {
             id: guard.id,
             method: method.to_owned(),
             data,
+            node: None,
         })?)?;
         let answer = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => {
@@ -189,6 +190,7 @@ impl ConnectionHandle {
             method: method.to_owned(),
             data,
             credit: Some(SERVER_STREAM_WINDOW),
+            node: None,
         })?)?;
         Ok(ClientStream {
             guard,

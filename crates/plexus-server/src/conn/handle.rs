@@ -273,6 +273,7 @@ impl ConnectionHandle {
         self.push(self.encode(&Frame::Ntf {
             method: method.to_owned(),
             data,
+            node: None,
         })?)
     }
 
@@ -323,6 +324,7 @@ impl ConnectionHandle {
         self.push(self.encode(&Frame::Ntf {
             method: method.to_owned(),
             data,
+            node: None,
         })?)
     }
 }

@@ -15,6 +15,7 @@ use crate::config::EndpointConfig;
 use crate::conn::{ConnectionHandle, DisconnectReason};
 use crate::guard::ConnectionLimiter;
 use crate::hub::Hub;
+use crate::relay::{Relay, RelayConfig};
 use crate::rpc::router::Router;
 use crate::session::{ConnectHook, DisconnectHook, SessionEnv};
 
@@ -32,6 +33,7 @@ pub struct ServerBuilder {
     auth_cookie: String,
     connect_permission: Option<String>,
     strict: bool,
+    relay: Option<RelayConfig>,
 }
 
 impl ServerBuilder {
@@ -78,6 +80,14 @@ impl ServerBuilder {
     /// or `ChannelOptions::public_access`), or the server does not start.
     pub fn strict(mut self, on: bool) -> Self {
         self.strict = on;
+        self
+    }
+
+    /// Makes the server a relay: connections may provide services (`$provide`), and a call
+    /// of `<Service>.<method>` the router does not serve (or that pins a provider with
+    /// `node`) goes to a provider of that service. `$services` and `$watch` show them.
+    pub fn relay(mut self, config: RelayConfig) -> Self {
+        self.relay = Some(config);
         self
     }
 
@@ -169,6 +179,7 @@ impl ServerBuilder {
             router: self.router,
             hub: Hub::with_engine(self.namespaces, engine, &node),
             admission,
+            relay: self.relay.map(Relay::new),
             limits: self.config.limits.clone(),
             node,
             extensions: Arc::new(self.extensions),
@@ -204,6 +215,7 @@ impl Default for ServerBuilder {
             auth_cookie: DEFAULT_AUTH_COOKIE.to_owned(),
             connect_permission: None,
             strict: false,
+            relay: None,
         }
     }
 }

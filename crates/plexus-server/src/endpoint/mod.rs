@@ -65,6 +65,11 @@ impl Server {
         &self.inner.env.hub
     }
 
+    /// The relay, when the server is one (see `ServerBuilder::relay`).
+    pub fn relay(&self) -> Option<&crate::relay::Relay> {
+        self.inner.env.relay.as_ref()
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.inner.env.node

@@ -82,22 +82,28 @@ impl Session {
 
     fn dispatch(&mut self, frame: Frame) -> Step {
         match frame {
-            Frame::Req { id, method, data } => {
+            Frame::Req {
+                id,
+                method,
+                data,
+                node,
+            } => {
                 self.last_call = self.last_seen;
-                self.request(id, method, data)
+                self.request(id, method, data, node)
             }
             Frame::Sub {
                 id,
                 method,
                 data,
                 credit,
+                node,
             } => {
                 self.last_call = self.last_seen;
-                self.stream(id, method, data, credit)
+                self.stream(id, method, data, credit, node)
             }
-            Frame::Ntf { method, data } => {
+            Frame::Ntf { method, data, node } => {
                 self.last_call = self.last_seen;
-                self.notification(method, data)
+                self.notification(method, data, node)
             }
             Frame::Cancel { id } => {
                 self.calls.cancel(id);
@@ -210,12 +216,18 @@ impl Session {
         }
     }
 
-    fn request(&mut self, id: u64, method: String, data: Payload) -> Step {
+    fn request(&mut self, id: u64, method: String, data: Payload, node: Option<String>) -> Step {
         if !self.admit(id, true) || !self.within_rate(false, Some(id)) {
             return Step::Continue;
         }
         if method.starts_with('$') {
+            if self.relay_builtin(id, &method, &data) {
+                return Step::Continue;
+            }
             return self.builtin(id, method, data);
+        }
+        if self.relays(&method, node.as_deref()) {
+            return self.relay_request(id, method, data, node);
         }
         let (Method::Request(start), needs) = (match self.lookup(Some(id), &method, "req") {
             Ok(allowed) => allowed,
@@ -250,9 +262,19 @@ impl Session {
         Step::Continue
     }
 
-    fn stream(&mut self, id: u64, method: String, data: Payload, credit: Option<u32>) -> Step {
+    fn stream(
+        &mut self,
+        id: u64,
+        method: String,
+        data: Payload,
+        credit: Option<u32>,
+        node: Option<String>,
+    ) -> Step {
         if !self.admit(id, true) || !self.within_rate(false, Some(id)) {
             return Step::Continue;
+        }
+        if self.relays(&method, node.as_deref()) {
+            return self.relay_stream(id, method, data, credit, node);
         }
         let (Method::Stream(start), needs) = (match self.lookup(Some(id), &method, "sub") {
             Ok(allowed) => allowed,
@@ -279,9 +301,12 @@ impl Session {
         Step::Continue
     }
 
-    fn notification(&mut self, method: String, data: Payload) -> Step {
+    fn notification(&mut self, method: String, data: Payload, node: Option<String>) -> Step {
         if !self.within_rate(false, None) {
             return Step::Continue;
+        }
+        if self.relays(&method, node.as_deref()) {
+            return self.relay_notify(&method, data, node.as_deref());
         }
         let Method::Notify(start) = (match self.lookup(None, &method, "ntf") {
             Ok((method, _)) => method,

@@ -9,7 +9,8 @@
 //!
 //! Files: `event_loop.rs` (the loop and its flags), `hello.rs` (the handshake),
 //! `dispatch.rs` (frames to calls), `calls.rs` (the in-flight table and the one way a call is
-//! spawned), `channels.rs` (channel frames to the hub), `refresh.rs` (`$refresh`).
+//! spawned), `channels.rs` (channel frames to the hub), `relay.rs` (calls for the relay's
+//! providers), `refresh.rs` (`$refresh`).
 
 mod calls;
 mod channels;
@@ -17,6 +18,7 @@ mod dispatch;
 mod event_loop;
 mod hello;
 mod refresh;
+mod relay;
 #[cfg(test)]
 mod tests;
 
@@ -36,6 +38,7 @@ use crate::conn::{
 use crate::guard::{CallRateLimiter, ConnectionSlot};
 use crate::hub::Hub;
 use crate::principal::Principal;
+use crate::relay::Relay;
 use crate::rpc::handler::BoxFuture;
 use crate::rpc::router::Router;
 
@@ -56,6 +59,9 @@ pub(crate) struct SessionEnv {
     pub(crate) hub: Hub,
     /// Who may connect (`None`: everyone, anonymously).
     pub(crate) admission: Option<Arc<Admission>>,
+    /// The relay, when this server is one: calls the router does not serve go to its
+    /// providers.
+    pub(crate) relay: Option<Relay>,
     pub(crate) limits: Limits,
     /// This node's id, sent in `welcome`.
     pub(crate) node: String,
@@ -168,6 +174,9 @@ pub(crate) async fn run(
     env.open.fetch_add(1, Ordering::Relaxed);
     env.hub.register(&handle);
     let reason = session.run().await;
+    if let Some(relay) = &env.relay {
+        relay.connection_ended(&handle);
+    }
     env.hub.unregister(&handle).await;
     session.finish(&reason);
     let welcomed = session.welcomed;

@@ -97,6 +97,7 @@ fn env(setup: Setup) -> (Arc<SessionEnv>, mpsc::UnboundedReceiver<Seen>) {
         router: setup.router,
         hub: Hub::new(Namespaces::new()),
         admission,
+        relay: None,
         limits: setup.limits,
         node: "test".into(),
         extensions: Arc::default(),

@@ -11,15 +11,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use plexus_protocol::{Frame, IntoPayload, Payload, Position};
+use plexus_protocol::{ErrorCode, Frame, IntoPayload, Payload, Position};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::channel::WirePosition;
 use crate::client::Client;
 use crate::error::CallError;
 use crate::options::{CallOptions, StreamOptions, UNCREDITED_STREAM_BUFFER};
-use crate::state::Waiter;
+use crate::relay;
+use crate::state::{CallGuard, StreamEvent, Waiter};
 use crate::stream::CallStream;
 
 type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, CallError>> + Send + 'a>>;
@@ -34,6 +36,7 @@ pub struct Request<'a, R> {
     method: &'a str,
     params: Option<Result<Payload, CallError>>,
     options: CallOptions,
+    fallback: Option<R>,
     running: Option<Pending<'a, R>>,
 }
 
@@ -53,12 +56,37 @@ impl<R> Request<'_, R> {
         self
     }
 
+    /// Pins the call to the provider with this node id, through a relay (see
+    /// [`CallOptions::node`]).
+    pub fn node(mut self, node: impl Into<String>) -> Self {
+        self.options.node = Some(node.into());
+        self
+    }
+
+    /// Sends the call again, up to `retries` times, while the relay answers
+    /// `SERVICE_OFFLINE` for it before any provider started it (see
+    /// [`CallOptions::offline_retries`]).
+    pub fn offline_retries(mut self, retries: u32) -> Self {
+        self.options.offline_retries = retries;
+        self
+    }
+
+    /// Resolves to `value` instead of failing when the relay answers `SERVICE_OFFLINE`
+    /// (after the offline retries, if any). Other errors still fail the call.
+    pub fn fallback(mut self, value: R) -> Self {
+        self.fallback = Some(value);
+        self
+    }
+
     /// Replaces every option at once.
     pub fn options(mut self, options: CallOptions) -> Self {
         self.options = options;
         self
     }
 }
+
+// The fallback value is moved, never pinned: a request is `Unpin` whatever `R` is.
+impl<R> Unpin for Request<'_, R> {}
 
 impl<'a, R: DeserializeOwned + Send + 'static> Future for Request<'a, R> {
     type Output = Result<R, CallError>;
@@ -71,17 +99,15 @@ impl<'a, R: DeserializeOwned + Send + 'static> Future for Request<'a, R> {
                 .params
                 .take()
                 .unwrap_or_else(|| Err(CallError::closed()));
+            let fallback = this.fallback.take();
             Box::pin(async move {
-                let data = params?;
-                let id = client.inner.next_id();
-                let bytes = client.inner.encode(&Frame::Req {
-                    id,
-                    method: method.to_owned(),
-                    data,
-                    node: None,
-                })?;
-                let result = client.call(id, bytes, options).await?;
-                result.decode_as().map_err(|e| CallError::decode(&e))
+                match client.request_with_retries(method, params?, options).await {
+                    Ok(result) => result.decode_as().map_err(|e| CallError::decode(&e)),
+                    Err(e) if e.is_remote() && *e.code() == ErrorCode::SERVICE_OFFLINE => {
+                        fallback.ok_or(e)
+                    }
+                    Err(e) => Err(e),
+                }
             })
         });
         running.as_mut().poll(cx)
@@ -125,6 +151,27 @@ impl<T> StreamRequest<'_, T> {
         self
     }
 
+    /// Fails the stream when this long passes without an item (see
+    /// [`StreamOptions::idle_timeout`]).
+    pub fn idle_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.options.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Pins the stream to the provider with this node id, through a relay.
+    pub fn node(mut self, node: impl Into<String>) -> Self {
+        self.options.node = Some(node.into());
+        self
+    }
+
+    /// Opens the stream again, up to `retries` times, while the relay answers
+    /// `SERVICE_OFFLINE` before any provider started it (see
+    /// [`StreamOptions::offline_retries`]).
+    pub fn offline_retries(mut self, retries: u32) -> Self {
+        self.options.offline_retries = retries;
+        self
+    }
+
     /// Replaces every option at once.
     pub fn options(mut self, options: StreamOptions) -> Self {
         self.options = options;
@@ -155,27 +202,49 @@ async fn open_stream<T: DeserializeOwned + Send + 'static>(
     params: Result<Payload, CallError>,
     options: StreamOptions,
 ) -> Result<CallStream<T>, CallError> {
-    let data = params?;
-    let inner = &client.inner;
-    let id = inner.next_id();
-    let bytes = inner.encode(&Frame::Sub {
-        id,
+    let opening = Opening {
         method: method.to_owned(),
-        data,
-        credit: options.credit,
-        node: None,
-    })?;
-    // Room for what the server may send before we grant more, plus the final event.
-    let in_transit = options
-        .credit
-        .map_or(UNCREDITED_STREAM_BUFFER, |window| window as usize);
-    let (tx, rx) = mpsc::channel(in_transit + 1);
-    let deadline = options.timeout.map(|t| Box::pin(tokio::time::sleep(t)));
-    let guard = inner
-        .start_call(id, bytes, Waiter::Stream(tx), options.retryable)
-        .await?;
+        data: params?,
+        options,
+    };
+    let (guard, events) = opening.send(&client.inner).await?;
     let decode = |payload: Payload| payload.decode_as().map_err(|e| CallError::decode(&e));
-    Ok(CallStream::new(guard, rx, decode, deadline, options.credit))
+    Ok(CallStream::new(guard, events, decode, opening))
+}
+
+/// What opens a stream: kept by the [`CallStream`], which sends it again when a relay
+/// says no provider started it (see [`StreamOptions::offline_retries`]).
+pub(crate) struct Opening {
+    pub(crate) method: String,
+    pub(crate) data: Payload,
+    pub(crate) options: StreamOptions,
+}
+
+impl Opening {
+    /// Sends a `sub` under a fresh id.
+    pub(crate) async fn send(
+        &self,
+        inner: &std::sync::Arc<crate::state::Inner>,
+    ) -> Result<(CallGuard, mpsc::Receiver<StreamEvent>), CallError> {
+        let id = inner.next_id();
+        let bytes = inner.encode(&Frame::Sub {
+            id,
+            method: self.method.clone(),
+            data: self.data.clone(),
+            credit: self.options.credit,
+            node: self.options.node.clone(),
+        })?;
+        // Room for what the server may send before we grant more, plus the final event.
+        let in_transit = self
+            .options
+            .credit
+            .map_or(UNCREDITED_STREAM_BUFFER, |window| window as usize);
+        let (tx, rx) = mpsc::channel(in_transit + 1);
+        let guard = inner
+            .start_call(id, bytes, Waiter::Stream(tx), self.options.retryable)
+            .await?;
+        Ok((guard, rx))
+    }
 }
 
 /// A publication being made: set its options, then `.await` its position. See
@@ -273,7 +342,45 @@ impl Client {
             method,
             params: Some(self.payload(params)),
             options: CallOptions::default(),
+            fallback: None,
             running: None,
+        }
+    }
+
+    /// Sends a `req` (again, up to [`CallOptions::offline_retries`] times, while a relay
+    /// says no provider started it), all within the call's one deadline.
+    async fn request_with_retries(
+        &self,
+        method: &str,
+        data: Payload,
+        options: CallOptions,
+    ) -> Result<Payload, CallError> {
+        let deadline = Instant::now() + options.timeout.unwrap_or(self.inner.options.call_timeout);
+        let mut retries = 0;
+        loop {
+            let id = self.inner.next_id();
+            let bytes = self.inner.encode(&Frame::Req {
+                id,
+                method: method.to_owned(),
+                data: data.clone(),
+                node: options.node.clone(),
+            })?;
+            let attempt = CallOptions {
+                timeout: Some(deadline.saturating_duration_since(Instant::now())),
+                ..options.clone()
+            };
+            match self.call(id, bytes, attempt).await {
+                Err(e) if retries < options.offline_retries && relay::offline_before_start(&e) => {
+                    let delay = relay::offline_backoff(retries);
+                    retries += 1;
+                    if Instant::now() + delay >= deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(method, retries, ?delay, "service offline; calling again");
+                    tokio::time::sleep(delay).await;
+                }
+                outcome => return outcome,
+            }
         }
     }
 
@@ -307,10 +414,30 @@ impl Client {
     /// waits in the offline queue; when the queue is full this fails at once with
     /// [`CallErrorKind::QueueFull`](crate::CallErrorKind::QueueFull).
     pub async fn notify(&self, method: &str, params: impl IntoPayload) -> Result<(), CallError> {
+        self.send_notification(method, params, None).await
+    }
+
+    /// Sends a notification pinned to the provider with node id `node`, through a relay
+    /// (`"node"` on the `ntf`); otherwise as [`Client::notify`].
+    pub async fn notify_node(
+        &self,
+        method: &str,
+        params: impl IntoPayload,
+        node: &str,
+    ) -> Result<(), CallError> {
+        self.send_notification(method, params, Some(node)).await
+    }
+
+    async fn send_notification(
+        &self,
+        method: &str,
+        params: impl IntoPayload,
+        node: Option<&str>,
+    ) -> Result<(), CallError> {
         let bytes = self.inner.encode(&Frame::Ntf {
             method: method.to_owned(),
             data: self.payload(params)?,
-            node: None,
+            node: node.map(str::to_owned),
         })?;
         self.inner.send_notification(bytes).await
     }

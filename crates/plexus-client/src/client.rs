@@ -18,6 +18,7 @@ use crate::channel::{
 use crate::conn;
 use crate::error::{CallError, ConnectError};
 use crate::options::{ClientOptions, HistoryOptions, JoinOptions};
+use crate::relay::Provided;
 use crate::state::Inner;
 use crate::status::Status;
 
@@ -220,6 +221,14 @@ impl Client {
     /// is alive; the next stream taken yields them.
     pub fn server_subscriptions(&self) -> Option<ServerSubscriptions> {
         self.inner.take_server_subscriptions()
+    }
+
+    /// Whether a relay took the `$provide` of [`ClientOptions::provide`] on the current
+    /// session: [`Provided::Node`] once it did, [`Provided::Pending`] while connecting,
+    /// waiting or after a drop (the next `welcome` provides again). `wait_for` on the
+    /// receiver to wait until the client serves.
+    pub fn provided(&self) -> watch::Receiver<Provided> {
+        self.inner.provided.subscribe()
     }
 
     /// The connection's state; `changed().await` on the receiver to follow transitions.

@@ -355,6 +355,7 @@ async fn run_session(
         conn.clone(),
     );
     tracing::debug!(conn = %conn, queued = flush.len(), "session open");
+    crate::relay::provide_on_welcome(inner);
     inner.status.send_replace(Status::Connected);
     if let Some(ready) = ready.take() {
         let _ = ready.send(Ok(()));

@@ -53,6 +53,8 @@ pub struct CallError {
     data: Option<Payload>,
 }
 
+const NOT_CONNECTED: &str = "not connected";
+
 impl CallError {
     pub(crate) fn remote(body: ErrorBody) -> Self {
         Self {
@@ -74,6 +76,24 @@ impl CallError {
 
     pub(crate) fn timeout() -> Self {
         Self::local(CallErrorKind::Timeout, ErrorCode::TIMEOUT, "call timed out")
+    }
+
+    pub(crate) fn idle_timeout() -> Self {
+        Self::local(
+            CallErrorKind::Timeout,
+            ErrorCode::TIMEOUT,
+            "no stream item within the idle timeout",
+        )
+    }
+
+    /// A call that was not sent: no session is open and it may not wait for one.
+    pub(crate) fn not_connected() -> Self {
+        Self::unavailable(NOT_CONNECTED)
+    }
+
+    /// Whether this is [`CallError::not_connected`]: the call never left the client.
+    pub(crate) fn is_not_connected(&self) -> bool {
+        self.kind == CallErrorKind::Unavailable && self.message == NOT_CONNECTED
     }
 
     pub(crate) fn unavailable(message: impl Into<String>) -> Self {

@@ -145,6 +145,7 @@ mod credentials;
 mod error;
 mod incoming;
 mod options;
+mod relay;
 mod router;
 mod state;
 mod status;
@@ -156,9 +157,10 @@ pub use client::{Client, connect};
 pub use error::{BoxError, CallError, CallErrorKind, ConnectError};
 pub use options::{
     CallOptions, ClientOptions, ConnectRequest, DEFAULT_CHANNEL_BUFFER, DEFAULT_STREAM_WINDOW,
-    HistoryOptions, JoinOptions, ReconnectOptions, StreamOptions,
+    HistoryOptions, JoinOptions, Provide, ReconnectOptions, StreamOptions,
 };
 pub use plexus_protocol::{Codec, ErrorBody, ErrorCode, IntoPayload, Payload, Position, RpcError};
+pub use relay::{Mesh, Provided, Provider, ServiceEvent, ServiceWatch};
 pub use router::Router;
 pub use status::Status;
 pub use stream::CallStream;

@@ -78,6 +78,9 @@ pub struct ClientOptions {
     /// [`ChannelEvent::Lagged`](crate::ChannelEvent::Lagged): see
     /// [`ServerSubscriptions`](crate::ServerSubscriptions).
     pub server_subscription_buffer: usize,
+    /// Serve as a provider through a relay: after every `welcome` the client calls
+    /// `$provide` with this node id and these services (see [`ClientOptions::provide`]).
+    pub provide: Option<Provide>,
     pub(crate) credentials: Option<CredentialsFn>,
     pub(crate) before_connect: Option<BeforeConnect>,
     /// The methods the server may call on this client.
@@ -100,6 +103,7 @@ impl Default for ClientOptions {
             compression: false,
             max_message_size: 1024 * 1024,
             server_subscription_buffer: DEFAULT_CHANNEL_BUFFER,
+            provide: None,
             credentials: None,
             before_connect: None,
             router: Router::default(),
@@ -126,6 +130,7 @@ impl fmt::Debug for ClientOptions {
                 "server_subscription_buffer",
                 &self.server_subscription_buffer,
             )
+            .field("provide", &self.provide)
             .field("credentials", &self.credentials.is_some())
             .field("before_connect", &self.before_connect.is_some())
             .field("router", &self.router)
@@ -297,11 +302,38 @@ impl ClientOptions {
         self
     }
 
+    /// Provides `services` as node `node` through the relay this client connects to: the
+    /// client calls `$provide` after every `welcome` (so a reconnect provides again), and
+    /// the relay routes calls of `<Service>.<method>` to this client's [`Router`]. A node id
+    /// that another live connection still holds (`CONFLICT`, e.g. this process's previous,
+    /// half-open connection) is asked for again with backoff. See
+    /// [`Client::provided`](crate::Client::provided).
+    pub fn provide<S: Into<String>>(
+        mut self,
+        node: impl Into<String>,
+        services: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.provide = Some(Provide {
+            node: node.into(),
+            services: services.into_iter().map(Into::into).collect(),
+        });
+        self
+    }
+
     /// Sets [`ClientOptions::headers`] (replacing those added so far).
     pub fn headers(mut self, headers: HeaderMap) -> Self {
         self.headers = headers;
         self
     }
+}
+
+/// What a provider offers a relay: see [`ClientOptions::provide`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Provide {
+    /// The provider's node id, unique among the relay's live providers.
+    pub node: String,
+    /// The services it answers, e.g. `["Greeting"]` for `Greeting.<method>` calls.
+    pub services: Vec<String>,
 }
 
 /// Reconnecting: exponential backoff with full jitter.
@@ -407,6 +439,13 @@ pub struct CallOptions {
     /// offline queue instead of failing with `UNAVAILABLE`; in flight when the connection
     /// drops, it is sent again after the next `welcome`. Only for idempotent methods.
     pub retryable: bool,
+    /// Through a relay: the node id of the provider that must answer (`"node"` on the
+    /// wire); `None` lets the relay pick one by round-robin.
+    pub node: Option<String>,
+    /// Through a relay: how many times to send the call again while the relay answers
+    /// `SERVICE_OFFLINE` for a call no provider started (backoff from 100 ms to 2 s,
+    /// within the deadline). Default 0. A call a provider may have started is never re-sent.
+    pub offline_retries: u32,
 }
 
 impl CallOptions {
@@ -419,6 +458,18 @@ impl CallOptions {
     /// Marks the call as retryable (or not).
     pub fn retryable(mut self, retryable: bool) -> Self {
         self.retryable = retryable;
+        self
+    }
+
+    /// Pins the call to the provider with this node id (through a relay).
+    pub fn node(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// Sets [`CallOptions::offline_retries`].
+    pub fn offline_retries(mut self, retries: u32) -> Self {
+        self.offline_retries = retries;
         self
     }
 }
@@ -444,6 +495,14 @@ pub struct StreamOptions {
     /// As [`CallOptions::retryable`]; a stream that already yielded items is never re-sent
     /// (it fails with `UNAVAILABLE` instead).
     pub retryable: bool,
+    /// Fails the stream with `TIMEOUT` (and sends `cancel`) when this long passes without
+    /// an item, counting from the `sub`; `None` (the default) means no such limit.
+    pub idle_timeout: Option<Duration>,
+    /// As [`CallOptions::node`].
+    pub node: Option<String>,
+    /// As [`CallOptions::offline_retries`]: only the opening is retried, never a stream
+    /// that a provider started.
+    pub offline_retries: u32,
 }
 
 impl Default for StreamOptions {
@@ -452,6 +511,9 @@ impl Default for StreamOptions {
             credit: Some(DEFAULT_STREAM_WINDOW),
             timeout: None,
             retryable: false,
+            idle_timeout: None,
+            node: None,
+            offline_retries: 0,
         }
     }
 }
@@ -478,6 +540,24 @@ impl StreamOptions {
     /// Marks the stream as retryable (or not).
     pub fn retryable(mut self, retryable: bool) -> Self {
         self.retryable = retryable;
+        self
+    }
+
+    /// Sets [`StreamOptions::idle_timeout`].
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Pins the stream to the provider with this node id (through a relay).
+    pub fn node(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// Sets [`StreamOptions::offline_retries`].
+    pub fn offline_retries(mut self, retries: u32) -> Self {
+        self.offline_retries = retries;
         self
     }
 }

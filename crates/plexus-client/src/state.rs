@@ -15,6 +15,7 @@ use url::Url;
 use crate::channel::Channels;
 use crate::error::{CallError, ConnectError};
 use crate::options::ClientOptions;
+use crate::relay::Provided;
 use crate::status::Status;
 use plexus_protocol::Codec;
 
@@ -130,6 +131,8 @@ pub(crate) struct Inner {
     pub(crate) state: Mutex<State>,
     pub(crate) status: watch::Sender<Status>,
     pub(crate) errors: broadcast::Sender<ErrorBody>,
+    /// Whether the relay took this client's `$provide` on the current session.
+    pub(crate) provided: watch::Sender<Provided>,
     pub(crate) shutdown: CancellationToken,
     next_id: AtomicU64,
 }
@@ -142,6 +145,7 @@ impl Inner {
             state: Mutex::new(State::default()),
             status: watch::Sender::new(Status::Connecting),
             errors: broadcast::Sender::new(64),
+            provided: watch::Sender::new(Provided::Pending),
             shutdown: CancellationToken::new(),
             next_id: AtomicU64::new(1),
         })
@@ -189,7 +193,7 @@ impl Inner {
             let queued = st.link.is_none();
             if queued {
                 if !retryable {
-                    return Err(CallError::unavailable("not connected"));
+                    return Err(CallError::not_connected());
                 }
                 if st.queue.len() >= self.options.offline_queue {
                     return Err(CallError::queue_full());
@@ -417,6 +421,11 @@ impl Inner {
             let mut guard = self.lock();
             let st = &mut *guard;
             st.link = None;
+            self.provided.send_if_modified(|provided| {
+                let changed = *provided != Provided::Pending;
+                *provided = Provided::Pending;
+                changed
+            });
             let waker = self.channels_link_down(&mut st.channels, &ended);
             out.close();
             let mut unsent = Vec::new();

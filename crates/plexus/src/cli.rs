@@ -11,6 +11,7 @@ use plexus_server::{Compression, Server};
 mod call;
 mod channels;
 mod config;
+mod relay;
 mod token;
 
 /// plexus: a real-time WebSocket server, and a client to talk to one.
@@ -25,6 +26,14 @@ struct Cli {
 enum Command {
     /// Run a server with the built-in methods (sys.echo, sys.count, sys.sleep); no config needed.
     Serve(ServeArgs),
+    /// Run a relay: a server (same options as `serve`) that also routes `<Service>.<method>`
+    /// calls to the connections that provide the service (`$provide`).
+    Relay(ServeArgs),
+    /// Provide demo services through a relay (`<SERVICE>.echo`, `.count`, `.sleep`,
+    /// `.node`) until Ctrl-C, reconnecting and providing again when the relay drops.
+    Provide(relay::ProvideArgs),
+    /// List a relay's live providers as JSON (`$services`), or --watch them change.
+    Services(relay::ServicesArgs),
     /// Call METHOD on the server at URL and print the result as JSON.
     ///
     /// Exits 0 with the result on stdout, or 1 with `CODE: message` on stderr.
@@ -116,7 +125,7 @@ pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     // The client commands report outcomes themselves; their logs would only repeat them.
     let default_filter = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Relay(_) => "info",
         _ => "error",
     };
     tracing_subscriber::fmt()
@@ -135,13 +144,10 @@ pub(crate) fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => match serve(args).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            },
+            Command::Serve(args) => report(serve(args, false).await),
+            Command::Relay(args) => report(serve(args, true).await),
+            Command::Provide(args) => relay::provide(args).await,
+            Command::Services(args) => relay::services(args).await,
             Command::Call(args) => call::call(args).await,
             Command::Notify(args) => call::notify(args).await,
             Command::Stream(args) => call::stream(args).await,
@@ -152,7 +158,18 @@ pub(crate) fn main() -> ExitCode {
     })
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+fn report(outcome: anyhow::Result<()>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `serve`, or `relay` when `relay` is set.
+async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => config::load(path).map_err(|e| anyhow::anyhow!(e))?,
         None => config::FileConfig::default(),
@@ -197,6 +214,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(node) = args.node_id.or(file.node_id.clone()) {
         builder = builder.node_id(node);
     }
+    if relay {
+        builder = builder.relay(plexus_server::RelayConfig::default());
+    }
     let server = builder
         .try_build()
         .map_err(|e| anyhow::anyhow!(file.strict_error(&e)))?;
@@ -213,7 +233,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(
         node = server.node_id(),
-        "plexus listening on ws://{local}{path}"
+        "plexus {} on ws://{local}{path}",
+        if relay {
+            "relay listening"
+        } else {
+            "listening"
+        }
     );
     if let Some(echo) = &echo_path {
         tracing::info!("echo endpoint on ws://{local}{echo}");
@@ -230,7 +255,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -34,7 +34,8 @@ pub struct Slept {
     pub slept: u64,
 }
 
-fn check_ms(field: &str, ms: u64) -> Result<Duration, RpcError> {
+/// `ms` as a duration, or a validation error naming `field` past one day.
+pub fn check_ms(field: &str, ms: u64) -> Result<Duration, RpcError> {
     if ms > MAX_MS {
         return Err(
             RpcError::validation(format!("`{field}` is at most {MAX_MS}"))

@@ -6,9 +6,9 @@
 #[macro_use]
 mod support;
 
-use plexus_server::{Codec, RelayConfig, Server};
+use plexus_server::{Codec, EndpointConfig, RelayConfig, Server};
 use serde_json::{Value, json};
-use support::{RawClient, TestServer, start_with, sys};
+use support::{CredentialAt, RawClient, TestServer, jwt_authenticator, start_with, sys, token};
 
 async fn relay() -> TestServer {
     start_with(
@@ -312,7 +312,91 @@ async fn services_list_the_live_providers(codec: Codec) {
     assert_eq!(err["e"]["code"], "CONFLICT", "{err}");
 }
 
+async fn providing_needs_the_permission_when_auth_is_on(codec: Codec) {
+    let server = start_with(
+        Server::builder()
+            .router(sys())
+            .authenticator(jwt_authenticator())
+            .relay(RelayConfig::default()),
+    )
+    .await;
+    let connect = |scope: &'static str| {
+        let token = token("svc", scope, 3600);
+        async move {
+            RawClient::connect_with(server.addr, codec, Some((CredentialAt::Header, &token))).await
+        }
+    };
+    let provide = json!({"node": "a", "services": ["Greeting"]});
+    let both = json!({"node": "a", "services": ["Greeting", "Billing"]});
+
+    let mut anyone = connect("").await;
+    let err = anyone.call(1, "$provide", provide.clone()).await;
+    assert_eq!(err["e"]["code"], "FORBIDDEN", "{err}");
+
+    // A permission per service allows that service only.
+    let mut scoped = connect("relay:provide:Greeting").await;
+    let err = scoped.call(1, "$provide", both.clone()).await;
+    assert_eq!(err["e"]["code"], "FORBIDDEN", "{err}");
+    let res = scoped.call(2, "$provide", provide).await;
+    assert_eq!(res["d"], json!({"node": "a"}), "{res}");
+
+    // `relay:provide` allows any service.
+    let mut any = connect("relay:provide").await;
+    let res = any
+        .call(
+            1,
+            "$provide",
+            json!({"node": "b", "services": ["Greeting", "Billing"]}),
+        )
+        .await;
+    assert_eq!(res["d"], json!({"node": "b"}), "{res}");
+
+    // Callers need no provider permission.
+    anyone
+        .send_json(json!({"t": "req", "id": 7, "m": "Greeting.hello", "d": 1, "node": "a"}))
+        .await;
+    let (id, method, _) = relayed(&mut scoped, "req").await;
+    assert_eq!(method, "Greeting.hello");
+    scoped
+        .send_json(json!({"t": "res", "id": id, "d": "hi"}))
+        .await;
+    assert_eq!(
+        anyone.recv_json().await,
+        json!({"t": "res", "id": 7, "d": "hi"})
+    );
+}
+
+async fn calls_past_a_providers_limit_are_rate_limited(codec: Codec) {
+    // Each connection may have 2 calls in flight: callers and providers alike.
+    let server = start_with(
+        Server::builder()
+            .router(sys())
+            .config(
+                EndpointConfig::default().limits(plexus_server::Limits::default().max_in_flight(2)),
+            )
+            .relay(RelayConfig::default()),
+    )
+    .await;
+    let mut a = provider(&server, codec, "a", &["Greeting"]).await;
+    let mut first = RawClient::connect(server.addr, Some(codec)).await;
+    let mut second = RawClient::connect(server.addr, Some(codec)).await;
+    for id in 1..=2u64 {
+        first
+            .send_json(json!({"t": "req", "id": id, "m": "Greeting.wait", "d": id}))
+            .await;
+        relayed(&mut a, "req").await;
+    }
+    // The provider has 2 calls in flight: a third, from a caller within its own limit, is
+    // refused at once, and the provider never sees it.
+    let err = second.call(9, "Greeting.wait", json!(3)).await;
+    assert_eq!(err["e"]["code"], "RATE_LIMITED", "{err}");
+    a.expect_silence(std::time::Duration::from_millis(100))
+        .await;
+}
+
 codec_tests!(
+    providing_needs_the_permission_when_auth_is_on,
+    calls_past_a_providers_limit_are_rate_limited,
     requests_alternate_between_providers,
     a_pinned_call_goes_to_its_node,
     errors_and_values_keep_their_shape_end_to_end,

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use http::{HeaderName, HeaderValue};
 use plexus_client::{
     CallOptions, Client, ClientOptions, Codec, ConnectError, ErrorBody, Payload, ReconnectOptions,
-    StreamOptions,
+    Router, StreamOptions,
 };
 
 use super::parse_duration;
@@ -42,6 +42,9 @@ pub(crate) struct CallArgs {
     method: String,
     /// Params as JSON (default: null)
     params: Option<String>,
+    /// Through a relay: the node id of the provider that must answer
+    #[arg(long)]
+    node: Option<String>,
     #[command(flatten)]
     conn: ConnectArgs,
 }
@@ -50,6 +53,11 @@ pub(crate) struct CallArgs {
 pub(crate) struct Failure(ErrorBody);
 
 impl Failure {
+    /// An error the server reported.
+    pub(crate) fn remote(error: ErrorBody) -> Self {
+        Self(error)
+    }
+
     pub(crate) fn local(code: &'static str, message: impl Into<String>) -> Self {
         Self(ErrorBody::new(
             plexus_client::ErrorCode::from_static(code),
@@ -121,6 +129,32 @@ impl ConnectArgs {
         reconnect: ReconnectOptions,
         connect_timeout: Duration,
     ) -> Result<Client, Failure> {
+        let options = self.options(reconnect, connect_timeout)?;
+        connect(url, options).await
+    }
+
+    /// Connects to a relay as a provider of `services` (node `node`) served by `router`.
+    pub(crate) async fn connect_providing(
+        &self,
+        url: &str,
+        router: Router,
+        node: &str,
+        services: &[String],
+        reconnect: ReconnectOptions,
+    ) -> Result<Client, Failure> {
+        let connect_timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let options = self
+            .options(reconnect, connect_timeout)?
+            .router(router)
+            .provide(node, services.iter().cloned());
+        connect(url, options).await
+    }
+
+    fn options(
+        &self,
+        reconnect: ReconnectOptions,
+        connect_timeout: Duration,
+    ) -> Result<ClientOptions, Failure> {
         let mut options = ClientOptions::default()
             .codec(if self.msgpack {
                 Codec::MsgPack
@@ -144,23 +178,27 @@ impl ConnectArgs {
                 .map_err(|e| Failure::local("BAD_HEADER", format!("{header}: {e}")))?;
             options = options.header(name, value);
         }
-        plexus_client::connect(url, options).await.map_err(|e| {
-            // The server's refusals keep their codes; the rest is "could not get there".
-            let code = match &e {
-                ConnectError::Unauthorized { .. } => "NOT_AUTHORIZED",
-                ConnectError::Forbidden { .. } => "FORBIDDEN",
-                ConnectError::Rejected(body) => return Failure(body.clone()),
-                _ => "UNAVAILABLE",
-            };
-            let mut message = format!("cannot connect to {url}: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            Failure::local(code, message)
-        })
+        Ok(options)
     }
+}
+
+async fn connect(url: &str, options: ClientOptions) -> Result<Client, Failure> {
+    plexus_client::connect(url, options).await.map_err(|e| {
+        // The server's refusals keep their codes; the rest is "could not get there".
+        let code = match &e {
+            ConnectError::Unauthorized { .. } => "NOT_AUTHORIZED",
+            ConnectError::Forbidden { .. } => "FORBIDDEN",
+            ConnectError::Rejected(body) => return Failure(body.clone()),
+            _ => "UNAVAILABLE",
+        };
+        let mut message = format!("cannot connect to {url}: {e}");
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            message.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        Failure::local(code, message)
+    })
 }
 
 /// A value as JSON text; one that has no JSON form is an error, never a silent `null`.
@@ -188,7 +226,11 @@ pub(crate) async fn call(args: CallArgs) -> ExitCode {
         async {
             let params = args.params()?;
             let client = args.connect().await?;
-            let options = CallOptions::default().timeout(args.timeout().unwrap_or(DEFAULT_TIMEOUT));
+            let mut options =
+                CallOptions::default().timeout(args.timeout().unwrap_or(DEFAULT_TIMEOUT));
+            if let Some(node) = &args.node {
+                options = options.node(node.clone());
+            }
             let answer = client
                 .request::<Payload>(&args.method, params)
                 .options(options)
@@ -206,7 +248,10 @@ pub(crate) async fn notify(args: CallArgs) -> ExitCode {
             let params = args.params()?;
             let client = args.connect().await?;
             let mut errors = client.errors();
-            client.notify(&args.method, params).await?;
+            match &args.node {
+                Some(node) => client.notify_node(&args.method, params, node).await?,
+                None => client.notify(&args.method, params).await?,
+            }
             // The close handshake comes after the notification on the wire, so an error the
             // server reports for it (e.g. NOT_FOUND) has arrived once the close completes.
             client.close().await;
@@ -227,6 +272,9 @@ pub(crate) async fn stream(args: CallArgs) -> ExitCode {
             let mut options = StreamOptions::default();
             if let Some(timeout) = args.timeout() {
                 options = options.timeout(timeout);
+            }
+            if let Some(node) = &args.node {
+                options = options.node(node.clone());
             }
             let mut items = client
                 .stream::<Payload>(&args.method, params)

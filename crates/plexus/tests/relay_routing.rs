@@ -394,7 +394,35 @@ async fn calls_past_a_providers_limit_are_rate_limited(codec: Codec) {
         .await;
 }
 
+async fn a_server_that_does_not_relay_answers_not_found(codec: Codec) {
+    let server = start_with(Server::builder().router(sys())).await;
+    let mut client = RawClient::connect(server.addr, Some(codec)).await;
+    let provide = json!({"node": "a", "services": ["Greeting"]});
+    for (id, method, params) in [
+        (1, "$provide", provide),
+        (2, "$services", Value::Null),
+        (3, "$nope", json!({"ch": "x"})),
+    ] {
+        let err = client.call(id, method, params).await;
+        assert_eq!(err["e"]["code"], "NOT_FOUND", "{method}: {err}");
+    }
+    client
+        .send_json(json!({"t": "sub", "id": 4, "m": "$watch"}))
+        .await;
+    let err = client.recv_json().await;
+    assert_eq!(err["e"]["code"], "NOT_FOUND", "{err}");
+    // `node` means nothing to a server that does not relay: the call is served.
+    client
+        .send_json(json!({"t": "req", "id": 5, "m": "sys.echo", "d": 5, "node": "x"}))
+        .await;
+    assert_eq!(
+        client.recv_json().await,
+        json!({"t": "res", "id": 5, "d": 5})
+    );
+}
+
 codec_tests!(
+    a_server_that_does_not_relay_answers_not_found,
     providing_needs_the_permission_when_auth_is_on,
     calls_past_a_providers_limit_are_rate_limited,
     requests_alternate_between_providers,

@@ -48,9 +48,7 @@ impl Hub {
         method: &str,
         params: &Payload,
     ) -> Result<Payload, HubError> {
-        let p: ChannelParams = params
-            .decode()
-            .map_err(|e| HubError::from(RpcError::invalid_params(&e).into_body()))?;
+        // The name first: an unknown built-in is NOT_FOUND whatever its params.
         let action = match method {
             "$presence" => ChannelAction::Presence,
             "$history" => ChannelAction::History,
@@ -61,6 +59,9 @@ impl Hub {
                 ));
             }
         };
+        let p: ChannelParams = params
+            .decode()
+            .map_err(|e| HubError::from(RpcError::invalid_params(&e).into_body()))?;
         let options = self.options(&p.ch)?;
         // Permission first: a connection that may not look learns nothing of the channel.
         if !options.allows(conn, &p.ch, action) {

@@ -12,6 +12,7 @@ mkdir -p "$dir"
 (cd "$shared" && tar --exclude=./target --exclude=./results -cf - .) | (cd "$dir" && tar -xf -)
 chmod -R u+w "$dir"
 cp "$root/bench/plexus.sh" "$dir/servers/plexus.sh"
+cp "$root/bench/plexus-relay.sh" "$dir/servers/plexus-relay.sh"
 export PLEXUS_ROOT="$root"
 export PLEXUS_TARGET="${PLEXUS_TARGET:-$root/target}"
 exec "$dir/run.sh" "$@"

@@ -30,7 +30,8 @@ enum Command {
     /// calls to the connections that provide the service (`$provide`).
     Relay(ServeArgs),
     /// Provide demo services through a relay (`<SERVICE>.echo`, `.count`, `.sleep`,
-    /// `.node`) until Ctrl-C, reconnecting and providing again when the relay drops.
+    /// `.node`) until Ctrl-C; waits for the relay to listen, and reconnects and provides
+    /// again whenever it drops.
     Provide(relay::ProvideArgs),
     /// List a relay's live providers as JSON (`$services`), or --watch them change.
     Services(relay::ServicesArgs),

@@ -87,7 +87,9 @@ pub(crate) async fn provide(args: ProvideArgs) -> ExitCode {
                     router,
                     &args.node,
                     &args.services,
-                    ReconnectOptions::default(),
+                    // A provider may start before its relay: it waits for it, and comes back
+                    // whenever the relay does.
+                    ReconnectOptions::default().max_attempts(Some(u32::MAX)),
                 )
                 .await?;
             let mut provided = client.provided();

@@ -421,6 +421,17 @@ impl Inner {
             let mut guard = self.lock();
             let st = &mut *guard;
             st.link = None;
+            // Said before any call fails, so that whoever sees a call fail with
+            // `UNAVAILABLE` also sees the status that explains it (not `Connected`).
+            if !self.shutdown.is_cancelled() {
+                self.status.send_if_modified(|status| {
+                    let dropped = *status == Status::Connected;
+                    if dropped {
+                        *status = Status::Reconnecting;
+                    }
+                    dropped
+                });
+            }
             self.provided.send_if_modified(|provided| {
                 let changed = *provided != Provided::Pending;
                 *provided = Provided::Pending;

@@ -9,7 +9,8 @@ pub enum Status {
     /// A session is open: calls go out at once.
     Connected,
     /// The session dropped; reconnecting with backoff. Notifications and retryable calls
-    /// wait in the offline queue.
+    /// wait in the offline queue. Set the moment the session drops, so a session that ends
+    /// for good passes through it on its way to `Closed`.
     Reconnecting,
     /// Done: closed by [`Client::close`], by a close code that forbids reconnecting
     /// (1008, 4000, 4003), by a fatal connection error (HTTP 403, `reject` `FORBIDDEN`), or

@@ -169,8 +169,8 @@ fn unknown_fields_are_ignored() {
     }
 }
 
-/// Every JSON code block of the workspace's `PROTOCOL.md` is a frame that decodes and
-/// re-encodes to the same bytes.
+/// Every line of every JSON code block of the workspace's `PROTOCOL.md` is a frame that
+/// decodes and re-encodes to the same bytes.
 #[test]
 fn protocol_md_examples_are_exact() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../PROTOCOL.md");
@@ -179,12 +179,14 @@ fn protocol_md_examples_are_exact() {
     };
     let mut blocks = 0;
     for block in doc.split("```json\n").skip(1) {
-        let example = block.split("```").next().unwrap().trim();
-        let frame = Codec::Json
-            .decode(example.as_bytes().to_vec().into())
-            .unwrap_or_else(|e| panic!("{example}: {e}"));
-        let bytes = Codec::Json.encode(&frame).unwrap();
-        assert_eq!(std::str::from_utf8(&bytes).unwrap(), example);
+        let block = block.split("```").next().unwrap();
+        for example in block.lines().map(str::trim).filter(|line| !line.is_empty()) {
+            let frame = Codec::Json
+                .decode(example.as_bytes().to_vec().into())
+                .unwrap_or_else(|e| panic!("{example}: {e}"));
+            let bytes = Codec::Json.encode(&frame).unwrap();
+            assert_eq!(std::str::from_utf8(&bytes).unwrap(), example);
+        }
         blocks += 1;
     }
     assert!(blocks >= 20, "only {blocks} examples found");

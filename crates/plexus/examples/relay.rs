@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
         .wait_for_service("Greeting", Duration::from_secs(5))
         .await?;
     let text: String = caller
-        .request("Greeting.hello", &"Ada")
+        .request("Greeting.hello", "Ada")
         .offline_retries(3) // while no provider has it: 100 ms to 2 s backoff
         .fallback("hello, whoever".into()) // instead of SERVICE_OFFLINE
         .await?;

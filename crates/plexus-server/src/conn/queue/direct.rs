@@ -35,6 +35,7 @@ use std::task::{Context, Poll, Waker, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::read_ahead::ReadAhead;
 use super::{Outbound, OutboundQueue, PushError};
 
 /// A byte stream a connection runs on.
@@ -150,6 +151,7 @@ fn frame_header(binary: bool, len: usize, out: &mut [u8; 10]) -> &[u8] {
 /// one, and first finishes what a direct write left. Dropping it closes the socket.
 pub(crate) struct SharedSocket {
     queue: Arc<OutboundQueue>,
+    ahead: ReadAhead,
 }
 
 impl SharedSocket {
@@ -167,7 +169,10 @@ impl SharedSocket {
             state.direct.binary = binary;
             state.direct.max_len = max_direct_len;
         }
-        Self { queue }
+        Self {
+            queue,
+            ahead: ReadAhead::default(),
+        }
     }
 }
 
@@ -189,7 +194,9 @@ impl AsyncRead for SharedSocket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.queue.lock_socket().socket()?.poll_read(cx, buf)
+        let this = self.get_mut();
+        let mut socket = this.queue.lock_socket();
+        this.ahead.poll_read(socket.socket()?.get_mut(), cx, buf)
     }
 }
 

@@ -8,6 +8,7 @@
 //! to an idle connection's socket: see [`direct`].
 
 mod direct;
+mod read_ahead;
 
 use std::collections::VecDeque;
 use std::pin::pin;

@@ -365,6 +365,16 @@ async fn in_process_provider(url: &str, node: &str, codec: Codec) -> InProcessPr
             let name = name.clone();
             async move { Ok::<_, RpcError>(name) }
         })
+        .stream("Greeting.ticks", |_: Value| async move {
+            // One tick at once, then one a second until cancelled.
+            let ticks = futures_util::stream::unfold(0u64, |n| async move {
+                if n > 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Some((Ok::<_, RpcError>(n), n + 1))
+            });
+            Ok::<_, RpcError>(ticks)
+        })
         .request("Greeting.sleep", move |ms: u64| {
             counted.fetch_add(1, Ordering::SeqCst);
             let _ = started_tx.send(());
@@ -419,12 +429,33 @@ async fn a_relay_killed_mid_call_fails_the_call_and_everyone_comes_back(codec: C
         tokio::spawn(async move { client.request::<u64>("Greeting.sleep", &30_000).await })
     };
     within("the provider to start the call", provider.started.recv()).await;
+    let mut ticks = client
+        .stream::<u64>("Greeting.ticks", &())
+        .await
+        .expect("stream opened");
+    let first = within("a tick", ticks.next()).await;
+    assert_eq!(first.expect("open").expect("tick"), 0);
     relay.kill().await;
     let killed = Instant::now();
     let error = within("the call to fail", call)
         .await
         .expect("task")
         .expect_err("the relay died");
+    assert!(
+        killed.elapsed() < FAILOVER,
+        "failed after {:?}",
+        killed.elapsed()
+    );
+    assert!(error.is_unavailable(), "{error:?}");
+    let error = within("the stream to fail", async {
+        loop {
+            match ticks.next().await.expect("an end") {
+                Ok(_) => continue,
+                Err(error) => break error,
+            }
+        }
+    })
+    .await;
     assert!(
         killed.elapsed() < FAILOVER,
         "failed after {:?}",
@@ -611,7 +642,58 @@ async fn a_mesh_routes_through_the_relay_that_knows_the_service(codec: Codec) {
     assert!(error.is_timeout(), "{error:?}");
 }
 
+async fn services_are_listed_and_watched_from_the_command_line(codec: Codec) {
+    let (_relay, url) = Proc::relay("127.0.0.1:0").await;
+    let _a = Proc::provider(&url, "a", other(codec)).await;
+    let mut args = vec!["services", url.as_str()];
+    if codec == Codec::MsgPack {
+        args.push("--msgpack");
+    }
+    let out = Command::new(BIN)
+        .args(&args)
+        .output()
+        .await
+        .expect("services");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[{\"node\":\"a\",\"services\":[\"Greeting\"]}]\n"
+    );
+
+    args.extend(["--watch", "--timeout", "20s"]);
+    let mut watch = Command::new(BIN)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("services --watch");
+    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let mut next_line = async || {
+        within("a line of services --watch", lines.next_line())
+            .await
+            .expect("read")
+            .expect("a line")
+    };
+    assert_eq!(
+        next_line().await,
+        r#"[{"node":"a","services":["Greeting"]}]"#
+    );
+    let b = Proc::provider(&url, "b", codec).await;
+    assert_eq!(
+        next_line().await,
+        r#"{"online":{"node":"b","services":["Greeting"]}}"#
+    );
+    b.kill().await;
+    assert_eq!(next_line().await, r#"{"offline":{"node":"b"}}"#);
+}
+
 codec_tests!(
+    services_are_listed_and_watched_from_the_command_line,
     a_mesh_routes_through_the_relay_that_knows_the_service,
     a_mesh_of_two_relays_survives_losing_one,
     a_pinned_notification_reaches_its_node_only,

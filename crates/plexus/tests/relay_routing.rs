@@ -421,7 +421,46 @@ async fn a_server_that_does_not_relay_answers_not_found(codec: Codec) {
     );
 }
 
+async fn a_cancel_racing_the_start_still_reaches_the_provider(codec: Codec) {
+    let server = relay().await;
+    let mut p = provider(&server, codec, "p", &["Slow"]).await;
+    let mut caller = RawClient::connect(server.addr, Some(codec)).await;
+    // Each `req` and its `cancel` leave in one write: the cancel may reach the relay before
+    // the call reached the provider. Whatever the provider was sent, it is then cancelled.
+    for id in 1..=20u64 {
+        caller
+            .feed_json(json!({"t": "req", "id": id, "m": "Slow.wait", "d": id}))
+            .await;
+        caller.feed_json(json!({"t": "cancel", "id": id})).await;
+    }
+    caller.flush().await;
+    let mut started = std::collections::BTreeSet::new();
+    let mut cancelled = std::collections::BTreeSet::new();
+    while let Some(support::Event::Frame(frame)) =
+        p.next_event(std::time::Duration::from_millis(300)).await
+    {
+        let id = frame["id"].as_u64().unwrap();
+        match frame["t"].as_str() {
+            Some("req") => assert!(started.insert(id), "{frame}"),
+            Some("cancel") => {
+                assert!(started.contains(&id), "a cancel before its call: {frame}");
+                assert!(cancelled.insert(id), "{frame}");
+            }
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    assert_eq!(
+        started, cancelled,
+        "every call the provider got was cancelled"
+    );
+    // And the caller heard nothing for the calls it cancelled.
+    caller
+        .expect_silence(std::time::Duration::from_millis(50))
+        .await;
+}
+
 codec_tests!(
+    a_cancel_racing_the_start_still_reaches_the_provider,
     a_server_that_does_not_relay_answers_not_found,
     providing_needs_the_permission_when_auth_is_on,
     calls_past_a_providers_limit_are_rate_limited,

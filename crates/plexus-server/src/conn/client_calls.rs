@@ -59,6 +59,11 @@ impl ClientCalls {
         self.lock().is_empty()
     }
 
+    /// How many calls wait for the client.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Fails every call waiting (their senders are dropped): the connection ended.
     pub(crate) fn clear(&self) {
         let pending = std::mem::take(&mut *self.lock());

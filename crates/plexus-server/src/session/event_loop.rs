@@ -81,6 +81,14 @@ impl Session {
                 }
                 _ = sleep_until_opt(deadline), if deadline.is_some() => self.deadline_reached(),
             };
+            if popped && self.handle.client_calls().len() > 1 {
+                // Many calls to this client at once (a relay's provider): their tasks are
+                // queueing more; one turn later one write takes them all, not one each.
+                tokio::task::yield_now().await;
+                if let Some(out) = self.queue().try_pop() {
+                    self.outbound(out);
+                }
+            }
             if (popped || self.wire.has_pending())
                 && let Err(reason) = self.drain().await
             {

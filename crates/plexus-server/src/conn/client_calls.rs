@@ -3,9 +3,10 @@
 //! their items arrive on. The connection's session routes the client's answers here.
 
 use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,9 +32,38 @@ enum Pending {
     Stream(mpsc::Sender<StreamEvent>),
 }
 
+/// The locked table; records its size when unlocked.
+struct Locked<'a> {
+    map: MutexGuard<'a, HashMap<u64, Pending>>,
+    waiting: &'a AtomicUsize,
+}
+
+impl Deref for Locked<'_> {
+    type Target = HashMap<u64, Pending>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.waiting.store(self.map.len(), Ordering::Relaxed);
+    }
+}
+
 /// The calls the server has in flight to one client, bounded.
 pub(crate) struct ClientCalls {
     pending: Mutex<HashMap<u64, Pending>>,
+    /// `pending.len()`, kept by [`Locked`] on every unlock, so that the session loop can ask
+    /// "several calls waiting?" on each write without taking the lock.
+    waiting: AtomicUsize,
     next_id: AtomicU64,
     max: usize,
     /// Default timeout of a request.
@@ -44,24 +74,28 @@ impl ClientCalls {
     pub(crate) fn new(max: usize, timeout: Duration) -> Self {
         Self {
             pending: Mutex::new(HashMap::new()),
+            waiting: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             max,
             timeout,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            map: self.pending.lock().unwrap_or_else(|p| p.into_inner()),
+            waiting: &self.waiting,
+        }
     }
 
     /// Whether any call waits for the client.
     pub(crate) fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.len() == 0
     }
 
-    /// How many calls wait for the client.
+    /// How many calls wait for the client (without taking the table's lock).
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Fails every call waiting (their senders are dropped): the connection ended.

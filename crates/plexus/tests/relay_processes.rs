@@ -85,9 +85,7 @@ impl Proc {
     /// `plexus provide` of `Greeting` as `node`, speaking `codec`; returns once provided.
     async fn provider(url: &str, node: &str, codec: Codec) -> Proc {
         let mut args = vec!["provide", url, "--node", node, "--service", "Greeting"];
-        if codec == Codec::MsgPack {
-            args.push("--msgpack");
-        }
+        args.extend(codec_flag(codec));
         Self::start(&args, &format!("as node {node}")).await.0
     }
 
@@ -95,6 +93,18 @@ impl Proc {
     async fn kill(mut self) {
         self.child.kill().await.expect("kill -9");
     }
+}
+
+/// Reconnecting within a fraction of a second, so that tests wait on events, not backoff.
+fn fast_reconnect() -> ReconnectOptions {
+    ReconnectOptions::default()
+        .initial_delay(Duration::from_millis(20))
+        .max_delay(Duration::from_millis(200))
+}
+
+/// The flag that makes a `plexus` client command speak `codec`.
+fn codec_flag(codec: Codec) -> Option<&'static str> {
+    (codec == Codec::MsgPack).then_some("--msgpack")
 }
 
 fn other(codec: Codec) -> Codec {
@@ -106,12 +116,11 @@ fn other(codec: Codec) -> Codec {
 
 /// A caller that reconnects quickly.
 async fn caller(url: &str, codec: Codec) -> Client {
-    let reconnect = ReconnectOptions::default()
-        .initial_delay(Duration::from_millis(20))
-        .max_delay(Duration::from_millis(200));
     connect(
         url,
-        ClientOptions::default().codec(codec).reconnect(reconnect),
+        ClientOptions::default()
+            .codec(codec)
+            .reconnect(fast_reconnect()),
     )
     .await
     .expect("connect to the relay")
@@ -385,12 +394,9 @@ async fn in_process_provider(url: &str, node: &str, codec: Codec) -> InProcessPr
                 Ok::<_, RpcError>(ms)
             }
         });
-    let reconnect = ReconnectOptions::default()
-        .initial_delay(Duration::from_millis(20))
-        .max_delay(Duration::from_millis(200));
     let options = ClientOptions::default()
         .codec(codec)
-        .reconnect(reconnect)
+        .reconnect(fast_reconnect())
         .router(router)
         .provide(node, ["Greeting"]);
     let client = connect(url, options).await.expect("provider connects");
@@ -489,9 +495,7 @@ async fn a_caller_killed_without_a_close_cancels_its_calls(codec: Codec) {
     let (_relay, url) = Proc::relay("127.0.0.1:0").await;
     let mut provider = in_process_provider(&url, "p1", other(codec)).await;
     let mut args = vec!["call", url.as_str(), "Greeting.sleep", "60000"];
-    if codec == Codec::MsgPack {
-        args.push("--msgpack");
-    }
+    args.extend(codec_flag(codec));
     let mut call = Command::new(BIN)
         .args(&args)
         .stdout(Stdio::null())
@@ -646,9 +650,7 @@ async fn services_are_listed_and_watched_from_the_command_line(codec: Codec) {
     let (_relay, url) = Proc::relay("127.0.0.1:0").await;
     let _a = Proc::provider(&url, "a", other(codec)).await;
     let mut args = vec!["services", url.as_str()];
-    if codec == Codec::MsgPack {
-        args.push("--msgpack");
-    }
+    args.extend(codec_flag(codec));
     let out = Command::new(BIN)
         .args(&args)
         .output()
@@ -688,8 +690,19 @@ async fn services_are_listed_and_watched_from_the_command_line(codec: Codec) {
         next_line().await,
         r#"{"online":{"node":"b","services":["Greeting"]}}"#
     );
+    // `call --node` pins the call from the command line.
+    let mut call = vec!["call", url.as_str(), "Greeting.node", "--node", "b"];
+    call.extend(codec_flag(codec));
+    for _ in 0..3 {
+        let out = Command::new(BIN).args(&call).output().await.expect("call");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "\"b\"\n");
+    }
     b.kill().await;
     assert_eq!(next_line().await, r#"{"offline":{"node":"b"}}"#);
+    let out = Command::new(BIN).args(&call).output().await.expect("call");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("SERVICE_OFFLINE: "), "{stderr}");
 }
 
 codec_tests!(

@@ -300,6 +300,15 @@ async fn services_list_the_live_providers(codec: Codec) {
             {"node": "b", "services": ["Greeting"]},
         ])
     );
+    // The old node id is no longer routable: a call pinned to it is SERVICE_OFFLINE, and
+    // nothing reaches the connection that held it.
+    caller
+        .send_json(json!({"t": "req", "id": 3, "m": "Math.add", "d": [1, 2], "node": "a"}))
+        .await;
+    let err = caller.recv_json().await;
+    assert_eq!(err["e"]["code"], "SERVICE_OFFLINE", "{err}");
+    assert_eq!(err["e"]["data"], json!({"started": false}), "{err}");
+    a.expect_silence(std::time::Duration::from_millis(50)).await;
     // A node id held by another live connection is refused, never stolen.
     let mut thief = RawClient::connect(server.addr, Some(codec)).await;
     let err = thief
@@ -391,6 +400,13 @@ async fn calls_past_a_providers_limit_are_rate_limited(codec: Codec) {
     let err = second.call(9, "Greeting.wait", json!(3)).await;
     assert_eq!(err["e"]["code"], "RATE_LIMITED", "{err}");
     a.expect_silence(std::time::Duration::from_millis(100))
+        .await;
+    // A caller past its own limit is refused too, before any routing: `first` has 2 in
+    // flight, and a second provider with room would otherwise take the call.
+    let mut b = provider(&server, codec, "b", &["Greeting"]).await;
+    let err = first.call(3, "Greeting.wait", json!(3)).await;
+    assert_eq!(err["e"]["code"], "RATE_LIMITED", "{err}");
+    b.expect_silence(std::time::Duration::from_millis(100))
         .await;
 }
 

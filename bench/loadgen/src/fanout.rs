@@ -1,0 +1,215 @@
+//! `fanout`: N subscribers join one channel; one publisher publishes at a fixed rate, or as
+//! fast as a window of undelivered messages allows. Latency is end to end: each subscriber
+//! reads the `"ts"` the publisher put in the message, wherever the server's envelope puts it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::sync::{Mutex, Notify, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::connect::{Target, expect};
+use crate::cpu;
+use crate::record::{Record, histogram};
+use crate::template::{Fill, Template, now_ns, number_after};
+
+/// How long the subscribers may take to receive what was published, after the last one.
+const DRAIN: Duration = Duration::from_secs(5);
+/// Connections opened at once.
+const OPENING: usize = 64;
+
+pub(crate) struct Fanout {
+    pub(crate) target: Target,
+    pub(crate) subscribers: usize,
+    pub(crate) warmup: Duration,
+    pub(crate) duration: Duration,
+    pub(crate) subscribe: Template,
+    pub(crate) subscribe_ack: Option<String>,
+    pub(crate) publish: Template,
+    /// Messages per second; 0 = as fast as `window` allows.
+    pub(crate) rate: f64,
+    /// With `rate` 0: at most this many messages not yet delivered to every subscriber.
+    pub(crate) window: u64,
+    pub(crate) channel: String,
+    pub(crate) pad: String,
+    pub(crate) server_pid: Option<u32>,
+}
+
+/// Shared by the subscribers.
+struct Deliveries {
+    count: AtomicU64,
+    /// Wakes the publisher waiting for the window to open (only while it waits: a wake per
+    /// delivery would cost the generator more than reading the delivery).
+    progress: Notify,
+    waiting: AtomicBool,
+    /// Latencies of messages published while measuring.
+    latencies: Mutex<Histogram<u64>>,
+}
+
+impl Fanout {
+    pub(crate) async fn run(self) -> anyhow::Result<Record> {
+        let deliveries = Arc::new(Deliveries {
+            count: AtomicU64::new(0),
+            progress: Notify::new(),
+            waiting: AtomicBool::new(false),
+            latencies: Mutex::new(histogram()),
+        });
+        // Published while measuring: from `from_ns` to `to_ns` on the generator's clock.
+        let span = Arc::new((AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)));
+        let (stop_tx, stop) = watch::channel(false);
+        let mut readers = Vec::with_capacity(self.subscribers);
+        for first in (0..self.subscribers).step_by(OPENING) {
+            let last = (first + OPENING).min(self.subscribers);
+            let opened = futures_util::future::join_all((first..last).map(|conn| self.join(conn)));
+            for ws in opened.await {
+                let (deliveries, span, stop) = (deliveries.clone(), span.clone(), stop.clone());
+                readers.push(tokio::spawn(read(ws?, deliveries, span, stop)));
+            }
+        }
+        let publisher = self.target.open(self.subscribers, &self.pad).await?;
+        let (mut sink, mut acks) = publisher.split();
+        // Whatever the server answers the publisher (acks) is read and dropped.
+        let ack_reader = tokio::spawn(async move { while let Some(Ok(_)) = acks.next().await {} });
+
+        let n = self.subscribers as u64;
+        let start = Instant::now();
+        let measuring = start + self.warmup;
+        let end = measuring + self.duration;
+        let mut published = 0u64;
+        let mut window: Option<(cpu::Window, u64)> = None;
+        let mut at_measure = 0u64;
+        while Instant::now() < end {
+            if window.is_none() && Instant::now() >= measuring {
+                span.0.store(now_ns(), Ordering::Relaxed);
+                at_measure = deliveries.count.load(Ordering::Relaxed);
+                window = Some((cpu::Window::start(self.server_pid), published));
+            }
+            if self.rate > 0.0 {
+                let due = start + Duration::from_secs_f64(published as f64 / self.rate);
+                tokio::time::sleep_until(due.into()).await;
+            } else {
+                // Wait while a window's worth of deliveries is outstanding.
+                loop {
+                    let progress = deliveries.progress.notified();
+                    tokio::pin!(progress);
+                    progress.as_mut().enable();
+                    deliveries.waiting.store(true, Ordering::SeqCst);
+                    let outstanding = published * n - deliveries.count.load(Ordering::Relaxed);
+                    if outstanding < self.window * n {
+                        deliveries.waiting.store(false, Ordering::Relaxed);
+                        break;
+                    }
+                    tokio::select! {
+                        _ = &mut progress => {}
+                        _ = tokio::time::sleep_until(end.into()) => break,
+                    }
+                }
+            }
+            published += 1;
+            let fill = Fill {
+                seq: published,
+                channel: &self.channel,
+                pad: &self.pad,
+                ..Fill::default()
+            };
+            sink.send(Message::text(self.publish.render(fill))).await?;
+        }
+        span.1.store(now_ns(), Ordering::Relaxed);
+        let (window, published_before) = window.unwrap_or((cpu::Window::start(None), 0));
+        let usage = window.finish();
+        let delivered_in_window = deliveries.count.load(Ordering::Relaxed) - at_measure;
+
+        // Drain: every subscriber should have every message.
+        let drain_end = Instant::now() + DRAIN;
+        while deliveries.count.load(Ordering::Relaxed) < published * n && Instant::now() < drain_end
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let delivered = deliveries.count.load(Ordering::Relaxed);
+        let _ = stop_tx.send(true);
+        for reader in readers {
+            let _ = reader.await;
+        }
+        ack_reader.abort();
+        let latencies = deliveries.latencies.lock().await;
+        let mut record = Record::new();
+        record
+            .set("subscribers", self.subscribers)
+            .set("duration_s", self.duration.as_secs_f64())
+            .set("published", published - published_before)
+            .set(
+                "deliveries_per_s",
+                (delivered_in_window as f64 / self.duration.as_secs_f64()).round(),
+            )
+            .set("lost", (published * n).saturating_sub(delivered))
+            .latency(&latencies)
+            .cpu(&usage, delivered_in_window);
+        Ok(record)
+    }
+
+    /// Subscriber `conn`: connected, subscribed, acknowledged.
+    async fn join(&self, conn: usize) -> anyhow::Result<crate::connect::Ws> {
+        let mut ws = self.target.open(conn, &self.pad).await?;
+        let fill = Fill {
+            conn,
+            channel: &self.channel,
+            pad: &self.pad,
+            ..Fill::default()
+        };
+        ws.send(Message::text(self.subscribe.render(fill))).await?;
+        if let Some(ack) = &self.subscribe_ack {
+            tokio::time::timeout(Duration::from_secs(10), expect(&mut ws, ack)).await??;
+        }
+        Ok(ws)
+    }
+}
+
+/// One subscriber: counts deliveries, and records the latency of those published while
+/// measuring.
+async fn read(
+    mut ws: crate::connect::Ws,
+    deliveries: Arc<Deliveries>,
+    span: Arc<(AtomicU64, AtomicU64)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut local = histogram();
+    let mut pending = 0u32;
+    loop {
+        let message = tokio::select! {
+            message = ws.next() => message,
+            _ = stop.changed() => break,
+        };
+        let Some(Ok(message)) = message else {
+            break;
+        };
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let Some(ts) = number_after(text.as_str(), "\"ts\"") else {
+            continue;
+        };
+        let now = now_ns();
+        deliveries.count.fetch_add(1, Ordering::SeqCst);
+        if deliveries.waiting.load(Ordering::SeqCst) {
+            deliveries.progress.notify_one();
+        }
+        let (from, to) = (
+            span.0.load(Ordering::Relaxed),
+            span.1.load(Ordering::Relaxed),
+        );
+        if ts >= from && ts <= to {
+            let _ = local.record((now.saturating_sub(ts) / 1000).max(1));
+            pending += 1;
+        }
+        // Merged in batches, so that subscribers do not contend on one lock per message.
+        if pending >= 256 {
+            deliveries.latencies.lock().await.add(&local).ok();
+            local.reset();
+            pending = 0;
+        }
+    }
+    deliveries.latencies.lock().await.add(&local).ok();
+}

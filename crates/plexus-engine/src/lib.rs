@@ -254,6 +254,10 @@ pub enum EngineErrorKind {
     Unavailable,
     /// A limit of the engine was reached (channels kept, say).
     Limit,
+    /// Something is already taken by another live node (its node id, say).
+    Conflict,
+    /// The engine's configuration is wrong (a URL that cannot be parsed, say).
+    Invalid,
 }
 
 impl EngineError {

@@ -11,6 +11,7 @@ use plexus_server::{Compression, Server};
 mod call;
 mod channels;
 mod config;
+mod engine;
 mod relay;
 mod token;
 
@@ -82,9 +83,15 @@ struct ServeArgs {
     /// [default: 1048576]
     #[arg(long)]
     max_message_size: Option<usize>,
-    /// Node id sent in `welcome` [default: random]
-    #[arg(long)]
+    /// This node's id: sent in `welcome`, and its name in a cluster (with --engine, no
+    /// other live node may hold it) [default: random]
+    #[arg(long, env = "PLEXUS_NODE_ID")]
     node_id: Option<String>,
+    /// The engine that carries channels, presence and connection routing across nodes:
+    /// `memory` (this node alone) or redis://HOST:PORT (every node on the same Redis
+    /// behaves as one). Replaces the file's engine.url [default: memory]
+    #[arg(long, env = "PLEXUS_ENGINE")]
+    engine: Option<String>,
     /// Turns on authentication: connections must present an HS256 token (JWT) signed with
     /// this secret, e.g. from `plexus token --secret`, as `Authorization: Bearer`, the auth
     /// cookie (`plexus_token` unless [auth] cookie says otherwise), `?token=` or a `hello`
@@ -215,12 +222,28 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     if let Some(node) = args.node_id.or(file.node_id.clone()) {
         builder = builder.node_id(node);
     }
+    let cluster = match file
+        .engine
+        .choose(args.engine.as_deref())
+        .map_err(anyhow::Error::msg)?
+    {
+        engine::EngineChoice::Memory => None,
+        engine::EngineChoice::Redis(options) => {
+            Some(engine::ClusterEngine::connect(options).await?)
+        }
+    };
+    if let Some(cluster) = &cluster {
+        builder = builder.engine(cluster.engine());
+    }
     if relay {
         builder = builder.relay(plexus_server::RelayConfig::default());
     }
     let server = builder
         .try_build()
         .map_err(|e| anyhow::anyhow!(file.strict_error(&e)))?;
+    if let Some(cluster) = &cluster {
+        cluster.claim_node(server.node_id()).await?;
+    }
     let mut app = server.route(&path);
     if let Some(echo) = &echo_path {
         app = app.merge(plexus_server::echo_route(echo, &endpoint));
@@ -251,6 +274,9 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
         tracing::info!("JWT authentication on: connections need a token");
     }
     server.serve(listener, app, shutdown_signal()).await?;
+    if let Some(cluster) = &cluster {
+        cluster.release_node().await;
+    }
     tracing::info!("plexus stopped");
     Ok(())
 }

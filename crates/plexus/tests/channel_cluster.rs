@@ -1,17 +1,71 @@
 //! Two nodes sharing one engine, over real sockets: publications, presence, recovery and
 //! messages for connections cross from one node to the other; server-side subscriptions.
+//! The cross-node checks run twice: on linked memory engines in one process, and on two Redis
+//! engines sharing a real redis-server.
 
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use plexus_redis::RedisEngine;
+use plexus_redis::testing::RedisServer;
 use plexus_server::{
     ChannelOptions, CloseCode, Codec, EndpointConfig, Engine, ErrorCode, MemoryEngine, Namespaces,
     Server,
 };
 use serde_json::{Value, json};
 use support::{RawClient, TestServer, config, start_with, sys};
+
+/// What carries the two nodes' channels.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Memory,
+    Redis,
+}
+
+/// Two engines of one cluster; the Redis server they share lives as long as the guard.
+async fn engines(backend: Backend) -> (Arc<dyn Engine>, Arc<dyn Engine>, Option<RedisServer>) {
+    match backend {
+        Backend::Memory => {
+            let a = MemoryEngine::new();
+            let b = a.peer();
+            (Arc::new(a), Arc::new(b), None)
+        }
+        Backend::Redis => {
+            let redis = RedisServer::start().await;
+            let a = RedisEngine::connect(&redis.url())
+                .await
+                .expect("redis is up");
+            let b = RedisEngine::connect(&redis.url())
+                .await
+                .expect("redis is up");
+            (Arc::new(a), Arc::new(b), Some(redis))
+        }
+    }
+}
+
+/// Runs each named `async fn(Backend)` as a test on each backend.
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Memory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Redis).await;
+                }
+            )*
+        }
+    };
+}
 
 fn namespaces() -> Namespaces {
     Namespaces::new().namespace(
@@ -36,13 +90,13 @@ async fn node(engine: Arc<dyn Engine>, name: &str, config: EndpointConfig) -> Te
     .await
 }
 
-/// Two nodes on one memory engine.
-async fn cluster() -> (TestServer, TestServer) {
-    let a = MemoryEngine::new();
-    let b = a.peer();
+/// Two nodes of one cluster on `backend`, and the guard of its broker.
+async fn cluster(backend: Backend) -> (TestServer, TestServer, Option<RedisServer>) {
+    let (a, b, broker) = engines(backend).await;
     (
-        node(Arc::new(a), "a", config()).await,
-        node(Arc::new(b), "b", config()).await,
+        node(a, "a", config()).await,
+        node(b, "b", config()).await,
+        broker,
     )
 }
 
@@ -67,9 +121,8 @@ async fn next_non_presence(client: &mut RawClient) -> Value {
     }
 }
 
-#[tokio::test]
-async fn a_publication_on_one_node_reaches_subscribers_on_both() {
-    let (a, b) = cluster().await;
+async fn a_publication_on_one_node_reaches_subscribers_on_both(backend: Backend) {
+    let (a, b, _broker) = cluster(backend).await;
     let mut on_a = RawClient::connect(a.addr, Some(Codec::Json)).await;
     let mut on_b = RawClient::connect(b.addr, Some(Codec::MsgPack)).await;
     join(&mut on_a, 1, "room:x", None).await;
@@ -99,9 +152,8 @@ async fn a_publication_on_one_node_reaches_subscribers_on_both() {
     );
 }
 
-#[tokio::test]
-async fn recovery_works_when_the_client_comes_back_on_the_other_node() {
-    let (a, b) = cluster().await;
+async fn recovery_works_when_the_client_comes_back_on_the_other_node(backend: Backend) {
+    let (a, b, _broker) = cluster(backend).await;
     let mut client = RawClient::connect(a.addr, Some(Codec::Json)).await;
     let joined = join(&mut client, 1, "room:r", None).await;
     a.server
@@ -138,9 +190,8 @@ async fn recovery_works_when_the_client_comes_back_on_the_other_node() {
     assert_eq!(next_non_presence(&mut client).await["o"], 7, "then live");
 }
 
-#[tokio::test]
-async fn presence_spans_both_nodes() {
-    let (a, b) = cluster().await;
+async fn presence_spans_both_nodes(backend: Backend) {
+    let (a, b, _broker) = cluster(backend).await;
     let mut on_a = RawClient::connect(a.addr, Some(Codec::Json)).await;
     let mut on_b = RawClient::connect(b.addr, Some(Codec::Json)).await;
     join(&mut on_a, 1, "room:p", None).await;
@@ -157,9 +208,8 @@ async fn presence_spans_both_nodes() {
     assert_eq!(event["t"], "pleave", "{event}");
 }
 
-#[tokio::test]
-async fn connections_are_reached_from_the_other_node() {
-    let (a, b) = cluster().await;
+async fn connections_are_reached_from_the_other_node(backend: Backend) {
+    let (a, b, _broker) = cluster(backend).await;
     let mut client = RawClient::connect(a.addr, Some(Codec::MsgPack)).await;
     let conn = client.welcome["conn"].as_str().unwrap().to_owned();
     // A notification sent through node B.
@@ -222,19 +272,17 @@ async fn connections_are_reached_from_the_other_node() {
 
 /// A connection closed through another node gets the reason given there, and its own node
 /// reports it as such.
-#[tokio::test]
-async fn a_disconnect_through_another_node_keeps_its_reason() {
-    let a = MemoryEngine::new();
-    let b = a.peer();
+async fn a_disconnect_through_another_node_keeps_its_reason(backend: Backend) {
+    let (a, b, _broker) = engines(backend).await;
     let (builder, mut gone) = support::with_disconnect_hook(
         Server::builder()
             .router(sys())
             .node_id("a")
-            .engine(Arc::new(a))
+            .engine(a)
             .channels(namespaces()),
     );
     let a = start_with(builder).await;
-    let b = node(Arc::new(b), "b", config()).await;
+    let b = node(b, "b", config()).await;
     let client = RawClient::connect(a.addr, Some(Codec::Json)).await;
     let conn = client.welcome["conn"].as_str().unwrap().to_owned();
     b.server
@@ -280,9 +328,10 @@ fn ask(
     tokio::spawn(async move { hub.request(&conn, method, &params, timeout).await })
 }
 
-#[tokio::test]
-async fn a_request_reaches_a_connection_on_the_other_node_and_brings_its_answer_back() {
-    let (a, b) = cluster().await;
+async fn a_request_reaches_a_connection_on_the_other_node_and_brings_its_answer_back(
+    backend: Backend,
+) {
+    let (a, b, _broker) = cluster(backend).await;
     let mut client = RawClient::connect(a.addr, Some(Codec::MsgPack)).await;
     let conn = client.welcome["conn"].as_str().unwrap().to_owned();
     let asking = ask(&b, &conn, "ui.confirm", json!({"q": "sure?"}), FIVE_S);
@@ -317,9 +366,8 @@ async fn a_request_reaches_a_connection_on_the_other_node_and_brings_its_answer_
     assert_eq!(asking.await.unwrap().unwrap(), json!(3));
 }
 
-#[tokio::test]
-async fn a_request_the_remote_client_leaves_unanswered_times_out_with_a_cancel() {
-    let (a, b) = cluster().await;
+async fn a_request_the_remote_client_leaves_unanswered_times_out_with_a_cancel(backend: Backend) {
+    let (a, b, _broker) = cluster(backend).await;
     let mut client = RawClient::connect(a.addr, Some(Codec::Json)).await;
     let conn = client.welcome["conn"].as_str().unwrap().to_owned();
     let asking = ask(&b, &conn, "ui.slow", json!({}), Duration::from_millis(300));
@@ -332,9 +380,8 @@ async fn a_request_the_remote_client_leaves_unanswered_times_out_with_a_cancel()
     client.assert_echo(7).await;
 }
 
-#[tokio::test]
-async fn a_request_whose_caller_gives_up_is_cancelled_on_the_other_node() {
-    let (a, b) = cluster().await;
+async fn a_request_whose_caller_gives_up_is_cancelled_on_the_other_node(backend: Backend) {
+    let (a, b, _broker) = cluster(backend).await;
     let mut client = RawClient::connect(a.addr, Some(Codec::Json)).await;
     let conn = client.welcome["conn"].as_str().unwrap().to_owned();
     let asking = ask(&b, &conn, "ui.confirm", json!({}), Duration::from_secs(60));
@@ -352,9 +399,8 @@ async fn a_request_whose_caller_gives_up_is_cancelled_on_the_other_node() {
     client.assert_echo(7).await;
 }
 
-#[tokio::test]
-async fn a_request_to_a_connection_no_node_holds_times_out() {
-    let (_a, b) = cluster().await;
+async fn a_request_to_a_connection_no_node_holds_times_out(backend: Backend) {
+    let (_a, b, _broker) = cluster(backend).await;
     let started = Instant::now();
     let missing = b
         .server
@@ -405,9 +451,8 @@ async fn a_server_side_subscription_on_the_same_node_and_its_limit() {
     assert!(hub.channels().is_empty());
 }
 
-#[tokio::test]
-async fn disconnecting_an_unknown_user_closes_nothing() {
-    let (a, b) = cluster().await;
+async fn disconnecting_an_unknown_user_closes_nothing(backend: Backend) {
+    let (a, b, _broker) = cluster(backend).await;
     let mut clients = vec![
         RawClient::connect(a.addr, Some(Codec::Json)).await,
         RawClient::connect(b.addr, Some(Codec::Json)).await,
@@ -576,3 +621,16 @@ async fn an_interrupted_channel_tells_subscribers_to_join_again_and_they_recover
         (json!(2), json!(2))
     );
 }
+
+backend_tests!(
+    a_publication_on_one_node_reaches_subscribers_on_both,
+    recovery_works_when_the_client_comes_back_on_the_other_node,
+    presence_spans_both_nodes,
+    connections_are_reached_from_the_other_node,
+    a_disconnect_through_another_node_keeps_its_reason,
+    a_request_reaches_a_connection_on_the_other_node_and_brings_its_answer_back,
+    a_request_the_remote_client_leaves_unanswered_times_out_with_a_cancel,
+    a_request_whose_caller_gives_up_is_cancelled_on_the_other_node,
+    a_request_to_a_connection_no_node_holds_times_out,
+    disconnecting_an_unknown_user_closes_nothing,
+);

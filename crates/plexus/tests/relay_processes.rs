@@ -19,67 +19,21 @@ use plexus::client::{
     ReconnectOptions, Router, RpcError, ServiceEvent, ServiceWatch, Status, connect,
 };
 use serde_json::{Value, json};
+use support::process::{BIN, Proc, ws_url};
 use support::within;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::mpsc;
-
-const BIN: &str = env!("CARGO_BIN_EXE_plexus");
 
 /// How soon a death must reach the calls it touches.
 const FAILOVER: Duration = Duration::from_secs(1);
 
-/// A `plexus` child, killed with SIGKILL when dropped.
-struct Proc {
-    child: Child,
-}
-
 impl Proc {
-    /// Starts `plexus ARGS` and waits until its stderr has a line containing `ready`;
-    /// returns the child and that line.
-    async fn start(args: &[&str], ready: &str) -> (Proc, String) {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env_remove("PLEXUS_JWT_SECRET")
-            .env_remove("PLEXUS_CONFIG")
-            .env_remove("PLEXUS_TOKEN")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start plexus");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let line = within(
-            &format!("`plexus {}` to say {ready:?}", args.join(" ")),
-            async {
-                loop {
-                    match lines.next_line().await.expect("read stderr") {
-                        Some(line) if line.contains(ready) => break line,
-                        Some(_) => {}
-                        None => panic!("`plexus {}` exited before {ready:?}", args.join(" ")),
-                    }
-                }
-            },
-        )
-        .await;
-        // Keep draining stderr so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        (Proc { child }, line)
-    }
-
     /// `plexus relay` on `listen` (`127.0.0.1:0` for a free port); returns it and its URL.
     async fn relay(listen: &str) -> (Proc, String) {
         let (proc, line) =
             Self::start(&["relay", "--listen", listen, "--heartbeat", "1s"], "ws://").await;
-        let at = line.find("ws://").expect("url");
-        let url = line[at..]
-            .split_whitespace()
-            .next()
-            .expect("url")
-            .to_owned();
-        (proc, url)
+        (proc, ws_url(&line))
     }
 
     /// `plexus provide` of `Greeting` as `node`, speaking `codec`; returns once provided.
@@ -87,11 +41,6 @@ impl Proc {
         let mut args = vec!["provide", url, "--node", node, "--service", "Greeting"];
         args.extend(codec_flag(codec));
         Self::start(&args, &format!("as node {node}")).await.0
-    }
-
-    /// SIGKILL: the process dies without a close frame; the kernel closes its sockets.
-    async fn kill(mut self) {
-        self.child.kill().await.expect("kill -9");
     }
 }
 

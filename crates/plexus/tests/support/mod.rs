@@ -7,6 +7,8 @@
 
 #![allow(dead_code, unused_macros)]
 
+pub(crate) mod process;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

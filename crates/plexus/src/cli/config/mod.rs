@@ -127,6 +127,9 @@ pub(crate) struct FileConfig {
     pub(crate) limits: LimitsFile,
     /// Channel namespaces by pattern (`"room:*"` or an exact name).
     pub(crate) namespaces: Option<BTreeMap<String, NamespaceFile>>,
+    /// Which engine carries channels across nodes (default: memory, this node alone).
+    #[serde(default)]
+    pub(crate) engine: super::engine::EngineFile,
     /// The file this came from, for error messages (none: no file).
     #[serde(skip)]
     source: Option<PathBuf>,
@@ -276,6 +279,7 @@ impl FileConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.engine.validate()?;
         if let Some(path) = &self.path {
             check(path.starts_with('/'), "path", "must start with `/`")?;
         }

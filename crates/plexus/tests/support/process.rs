@@ -1,0 +1,86 @@
+//! `plexus` child processes for the tests that kill, restart and compose real processes.
+
+use std::process::{ExitStatus, Stdio};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::within;
+
+/// The `plexus` binary under test.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_plexus");
+
+/// A `plexus` child, killed with SIGKILL when dropped.
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+}
+
+fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_remove("PLEXUS_JWT_SECRET")
+        .env_remove("PLEXUS_CONFIG")
+        .env_remove("PLEXUS_TOKEN")
+        .env_remove("PLEXUS_ENGINE")
+        .env_remove("PLEXUS_NODE_ID")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+impl Proc {
+    /// Starts `plexus ARGS` and waits until its stderr has a line containing `ready`;
+    /// returns the child and that line.
+    pub(crate) async fn start(args: &[&str], ready: &str) -> (Proc, String) {
+        let mut child = command(args).spawn().expect("start plexus");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let line = within(
+            &format!("`plexus {}` to say {ready:?}", args.join(" ")),
+            async {
+                loop {
+                    match lines.next_line().await.expect("read stderr") {
+                        Some(line) if line.contains(ready) => break line,
+                        Some(_) => {}
+                        None => panic!("`plexus {}` exited before {ready:?}", args.join(" ")),
+                    }
+                }
+            },
+        )
+        .await;
+        // Keep draining stderr so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        (Proc { child }, line)
+    }
+
+    /// Runs `plexus ARGS` to its end (within `bound`); returns how it exited and its stderr.
+    pub(crate) async fn run(args: &[&str], bound: std::time::Duration) -> (ExitStatus, String) {
+        let child = command(args).spawn().expect("start plexus");
+        let output = tokio::time::timeout(bound, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("`plexus {}` still runs after {bound:?}", args.join(" ")))
+            .expect("plexus runs");
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// SIGKILL: the process dies without a close frame; the kernel closes its sockets.
+    pub(crate) async fn kill(mut self) {
+        self.child.kill().await.expect("kill -9");
+    }
+}
+
+/// The first `ws://…` URL in a log line.
+pub(crate) fn ws_url(line: &str) -> String {
+    let at = line.find("ws://").expect("a ws:// URL in the line");
+    line[at..]
+        .split(|c: char| c.is_whitespace() || c == '\u{1b}')
+        .next()
+        .expect("url")
+        .to_owned()
+}

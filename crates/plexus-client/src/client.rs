@@ -138,7 +138,10 @@ impl Client {
     /// - **The server may end it** (a `left` frame): when its stream of the channel was
     ///   interrupted (code `UNAVAILABLE`) the client joins again with `since`, as after a
     ///   reconnect; otherwise the subscription ends with
-    ///   [`ChannelEvent::Closed`](crate::ChannelEvent::Closed).
+    ///   [`ChannelEvent::Closed`](crate::ChannelEvent::Closed). A re-join the server
+    ///   refuses as `UNAVAILABLE` (its engine lost its broker) is tried again with the
+    ///   reconnect backoff until it succeeds; other refusals of a re-join end the
+    ///   subscription.
     /// - Refusals keep the server's code (`FORBIDDEN`, `NOT_FOUND`, ...).
     pub async fn join(
         &self,

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 use plexus_protocol::{ErrorBody, Frame, Payload};
@@ -134,12 +134,14 @@ pub(crate) struct Inner {
     /// Whether the relay took this client's `$provide` on the current session.
     pub(crate) provided: watch::Sender<Provided>,
     pub(crate) shutdown: CancellationToken,
+    /// This value itself, for timers that must call back into it without keeping it alive.
+    pub(crate) me: Weak<Inner>,
     next_id: AtomicU64,
 }
 
 impl Inner {
     pub(crate) fn new(url: Url, options: ClientOptions) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             options,
             url,
             state: Mutex::new(State::default()),
@@ -147,6 +149,7 @@ impl Inner {
             errors: broadcast::Sender::new(64),
             provided: watch::Sender::new(Provided::Pending),
             shutdown: CancellationToken::new(),
+            me: me.clone(),
             next_id: AtomicU64::new(1),
         })
     }

@@ -34,6 +34,7 @@ impl IntoResponse for ApiError {
             "RATE_LIMITED" => StatusCode::TOO_MANY_REQUESTS,
             "VALIDATION_ERROR" | "BAD_FRAME" => StatusCode::BAD_REQUEST,
             "TOO_LARGE" => StatusCode::PAYLOAD_TOO_LARGE,
+            "UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let body = json!({"error": {"code": self.0.code.as_str(), "message": self.0.message}});

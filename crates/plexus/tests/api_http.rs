@@ -29,39 +29,6 @@ async fn start_api() -> TestServer {
     support::serve_app(server, listener, app, addr)
 }
 
-/// One HTTP/1.1 request; returns the status and the JSON body.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    key: Option<&str>,
-    body: Option<&str>,
-) -> (u16, Value) {
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(key) = key {
-        request.push_str(&format!("Authorization: apikey {key}\r\n"));
-    }
-    if let Some(body) = body {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
-    } else {
-        request.push_str("\r\n");
-    }
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(support::TIMEOUT, stream.read_to_end(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&response);
-    let status: u16 = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn every_endpoint_needs_the_key() {
     let server = start_api().await;
@@ -80,14 +47,14 @@ async fn every_endpoint_needs_the_key() {
         ("GET", "/api/presence?channel=room:1", None),
         ("POST", "/api/disconnect", Some(r#"{"user":"u"}"#)),
     ] {
-        let (status, body_json) = http(server.addr, method, path, None, body).await;
+        let (status, body_json) = support::http(server.addr, method, path, None, body).await;
         assert_eq!(status, 401, "{method} {path} without a key");
         assert_eq!(body_json["error"]["code"], "NOT_AUTHORIZED");
-        let (status, _) = http(server.addr, method, path, Some("wrong"), body).await;
+        let (status, _) = support::http(server.addr, method, path, Some("wrong"), body).await;
         assert_eq!(status, 401, "{method} {path} with a wrong key");
     }
     // Nothing was published.
-    let (_, channels) = http(server.addr, "GET", "/api/channels", Some(KEY), None).await;
+    let (_, channels) = support::http(server.addr, "GET", "/api/channels", Some(KEY), None).await;
     assert_eq!(channels, json!({"channels": []}));
 }
 
@@ -99,7 +66,7 @@ async fn publish_and_broadcast_reach_subscribers() {
         .await;
     assert_eq!(sub.recv_json().await["t"], "res");
 
-    let (status, body) = http(
+    let (status, body) = support::http(
         server.addr,
         "POST",
         "/api/publish",
@@ -114,7 +81,7 @@ async fn publish_and_broadcast_reach_subscribers() {
         json!({"t": "msg", "ch": "room:1", "o": 1, "d": {"text": "from a backend"}})
     );
 
-    let (status, body) = http(
+    let (status, body) = support::http(
         server.addr,
         "POST",
         "/api/broadcast",
@@ -129,12 +96,12 @@ async fn publish_and_broadcast_reach_subscribers() {
     assert_eq!(results[2]["error"]["code"], "NOT_FOUND");
     assert_eq!(sub.recv_json().await["o"], 2);
 
-    let (_, channels) = http(server.addr, "GET", "/api/channels", Some(KEY), None).await;
+    let (_, channels) = support::http(server.addr, "GET", "/api/channels", Some(KEY), None).await;
     assert_eq!(
         channels,
         json!({"channels": [{"channel": "room:1", "subscribers": 1}]})
     );
-    let (_, presence) = http(
+    let (_, presence) = support::http(
         server.addr,
         "GET",
         "/api/presence?channel=room:1",
@@ -151,7 +118,7 @@ async fn disconnect_closes_the_connection() {
     let mut victim = RawClient::connect(server.addr, Some(Codec::Json)).await;
     let mut bystander = RawClient::connect(server.addr, Some(Codec::Json)).await;
     let body = json!({"conn": victim.welcome["conn"]}).to_string();
-    let (status, answer) = http(
+    let (status, answer) = support::http(
         server.addr,
         "POST",
         "/api/disconnect",
@@ -163,7 +130,7 @@ async fn disconnect_closes_the_connection() {
     assert_eq!(answer, json!({"disconnected": 1}));
     assert_eq!(victim.recv_close().await, 1000);
     bystander.assert_echo(1).await;
-    let (status, answer) = http(
+    let (status, answer) = support::http(
         server.addr,
         "POST",
         "/api/disconnect",
@@ -175,7 +142,7 @@ async fn disconnect_closes_the_connection() {
     assert_eq!(answer["error"]["code"], "VALIDATION_ERROR");
     // A close code telling the client not to come back, and one that is not allowed.
     let body = json!({"conn": bystander.welcome["conn"], "code": 4003}).to_string();
-    let (status, _) = http(
+    let (status, _) = support::http(
         server.addr,
         "POST",
         "/api/disconnect",
@@ -186,7 +153,7 @@ async fn disconnect_closes_the_connection() {
     assert_eq!(status, 200);
     assert_eq!(bystander.recv_close().await, 4003);
     let body = json!({"user": "u", "code": 1011}).to_string();
-    let (status, answer) = http(
+    let (status, answer) = support::http(
         server.addr,
         "POST",
         "/api/disconnect",
@@ -200,7 +167,7 @@ async fn disconnect_closes_the_connection() {
 #[tokio::test]
 async fn bad_requests_get_defined_answers() {
     let server = start_api().await;
-    let (status, body) = http(
+    let (status, body) = support::http(
         server.addr,
         "POST",
         "/api/publish",
@@ -210,7 +177,7 @@ async fn bad_requests_get_defined_answers() {
     .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "VALIDATION_ERROR");
-    let (status, _) = http(
+    let (status, _) = support::http(
         server.addr,
         "POST",
         "/api/publish",
@@ -219,7 +186,7 @@ async fn bad_requests_get_defined_answers() {
     )
     .await;
     assert_eq!(status, 400);
-    let (status, body) = http(
+    let (status, body) = support::http(
         server.addr,
         "POST",
         "/api/publish",
@@ -230,6 +197,7 @@ async fn bad_requests_get_defined_answers() {
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "NOT_FOUND");
     let big = format!(r#"{{"channel":"room:1","data":"{}"}}"#, "x".repeat(8000));
-    let (status, _) = http(server.addr, "POST", "/api/publish", Some(KEY), Some(&big)).await;
+    let (status, _) =
+        support::http(server.addr, "POST", "/api/publish", Some(KEY), Some(&big)).await;
     assert_eq!(status, 413, "bodies are limited to the message size");
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::task::Waker;
 
 use bytes::Bytes;
-use plexus_protocol::{ErrorBody, Frame, Payload, Position};
+use plexus_protocol::{ErrorBody, ErrorCode, Frame, Payload, Position};
 use tokio::sync::oneshot;
 
 use super::ChannelEvent;
@@ -111,6 +111,7 @@ impl Inner {
             capacity: capacity.max(1),
             position: since,
             phase: Phase::Idle,
+            join_failures: 0,
             lagged: false,
             closed: false,
             queue: VecDeque::new(),
@@ -226,6 +227,22 @@ impl Inner {
             Ok(data) => data
                 .decode::<JoinResult>()
                 .map_err(|e| CallError::decode(&e)),
+            // A re-join the server cannot serve yet (its engine lost its broker, say) is tried
+            // again with backoff, as a reconnect is, rather than ending the subscription.
+            Err(error) if sub.ready.is_none() && error.code == ErrorCode::UNAVAILABLE => {
+                sub.phase = Phase::Idle;
+                let delay = self.options.reconnect.delay(sub.join_failures);
+                sub.join_failures = sub.join_failures.saturating_add(1);
+                tracing::debug!(channel = %sub.channel, ?delay, "re-join unavailable; retrying: {}", error.message);
+                let me = self.me.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Some(inner) = me.upgrade() {
+                        inner.retry_join(token);
+                    }
+                });
+                return None;
+            }
             Err(error) => Err(CallError::remote(error)),
         };
         let result = match result {
@@ -249,6 +266,7 @@ impl Inner {
             sub.position = Some(position.clone());
         }
         sub.phase = Phase::Joined;
+        sub.join_failures = 0;
         match sub.ready.take() {
             Some(ready) => {
                 let last = sub.position.clone().unwrap_or_else(|| position.clone());
@@ -266,6 +284,25 @@ impl Inner {
                     position,
                 })
             }
+        }
+    }
+
+    /// Joins subscription `token` again after a re-join was refused as unavailable, unless
+    /// something else (a reconnect, a leave) took care of it meanwhile.
+    fn retry_join(&self, token: u64) {
+        let waker = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let Some(link) = &st.link else { return };
+            let channels = &mut st.channels;
+            match channels.subs.get(&token) {
+                Some(sub) if sub.phase == Phase::Idle && !sub.closed && !sub.lagged => {}
+                _ => return,
+            }
+            self.rejoin(channels, link, token)
+        };
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 

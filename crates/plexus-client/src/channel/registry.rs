@@ -58,6 +58,8 @@ pub(super) struct Sub {
     /// of a join without `since`.
     pub(super) position: Option<Position>,
     pub(super) phase: Phase,
+    /// Re-joins refused as unavailable in a row: the backoff of the next retry.
+    pub(super) join_failures: u32,
     /// The buffer overflowed: nothing more is buffered until the application drained it
     /// and the channel was joined again.
     pub(super) lagged: bool,

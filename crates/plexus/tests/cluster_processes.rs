@@ -1,0 +1,455 @@
+//! Three `plexus serve --engine redis://…` processes on one real redis-server behave as one:
+//! publications through any node reach every subscriber once and in order, a client that
+//! moves (or whose node is killed) recovers what it missed on another node, presence spans
+//! the nodes and forgets a killed node's members, connections are reached from any node, and
+//! a broker that restarts is told to the clients and healed.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use plexus::client::{ChannelEvent, ReconnectOptions, Status};
+use plexus::{Client, ClientOptions, JoinOptions, Subscription, connect};
+use plexus_redis::testing::RedisServer;
+use serde_json::{Value, json};
+use support::process::{Proc, ws_url};
+use support::{http, within};
+
+const KEY: &str = "cluster-key";
+
+/// The nodes' configuration: one namespace with history, recovery and presence, and a short
+/// presence TTL so that a killed node's members lapse quickly.
+const CONFIG: &str = r#"
+api_key = "cluster-key"
+
+[limits]
+heartbeat = "1s"
+
+[engine]
+presence_ttl = "1s"
+
+[namespaces."room:*"]
+history_size = 1000
+recovery = true
+presence = true
+join_leave_events = true
+client_publish = true
+public = true
+"#;
+
+/// One `plexus serve` process.
+struct Node {
+    proc: Proc,
+    url: String,
+    addr: SocketAddr,
+}
+
+/// A redis-server and the nodes on it.
+struct Cluster {
+    redis: RedisServer,
+    config: PathBuf,
+    nodes: Vec<Option<Node>>,
+}
+
+impl Cluster {
+    async fn start(count: usize) -> Self {
+        let redis = RedisServer::start().await;
+        let config = std::env::temp_dir().join(format!("plexus-cluster-{}.toml", redis.port()));
+        std::fs::write(&config, CONFIG).expect("write the config");
+        let mut cluster = Self {
+            redis,
+            config,
+            nodes: Vec::new(),
+        };
+        for n in 1..=count {
+            let node = cluster.start_node(&format!("n{n}")).await;
+            cluster.nodes.push(Some(node));
+        }
+        cluster
+    }
+
+    fn args<'a>(&'a self, engine: &'a str, node: &'a str) -> Vec<&'a str> {
+        let config = self.config.to_str().expect("a UTF-8 temp dir");
+        vec![
+            "serve",
+            "--config",
+            config,
+            "--engine",
+            engine,
+            "--listen",
+            "127.0.0.1:0",
+            "--node-id",
+            node,
+        ]
+    }
+
+    async fn start_node(&self, node: &str) -> Node {
+        let engine = self.redis.url();
+        let (proc, line) = Proc::start(&self.args(&engine, node), "ws://").await;
+        let url = ws_url(&line);
+        let addr = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("the node's address");
+        Node { proc, url, addr }
+    }
+
+    fn node(&self, n: usize) -> &Node {
+        self.nodes[n].as_ref().expect("a live node")
+    }
+
+    async fn kill(&mut self, n: usize) {
+        self.nodes[n].take().expect("a live node").proc.kill().await;
+    }
+
+    /// Publishes `{"n": n}` through node `node`'s HTTP API.
+    async fn publish_http(&self, node: usize, channel: &str, n: u64) -> (u16, Value) {
+        let body = json!({"channel": channel, "data": {"n": n}}).to_string();
+        http(
+            self.node(node).addr,
+            "POST",
+            "/api/publish",
+            Some(KEY),
+            Some(&body),
+        )
+        .await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+fn fast_reconnect() -> ReconnectOptions {
+    ReconnectOptions::default()
+        .initial_delay(Duration::from_millis(20))
+        .max_delay(Duration::from_millis(200))
+}
+
+async fn client(url: &str) -> Client {
+    connect(url, ClientOptions::default().reconnect(fast_reconnect()))
+        .await
+        .expect("connect to the node")
+}
+
+/// The next event that is not a presence change.
+async fn next_event(sub: &mut Subscription) -> ChannelEvent {
+    within("a channel event", async {
+        loop {
+            match sub.next().await.expect("the subscription lives") {
+                ChannelEvent::MemberJoined(_) | ChannelEvent::MemberLeft(_) => {}
+                event => return event,
+            }
+        }
+    })
+    .await
+}
+
+/// The next publication, as `(offset, n)`; fails on any other event but presence.
+async fn next_publication(sub: &mut Subscription) -> (u64, u64) {
+    match next_event(sub).await {
+        ChannelEvent::Publication(p) => {
+            let value: Value = p.decode().expect("json");
+            (p.offset, value["n"].as_u64().expect("n"))
+        }
+        other => panic!("expected a publication, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_through_any_node_reaches_every_subscriber_once_in_order() {
+    let cluster = Cluster::start(3).await;
+    let clients = [
+        client(&cluster.node(0).url).await,
+        client(&cluster.node(1).url).await,
+        client(&cluster.node(2).url).await,
+    ];
+    let mut subs = Vec::new();
+    for c in &clients {
+        subs.push(
+            c.join("room:fan", JoinOptions::default())
+                .await
+                .expect("join"),
+        );
+    }
+    // Through a client's `pub` on two nodes and the HTTP API on the third, in turn.
+    for n in 1..=30u64 {
+        match n % 3 {
+            0 => {
+                let (status, _) = cluster.publish_http(2, "room:fan", n).await;
+                assert_eq!(status, 200);
+            }
+            k => {
+                let position = clients[k as usize - 1]
+                    .publish("room:fan", &json!({"n": n}))
+                    .await
+                    .expect("publish");
+                assert_eq!(position.offset, n, "offsets follow the publications");
+            }
+        }
+    }
+    for (i, sub) in subs.iter_mut().enumerate() {
+        for n in 1..=30u64 {
+            assert_eq!(
+                next_publication(sub).await,
+                (n, n),
+                "subscriber on node {i}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_moves_to_another_node_gets_exactly_what_it_missed() {
+    let cluster = Cluster::start(3).await;
+    let first = client(&cluster.node(0).url).await;
+    let mut sub = first
+        .join("room:move", JoinOptions::default())
+        .await
+        .expect("join");
+    for n in 1..=5 {
+        cluster.publish_http(2, "room:move", n).await;
+    }
+    for n in 1..=5 {
+        assert_eq!(next_publication(&mut sub).await, (n, n));
+    }
+    let last = sub.last_position().clone();
+    first.close().await;
+    for n in 6..=9 {
+        cluster.publish_http(2, "room:move", n).await;
+    }
+    let second = client(&cluster.node(1).url).await;
+    let mut sub = second
+        .join("room:move", JoinOptions::default().since(last))
+        .await
+        .expect("join with since");
+    assert!(sub.recovered(), "the history holds what was missed");
+    for n in 6..=9 {
+        assert_eq!(
+            next_publication(&mut sub).await,
+            (n, n),
+            "exactly the missed ones"
+        );
+    }
+    cluster.publish_http(0, "room:move", 10).await;
+    assert_eq!(next_publication(&mut sub).await, (10, 10), "then live ones");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_clients_recover_elsewhere_and_its_members_leave() {
+    let mut cluster = Cluster::start(3).await;
+    // The client tries node 0 first, then node 1 on every later attempt.
+    let urls = [cluster.node(0).url.clone(), cluster.node(1).url.clone()];
+    let attempts = Arc::new(AtomicU32::new(0));
+    let counter = attempts.clone();
+    let first_url = urls[0].clone();
+    let moving = connect(
+        &first_url,
+        ClientOptions::default()
+            .reconnect(fast_reconnect())
+            .before_connect(move |req| {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let url = urls[usize::from(n > 0)].clone();
+                Box::pin(async move {
+                    req.url = url.parse().map_err(|e| format!("{e}"))?;
+                    Ok(())
+                })
+            }),
+    )
+    .await
+    .expect("connect");
+    let conn = moving.conn_id().expect("a connection id");
+    let watcher = client(&cluster.node(2).url).await;
+    let mut watching = watcher
+        .join("room:kill", JoinOptions::default())
+        .await
+        .expect("join");
+    let mut sub = moving
+        .join("room:kill", JoinOptions::default())
+        .await
+        .expect("join");
+    within("the mover's join seen from node 2", async {
+        loop {
+            if let Some(ChannelEvent::MemberJoined(m)) = watching.next().await
+                && m.conn == conn
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    let presence = watcher.presence("room:kill").await.expect("presence");
+    assert_eq!(
+        presence.len(),
+        2,
+        "both members, across nodes: {presence:?}"
+    );
+
+    cluster.publish_http(2, "room:kill", 1).await;
+    assert_eq!(next_publication(&mut sub).await, (1, 1));
+    cluster.kill(0).await;
+    for n in 2..=6 {
+        cluster.publish_http(2, "room:kill", n).await;
+    }
+    // Its member lapses with the presence TTL (1 s) and a sweep: well within the wait.
+    within("the killed node's member to leave", async {
+        loop {
+            match watching.next().await.expect("the watcher's subscription") {
+                ChannelEvent::MemberLeft(m) if m.conn == conn => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    match next_event(&mut sub).await {
+        ChannelEvent::Resubscribed { recovered, .. } => assert!(recovered, "recovered on node 1"),
+        other => panic!("expected the re-join, got {other:?}"),
+    }
+    for n in 2..=6 {
+        assert_eq!(
+            next_publication(&mut sub).await,
+            (n, n),
+            "nothing missed, nothing twice"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_reached_from_any_node() {
+    let cluster = Cluster::start(3).await;
+    let target = client(&cluster.node(0).url).await;
+    let conn = target.conn_id().expect("a connection id");
+    let _sub = target
+        .join("room:reach", JoinOptions::default())
+        .await
+        .expect("join");
+    // Presence through node 1's HTTP API lists the connection held by node 0.
+    let (status, presence) = http(
+        cluster.node(1).addr,
+        "GET",
+        "/api/presence?channel=room:reach",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(presence.to_string().contains(&conn), "{presence}");
+    // A disconnect through node 2 closes it on node 0, with the code given there (4003:
+    // do not come back).
+    let mut status = target.status();
+    let body = json!({"conn": conn, "code": 4003}).to_string();
+    let (code, _) = http(
+        cluster.node(2).addr,
+        "POST",
+        "/api/disconnect",
+        Some(KEY),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(code, 200);
+    within(
+        "the connection to close for good",
+        status.wait_for(|s| *s == Status::Closed),
+    )
+    .await
+    .expect("status");
+    let reason = target.close_reason().expect("a reason").to_string();
+    assert!(reason.contains("disconnected by the server"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_is_told_and_healed() {
+    let mut cluster = Cluster::start(2).await;
+    let subscriber = client(&cluster.node(0).url).await;
+    let mut sub = subscriber
+        .join("room:broker", JoinOptions::default())
+        .await
+        .expect("join");
+    cluster.publish_http(1, "room:broker", 1).await;
+    assert_eq!(next_publication(&mut sub).await, (1, 1));
+
+    cluster.redis.kill().await;
+    // Meanwhile publishing is refused as unavailable, not lost silently.
+    let mut refused = None;
+    for _ in 0..50 {
+        let (status, body) = cluster.publish_http(1, "room:broker", 2).await;
+        if status != 200 {
+            refused = Some((status, body));
+            break;
+        }
+    }
+    let (status, body) = refused.expect("a publication without a broker is refused");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "UNAVAILABLE", "{body}");
+
+    cluster.redis.restart().await;
+    // The redis-server came back empty: the subscriber is told nothing can be recovered,
+    // and gets what is published from then on.
+    match next_event(&mut sub).await {
+        ChannelEvent::Resubscribed { recovered, .. } => {
+            assert!(!recovered, "the history was lost with the broker")
+        }
+        other => panic!("expected the re-join, got {other:?}"),
+    }
+    let mut delivered = None;
+    for n in 100..150u64 {
+        let (status, _) = cluster.publish_http(1, "room:broker", n).await;
+        if status == 200 {
+            delivered = Some(n);
+            break;
+        }
+    }
+    let n = delivered.expect("publishing works again");
+    let (_, got) = next_publication(&mut sub).await;
+    assert_eq!(got, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_live_node_with_the_same_id_is_refused() {
+    let cluster = Cluster::start(1).await;
+    let engine = cluster.redis.url();
+    let (status, stderr) = Proc::run(&cluster.args(&engine, "n1"), Duration::from_secs(30)).await;
+    assert!(!status.success());
+    assert!(
+        stderr.contains("node id `n1` is held by another live node"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_or_unreachable_engine_stops_the_start_with_its_name() {
+    let (status, stderr) = Proc::run(
+        &[
+            "serve",
+            "--engine",
+            "postgres://x",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(!status.success());
+    assert!(stderr.contains("`--engine`"), "{stderr}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let (status, stderr) = Proc::run(
+        &["serve", "--engine", &url, "--listen", "127.0.0.1:0"],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(!status.success());
+    assert!(stderr.contains(&url), "{stderr}");
+}

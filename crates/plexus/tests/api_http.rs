@@ -3,13 +3,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
-
 use plexus_server::{ChannelOptions, Codec, Namespaces, Server};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{RawClient, TestServer, config, sys};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const KEY: &str = "s3cret-key";
 

@@ -9,8 +9,8 @@
 #   bench/run.sh --report DIR        # the table of an earlier run again
 #
 # Peers are the files in bench/servers/ (default: all of them): plexus, plexus-relay (the
-# echo relayed through `plexus relay` to a provider process), floor (bare tokio-tungstenite)
-# and node-ws (Node.js `ws`). Cases: rpc-c50 (50 closed-loop connections), fan-N-max (N
+# echo relayed through `plexus relay` to a provider process), plexus-redis3 (three nodes on
+# one redis-server, fan-out only), floor (bare tokio-tungstenite) and node-ws (Node.js `ws`). Cases: rpc-c50 (50 closed-loop connections), fan-N-max (N
 # subscribers, as fast as a window of 8 undelivered messages allows), fan-N-rateR (R
 # messages/s), conns-N (N idle connections). Results go to bench/results/DATE/:
 # results.jsonl, table.md, commands.log, meta.txt, server-*.log. Only 127.0.0.1 is ever a
@@ -85,7 +85,7 @@ log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
 
 # A spec is sourced in a subshell: its variables and functions never leak between peers.
 load_spec() {
-  DESC= SERVER_CMD=() SERVER_ENV=() URL_PATH=/ HANDSHAKE=() SCENARIOS=
+  DESC= SERVER_CMD=() SERVER_ENV=() URL_PATH=/ NODES=1 HANDSHAKE=() SCENARIOS=
   RPC_REQUEST= RPC_REPLY_CONTAINS= SUBSCRIBE= SUBSCRIBE_ACK= PUBLISH=
   setup() { :; }
   ready() { :; }
@@ -110,11 +110,17 @@ run_cell() {
     case " $SCENARIOS " in *" $scenario "*) ;; *) exit 0 ;; esac
     local port=$((BASE_PORT + index * 10))
     while listening "$port"; do port=$((port + 1)); done
+    # A cluster's nodes listen on port, port+1, ...: all must be up, subscribers go to all.
+    local n others=()
+    for n in $(seq 1 $((NODES - 1))); do others+=("ws://127.0.0.1:$((port + n))$URL_PATH"); done
+    all_listening() {
+      local k; for k in $(seq 0 $((NODES - 1))); do listening $(($1 + k)) || return 1; done
+    }
     local cmd=("${SERVER_CMD[@]//\{port\}/$port}")
     env "${SERVER_ENV[@]}" "${PIN_SERVER[@]}" "${cmd[@]}" >>"$OUT/server-$peer.log" 2>&1 &
     local pid=$! url="ws://127.0.0.1:$port$URL_PATH"
     local waited=0
-    until listening "$port" && ready "$url"; do
+    until all_listening "$port" && ready "$url"; do
       if ! kill -0 "$pid" 2>/dev/null || [ $waited -ge 300 ]; then
         log "FAIL $peer did not get ready on port $port (see $OUT/server-$peer.log)"
         stop_server "$pid"; exit 1
@@ -127,6 +133,7 @@ run_cell() {
     case $scenario in
       rpc) args+=(--request "$RPC_REQUEST" --reply-contains "$RPC_REPLY_CONTAINS") ;;
       fanout) args+=(--subscribe "$SUBSCRIBE" --publish "$PUBLISH")
+              for n in "${others[@]}"; do args+=(--also-url "$n"); done
               [ -n "$SUBSCRIBE_ACK" ] && args+=(--subscribe-ack "$SUBSCRIBE_ACK") ;;
     esac
     # shellcheck disable=SC2206

@@ -17,6 +17,35 @@ fn process_ns(pid: &str) -> Option<u64> {
     Some(total)
 }
 
+/// Nanoseconds on CPU of process `pid` and of every process below it.
+fn tree_ns(pid: &str) -> Option<u64> {
+    let mut total = process_ns(pid)?;
+    let mut parents = vec![pid.to_owned()];
+    // Children by parent, from each process's `stat` (field 4, after the command in parens).
+    let mut children: Vec<(String, String)> = Vec::new();
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(stat) = fs::read_to_string(entry.path().join("stat"))
+            && let Some((_, rest)) = stat.rsplit_once(')')
+            && let Some(parent) = rest.split_whitespace().nth(1)
+        {
+            children.push((parent.to_owned(), name));
+        }
+    }
+    while let Some(parent) = parents.pop() {
+        for (p, child) in &children {
+            if *p == parent {
+                total += process_ns(child).unwrap_or(0);
+                parents.push(child.clone());
+            }
+        }
+    }
+    Some(total)
+}
+
 /// Busy and total jiffies of the whole machine, and its number of cores.
 fn machine_jiffies() -> Option<(u64, u64, usize)> {
     let stat = fs::read_to_string("/proc/stat").ok()?;
@@ -60,7 +89,7 @@ impl Window {
     pub(crate) fn start(server: Option<u32>) -> Self {
         let server = server.map(|pid| pid.to_string());
         Self {
-            server_ns: server.as_deref().and_then(process_ns),
+            server_ns: server.as_deref().and_then(tree_ns),
             own_ns: process_ns("self"),
             machine: machine_jiffies(),
             at: Instant::now(),
@@ -71,7 +100,7 @@ impl Window {
     pub(crate) fn finish(&self) -> Usage {
         let wall_ns = self.at.elapsed().as_nanos() as f64;
         let delta = |before: Option<u64>, after: Option<u64>| Some(after?.saturating_sub(before?));
-        let server_ns = delta(self.server_ns, self.server.as_deref().and_then(process_ns));
+        let server_ns = delta(self.server_ns, self.server.as_deref().and_then(tree_ns));
         let own_ns = delta(self.own_ns, process_ns("self"));
         let pct = |ns: Option<u64>| ns.map(|ns| 100.0 * ns as f64 / wall_ns);
         let machine_pct = match (self.machine, machine_jiffies()) {

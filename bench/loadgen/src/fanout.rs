@@ -1,5 +1,6 @@
-//! `fanout`: N subscribers join one channel; one publisher publishes at a fixed rate, or as
-//! fast as a window of undelivered messages allows. Latency is end to end: each subscriber
+//! `fanout`: N subscribers join one channel (spread over a cluster's nodes when several URLs
+//! are given); one publisher publishes at a fixed rate, or as fast as a window of
+//! undelivered messages allows. Latency is end to end: each subscriber
 //! reads the `"ts"` the publisher put in the message, wherever the server's envelope puts it.
 
 use std::sync::Arc;
@@ -22,7 +23,10 @@ const DRAIN: Duration = Duration::from_secs(5);
 const OPENING: usize = 64;
 
 pub(crate) struct Fanout {
+    /// The publisher's node, and the first subscribers'.
     pub(crate) target: Target,
+    /// Other nodes of a cluster: subscribers are spread over all nodes in turn.
+    pub(crate) also: Vec<Target>,
     pub(crate) subscribers: usize,
     pub(crate) warmup: Duration,
     pub(crate) duration: Duration,
@@ -150,9 +154,16 @@ impl Fanout {
         Ok(record)
     }
 
-    /// Subscriber `conn`: connected, subscribed, acknowledged.
+    /// Subscriber `conn`: connected (to node `conn` modulo the nodes), subscribed,
+    /// acknowledged.
     async fn join(&self, conn: usize) -> anyhow::Result<crate::connect::Ws> {
-        let mut ws = self.target.open(conn, &self.pad).await?;
+        let node = conn % (1 + self.also.len());
+        let target = if node == 0 {
+            &self.target
+        } else {
+            &self.also[node - 1]
+        };
+        let mut ws = target.open(conn, &self.pad).await?;
         let fill = Fill {
             conn,
             channel: &self.channel,

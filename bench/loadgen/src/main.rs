@@ -60,6 +60,10 @@ struct Common {
     /// ws:// URL of the server (loopback only)
     #[arg(long)]
     url: String,
+    /// fanout: URLs of other nodes of the same cluster; subscribers are spread over every
+    /// node, the publisher stays on --url (repeatable)
+    #[arg(long = "also-url")]
+    also_url: Vec<String>,
     /// After the upgrade: `send:TEMPLATE` or `expect:TEXT` (repeatable, in order)
     #[arg(long = "handshake")]
     handshake: Vec<String>,
@@ -69,7 +73,8 @@ struct Common {
     /// Bytes of `x` in `{pad}`
     #[arg(long, default_value_t = 0)]
     pad: usize,
-    /// The server's process id, for its CPU time and memory
+    /// The server's process id, for its CPU time (with its child processes': a cluster
+    /// started by one script counts whole) and memory
     #[arg(long)]
     server_pid: Option<u32>,
     /// Labels of the record
@@ -211,8 +216,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Fanout(args) => {
             watchdog(args.common.max_runtime);
+            let also = args
+                .common
+                .also_url
+                .iter()
+                .map(|url| Target::new(url, args.common.handshake.clone(), args.common.src_addrs))
+                .collect::<anyhow::Result<_>>()?;
             let run = fanout::Fanout {
                 target: args.common.target()?,
+                also,
                 subscribers: args.subscribers,
                 warmup: seconds(args.warmup),
                 duration: seconds(args.duration),

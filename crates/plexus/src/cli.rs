@@ -88,8 +88,9 @@ struct ServeArgs {
     #[arg(long, env = "PLEXUS_NODE_ID")]
     node_id: Option<String>,
     /// The engine that carries channels, presence and connection routing across nodes:
-    /// `memory` (this node alone) or redis://HOST:PORT (every node on the same Redis
-    /// behaves as one). Replaces the file's engine.url [default: memory]
+    /// `memory` (this node alone), redis://HOST:PORT or nats://HOST:PORT (NATS with
+    /// JetStream): every node on the same broker behaves as one. Replaces the file's
+    /// engine.url [default: memory]
     #[arg(long, env = "PLEXUS_ENGINE")]
     engine: Option<String>,
     /// Turns on authentication: connections must present an HS256 token (JWT) signed with
@@ -222,16 +223,11 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     if let Some(node) = args.node_id.or(file.node_id.clone()) {
         builder = builder.node_id(node);
     }
-    let cluster = match file
+    let choice = file
         .engine
         .choose(args.engine.as_deref())
-        .map_err(anyhow::Error::msg)?
-    {
-        engine::EngineChoice::Memory => None,
-        engine::EngineChoice::Redis(options) => {
-            Some(engine::ClusterEngine::connect(options).await?)
-        }
-    };
+        .map_err(anyhow::Error::msg)?;
+    let cluster = engine::ClusterEngine::connect(choice).await?;
     if let Some(cluster) = &cluster {
         builder = builder.engine(cluster.engine());
     }

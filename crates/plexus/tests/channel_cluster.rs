@@ -1,20 +1,22 @@
 //! Two nodes sharing one engine, over real sockets: publications, presence, recovery and
 //! messages for connections cross from one node to the other; server-side subscriptions.
-//! The cross-node checks run twice: on linked memory engines in one process, and on two Redis
-//! engines sharing a real redis-server.
+//! The cross-node checks run three times: on linked memory engines in one process, on two
+//! Redis engines sharing a real redis-server, and on two NATS engines sharing a real
+//! nats-server.
 
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use plexus_nats::NatsEngine;
 use plexus_redis::RedisEngine;
-use plexus_redis::testing::RedisServer;
 use plexus_server::{
     ChannelOptions, CloseCode, Codec, EndpointConfig, Engine, ErrorCode, MemoryEngine, Namespaces,
     Server,
 };
 use serde_json::{Value, json};
+use support::broker::{self, Broker};
 use support::{RawClient, TestServer, config, start_with, sys};
 
 /// What carries the two nodes' channels.
@@ -22,10 +24,11 @@ use support::{RawClient, TestServer, config, start_with, sys};
 enum Backend {
     Memory,
     Redis,
+    Nats,
 }
 
-/// Two engines of one cluster; the Redis server they share lives as long as the guard.
-async fn engines(backend: Backend) -> (Arc<dyn Engine>, Arc<dyn Engine>, Option<RedisServer>) {
+/// Two engines of one cluster; the broker they share lives as long as the guard.
+async fn engines(backend: Backend) -> (Arc<dyn Engine>, Arc<dyn Engine>, Option<Broker>) {
     match backend {
         Backend::Memory => {
             let a = MemoryEngine::new();
@@ -33,7 +36,7 @@ async fn engines(backend: Backend) -> (Arc<dyn Engine>, Arc<dyn Engine>, Option<
             (Arc::new(a), Arc::new(b), None)
         }
         Backend::Redis => {
-            let redis = RedisServer::start().await;
+            let redis = Broker::start(broker::Kind::Redis).await;
             let a = RedisEngine::connect(&redis.url())
                 .await
                 .expect("redis is up");
@@ -41,6 +44,12 @@ async fn engines(backend: Backend) -> (Arc<dyn Engine>, Arc<dyn Engine>, Option<
                 .await
                 .expect("redis is up");
             (Arc::new(a), Arc::new(b), Some(redis))
+        }
+        Backend::Nats => {
+            let nats = Broker::start(broker::Kind::Nats).await;
+            let a = NatsEngine::connect(&nats.url()).await.expect("nats is up");
+            let b = NatsEngine::connect(&nats.url()).await.expect("nats is up");
+            (Arc::new(a), Arc::new(b), Some(nats))
         }
     }
 }
@@ -61,6 +70,14 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Backend::Redis).await;
+                }
+            )*
+        }
+        mod nats {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Nats).await;
                 }
             )*
         }
@@ -91,7 +108,7 @@ async fn node(engine: Arc<dyn Engine>, name: &str, config: EndpointConfig) -> Te
 }
 
 /// Two nodes of one cluster on `backend`, and the guard of its broker.
-async fn cluster(backend: Backend) -> (TestServer, TestServer, Option<RedisServer>) {
+async fn cluster(backend: Backend) -> (TestServer, TestServer, Option<Broker>) {
     let (a, b, broker) = engines(backend).await;
     (
         node(a, "a", config()).await,

@@ -1,4 +1,5 @@
-//! Three `plexus serve --engine redis://…` processes on one real redis-server behave as one:
+//! Three `plexus serve --engine …` processes on one real broker behave as one, on Redis and on
+//! NATS:
 //! publications through any node reach every subscriber once and in order, a client that
 //! moves (or whose node is killed) recovers what it missed on another node, presence spans
 //! the nodes and forgets a killed node's members, connections are reached from any node, and
@@ -15,8 +16,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use plexus::client::{ChannelEvent, ReconnectOptions, Status};
 use plexus::{Client, ClientOptions, JoinOptions, Subscription, connect};
-use plexus_redis::testing::RedisServer;
 use serde_json::{Value, json};
+use support::broker::{Broker, Kind};
 use support::process::{Proc, ws_url};
 use support::{http, within};
 
@@ -49,20 +50,20 @@ struct Node {
     addr: SocketAddr,
 }
 
-/// A redis-server and the nodes on it.
+/// A broker and the nodes on it.
 struct Cluster {
-    redis: RedisServer,
+    broker: Broker,
     config: PathBuf,
     nodes: Vec<Option<Node>>,
 }
 
 impl Cluster {
-    async fn start(count: usize) -> Self {
-        let redis = RedisServer::start().await;
-        let config = std::env::temp_dir().join(format!("plexus-cluster-{}.toml", redis.port()));
+    async fn start(kind: Kind, count: usize) -> Self {
+        let broker = Broker::start(kind).await;
+        let config = std::env::temp_dir().join(format!("plexus-cluster-{}.toml", broker.port()));
         std::fs::write(&config, CONFIG).expect("write the config");
         let mut cluster = Self {
-            redis,
+            broker,
             config,
             nodes: Vec::new(),
         };
@@ -89,7 +90,7 @@ impl Cluster {
     }
 
     async fn start_node(&self, node: &str) -> Node {
-        let engine = self.redis.url();
+        let engine = self.broker.url();
         let (proc, line) = Proc::start(&self.args(&engine, node), "ws://").await;
         let url = ws_url(&line);
         let addr = url
@@ -165,9 +166,8 @@ async fn next_publication(sub: &mut Subscription) -> (u64, u64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_publication_through_any_node_reaches_every_subscriber_once_in_order() {
-    let cluster = Cluster::start(3).await;
+async fn a_publication_through_any_node_reaches_every_subscriber_once_in_order(kind: Kind) {
+    let cluster = Cluster::start(kind, 3).await;
     let clients = [
         client(&cluster.node(0).url).await,
         client(&cluster.node(1).url).await,
@@ -208,9 +208,8 @@ async fn a_publication_through_any_node_reaches_every_subscriber_once_in_order()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_moves_to_another_node_gets_exactly_what_it_missed() {
-    let cluster = Cluster::start(3).await;
+async fn a_client_that_moves_to_another_node_gets_exactly_what_it_missed(kind: Kind) {
+    let cluster = Cluster::start(kind, 3).await;
     let first = client(&cluster.node(0).url).await;
     let mut sub = first
         .join("room:move", JoinOptions::default())
@@ -244,9 +243,8 @@ async fn a_client_that_moves_to_another_node_gets_exactly_what_it_missed() {
     assert_eq!(next_publication(&mut sub).await, (10, 10), "then live ones");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_nodes_clients_recover_elsewhere_and_its_members_leave() {
-    let mut cluster = Cluster::start(3).await;
+async fn a_killed_nodes_clients_recover_elsewhere_and_its_members_leave(kind: Kind) {
+    let mut cluster = Cluster::start(kind, 3).await;
     // The client tries node 0 first, then node 1 on every later attempt.
     let urls = [cluster.node(0).url.clone(), cluster.node(1).url.clone()];
     let attempts = Arc::new(AtomicU32::new(0));
@@ -323,9 +321,8 @@ async fn a_killed_nodes_clients_recover_elsewhere_and_its_members_leave() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_is_reached_from_any_node() {
-    let cluster = Cluster::start(3).await;
+async fn a_connection_is_reached_from_any_node(kind: Kind) {
+    let cluster = Cluster::start(kind, 3).await;
     let target = client(&cluster.node(0).url).await;
     let conn = target.conn_id().expect("a connection id");
     let _sub = target
@@ -366,9 +363,8 @@ async fn a_connection_is_reached_from_any_node() {
     assert!(reason.contains("disconnected by the server"), "{reason}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_restart_is_told_and_healed() {
-    let mut cluster = Cluster::start(2).await;
+async fn a_broker_restart_is_told_and_healed(kind: Kind) {
+    let mut cluster = Cluster::start(kind, 2).await;
     let subscriber = client(&cluster.node(0).url).await;
     let mut sub = subscriber
         .join("room:broker", JoinOptions::default())
@@ -377,7 +373,7 @@ async fn a_broker_restart_is_told_and_healed() {
     cluster.publish_http(1, "room:broker", 1).await;
     assert_eq!(next_publication(&mut sub).await, (1, 1));
 
-    cluster.redis.kill().await;
+    cluster.broker.kill().await;
     // Meanwhile publishing is refused as unavailable, not lost silently.
     let mut refused = None;
     for _ in 0..50 {
@@ -391,8 +387,8 @@ async fn a_broker_restart_is_told_and_healed() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "UNAVAILABLE", "{body}");
 
-    cluster.redis.restart().await;
-    // The redis-server came back empty: the subscriber is told nothing can be recovered,
+    cluster.broker.restart().await;
+    // The broker came back empty: the subscriber is told nothing can be recovered,
     // and gets what is published from then on.
     match next_event(&mut sub).await {
         ChannelEvent::Resubscribed { recovered, .. } => {
@@ -400,23 +396,28 @@ async fn a_broker_restart_is_told_and_healed() {
         }
         other => panic!("expected the re-join, got {other:?}"),
     }
+    // Node 1 comes back on its own schedule (its client's reconnect backoff): it refuses
+    // publications until then, so try until one is taken, within a bound.
     let mut delivered = None;
-    for n in 100..150u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 100u64;
+    while tokio::time::Instant::now() < deadline {
         let (status, _) = cluster.publish_http(1, "room:broker", n).await;
         if status == 200 {
             delivered = Some(n);
             break;
         }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let n = delivered.expect("publishing works again");
     let (_, got) = next_publication(&mut sub).await;
     assert_eq!(got, n);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_live_node_with_the_same_id_is_refused() {
-    let cluster = Cluster::start(1).await;
-    let engine = cluster.redis.url();
+async fn a_second_live_node_with_the_same_id_is_refused(kind: Kind) {
+    let cluster = Cluster::start(kind, 1).await;
+    let engine = cluster.broker.url();
     let (status, stderr) = Proc::run(&cluster.args(&engine, "n1"), Duration::from_secs(30)).await;
     assert!(!status.success());
     assert!(
@@ -453,3 +454,34 @@ async fn a_wrong_or_unreachable_engine_stops_the_start_with_its_name() {
     assert!(!status.success());
     assert!(stderr.contains(&url), "{stderr}");
 }
+
+/// Runs each named `async fn(Kind)` as a test on each broker.
+macro_rules! broker_tests {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Redis).await;
+                }
+            )*
+        }
+        mod nats {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Nats).await;
+                }
+            )*
+        }
+    };
+}
+
+broker_tests!(
+    a_publication_through_any_node_reaches_every_subscriber_once_in_order,
+    a_client_that_moves_to_another_node_gets_exactly_what_it_missed,
+    a_killed_nodes_clients_recover_elsewhere_and_its_members_leave,
+    a_connection_is_reached_from_any_node,
+    a_broker_restart_is_told_and_healed,
+    a_second_live_node_with_the_same_id_is_refused,
+);

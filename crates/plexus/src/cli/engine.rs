@@ -1,12 +1,14 @@
 //! `--engine` / `[engine]`: which engine carries channels across nodes.
 //!
-//! Without one, a node runs alone on the in-memory engine. With `redis://…`, nodes that share
-//! the Redis server (and key prefix) behave as one: see the plexus-redis crate.
+//! Without one, a node runs alone on the in-memory engine. With `redis://…` or `nats://…`,
+//! nodes that share the broker (and prefix) behave as one: see the plexus-redis and
+//! plexus-nats crates.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus_engine::{Engine, EngineErrorKind};
+use plexus_engine::{Engine, EngineError, EngineErrorKind};
+use plexus_nats::{NatsEngine, NatsOptions};
 use plexus_redis::{RedisEngine, RedisOptions};
 use serde::Deserialize;
 
@@ -16,9 +18,10 @@ use super::config::Dur;
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EngineFile {
-    /// `memory` (the default) or `redis://host:port[/db]`.
+    /// `memory` (the default), `redis://host:port[/db]` or `nats://host:port`.
     url: Option<String>,
-    /// Prefix of every key and topic, so clusters can share a broker (default `plexus`).
+    /// Prefix of every key, subject and stream, so clusters can share a broker (default
+    /// `plexus`).
     prefix: Option<String>,
     /// How long a dead node's members stay in presence (default 10s).
     presence_ttl: Option<Dur>,
@@ -28,6 +31,7 @@ pub(crate) struct EngineFile {
 pub(crate) enum EngineChoice {
     Memory,
     Redis(RedisOptions),
+    Nats(NatsOptions),
 }
 
 impl EngineFile {
@@ -37,9 +41,12 @@ impl EngineFile {
             kind_of(url).map_err(|e| format!("`engine.url` {e}"))?;
         }
         if let Some(prefix) = &self.prefix
-            && (prefix.is_empty() || prefix.contains(char::is_whitespace))
+            && (prefix.is_empty()
+                || !prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
         {
-            return Err("`engine.prefix` must be a non-empty word without spaces".into());
+            return Err("`engine.prefix` must be letters, digits, `-` and `_`".into());
         }
         if let Some(ttl) = &self.presence_ttl
             && ttl.0 < Duration::from_secs(1)
@@ -68,6 +75,16 @@ impl EngineFile {
                 }
                 Ok(EngineChoice::Redis(options))
             }
+            Kind::Nats => {
+                let mut options = NatsOptions::new(url);
+                if let Some(prefix) = &self.prefix {
+                    options = options.prefix(prefix.clone());
+                }
+                if let Some(ttl) = &self.presence_ttl {
+                    options = options.presence_ttl(ttl.0);
+                }
+                Ok(EngineChoice::Nats(options))
+            }
         }
     }
 }
@@ -75,6 +92,7 @@ impl EngineFile {
 enum Kind {
     Memory,
     Redis,
+    Nats,
 }
 
 fn kind_of(url: &str) -> Result<Kind, String> {
@@ -83,31 +101,48 @@ fn kind_of(url: &str) -> Result<Kind, String> {
     }
     match url.split_once("://").map(|(scheme, _)| scheme) {
         Some("redis" | "rediss") => Ok(Kind::Redis),
+        Some("nats" | "tls") => Ok(Kind::Nats),
         _ => Err(format!(
-            "is `{url}`: use `memory` or redis://HOST:PORT (rediss:// for TLS)"
+            "is `{url}`: use `memory`, redis://HOST:PORT (rediss:// for TLS) or nats://HOST:PORT"
         )),
     }
 }
 
-/// A started cluster engine and the handle that claims the node id on it.
-pub(crate) struct ClusterEngine {
-    redis: Arc<RedisEngine>,
+/// A connected cluster engine, and what claims the node id on it.
+pub(crate) enum ClusterEngine {
+    Redis(Arc<RedisEngine>),
+    Nats(Arc<NatsEngine>),
 }
 
 impl ClusterEngine {
-    /// Connects to the broker; an unreachable one is an error naming its URL.
-    pub(crate) async fn connect(options: RedisOptions) -> anyhow::Result<Self> {
-        let redis = RedisEngine::connect_with(options)
-            .await
-            .map_err(|e| anyhow::anyhow!("engine: {e}"))?;
-        Ok(Self {
-            redis: Arc::new(redis),
-        })
+    /// Connects to the broker `choice` names (`None` for the memory engine); an unreachable
+    /// one is an error naming its URL.
+    pub(crate) async fn connect(choice: EngineChoice) -> anyhow::Result<Option<Self>> {
+        let engine = match choice {
+            EngineChoice::Memory => return Ok(None),
+            EngineChoice::Redis(options) => RedisEngine::connect_with(options)
+                .await
+                .map(|e| Self::Redis(Arc::new(e))),
+            EngineChoice::Nats(options) => NatsEngine::connect_with(options)
+                .await
+                .map(|e| Self::Nats(Arc::new(e))),
+        };
+        engine.map(Some).map_err(|e| anyhow::anyhow!("engine: {e}"))
     }
 
     /// The engine, for the server builder.
     pub(crate) fn engine(&self) -> Arc<dyn Engine> {
-        self.redis.clone()
+        match self {
+            Self::Redis(engine) => engine.clone(),
+            Self::Nats(engine) => engine.clone(),
+        }
+    }
+
+    async fn try_claim(&self, node: &str) -> Result<(), EngineError> {
+        match self {
+            Self::Redis(engine) => engine.claim_node(node).await,
+            Self::Nats(engine) => engine.claim_node(node).await,
+        }
     }
 
     /// Claims `node` for this process. A node that was killed leaves its claim behind for up
@@ -116,7 +151,7 @@ impl ClusterEngine {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(12);
         let mut told = false;
         loop {
-            match self.redis.claim_node(node).await {
+            match self.try_claim(node).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == EngineErrorKind::Conflict => {
                     if tokio::time::Instant::now() >= deadline {
@@ -136,6 +171,9 @@ impl ClusterEngine {
 
     /// Gives the node id back, for a clean stop.
     pub(crate) async fn release_node(&self) {
-        self.redis.release_node().await;
+        match self {
+            Self::Redis(engine) => engine.release_node().await,
+            Self::Nats(engine) => engine.release_node().await,
+        }
     }
 }

@@ -7,6 +7,7 @@
 
 #![allow(dead_code, unused_macros)]
 
+pub(crate) mod broker;
 pub(crate) mod process;
 
 use std::net::SocketAddr;

@@ -4,7 +4,7 @@
 # broker's is logged apart); compare with the `plexus` column (one node, memory engine) of
 # the same run.
 DESC="plexus (release build): 3 plexus serve nodes on one redis-server (--engine redis://), bench:* channels"
-SERVER_CMD=("$BENCH/launch/cluster.sh" '{port}' "$TARGET/release/plexus" "$BENCH/plexus-bench.toml" 3)
+SERVER_CMD=("$BENCH/launch/cluster.sh" '{port}' "$TARGET/release/plexus" "$BENCH/plexus-bench.toml" 3 redis)
 SERVER_ENV=(RUST_LOG=warn)
 URL_PATH='/ws'
 NODES=3

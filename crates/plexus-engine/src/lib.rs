@@ -3,10 +3,10 @@
 //! A hub keeps the node's own connections and subscribers. Everything that must agree across
 //! nodes goes through an [`Engine`]: the position of each publication, the history kept for
 //! recovery, presence, and messages addressed to connections held by other nodes. The
-//! [`MemoryEngine`] does all of this in one process and is the default; the Redis engine
-//! (crate `plexus-redis`) implements the same trait for nodes in several processes, and
-//! passes the same conformance suite (the `conformance` module, behind the feature of that
-//! name).
+//! [`MemoryEngine`] does all of this in one process and is the default; the Redis and NATS
+//! engines (crates `plexus-redis` and `plexus-nats`) implement the same trait for nodes in
+//! several processes, and pass the same conformance suite (the `conformance` module, behind
+//! the feature of that name).
 //!
 //! The contract, in short:
 //!

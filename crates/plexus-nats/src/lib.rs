@@ -148,7 +148,13 @@ struct Shared {
     own_members: Mutex<HashMap<String, HashMap<String, Bytes>>>,
     presence_channels: PresenceChannels,
     claimed: Mutex<Option<String>>,
+    /// Channels being published to from this node (by stored subject): their publications
+    /// go one at a time, each knowing the last one's epoch, offset and stream sequence.
+    publishing: Mutex<HashMap<String, Tail>>,
 }
+
+/// A channel's last kept publication as this node last saw it: epoch, offset, sequence.
+type Tail = Arc<tokio::sync::Mutex<Option<(String, u64, u64)>>>;
 
 /// Makes sure the two streams exist (they vanish with a NATS server that lost its store).
 async fn create_streams(
@@ -276,6 +282,9 @@ impl NatsEngine {
         let (events_tx, events) = mpsc::unbounded_channel();
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(CONNECT_TIMEOUT)
+            // A server that stopped answering (hung, or cut off without a reset) is noticed
+            // within two pings, not the default two minutes.
+            .ping_interval(Duration::from_secs(5))
             // Back soon after NATS is: full jitter up to 100 ms × 2^attempt, at most 2 s.
             .reconnect_delay_callback(|attempts| {
                 let ceiling = Duration::from_millis(100)
@@ -315,6 +324,7 @@ impl NatsEngine {
                 own_members: Mutex::default(),
                 presence_channels: PresenceChannels::default(),
                 claimed: Mutex::new(None),
+                publishing: Mutex::default(),
             }),
             commands: OnceLock::new(),
             pending: Mutex::new(Some((nodes, events))),
@@ -430,20 +440,28 @@ impl NatsEngine {
     }
 
     /// One compare-and-set round of a publication: `None` when another publisher won.
+    /// `tail` is the channel's last kept publication as this node last saw it (epoch, offset,
+    /// stream sequence): with it, an uncontended publication is one round trip.
     async fn try_publish(
         &self,
         subject: &str,
         data: &Payload,
         options: &Retention,
+        tail: &mut Option<(String, u64, u64)>,
     ) -> Result<Option<Position>, EngineError> {
         let shared = &self.shared;
-        let last = read::last(&shared.publications, subject).await?;
-        let (epoch, offset, expected) = match last
-            .as_ref()
-            .and_then(|m| Stored::read(&m.headers).map(|s| (s, m.sequence)))
-        {
-            Some((stored, sequence)) => (stored.epoch, stored.offset + 1, sequence),
-            None => (new_epoch(), 1, last.as_ref().map_or(0, |m| m.sequence)),
+        let (epoch, offset, expected) = match tail.take() {
+            Some((epoch, offset, sequence)) => (epoch, offset + 1, sequence),
+            None => {
+                let last = read::last(&shared.publications, subject).await?;
+                match last
+                    .as_ref()
+                    .and_then(|m| Stored::read(&m.headers).map(|s| (s, m.sequence)))
+                {
+                    Some((stored, sequence)) => (stored.epoch, stored.offset + 1, sequence),
+                    None => (new_epoch(), 1, last.as_ref().map_or(0, |m| m.sequence)),
+                }
+            }
         };
         let keep = options.history_size.min(shared.options.max_history) as u64;
         let stored = Stored {
@@ -467,11 +485,11 @@ impl NatsEngine {
             .publish_with_headers(subject.to_owned(), headers, data.raw().clone())
             .await
             .map_err(|e| unavailable(&e.to_string()))?;
-        match ack.await {
-            Ok(_) => {}
+        let sequence = match ack.await {
+            Ok(ack) => ack.sequence,
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => return Ok(None),
             Err(e) => return Err(unavailable(&e.to_string())),
-        }
+        };
         // Trim to the channel's own history size now and then (the stream keeps up to
         // `max_history`; reads never look past `keep` anyway).
         if keep > 1
@@ -483,6 +501,7 @@ impl NatsEngine {
                 tracing::debug!(error = %e, "trimming a channel's history failed");
             }
         }
+        *tail = Some((stored.epoch.clone(), offset, sequence));
         Ok(Some(Position {
             epoch: stored.epoch,
             offset,
@@ -537,12 +556,32 @@ impl Engine for NatsEngine {
     ) -> EngineFuture<'a, Position> {
         Box::pin(self.shared.guarded(async move {
             let subject = self.shared.subjects.stored(channel);
-            for _ in 0..PUBLISH_ATTEMPTS {
-                if let Some(position) = self.try_publish(&subject, &data, options).await? {
-                    return Ok(position);
+            // This node's publications to a channel go one at a time: they would only lose
+            // races to each other, and the one before tells the next where the channel is.
+            let tail = lock(&self.shared.publishing)
+                .entry(subject.clone())
+                .or_default()
+                .clone();
+            let published = async {
+                let mut known = tail.lock().await;
+                for _ in 0..PUBLISH_ATTEMPTS {
+                    if let Some(position) = self
+                        .try_publish(&subject, &data, options, &mut known)
+                        .await?
+                    {
+                        return Ok(position);
+                    }
                 }
+                Err(unavailable("the channel is too contended"))
             }
-            Err(unavailable("the channel is too contended"))
+            .await;
+            let mut publishing = lock(&self.shared.publishing);
+            // Forgotten once no publication of the channel is in flight here (the map and
+            // this one hold it): the map stays as small as the work in progress.
+            if Arc::strong_count(&tail) == 2 {
+                publishing.remove(&subject);
+            }
+            published
         }))
     }
 

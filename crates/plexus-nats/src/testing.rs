@@ -44,6 +44,29 @@ impl NatsServer {
         self.port
     }
 
+    /// Stops it answering without closing anything (SIGSTOP): a hung or cut-off broker.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets it answer again (SIGCONT), with everything it held.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("a running broker");
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Kills it (SIGKILL).
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -16,10 +16,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use plexus::client::{ChannelEvent, ReconnectOptions, Status};
 use plexus::{Client, ClientOptions, JoinOptions, Subscription, connect};
+use plexus_server::Codec;
 use serde_json::{Value, json};
 use support::broker::{Broker, Kind};
 use support::process::{Proc, ws_url};
-use support::{http, within};
+use support::{RawClient, http, http_within, within};
 
 const KEY: &str = "cluster-key";
 
@@ -108,6 +109,27 @@ impl Cluster {
 
     async fn kill(&mut self, n: usize) {
         self.nodes[n].take().expect("a live node").proc.kill().await;
+    }
+
+    /// Publishes `{"n": first}`, `{"n": first + 1}`, ... through node `node` until one is
+    /// taken (a node that just got its broker back refuses until its link is up again, on
+    /// its own reconnect schedule); returns the `n` taken.
+    async fn publish_until_taken(&self, node: usize, channel: &str, first: u64) -> u64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut n = first;
+        loop {
+            let (status, body) = self.publish_http(node, channel, n).await;
+            if status == 200 {
+                return n;
+            }
+            assert_eq!(status, 503, "{body}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publishing does not work again"
+            );
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Publishes `{"n": n}` through node `node`'s HTTP API.
@@ -396,23 +418,81 @@ async fn a_broker_restart_is_told_and_healed(kind: Kind) {
         }
         other => panic!("expected the re-join, got {other:?}"),
     }
-    // Node 1 comes back on its own schedule (its client's reconnect backoff): it refuses
-    // publications until then, so try until one is taken, within a bound.
-    let mut delivered = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut n = 100u64;
-    while tokio::time::Instant::now() < deadline {
-        let (status, _) = cluster.publish_http(1, "room:broker", n).await;
-        if status == 200 {
-            delivered = Some(n);
-            break;
-        }
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let n = delivered.expect("publishing works again");
+    let n = cluster.publish_until_taken(1, "room:broker", 100).await;
     let (_, got) = next_publication(&mut sub).await;
     assert_eq!(got, n);
+}
+
+async fn a_stalled_broker_is_told_and_nothing_is_lost(kind: Kind) {
+    let cluster = Cluster::start(kind, 2).await;
+    // A raw client, to see the `left` frame the node sends.
+    let mut raw = RawClient::connect(cluster.node(0).addr, Some(Codec::Json)).await;
+    raw.send_json(json!({"t": "join", "id": 1, "ch": "room:stall"}))
+        .await;
+    let joined = raw.recv_json().await;
+    assert_eq!(joined["t"], "res", "{joined}");
+    cluster.publish_http(1, "room:stall", 1).await;
+    let first = raw.recv_json().await;
+    assert_eq!(
+        (first["t"].clone(), first["o"].clone()),
+        (json!("msg"), json!(1))
+    );
+
+    // The broker stops answering with its sockets open: no reset tells anyone.
+    cluster.broker.pause();
+    // A publication meanwhile is refused once the engine's timeout passes, not left hanging
+    // (in a task: the raw client keeps reading, which answers the node's heartbeats).
+    let body = json!({"channel": "room:stall", "data": {"n": 2}}).to_string();
+    let node = cluster.node(1).addr;
+    let publishing = tokio::spawn(async move {
+        let bound = Duration::from_secs(20);
+        http_within(bound, node, "POST", "/api/publish", Some(KEY), Some(&body)).await
+    });
+    // The subscriber's node finds the link dead (its pings go unanswered) and tells it.
+    let left = raw.recv_json_within(Duration::from_secs(20)).await;
+    assert_eq!(left["t"], "left", "{left}");
+    assert_eq!(left["e"]["code"], "UNAVAILABLE", "{left}");
+    let (status, answer) = publishing.await.expect("the publishing task");
+    assert_eq!(status, 503, "{answer}");
+
+    cluster.broker.resume();
+    // The broker kept everything: joining again from the last position recovers.
+    let since = json!({"epoch": joined["d"]["epoch"], "offset": 1});
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut id = 2;
+    let recovered = loop {
+        raw.send_json(json!({"t": "join", "id": id, "ch": "room:stall", "since": since}))
+            .await;
+        let answer = raw.recv_json().await;
+        if answer["t"] == "res" {
+            break answer;
+        }
+        // Refused while the node's link comes back: try again shortly.
+        assert_eq!(answer["e"]["code"], "UNAVAILABLE", "{answer}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        id += 1;
+    };
+    assert_eq!(recovered["d"]["recovered"], true, "{recovered}");
+    let taken = cluster.publish_until_taken(1, "room:stall", 3).await;
+    // A refusal after a timeout cannot know whether the broker took the publication before it
+    // stalled: it may have (then it is recovered in its place), or not. Either way offsets
+    // stay dense, nothing comes twice, and the publication taken arrives.
+    let mut got = Vec::new();
+    while got.last() != Some(&taken) {
+        let next = raw.recv_json().await;
+        assert_eq!(next["t"], "msg", "{next}");
+        assert_eq!(next["o"], json!(2 + got.len()), "dense offsets: {next}");
+        let n = next["d"]["n"].as_u64().expect("n");
+        assert!(
+            got.last().is_none_or(|&last| n > last),
+            "in order, once: {got:?} then {n}"
+        );
+        got.push(n);
+    }
 }
 
 async fn a_second_live_node_with_the_same_id_is_refused(kind: Kind) {
@@ -483,5 +563,6 @@ broker_tests!(
     a_killed_nodes_clients_recover_elsewhere_and_its_members_leave,
     a_connection_is_reached_from_any_node,
     a_broker_restart_is_told_and_healed,
+    a_stalled_broker_is_told_and_nothing_is_lost,
     a_second_live_node_with_the_same_id_is_refused,
 );

@@ -39,6 +39,22 @@ impl Broker {
         }
     }
 
+    /// SIGSTOP: it stops answering, its sockets stay open.
+    pub(crate) fn pause(&self) {
+        match self {
+            Self::Redis(server) => server.pause(),
+            Self::Nats(server) => server.pause(),
+        }
+    }
+
+    /// SIGCONT.
+    pub(crate) fn resume(&self) {
+        match self {
+            Self::Redis(server) => server.resume(),
+            Self::Nats(server) => server.resume(),
+        }
+    }
+
     /// SIGKILL.
     pub(crate) async fn kill(&mut self) {
         match self {

@@ -388,10 +388,15 @@ impl RawClient {
 
     /// The next frame (within [`TIMEOUT`]).
     pub(crate) async fn recv_json(&mut self) -> Value {
-        match self.next_event(TIMEOUT).await {
+        self.recv_json_within(TIMEOUT).await
+    }
+
+    /// The next frame, within `bound` (for what comes only after a slower event).
+    pub(crate) async fn recv_json_within(&mut self, bound: Duration) -> Value {
+        match self.next_event(bound).await {
             Some(Event::Frame(frame)) => frame,
             Some(other) => panic!("expected a frame, got {other:?}"),
-            None => panic!("no frame within {TIMEOUT:?}"),
+            None => panic!("no frame within {bound:?}"),
         }
     }
 
@@ -827,6 +832,18 @@ pub(crate) async fn http(
     key: Option<&str>,
     body: Option<&str>,
 ) -> (u16, Value) {
+    http_within(TIMEOUT, addr, method, path, key, body).await
+}
+
+/// [`http`], answered within `bound`.
+pub(crate) async fn http_within(
+    bound: Duration,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(key) = key {
         request.push_str(&format!("Authorization: apikey {key}\r\n"));
@@ -842,9 +859,9 @@ pub(crate) async fn http(
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
-    tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut response))
+    tokio::time::timeout(bound, stream.read_to_end(&mut response))
         .await
-        .unwrap()
+        .unwrap_or_else(|_| panic!("no HTTP answer within {bound:?}"))
         .unwrap();
     let text = String::from_utf8_lossy(&response);
     let status: u16 = text[9..12].parse().unwrap();

@@ -244,3 +244,41 @@ fn no_namespaces_table_means_the_demo_namespace() {
     let config = parse("[namespaces]").unwrap();
     assert!(config.namespaces().resolve("demo:chat").is_none());
 }
+
+#[test]
+fn the_engine_table_is_checked_and_the_flag_wins() {
+    use super::super::engine::EngineChoice;
+    let error = parse("[engine]\nurl = \"postgres://db\"").unwrap_err();
+    assert!(
+        error.starts_with("`engine.url` is `postgres://db`"),
+        "{error}"
+    );
+    let error = parse("[engine]\nprefix = \"a.b\"").unwrap_err();
+    assert!(error.starts_with("`engine.prefix`"), "{error}");
+    let error = parse("[engine]\npresence_ttl = \"100ms\"").unwrap_err();
+    assert_eq!(error, "`engine.presence_ttl` must be at least 1s");
+    let error = parse("[engine]\nurll = \"memory\"").unwrap_err();
+    assert!(error.contains("unknown field `urll`"), "{error}");
+
+    let file = parse("[engine]\nurl = \"redis://127.0.0.1:6379\"\nprefix = \"app\"").unwrap();
+    assert!(matches!(
+        file.engine.choose(None),
+        Ok(EngineChoice::Redis(_))
+    ));
+    assert!(matches!(
+        file.engine.choose(Some("nats://127.0.0.1:4222")),
+        Ok(EngineChoice::Nats(_))
+    ));
+    assert!(matches!(
+        file.engine.choose(Some("memory")),
+        Ok(EngineChoice::Memory)
+    ));
+    let Err(error) = file.engine.choose(Some("redis:/oops")) else {
+        panic!("not a URL");
+    };
+    assert!(error.starts_with("`--engine` is `redis:/oops`"), "{error}");
+    assert!(matches!(
+        FileConfig::default().engine.choose(None),
+        Ok(EngineChoice::Memory)
+    ));
+}

@@ -108,14 +108,16 @@ return {{epoch, top, recoverable, out}}
 });
 
 /// KEYS: members, member expiry. ARGV: connection id, member (JSON), presence TTL (ms),
-/// topic. Adds or refreshes a member; a new one is announced with `j`.
+/// topic. Adds or refreshes a member; a new one is announced with `j`. The keys outlive the
+/// members' deadlines (four TTLs), so that a sweep still finds a lapsed member to announce
+/// its leave; they vanish on their own only when nobody swept them.
 pub(crate) static ADD_MEMBER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{NOW}
 local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], 4 * tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[2], 4 * tonumber(ARGV[3]))
 if added == 1 then redis.call('PUBLISH', ARGV[4], 'j' .. ARGV[2]) end
 return added
 "

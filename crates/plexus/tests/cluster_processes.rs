@@ -5,6 +5,7 @@
 //! the nodes and forgets a killed node's members, connections are reached from any node, and
 //! a broker that restarts is told to the clients and healed.
 
+#[macro_use]
 mod support;
 
 use std::net::SocketAddr;
@@ -533,28 +534,6 @@ async fn a_wrong_or_unreachable_engine_stops_the_start_with_its_name() {
     .await;
     assert!(!status.success());
     assert!(stderr.contains(&url), "{stderr}");
-}
-
-/// Runs each named `async fn(Kind)` as a test on each broker.
-macro_rules! broker_tests {
-    ($($name:ident),* $(,)?) => {
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Redis).await;
-                }
-            )*
-        }
-        mod nats {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Nats).await;
-                }
-            )*
-        }
-    };
 }
 
 broker_tests!(

@@ -175,11 +175,16 @@ impl ServerBuilder {
                 connect_permission: self.connect_permission,
             })
         });
+        let hub = Hub::with_engine(self.namespaces, engine, &node);
+        let relay = self.relay.map(Relay::new);
+        if let Some(relay) = &relay {
+            relay.attach(&hub);
+        }
         let env = SessionEnv {
             router: self.router,
-            hub: Hub::with_engine(self.namespaces, engine, &node),
+            hub,
             admission,
-            relay: self.relay.map(Relay::new),
+            relay,
             limits: self.config.limits.clone(),
             node,
             extensions: Arc::new(self.extensions),

@@ -19,6 +19,7 @@ mod cluster;
 mod error;
 mod fanout;
 mod filter;
+mod follow;
 mod join;
 mod local;
 mod registry;
@@ -34,6 +35,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use error::{HubError, HubErrorKind};
+pub(crate) use follow::Followed;
 pub use plexus_engine::{Member, Publication};
 
 use crate::channel::{ChannelAction, ChannelOptions, Namespaces};
@@ -61,6 +63,7 @@ struct HubInner {
     registry: Registry,
     channels: LocalChannels,
     cluster: Cluster,
+    followers: follow::Followers,
 }
 
 /// The node's hub: publish to channels, presence and history, reach connections anywhere
@@ -98,6 +101,7 @@ impl Hub {
             registry: Registry::default(),
             channels: LocalChannels::default(),
             cluster: Cluster::new(node),
+            followers: follow::Followers::default(),
         });
         let sink: Arc<dyn EngineSink> = Arc::new(HubSink(Arc::downgrade(&inner)));
         let node = node.to_owned();

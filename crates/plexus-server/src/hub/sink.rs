@@ -8,6 +8,7 @@ use plexus_protocol::{CloseCode, Codec, ErrorBody, ErrorCode, Frame, Payload, Pr
 
 use super::cluster::spawn;
 use super::fanout::{fan_out, send_to_subscribers};
+use super::follow::Followed;
 use super::{Hub, HubInner};
 
 /// The hub as the engine's sink. Called from inside the engine, possibly under its locks:
@@ -46,6 +47,9 @@ impl EngineSink for HubSink {
 
     fn presence(&self, channel: &str, event: PresenceEvent, member: &Member) {
         let Some(hub) = self.hub() else { return };
+        hub.inner
+            .followers
+            .offer(channel, || Followed::Presence(event, member.clone()));
         let Some(channel) = hub.inner.channels.get(channel) else {
             return;
         };
@@ -74,6 +78,7 @@ impl EngineSink for HubSink {
 
     fn interrupted(&self, channel: &str) {
         let Some(hub) = self.hub() else { return };
+        hub.inner.followers.offer(channel, || Followed::Resync);
         let Some(local) = hub.inner.channels.get(channel) else {
             return;
         };

@@ -8,6 +8,7 @@ use plexus_protocol::{Codec, ErrorBody, ErrorCode, Payload, RpcError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use super::directory::Change;
 use super::{ProviderEvent, ProviderInfo, Relay};
 use crate::conn::ConnectionHandle;
 use crate::error::shown;
@@ -103,8 +104,23 @@ impl Relay {
         {
             let mut providers = self.providers();
             let provided = providers
-                .provide(conn, &params.node, services, config)
+                .provide(conn, &params.node, services.clone(), config)
                 .map_err(RpcError::into_body)?;
+            if !provided.events.is_empty() {
+                // The other relay nodes see the old entry leave and the new one join.
+                let queued = self.publish_change(Change::Withdraw {
+                    conn: conn.id().to_owned(),
+                }) && self.publish_change(Change::Provide {
+                    conn: conn.id().to_owned(),
+                    node: params.node.as_str().into(),
+                    services,
+                });
+                if !queued {
+                    tracing::warn!(
+                        "the relay directory is behind: other nodes may not see a provider"
+                    );
+                }
+            }
             // Announced under the lock, so that a `$watch` starting meanwhile sees each
             // change once: in its first list or as an event.
             self.announce(provided.events);

@@ -6,20 +6,26 @@
 //! comings and goings.
 //!
 //! A session hands the relay what its router does not serve (`route.rs`); the providers
-//! are kept in `providers.rs`; the built-ins are in `builtins.rs`.
+//! are kept in `providers.rs`; the built-ins are in `builtins.rs`. Relay nodes of one
+//! cluster share their providers through the engine (`directory.rs`): a call to a provider
+//! connected to another relay node goes there through the hub.
 
 mod builtins;
+mod directory;
 mod providers;
 mod route;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
+use plexus_engine::Member;
+use tokio::sync::{broadcast, mpsc};
 
 pub use providers::{ProviderEvent, ProviderInfo};
 
 use crate::conn::ConnectionHandle;
+use crate::hub::Hub;
+use directory::Change;
 use providers::Providers;
 
 /// How a relay behaves. Every field has a default.
@@ -84,6 +90,10 @@ struct RelayInner {
     config: RelayConfig,
     providers: Mutex<Providers>,
     events: broadcast::Sender<ProviderEvent>,
+    /// The node's hub, for providers on other relay nodes; set when the server is built.
+    hub: OnceLock<Hub>,
+    /// This node's changes to the cluster's directory of providers.
+    directory: OnceLock<mpsc::Sender<Change>>,
 }
 
 /// A node's relay: its providers and the routing of calls to them. Cheap to clone.
@@ -107,8 +117,75 @@ impl Relay {
                 config,
                 providers: Mutex::new(Providers::default()),
                 events: broadcast::Sender::new(WATCH_BACKLOG),
+                hub: OnceLock::new(),
+                directory: OnceLock::new(),
             }),
         }
+    }
+
+    /// Joins the cluster's directory of providers through `hub`'s engine: this node's
+    /// providers are written to it, the other nodes' are followed. Needs a tokio runtime.
+    pub(crate) fn attach(&self, hub: &Hub) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("the relay needs a tokio runtime to share its providers");
+            return;
+        };
+        let (changes, receiver) = mpsc::channel(directory::BACKLOG);
+        if self.inner.directory.set(changes).is_err() || self.inner.hub.set(hub.clone()).is_err() {
+            return;
+        }
+        runtime.spawn(directory::write(hub.clone(), receiver));
+        runtime.spawn(directory::follow(Arc::downgrade(&self.inner), hub.clone()));
+    }
+
+    /// Queues a change to the directory; false when too many wait (the caller refuses).
+    fn publish_change(&self, change: Change) -> bool {
+        match self.inner.directory.get() {
+            Some(changes) => changes.try_send(change).is_ok(),
+            None => true,
+        }
+    }
+
+    /// A provider on another node joined the directory.
+    fn remote_joined(&self, member: &Member) {
+        let Some((node, services)) = directory::entry_of(member) else {
+            tracing::warn!(conn = %member.conn, "an unreadable relay directory entry");
+            return;
+        };
+        let mut providers = self.providers();
+        let events = providers.remote_joined(&member.conn, node, services, &self.inner.config);
+        self.announce(events);
+    }
+
+    /// A provider on another node left the directory.
+    fn remote_left(&self, conn: &str) {
+        let mut providers = self.providers();
+        let events = providers.remote_left(conn);
+        self.announce(events);
+    }
+
+    /// The directory as listed now: whoever is not in it any more left.
+    fn remote_resync(&self, members: &[Member]) {
+        let mut providers = self.providers();
+        let listed: std::collections::HashSet<&str> =
+            members.iter().map(|m| m.conn.as_str()).collect();
+        let mut events = Vec::new();
+        for conn in providers.remote_conns() {
+            if !listed.contains(conn.as_str()) {
+                events.extend(providers.remote_left(&conn));
+            }
+        }
+        for member in members {
+            if let Some((node, services)) = directory::entry_of(member) {
+                events.extend(providers.remote_joined(
+                    &member.conn,
+                    node,
+                    services,
+                    &self.inner.config,
+                ));
+            }
+        }
+        self.announce(events);
     }
 
     fn providers(&self) -> MutexGuard<'_, Providers> {
@@ -136,6 +213,11 @@ impl Relay {
         if let Some(node) = ended {
             tracing::debug!(node = %node, "provider offline");
             self.announce(vec![ProviderEvent::Offline(node)]);
+            if !self.publish_change(Change::Withdraw {
+                conn: conn.id().to_owned(),
+            }) {
+                tracing::warn!("the relay directory is behind: a provider lapses with its lease");
+            }
         }
     }
 }

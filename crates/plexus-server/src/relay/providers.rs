@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use plexus_protocol::ErrorCode;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use super::RelayConfig;
 use crate::conn::ConnectionHandle;
@@ -34,6 +35,23 @@ struct Provider {
     services: Vec<Arc<str>>,
 }
 
+/// A provider connected to another relay node of the cluster (from the directory).
+struct RemoteProvider {
+    conn: String,
+    services: Vec<Arc<str>>,
+    /// Cancelled when it leaves the directory: its calls in flight fail at once.
+    gone: CancellationToken,
+}
+
+/// Where a call goes.
+pub(super) enum Target {
+    /// A provider connected here.
+    Local(Arc<str>, ConnectionHandle),
+    /// A provider connected to another node: its node id, connection id, and the token
+    /// cancelled when it goes.
+    Remote(Arc<str>, String, CancellationToken),
+}
+
 /// The nodes providing one service, in the order they came, and whose turn it is.
 #[derive(Default)]
 struct Service {
@@ -41,12 +59,16 @@ struct Service {
     next: usize,
 }
 
-/// The relay's registry of providers.
+/// The relay's registry of providers: its own, and those of the other relay nodes.
 #[derive(Default)]
 pub(super) struct Providers {
     by_node: HashMap<Arc<str>, Provider>,
     /// The node id each provider connection holds.
     by_conn: HashMap<String, Arc<str>>,
+    /// Providers on other relay nodes, by node id; bounded like the local ones.
+    remote: HashMap<Arc<str>, RemoteProvider>,
+    remote_by_conn: HashMap<String, Arc<str>>,
+    /// Local and remote nodes by service.
     by_service: HashMap<Arc<str>, Service>,
 }
 
@@ -67,10 +89,11 @@ impl Providers {
     ) -> Result<Provided, RpcError> {
         services.sort_unstable();
         services.dedup();
-        if let Some(holder) = self.by_node.get(node)
-            && holder.conn.id() != conn.id()
-            && !holder.conn.is_closed()
-        {
+        let held_here = self
+            .by_node
+            .get(node)
+            .is_some_and(|holder| holder.conn.id() != conn.id() && !holder.conn.is_closed());
+        if held_here || self.remote.contains_key(node) {
             return Err(RpcError::new(
                 ErrorCode::CONFLICT,
                 format!("node `{}` is provided by another connection", shown(node)),
@@ -140,7 +163,117 @@ impl Providers {
             return;
         };
         self.by_conn.remove(provider.conn.id());
-        for service in &provider.services {
+        self.forget_service_nodes(node, &provider.services);
+    }
+
+    /// The provider of `service` whose turn it is, or the one `pinned` (if it provides
+    /// the service); with `local_only`, only providers connected here count.
+    pub(super) fn pick(
+        &mut self,
+        service: &str,
+        pinned: Option<&str>,
+        local_only: bool,
+    ) -> Option<Target> {
+        if let Some(node) = pinned {
+            return self.target(node, service, local_only);
+        }
+        let entry = self.by_service.get(service)?;
+        let (count, start) = (entry.nodes.len(), entry.next);
+        // Skip providers whose connection ended but has not been forgotten yet.
+        for step in 0..count {
+            let node = self.by_service.get(service)?.nodes[(start + step) % count].clone();
+            if let Some(target) = self.target(&node, service, local_only) {
+                if let Some(entry) = self.by_service.get_mut(service) {
+                    entry.next = start.wrapping_add(step + 1);
+                }
+                return Some(target);
+            }
+        }
+        None
+    }
+
+    fn target(&self, node: &str, service: &str, local_only: bool) -> Option<Target> {
+        let provides = |services: &[Arc<str>]| services.iter().any(|s| &**s == service);
+        if let Some((node, provider)) = self.by_node.get_key_value(node) {
+            return (!provider.conn.is_closed() && provides(&provider.services))
+                .then(|| Target::Local(node.clone(), provider.conn.clone()));
+        }
+        let (node, remote) = self.remote.get_key_value(node)?;
+        (!local_only && provides(&remote.services))
+            .then(|| Target::Remote(node.clone(), remote.conn.clone(), remote.gone.clone()))
+    }
+
+    /// Whether some provider on another node serves `service`.
+    pub(super) fn served_elsewhere(&self, service: &str) -> bool {
+        self.remote
+            .values()
+            .any(|r| r.services.iter().any(|s| &**s == service))
+    }
+
+    /// A provider on another node joined the directory (or changed its services); the
+    /// events to announce. A node id held here wins: the other one is ignored.
+    pub(super) fn remote_joined(
+        &mut self,
+        conn: &str,
+        node: Arc<str>,
+        services: Vec<Arc<str>>,
+        config: &RelayConfig,
+    ) -> Vec<ProviderEvent> {
+        if self.by_conn.contains_key(conn) {
+            return Vec::new(); // one of ours, seen through the engine
+        }
+        if self.by_node.contains_key(&node) {
+            tracing::warn!(node = %node, "a node id provided on two relay nodes; keeping ours");
+            return Vec::new();
+        }
+        let mut events = self.remote_left(conn);
+        if let Some(old) = self.remote.get(&node) {
+            let old_conn = old.conn.clone();
+            events.extend(self.remote_left(&old_conn));
+        }
+        if self.remote.len() >= config.max_providers {
+            tracing::warn!(node = %node, "the relay holds too many remote providers; ignoring one");
+            return events;
+        }
+        for service in &services {
+            self.by_service
+                .entry(service.clone())
+                .or_default()
+                .nodes
+                .push(node.clone());
+        }
+        self.remote_by_conn.insert(conn.to_owned(), node.clone());
+        self.remote.insert(
+            node.clone(),
+            RemoteProvider {
+                conn: conn.to_owned(),
+                services: services.clone(),
+                gone: CancellationToken::new(),
+            },
+        );
+        events.push(ProviderEvent::Online(ProviderInfo { node, services }));
+        events
+    }
+
+    /// A provider on another node left the directory: its calls in flight fail.
+    pub(super) fn remote_left(&mut self, conn: &str) -> Vec<ProviderEvent> {
+        let Some(node) = self.remote_by_conn.remove(conn) else {
+            return Vec::new();
+        };
+        if let Some(remote) = self.remote.remove(&node) {
+            remote.gone.cancel();
+            self.forget_service_nodes(&node, &remote.services);
+        }
+        vec![ProviderEvent::Offline(node)]
+    }
+
+    /// The connections of the remote providers now known.
+    pub(super) fn remote_conns(&self) -> Vec<String> {
+        self.remote_by_conn.keys().cloned().collect()
+    }
+
+    fn forget_service_nodes(&mut self, node: &str, services: &[Arc<str>]) {
+        for service in services {
             if let Some(entry) = self.by_service.get_mut(service) {
                 entry.nodes.retain(|n| &**n != node);
                 if entry.nodes.is_empty() {
@@ -150,36 +283,7 @@ impl Providers {
         }
     }
 
-    /// The provider of `service` whose turn it is, or the one `pinned` (if it provides
-    /// the service): its node id and connection.
-    pub(super) fn pick(
-        &mut self,
-        service: &str,
-        pinned: Option<&str>,
-    ) -> Option<(Arc<str>, ConnectionHandle)> {
-        if let Some(node) = pinned {
-            let (node, provider) = self.by_node.get_key_value(node)?;
-            if provider.conn.is_closed() || !provider.services.iter().any(|s| &**s == service) {
-                return None;
-            }
-            return Some((node.clone(), provider.conn.clone()));
-        }
-        let entry = self.by_service.get_mut(service)?;
-        // Skip providers whose connection ended but has not been forgotten yet.
-        for _ in 0..entry.nodes.len() {
-            let index = entry.next % entry.nodes.len();
-            entry.next = entry.next.wrapping_add(1);
-            let node = &entry.nodes[index];
-            if let Some(provider) = self.by_node.get(node)
-                && !provider.conn.is_closed()
-            {
-                return Some((node.clone(), provider.conn.clone()));
-            }
-        }
-        None
-    }
-
-    /// Every live provider, sorted by node id.
+    /// Every live provider, here and on other nodes, sorted by node id.
     pub(super) fn list(&self) -> Vec<ProviderInfo> {
         let mut list: Vec<ProviderInfo> = self
             .by_node
@@ -189,6 +293,10 @@ impl Providers {
                 node: node.clone(),
                 services: p.services.clone(),
             })
+            .chain(self.remote.iter().map(|(node, r)| ProviderInfo {
+                node: node.clone(),
+                services: r.services.clone(),
+            }))
             .collect();
         list.sort_unstable_by(|a, b| a.node.cmp(&b.node));
         list

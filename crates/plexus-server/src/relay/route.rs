@@ -8,9 +8,13 @@
 //! call the server makes. Values keep their bytes; a payload crosses codecs only when the
 //! caller and the provider speak different ones.
 //!
+//! A provider connected to another relay node of the cluster is reached through the hub:
+//! requests and notifications cross nodes as node messages (their values as JSON); streams
+//! go only to providers connected here.
+//!
 //! `SERVICE_OFFLINE` says no provider took the call: its data is `{"started": false}` when
 //! none was live (the call can be retried anywhere), `{"node": .., "started": true}` when
-//! the provider's connection ended while it had the call.
+//! the provider's connection ended (or its node left the cluster) while it had the call.
 
 use std::sync::Arc;
 
@@ -21,8 +25,9 @@ use plexus_protocol::{ErrorBody, ErrorCode, Payload, RpcError};
 use serde::Serialize;
 
 use super::Relay;
-use crate::conn::ConnectionHandle;
+use super::providers::Target;
 use crate::error::{CallError, shown};
+use crate::hub::{Hub, HubError};
 
 /// A relayed call's outcome.
 type Reply = Result<Payload, ErrorBody>;
@@ -69,16 +74,44 @@ fn provider_failed(method: &str, node: &str, error: CallError) -> ErrorBody {
     }
 }
 
+/// A failed call to a provider on another node, as its caller sees it.
+fn remote_failed(method: &str, node: &str, error: HubError) -> ErrorBody {
+    if error.code() == &ErrorCode::UNAVAILABLE {
+        offline(method, Some(node))
+    } else {
+        error.into_body()
+    }
+}
+
 impl Relay {
     /// The provider for a call of `method`, pinned to `node` when given.
     fn route(
         &self,
         method: &str,
         node: Option<&str>,
-    ) -> Result<(Arc<str>, ConnectionHandle), ErrorBody> {
-        self.providers()
-            .pick(service_of(method), node)
-            .ok_or_else(|| offline(method, None))
+        local_only: bool,
+    ) -> Result<Target, ErrorBody> {
+        let mut providers = self.providers();
+        if let Some(target) = providers.pick(service_of(method), node, local_only) {
+            return Ok(target);
+        }
+        if local_only && node.is_none() && providers.served_elsewhere(service_of(method)) {
+            return Err(ErrorBody::new(
+                ErrorCode::UNAVAILABLE,
+                format!(
+                    "`{}` is provided only through other relay nodes, and streams are relayed to providers connected to this one",
+                    shown(method)
+                ),
+            ));
+        }
+        Err(offline(method, None))
+    }
+
+    fn hub(&self) -> Result<&Hub, ErrorBody> {
+        self.inner
+            .hub
+            .get()
+            .ok_or_else(|| ErrorBody::new(ErrorCode::UNAVAILABLE, "the relay is not attached"))
     }
 
     /// Relays a request; resolves with the provider's answer.
@@ -88,14 +121,25 @@ impl Relay {
         data: Payload,
         node: Option<String>,
     ) -> BoxFuture<'static, Reply> {
-        let routed = self.route(&method, node.as_deref());
+        let routed = self.route(&method, node.as_deref(), false);
+        let hub = self.hub().cloned();
         let timeout = self.inner.config.call_timeout;
         Box::pin(async move {
-            let (node, provider) = routed?;
-            provider
-                .request_timeout::<Payload>(&method, data, timeout)
-                .await
-                .map_err(|e| provider_failed(&method, &node, e))
+            match routed? {
+                Target::Local(node, provider) => provider
+                    .request_timeout::<Payload>(&method, data, timeout)
+                    .await
+                    .map_err(|e| provider_failed(&method, &node, e)),
+                Target::Remote(node, conn, gone) => {
+                    let hub = hub?;
+                    tokio::select! {
+                        answer = hub.request::<Payload>(&conn, &method, data, timeout) => {
+                            answer.map_err(|e| remote_failed(&method, &node, e))
+                        }
+                        () = gone.cancelled() => Err(offline(&method, Some(&node))),
+                    }
+                }
+            }
         })
     }
 
@@ -106,9 +150,13 @@ impl Relay {
         data: Payload,
         node: Option<String>,
     ) -> BoxFuture<'static, Result<BoxStream<'static, Reply>, ErrorBody>> {
-        let routed = self.route(&method, node.as_deref());
+        let routed = self.route(&method, node.as_deref(), true);
         Box::pin(async move {
-            let (node, provider) = routed?;
+            let (node, provider) = match routed? {
+                Target::Local(node, provider) => (node, provider),
+                // Not picked for streams; should it ever be, the caller is told rather than hung.
+                Target::Remote(node, ..) => return Err(offline(&method, Some(&node))),
+            };
             let items = provider
                 .stream::<Payload>(&method, data)
                 .await
@@ -127,9 +175,20 @@ impl Relay {
         data: Payload,
         node: Option<&str>,
     ) -> Result<(), ErrorBody> {
-        let (node, provider) = self.route(method, node)?;
-        provider
-            .notify_raw(method, data)
-            .map_err(|e| provider_failed(method, &node, e))
+        match self.route(method, node, false)? {
+            Target::Local(node, provider) => provider
+                .notify_raw(method, data)
+                .map_err(|e| provider_failed(method, &node, e)),
+            Target::Remote(node, conn, _) => {
+                let hub = self.hub()?.clone();
+                let method = method.to_owned();
+                tokio::spawn(async move {
+                    if let Err(e) = hub.notify(&conn, &method, &data).await {
+                        tracing::debug!(node = %node, error = %e, "a relayed notification was not delivered");
+                    }
+                });
+                Ok(())
+            }
+        }
     }
 }

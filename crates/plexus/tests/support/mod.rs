@@ -54,6 +54,29 @@ macro_rules! codec_tests {
     };
 }
 
+/// Runs each named `async fn(broker::Kind)` as a test on each broker, in modules `redis` and
+/// `nats`.
+macro_rules! broker_tests {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::support::broker::Kind::Redis).await;
+                }
+            )*
+        }
+        mod nats {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::support::broker::Kind::Nats).await;
+                }
+            )*
+        }
+    };
+}
+
 /// Waits for `future` up to [`TIMEOUT`], failing the test with `what` if it takes longer.
 pub(crate) async fn within<F: Future>(what: &str, future: F) -> F::Output {
     match tokio::time::timeout(TIMEOUT, future).await {

@@ -1,0 +1,209 @@
+//! Relay nodes of one cluster share their providers: two `plexus relay --engine …`
+//! processes on one broker (Redis, then NATS), a provider connected to one, a caller to the
+//! other. Requests cross, `$services` and `$watch` show providers of both nodes, and a
+//! provider (or a whole relay node) that goes away is offline everywhere.
+
+#[macro_use]
+mod support;
+
+use std::path::PathBuf;
+
+use futures_util::StreamExt;
+use plexus::client::{CallError, ReconnectOptions, ServiceEvent, ServiceWatch};
+use plexus::{Client, ClientOptions, ErrorCode, connect};
+use serde_json::{Value, json};
+use support::broker::{Broker, Kind};
+use support::process::{Proc, ws_url};
+use support::within;
+
+/// A short presence TTL, so that a killed relay node's providers lapse quickly.
+const CONFIG: &str = "[engine]\npresence_ttl = \"1s\"\n";
+
+struct Mesh {
+    broker: Broker,
+    config: PathBuf,
+}
+
+impl Mesh {
+    async fn start(kind: Kind) -> Self {
+        let broker = Broker::start(kind).await;
+        let config =
+            std::env::temp_dir().join(format!("plexus-relay-cluster-{}.toml", broker.port()));
+        std::fs::write(&config, CONFIG).expect("write the config");
+        Self { broker, config }
+    }
+
+    /// `plexus relay` node `node` on the broker; returns it and its URL.
+    async fn relay(&self, node: &str) -> (Proc, String) {
+        let engine = self.broker.url();
+        let config = self.config.to_str().expect("a UTF-8 temp dir");
+        let args = [
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config,
+            "--engine",
+            &engine,
+            "--node-id",
+            node,
+            "--heartbeat",
+            "1s",
+        ];
+        let (proc, line) = Proc::start(&args, "ws://").await;
+        (proc, ws_url(&line))
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+async fn provider(url: &str, node: &str) -> Proc {
+    Proc::start(
+        &["provide", url, "--node", node, "--service", "Greeting"],
+        &format!("as node {node}"),
+    )
+    .await
+    .0
+}
+
+async fn caller(url: &str) -> Client {
+    let reconnect = ReconnectOptions::default()
+        .initial_delay(std::time::Duration::from_millis(20))
+        .max_delay(std::time::Duration::from_millis(200));
+    connect(url, ClientOptions::default().reconnect(reconnect))
+        .await
+        .expect("connect to the relay")
+}
+
+/// Watches until `node` is online (in the first list or as an event).
+async fn until_online(watch: &mut ServiceWatch, node: &str) {
+    within(&format!("{node} to be online"), async {
+        loop {
+            match watch
+                .next()
+                .await
+                .expect("watch open")
+                .expect("watch event")
+            {
+                ServiceEvent::Snapshot(list) if list.iter().any(|p| p.node == node) => break,
+                ServiceEvent::Online(p) if p.node == node => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+}
+
+async fn until_offline(watch: &mut ServiceWatch, node: &str) {
+    within(&format!("{node} to go offline"), async {
+        loop {
+            match watch
+                .next()
+                .await
+                .expect("watch open")
+                .expect("watch event")
+            {
+                ServiceEvent::Offline { node: gone } if gone == node => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+}
+
+fn assert_offline(error: &CallError, started: bool) {
+    assert_eq!(*error.code(), ErrorCode::SERVICE_OFFLINE, "{error:?}");
+    let data: Value = error.data().expect("data").decode().expect("JSON data");
+    assert_eq!(data["started"], started, "{error:?}");
+}
+
+async fn a_caller_on_one_relay_node_reaches_a_provider_on_the_other(kind: Kind) {
+    let mesh = Mesh::start(kind).await;
+    let (_a, url_a) = mesh.relay("relay-a").await;
+    let (_b, url_b) = mesh.relay("relay-b").await;
+    let client = caller(&url_b).await;
+    let mut watch = client.watch_services().await.expect("$watch");
+    let provider = provider(&url_a, "p1").await;
+    until_online(&mut watch, "p1").await;
+    let listed = client.services().await.expect("$services");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].node, "p1");
+
+    let echoed: Value = client
+        .request("Greeting.echo", &json!({"x": [1, 2]}))
+        .await
+        .expect("answered through the other node");
+    assert_eq!(echoed, json!({"x": [1, 2]}));
+    let node: String = client
+        .request("Greeting.node", &())
+        .node("p1")
+        .await
+        .expect("pinned");
+    assert_eq!(node, "p1");
+    // The provider's own errors come back as they are.
+    let error = client
+        .request::<Value>("Greeting.sleep", &json!({"ms": "soon"}))
+        .await
+        .expect_err("bad params");
+    assert_eq!(*error.code(), ErrorCode::VALIDATION_ERROR, "{error:?}");
+    // Streams are relayed to providers connected to the caller's relay node only.
+    let error = match client
+        .stream::<u64>("Greeting.count", &json!({"n": 3}))
+        .await
+    {
+        Err(error) => error,
+        Ok(mut items) => items
+            .next()
+            .await
+            .expect("an answer")
+            .expect_err("no stream across relay nodes"),
+    };
+    assert_eq!(*error.code(), ErrorCode::UNAVAILABLE, "{error:?}");
+
+    provider.kill().await;
+    until_offline(&mut watch, "p1").await;
+    let error = client
+        .request::<Value>("Greeting.echo", &1)
+        .await
+        .expect_err("nobody provides Greeting");
+    assert_offline(&error, false);
+}
+
+async fn a_relay_node_that_dies_fails_its_calls_and_takes_its_providers_offline(kind: Kind) {
+    let mesh = Mesh::start(kind).await;
+    let (a, url_a) = mesh.relay("relay-a").await;
+    let (_b, url_b) = mesh.relay("relay-b").await;
+    let client = caller(&url_b).await;
+    let mut watch = client.watch_services().await.expect("$watch");
+    let _provider = provider(&url_a, "p1").await;
+    until_online(&mut watch, "p1").await;
+
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .request::<Value>("Greeting.sleep", &json!({"ms": 30_000}))
+                .await
+        })
+    };
+    // The call is on its way to relay-a (it answers only after 30 s): now relay-a dies.
+    tokio::task::yield_now().await;
+    a.kill().await;
+    // Its providers lapse with its presence lease (1 s here), and the call in flight fails
+    // as soon as they do, not when its own deadline passes.
+    until_offline(&mut watch, "p1").await;
+    let error = within("the call in flight to fail", slow)
+        .await
+        .expect("the call task")
+        .expect_err("the provider's node died");
+    assert_offline(&error, true);
+}
+
+broker_tests!(
+    a_caller_on_one_relay_node_reaches_a_provider_on_the_other,
+    a_relay_node_that_dies_fails_its_calls_and_takes_its_providers_offline,
+);

@@ -300,8 +300,13 @@ impl Namespaces {
         patterns
     }
 
-    /// The options for `channel`, if a rule matches it.
+    /// The options for `channel`, if a rule matches it (never for a name starting with `$`).
     pub fn resolve(&self, channel: &str) -> Option<Arc<ChannelOptions>> {
+        // `$` names are the server's own (the relay's directory of providers): no namespace,
+        // not even `*`, opens them to clients or the HTTP API.
+        if channel.starts_with('$') {
+            return None;
+        }
         self.rules
             .iter()
             .find(|(prefix, wildcard, _)| {
@@ -436,5 +441,12 @@ mod tests {
                 .resolve("b")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn dollar_channels_belong_to_the_server() {
+        let namespaces = Namespaces::new().namespace("*", ChannelOptions::default());
+        assert!(namespaces.resolve("room:1").is_some());
+        assert!(namespaces.resolve("$relay:providers").is_none());
     }
 }

@@ -36,6 +36,7 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod memory;
+mod wire;
 
 use std::fmt;
 use std::future::Future;

@@ -6,16 +6,14 @@
 //! `Plexus-Keep` (the channel's history size when it was published). A presence change on a
 //! channel's live subject has `Plexus-Presence` (`j` joined, `l` left) and the member as
 //! JSON. A presence entry (or node lease) has `Plexus-Deadline` (Unix ms), or `Plexus-Gone`
-//! once removed. Node messages are `<sender instance (16 bytes)><NodeMessage JSON>`.
+//! once removed. Node messages are as `NodeMessage::to_wire` writes them.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
 use async_nats::header::HeaderValue;
 use bytes::Bytes;
-use plexus_engine::NodeMessage;
 use plexus_protocol::{Codec, Payload};
-use uuid::Uuid;
 
 pub(crate) const EPOCH: &str = "Plexus-Epoch";
 pub(crate) const OFFSET: &str = "Plexus-Offset";
@@ -142,18 +140,4 @@ pub(crate) fn read_presence_change(headers: &HeaderMap) -> Option<bool> {
         "l" => Some(false),
         _ => None,
     }
-}
-
-/// A node message as published on the nodes' subject.
-pub(crate) fn node_message(sender: Uuid, message: &NodeMessage) -> Result<Vec<u8>, String> {
-    let mut out = sender.as_bytes().to_vec();
-    serde_json::to_writer(&mut out, message).map_err(|e| e.to_string())?;
-    Ok(out)
-}
-
-/// Reads a message from the nodes' subject: its sender and the message.
-pub(crate) fn read_node_message(bytes: &[u8]) -> Option<(Uuid, NodeMessage)> {
-    let sender = Uuid::from_slice(bytes.get(..16)?).ok()?;
-    let message = serde_json::from_slice(&bytes[16..]).ok()?;
-    Some((sender, message))
 }

@@ -688,8 +688,7 @@ impl Engine for NatsEngine {
 
     fn broadcast(&self, message: NodeMessage) -> EngineFuture<'_, ()> {
         Box::pin(async move {
-            let bytes = envelope::node_message(self.shared.instance, &message)
-                .map_err(|e| EngineError::new(EngineErrorKind::Invalid, e))?;
+            let bytes = message.to_wire(self.shared.instance)?;
             self.shared
                 .client
                 .publish(self.shared.subjects.nodes(), bytes.into())

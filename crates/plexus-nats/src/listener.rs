@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_nats::connection::State;
 use async_nats::{Client, Event, Subscriber};
 use futures_util::StreamExt;
-use plexus_engine::{EngineError, EngineSink, Member, Publication};
+use plexus_engine::{EngineError, EngineSink, Member, NodeMessage, Publication};
 use plexus_protocol::PresenceEvent;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -103,7 +103,7 @@ impl Listener {
                     None => break,
                 },
                 message = nodes.next() => match message {
-                    Some(message) => match envelope::read_node_message(&message.payload) {
+                    Some(message) => match NodeMessage::from_wire(&message.payload) {
                         Some((sender, _)) if sender == self.instance => {}
                         Some((_, message)) => self.sink.message(message),
                         None => tracing::warn!("unreadable node message"),

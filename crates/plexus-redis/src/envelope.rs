@@ -3,12 +3,12 @@
 //! A channel's topic carries publications and presence changes as the scripts write them:
 //! `p<epoch>\n<offset>\n<codec><data>`, `j<member JSON>` (joined), `l<member JSON>` (left).
 //! The data is the publication's raw bytes in its own codec, so a node decodes nothing it
-//! only forwards. The nodes' topic carries `<sender instance (16 bytes)><NodeMessage JSON>`.
+//! only forwards. The nodes' topic carries node messages as `NodeMessage::to_wire` writes
+//! them.
 
 use bytes::Bytes;
-use plexus_engine::{Member, NodeMessage};
+use plexus_engine::Member;
 use plexus_protocol::{Codec, Payload, PresenceEvent};
-use uuid::Uuid;
 
 /// A message read from a channel's topic.
 pub(crate) enum ChannelEvent {
@@ -76,20 +76,6 @@ pub(crate) fn channel_event(message: &[u8]) -> Option<ChannelEvent> {
     }
 }
 
-/// A node message as published on the nodes' topic.
-pub(crate) fn node_message(sender: Uuid, message: &NodeMessage) -> Result<Vec<u8>, String> {
-    let mut out = sender.as_bytes().to_vec();
-    serde_json::to_writer(&mut out, message).map_err(|e| e.to_string())?;
-    Ok(out)
-}
-
-/// Reads a message from the nodes' topic: its sender and the message.
-pub(crate) fn read_node_message(bytes: &[u8]) -> Option<(Uuid, NodeMessage)> {
-    let sender = Uuid::from_slice(bytes.get(..16)?).ok()?;
-    let message = serde_json::from_slice(&bytes[16..]).ok()?;
-    Some((sender, message))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +105,5 @@ mod tests {
         for bad in [&b""[..], b"x", b"p", b"pe\nnan\nj1", b"pe\n1\nz1", b"j{"] {
             assert!(channel_event(bad).is_none(), "{bad:?}");
         }
-        assert!(read_node_message(b"short").is_none());
     }
 }

@@ -440,8 +440,7 @@ impl Engine for RedisEngine {
 
     fn broadcast(&self, message: NodeMessage) -> EngineFuture<'_, ()> {
         Box::pin(async move {
-            let bytes = envelope::node_message(self.shared.instance, &message)
-                .map_err(|e| EngineError::new(EngineErrorKind::Invalid, e))?;
+            let bytes = message.to_wire(self.shared.instance)?;
             let _: i64 = redis::cmd("PUBLISH")
                 .arg(keys::nodes_topic(&self.shared.options.prefix))
                 .arg(bytes)

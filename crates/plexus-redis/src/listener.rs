@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use plexus_engine::{EngineError, EngineSink, Publication};
+use plexus_engine::{EngineError, EngineSink, NodeMessage, Publication};
 use redis::aio::{PubSub, PubSubSink};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -292,7 +292,7 @@ impl Listener {
             return;
         }
         if topic == self.nodes_topic {
-            match envelope::read_node_message(payload) {
+            match NodeMessage::from_wire(payload) {
                 Some((sender, _)) if sender == self.instance => {}
                 Some((_, message)) => self.sink.message(message),
                 None => tracing::warn!("unreadable node message"),

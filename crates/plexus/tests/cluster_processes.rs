@@ -15,12 +15,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use plexus::client::{ChannelEvent, ReconnectOptions, Status};
+use plexus::client::{ChannelEvent, Status};
 use plexus::{Client, ClientOptions, JoinOptions, Subscription, connect};
 use plexus_server::Codec;
 use serde_json::{Value, json};
 use support::broker::{Broker, Kind};
 use support::process::{Proc, ws_url};
+use support::relay::fast_reconnect;
 use support::{RawClient, http, http_within, within};
 
 const KEY: &str = "cluster-key";
@@ -151,12 +152,6 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config);
     }
-}
-
-fn fast_reconnect() -> ReconnectOptions {
-    ReconnectOptions::default()
-        .initial_delay(Duration::from_millis(20))
-        .max_delay(Duration::from_millis(200))
 }
 
 async fn client(url: &str) -> Client {

@@ -9,11 +9,12 @@ mod support;
 use std::path::PathBuf;
 
 use futures_util::StreamExt;
-use plexus::client::{CallError, ReconnectOptions, ServiceEvent, ServiceWatch};
+use plexus::client::{ServiceEvent, ServiceWatch};
 use plexus::{Client, ClientOptions, ErrorCode, connect};
 use serde_json::{Value, json};
 use support::broker::{Broker, Kind};
 use support::process::{Proc, ws_url};
+use support::relay::{assert_offline, fast_reconnect, until_offline};
 use support::within;
 
 /// A short presence TTL, so that a killed relay node's providers lapse quickly.
@@ -71,10 +72,7 @@ async fn provider(url: &str, node: &str) -> Proc {
 }
 
 async fn caller(url: &str) -> Client {
-    let reconnect = ReconnectOptions::default()
-        .initial_delay(std::time::Duration::from_millis(20))
-        .max_delay(std::time::Duration::from_millis(200));
-    connect(url, ClientOptions::default().reconnect(reconnect))
+    connect(url, ClientOptions::default().reconnect(fast_reconnect()))
         .await
         .expect("connect to the relay")
 }
@@ -96,29 +94,6 @@ async fn until_online(watch: &mut ServiceWatch, node: &str) {
         }
     })
     .await;
-}
-
-async fn until_offline(watch: &mut ServiceWatch, node: &str) {
-    within(&format!("{node} to go offline"), async {
-        loop {
-            match watch
-                .next()
-                .await
-                .expect("watch open")
-                .expect("watch event")
-            {
-                ServiceEvent::Offline { node: gone } if gone == node => break,
-                _ => {}
-            }
-        }
-    })
-    .await;
-}
-
-fn assert_offline(error: &CallError, started: bool) {
-    assert_eq!(*error.code(), ErrorCode::SERVICE_OFFLINE, "{error:?}");
-    let data: Value = error.data().expect("data").decode().expect("JSON data");
-    assert_eq!(data["started"], started, "{error:?}");
 }
 
 async fn a_caller_on_one_relay_node_reaches_a_provider_on_the_other(kind: Kind) {

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use plexus::client::{
-    CallError, CallOptions, Client, ClientOptions, Codec, ErrorCode, Mesh, Provided,
-    ReconnectOptions, Router, RpcError, ServiceEvent, ServiceWatch, Status, connect,
+    CallOptions, Client, ClientOptions, Codec, ErrorCode, Mesh, Provided, Router, RpcError,
+    ServiceEvent, ServiceWatch, Status, connect,
 };
 use serde_json::{Value, json};
 use support::process::{BIN, Proc, ws_url};
+use support::relay::{assert_offline, fast_reconnect, until_offline};
 use support::within;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -42,13 +43,6 @@ impl Proc {
         args.extend(codec_flag(codec));
         Self::start(&args, &format!("as node {node}")).await.0
     }
-}
-
-/// Reconnecting within a fraction of a second, so that tests wait on events, not backoff.
-fn fast_reconnect() -> ReconnectOptions {
-    ReconnectOptions::default()
-        .initial_delay(Duration::from_millis(20))
-        .max_delay(Duration::from_millis(200))
 }
 
 /// The flag that makes a `plexus` client command speak `codec`.
@@ -85,30 +79,6 @@ async fn watching(client: &Client) -> ServiceWatch {
         "{first:?}"
     );
     watch
-}
-
-/// Reads `watch` until `node` is announced offline.
-async fn until_offline(watch: &mut ServiceWatch, node: &str) {
-    within(&format!("{node} to go offline"), async {
-        loop {
-            match watch
-                .next()
-                .await
-                .expect("watch open")
-                .expect("watch event")
-            {
-                ServiceEvent::Offline { node: gone } if gone == node => break,
-                _ => {}
-            }
-        }
-    })
-    .await;
-}
-
-fn assert_offline(error: &CallError, started: bool) {
-    assert_eq!(*error.code(), ErrorCode::SERVICE_OFFLINE, "{error:?}");
-    let data: Value = error.data().expect("data").decode().expect("JSON data");
-    assert_eq!(data["started"], started, "{error:?}");
 }
 
 async fn a_provider_killed_mid_stream_fails_the_stream_and_goes_offline(codec: Codec) {

@@ -9,6 +9,7 @@
 
 pub(crate) mod broker;
 pub(crate) mod process;
+pub(crate) mod relay;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -222,13 +222,52 @@ pub enum NodeMessage {
         /// The client's result, or why there is none.
         result: Result<Payload, ErrorBody>,
     },
-    /// The asking node stopped waiting for its [`NodeMessage::Request`] `id` (its caller
-    /// gave up): the node that holds the connection cancels the call on the client.
+    /// The asking node stopped waiting for its [`NodeMessage::Request`] or
+    /// [`NodeMessage::StreamOpen`] `id` (its caller gave up): the node that holds the
+    /// connection cancels the call on the client.
     CancelRequest {
         /// The node that asked.
         node: String,
         /// The request's id on that node.
         id: u64,
+    },
+    /// Open a stream on a connection. The node that holds it calls the client and sends its
+    /// items to `node` as [`NodeMessage::StreamEvent`]s, at most `credit` ahead of the
+    /// [`NodeMessage::StreamCredit`] that node grants; the others ignore it.
+    StreamOpen {
+        /// Connection id.
+        conn: String,
+        /// Method name.
+        method: String,
+        /// Params.
+        data: Payload,
+        /// The node that asks, which the events are for.
+        node: String,
+        /// The asking node's id for the stream (from the ids of its requests).
+        id: u64,
+        /// Items the asking node takes before it grants more.
+        credit: u32,
+    },
+    /// What happened to a stream opened with [`NodeMessage::StreamOpen`], for the node
+    /// that opened it.
+    StreamEvent {
+        /// The node the event is for.
+        node: String,
+        /// The stream's id on that node.
+        id: u64,
+        /// Counts the stream's events from 0, so that a lost one is noticed.
+        seq: u64,
+        /// The event.
+        event: StreamEvent,
+    },
+    /// The node that opened stream `id` takes `credit` more items.
+    StreamCredit {
+        /// The node that opened the stream.
+        node: String,
+        /// The stream's id on that node.
+        id: u64,
+        /// How many more items it takes.
+        credit: u32,
     },
     /// Close every connection of a user.
     DisconnectUser {
@@ -239,6 +278,19 @@ pub enum NodeMessage {
         /// Close reason.
         reason: String,
     },
+}
+
+/// One event of a stream that crosses nodes ([`NodeMessage::StreamEvent`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StreamEvent {
+    /// The holding node is working on the stream: sent first, then whenever the stream has
+    /// been quiet for a while, so that the opening node can tell a quiet stream from a lost
+    /// one.
+    Alive,
+    /// An item.
+    Item(Payload),
+    /// The stream ended: completed, or failed with the error.
+    End(Result<(), ErrorBody>),
 }
 
 /// Why an engine call failed.

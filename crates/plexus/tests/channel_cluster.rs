@@ -4,85 +4,19 @@
 //! Redis engines sharing a real redis-server, and on two NATS engines sharing a real
 //! nats-server.
 
+#[macro_use]
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plexus_nats::NatsEngine;
-use plexus_redis::RedisEngine;
 use plexus_server::{
     ChannelOptions, CloseCode, Codec, EndpointConfig, Engine, ErrorCode, MemoryEngine, Namespaces,
     Server,
 };
 use serde_json::{Value, json};
-use support::broker::{self, Broker};
+use support::broker::{Backend, Broker, engines};
 use support::{RawClient, TestServer, config, start_with, sys};
-
-/// What carries the two nodes' channels.
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Memory,
-    Redis,
-    Nats,
-}
-
-/// Two engines of one cluster; the broker they share lives as long as the guard.
-async fn engines(backend: Backend) -> (Arc<dyn Engine>, Arc<dyn Engine>, Option<Broker>) {
-    match backend {
-        Backend::Memory => {
-            let a = MemoryEngine::new();
-            let b = a.peer();
-            (Arc::new(a), Arc::new(b), None)
-        }
-        Backend::Redis => {
-            let redis = Broker::start(broker::Kind::Redis).await;
-            let a = RedisEngine::connect(&redis.url())
-                .await
-                .expect("redis is up");
-            let b = RedisEngine::connect(&redis.url())
-                .await
-                .expect("redis is up");
-            (Arc::new(a), Arc::new(b), Some(redis))
-        }
-        Backend::Nats => {
-            let nats = Broker::start(broker::Kind::Nats).await;
-            let a = NatsEngine::connect(&nats.url()).await.expect("nats is up");
-            let b = NatsEngine::connect(&nats.url()).await.expect("nats is up");
-            (Arc::new(a), Arc::new(b), Some(nats))
-        }
-    }
-}
-
-/// Runs each named `async fn(Backend)` as a test on each backend.
-macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Memory).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Redis).await;
-                }
-            )*
-        }
-        mod nats {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Nats).await;
-                }
-            )*
-        }
-    };
-}
 
 fn namespaces() -> Namespaces {
     Namespaces::new().namespace(

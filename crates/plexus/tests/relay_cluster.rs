@@ -1,6 +1,6 @@
 //! Relay nodes of one cluster share their providers: two `plexus relay --engine …`
 //! processes on one broker (Redis, then NATS), a provider connected to one, a caller to the
-//! other. Requests cross, `$services` and `$watch` show providers of both nodes, and a
+//! other. Requests and streams cross, `$services` and `$watch` show providers of both nodes, and a
 //! provider (or a whole relay node) that goes away is offline everywhere.
 
 #[macro_use]
@@ -125,19 +125,16 @@ async fn a_caller_on_one_relay_node_reaches_a_provider_on_the_other(kind: Kind) 
         .await
         .expect_err("bad params");
     assert_eq!(*error.code(), ErrorCode::VALIDATION_ERROR, "{error:?}");
-    // Streams are relayed to providers connected to the caller's relay node only.
-    let error = match client
-        .stream::<u64>("Greeting.count", &json!({"n": 3}))
+    // Streams cross too, in order, past the windows between the nodes.
+    let mut items = client
+        .stream::<u64>("Greeting.count", &json!({"n": 300}))
         .await
-    {
-        Err(error) => error,
-        Ok(mut items) => items
-            .next()
-            .await
-            .expect("an answer")
-            .expect_err("no stream across relay nodes"),
-    };
-    assert_eq!(*error.code(), ErrorCode::UNAVAILABLE, "{error:?}");
+        .expect("a stream through the other node");
+    for n in 0..300 {
+        let item = within("an item", items.next()).await;
+        assert_eq!(item.expect("an item").expect("not an error"), n);
+    }
+    assert!(within("the end", items.next()).await.is_none());
 
     provider.kill().await;
     until_offline(&mut watch, "p1").await;

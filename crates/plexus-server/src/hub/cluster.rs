@@ -64,7 +64,7 @@ impl Cluster {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -105,7 +105,7 @@ impl Hub {
         timeout: Duration,
     ) -> Result<Payload, HubError> {
         let cluster = &self.inner.cluster;
-        let id = cluster.next_request.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_call_id();
         let (tx, rx) = oneshot::channel();
         {
             let mut waiting = lock(&cluster.waiting);
@@ -156,6 +156,28 @@ impl Hub {
         }
     }
 
+    /// A new id for a request or stream to another node's connection.
+    pub(super) fn next_call_id(&self) -> u64 {
+        self.inner
+            .cluster
+            .next_request
+            .fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Tells the other nodes that this node gave up its request or stream `id`.
+    pub(super) fn cancel_elsewhere(&self, id: u64) {
+        let hub = self.clone();
+        let message = NodeMessage::CancelRequest {
+            node: self.inner.cluster.node.clone(),
+            id,
+        };
+        spawn(async move {
+            if let Err(e) = hub.broadcast(message).await {
+                tracing::debug!(error = ?e, "a cancel did not reach the other nodes");
+            }
+        });
+    }
+
     /// Acts on a message from another node.
     pub(super) fn on_node_message(&self, message: NodeMessage) {
         match message {
@@ -178,9 +200,37 @@ impl Hub {
             }
             NodeMessage::CancelRequest { node, id } => {
                 // Dropping the call sends the client its `cancel`.
-                if let Some(call) = lock(&self.inner.cluster.answering).remove(&(node, id)) {
+                let key = (node, id);
+                if let Some(call) = lock(&self.inner.cluster.answering).remove(&key) {
                     call.abort();
+                } else {
+                    self.cancel_served_stream(&key);
                 }
+            }
+            NodeMessage::StreamOpen {
+                conn,
+                method,
+                data,
+                node,
+                id,
+                credit,
+            } => {
+                if let Some(handle) = self.connection(&conn) {
+                    self.serve_stream(handle, method, data, (node, id), credit);
+                }
+            }
+            NodeMessage::StreamEvent {
+                node,
+                id,
+                seq,
+                event,
+            } => {
+                if node == self.inner.cluster.node {
+                    self.on_stream_event(id, seq, event);
+                }
+            }
+            NodeMessage::StreamCredit { node, id, credit } => {
+                self.on_stream_credit(&(node, id), credit);
             }
             NodeMessage::Reply { node, id, result } => {
                 let cluster = &self.inner.cluster;
@@ -276,16 +326,7 @@ impl Drop for RemoteRequest<'_> {
         let waiting = lock(&cluster.waiting).remove(&self.id).is_some();
         if waiting && !self.over {
             // The caller gave up early: the client need not answer any more.
-            let hub = self.hub.clone();
-            let message = NodeMessage::CancelRequest {
-                node: cluster.node.clone(),
-                id: self.id,
-            };
-            spawn(async move {
-                if let Err(e) = hub.broadcast(message).await {
-                    tracing::debug!(error = ?e, "a request's cancel did not reach the other nodes");
-                }
-            });
+            self.hub.cancel_elsewhere(self.id);
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - `registry.rs`: this node's connections, by id;
 //! - `cluster.rs`: the link to other nodes (messages for their connections, requests and
 //!   replies across nodes), and what this node does with theirs;
+//! - `remote_stream.rs`: streams to connections on other nodes, with credit across nodes;
 //! - `local.rs`: the channels this node has subscribers for, and their subscribers;
 //! - `join.rs`: joining (with recovery) and leaving;
 //! - `fanout.rs`: a publication to every subscriber, encoded once per codec;
@@ -23,6 +24,7 @@ mod follow;
 mod join;
 mod local;
 mod registry;
+mod remote_stream;
 mod sink;
 
 use std::borrow::Cow;
@@ -37,6 +39,7 @@ use serde::de::DeserializeOwned;
 pub use error::{HubError, HubErrorKind};
 pub(crate) use follow::Followed;
 pub use plexus_engine::{Member, Publication};
+pub(crate) use remote_stream::RemoteStream;
 
 use crate::channel::{ChannelAction, ChannelOptions, Namespaces};
 use crate::conn::{ConnectionHandle, decode_answer};
@@ -63,6 +66,7 @@ struct HubInner {
     registry: Registry,
     channels: LocalChannels,
     cluster: Cluster,
+    remote_streams: remote_stream::RemoteStreams,
     followers: follow::Followers,
 }
 
@@ -101,6 +105,7 @@ impl Hub {
             registry: Registry::default(),
             channels: LocalChannels::default(),
             cluster: Cluster::new(node),
+            remote_streams: remote_stream::RemoteStreams::default(),
             followers: follow::Followers::default(),
         });
         let sink: Arc<dyn EngineSink> = Arc::new(HubSink(Arc::downgrade(&inner)));

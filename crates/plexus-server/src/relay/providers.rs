@@ -168,21 +168,16 @@ impl Providers {
 
     /// The provider of `service` whose turn it is, or the one `pinned` (if it provides
     /// the service); with `local_only`, only providers connected here count.
-    pub(super) fn pick(
-        &mut self,
-        service: &str,
-        pinned: Option<&str>,
-        local_only: bool,
-    ) -> Option<Target> {
+    pub(super) fn pick(&mut self, service: &str, pinned: Option<&str>) -> Option<Target> {
         if let Some(node) = pinned {
-            return self.target(node, service, local_only);
+            return self.target(node, service);
         }
         let entry = self.by_service.get(service)?;
         let (count, start) = (entry.nodes.len(), entry.next);
         // Skip providers whose connection ended but has not been forgotten yet.
         for step in 0..count {
             let node = self.by_service.get(service)?.nodes[(start + step) % count].clone();
-            if let Some(target) = self.target(&node, service, local_only) {
+            if let Some(target) = self.target(&node, service) {
                 if let Some(entry) = self.by_service.get_mut(service) {
                     entry.next = start.wrapping_add(step + 1);
                 }
@@ -192,22 +187,15 @@ impl Providers {
         None
     }
 
-    fn target(&self, node: &str, service: &str, local_only: bool) -> Option<Target> {
+    fn target(&self, node: &str, service: &str) -> Option<Target> {
         let provides = |services: &[Arc<str>]| services.iter().any(|s| &**s == service);
         if let Some((node, provider)) = self.by_node.get_key_value(node) {
             return (!provider.conn.is_closed() && provides(&provider.services))
                 .then(|| Target::Local(node.clone(), provider.conn.clone()));
         }
         let (node, remote) = self.remote.get_key_value(node)?;
-        (!local_only && provides(&remote.services))
+        provides(&remote.services)
             .then(|| Target::Remote(node.clone(), remote.conn.clone(), remote.gone.clone()))
-    }
-
-    /// Whether some provider on another node serves `service`.
-    pub(super) fn served_elsewhere(&self, service: &str) -> bool {
-        self.remote
-            .values()
-            .any(|r| r.services.iter().any(|s| &**s == service))
     }
 
     /// A provider on another node joined the directory (or changed its services); the

@@ -9,8 +9,8 @@
 //! caller and the provider speak different ones.
 //!
 //! A provider connected to another relay node of the cluster is reached through the hub:
-//! requests and notifications cross nodes as node messages (their values as JSON); streams
-//! go only to providers connected here.
+//! requests, notifications and streams cross nodes as node messages (their values as
+//! JSON), a stream's items within the credit the caller's consumption grants, as here.
 //!
 //! `SERVICE_OFFLINE` says no provider took the call: its data is `{"started": false}` when
 //! none was live (the call can be retried anywhere), `{"node": .., "started": true}` when
@@ -23,11 +23,12 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use plexus_protocol::{ErrorBody, ErrorCode, Payload, RpcError};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use super::Relay;
 use super::providers::Target;
 use crate::error::{CallError, shown};
-use crate::hub::{Hub, HubError};
+use crate::hub::{Hub, HubError, RemoteStream};
 
 /// A relayed call's outcome.
 type Reply = Result<Payload, ErrorBody>;
@@ -83,28 +84,42 @@ fn remote_failed(method: &str, node: &str, error: HubError) -> ErrorBody {
     }
 }
 
+/// A remote provider's items, until it leaves the directory: then `SERVICE_OFFLINE`.
+fn until_gone(
+    items: RemoteStream,
+    gone: CancellationToken,
+    method: String,
+    node: Arc<str>,
+) -> BoxStream<'static, Reply> {
+    futures_util::stream::unfold(Some((items, gone)), move |state| {
+        let (method, node) = (method.clone(), node.clone());
+        async move {
+            let (mut items, gone) = state?;
+            tokio::select! {
+                item = items.next() => {
+                    let item = item?.map_err(|e| {
+                        if e.code == ErrorCode::UNAVAILABLE {
+                            offline(&method, Some(&node))
+                        } else {
+                            e
+                        }
+                    });
+                    let next = item.is_ok().then_some((items, gone));
+                    Some((item, next))
+                }
+                () = gone.cancelled() => Some((Err(offline(&method, Some(&node))), None)),
+            }
+        }
+    })
+    .boxed()
+}
+
 impl Relay {
     /// The provider for a call of `method`, pinned to `node` when given.
-    fn route(
-        &self,
-        method: &str,
-        node: Option<&str>,
-        local_only: bool,
-    ) -> Result<Target, ErrorBody> {
-        let mut providers = self.providers();
-        if let Some(target) = providers.pick(service_of(method), node, local_only) {
-            return Ok(target);
-        }
-        if local_only && node.is_none() && providers.served_elsewhere(service_of(method)) {
-            return Err(ErrorBody::new(
-                ErrorCode::UNAVAILABLE,
-                format!(
-                    "`{}` is provided only through other relay nodes, and streams are relayed to providers connected to this one",
-                    shown(method)
-                ),
-            ));
-        }
-        Err(offline(method, None))
+    fn route(&self, method: &str, node: Option<&str>) -> Result<Target, ErrorBody> {
+        self.providers()
+            .pick(service_of(method), node)
+            .ok_or_else(|| offline(method, None))
     }
 
     fn hub(&self) -> Result<&Hub, ErrorBody> {
@@ -121,7 +136,7 @@ impl Relay {
         data: Payload,
         node: Option<String>,
     ) -> BoxFuture<'static, Reply> {
-        let routed = self.route(&method, node.as_deref(), false);
+        let routed = self.route(&method, node.as_deref());
         let hub = self.hub().cloned();
         let timeout = self.inner.config.call_timeout;
         Box::pin(async move {
@@ -150,21 +165,29 @@ impl Relay {
         data: Payload,
         node: Option<String>,
     ) -> BoxFuture<'static, Result<BoxStream<'static, Reply>, ErrorBody>> {
-        let routed = self.route(&method, node.as_deref(), true);
+        let routed = self.route(&method, node.as_deref());
+        let hub = self.hub().cloned();
+        let timeout = self.inner.config.call_timeout;
         Box::pin(async move {
-            let (node, provider) = match routed? {
-                Target::Local(node, provider) => (node, provider),
-                // Not picked for streams; should it ever be, the caller is told rather than hung.
-                Target::Remote(node, ..) => return Err(offline(&method, Some(&node))),
-            };
-            let items = provider
-                .stream::<Payload>(&method, data)
-                .await
-                .map_err(|e| provider_failed(&method, &node, e))?;
-            let method: Arc<str> = method.into();
-            Ok(items
-                .map(move |item| item.map_err(|e| provider_failed(&method, &node, e)))
-                .boxed())
+            match routed? {
+                Target::Local(node, provider) => {
+                    let items = provider
+                        .stream::<Payload>(&method, data)
+                        .await
+                        .map_err(|e| provider_failed(&method, &node, e))?;
+                    let method: Arc<str> = method.into();
+                    Ok(items
+                        .map(move |item| item.map_err(|e| provider_failed(&method, &node, e)))
+                        .boxed())
+                }
+                Target::Remote(node, conn, gone) => {
+                    let items = hub?
+                        .stream_elsewhere(&conn, &method, data, timeout)
+                        .await
+                        .map_err(|e| remote_failed(&method, &node, e))?;
+                    Ok(until_gone(items, gone, method, node))
+                }
+            }
         })
     }
 
@@ -175,7 +198,7 @@ impl Relay {
         data: Payload,
         node: Option<&str>,
     ) -> Result<(), ErrorBody> {
-        match self.route(method, node, false)? {
+        match self.route(method, node)? {
             Target::Local(node, provider) => provider
                 .notify_raw(method, data)
                 .map_err(|e| provider_failed(method, &node, e)),

@@ -1,7 +1,13 @@
-//! The brokers the cluster tests run on: a throwaway redis-server or nats-server each.
+//! The brokers the cluster tests run on: a throwaway redis-server or nats-server each, and
+//! pairs of engines of one cluster (on a broker, or linked memory engines).
 
+use std::sync::Arc;
+
+use plexus_nats::NatsEngine;
 use plexus_nats::testing::NatsServer;
+use plexus_redis::RedisEngine;
 use plexus_redis::testing::RedisServer;
+use plexus_server::{Engine, MemoryEngine};
 
 /// Which broker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +74,43 @@ impl Broker {
         match self {
             Self::Redis(server) => server.restart().await,
             Self::Nats(server) => server.restart().await,
+        }
+    }
+}
+
+/// What carries two in-process nodes' channels (see `backend_tests!`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Backend {
+    Memory,
+    Redis,
+    Nats,
+}
+
+/// Two engines of one cluster; the broker they share lives as long as the guard.
+pub(crate) async fn engines(
+    backend: Backend,
+) -> (Arc<dyn Engine>, Arc<dyn Engine>, Option<Broker>) {
+    match backend {
+        Backend::Memory => {
+            let a = MemoryEngine::new();
+            let b = a.peer();
+            (Arc::new(a), Arc::new(b), None)
+        }
+        Backend::Redis => {
+            let redis = Broker::start(Kind::Redis).await;
+            let a = RedisEngine::connect(&redis.url())
+                .await
+                .expect("redis is up");
+            let b = RedisEngine::connect(&redis.url())
+                .await
+                .expect("redis is up");
+            (Arc::new(a), Arc::new(b), Some(redis))
+        }
+        Backend::Nats => {
+            let nats = Broker::start(Kind::Nats).await;
+            let a = NatsEngine::connect(&nats.url()).await.expect("nats is up");
+            let b = NatsEngine::connect(&nats.url()).await.expect("nats is up");
+            (Arc::new(a), Arc::new(b), Some(nats))
         }
     }
 }

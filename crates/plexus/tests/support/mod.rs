@@ -78,6 +78,37 @@ macro_rules! broker_tests {
     };
 }
 
+/// Runs each named `async fn(broker::Backend)` as a test on each backend, in modules
+/// `memory`, `redis` and `nats`.
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::support::broker::Backend::Memory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::support::broker::Backend::Redis).await;
+                }
+            )*
+        }
+        mod nats {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::support::broker::Backend::Nats).await;
+                }
+            )*
+        }
+    };
+}
+
 /// Waits for `future` up to [`TIMEOUT`], failing the test with `what` if it takes longer.
 pub(crate) async fn within<F: Future>(what: &str, future: F) -> F::Output {
     match tokio::time::timeout(TIMEOUT, future).await {

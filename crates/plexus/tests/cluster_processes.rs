@@ -58,10 +58,16 @@ struct Cluster {
     broker: Broker,
     config: PathBuf,
     nodes: Vec<Option<Node>>,
+    /// More `plexus serve` arguments for every node.
+    extra: Vec<&'static str>,
 }
 
 impl Cluster {
     async fn start(kind: Kind, count: usize) -> Self {
+        Self::start_with(kind, count, Vec::new()).await
+    }
+
+    async fn start_with(kind: Kind, count: usize, extra: Vec<&'static str>) -> Self {
         let broker = Broker::start(kind).await;
         let config = std::env::temp_dir().join(format!("plexus-cluster-{}.toml", broker.port()));
         std::fs::write(&config, CONFIG).expect("write the config");
@@ -69,6 +75,7 @@ impl Cluster {
             broker,
             config,
             nodes: Vec::new(),
+            extra,
         };
         for n in 1..=count {
             let node = cluster.start_node(&format!("n{n}")).await;
@@ -79,7 +86,7 @@ impl Cluster {
 
     fn args<'a>(&'a self, engine: &'a str, node: &'a str) -> Vec<&'a str> {
         let config = self.config.to_str().expect("a UTF-8 temp dir");
-        vec![
+        let mut args = vec![
             "serve",
             "--config",
             config,
@@ -89,7 +96,9 @@ impl Cluster {
             "127.0.0.1:0",
             "--node-id",
             node,
-        ]
+        ];
+        args.extend(&self.extra);
+        args
     }
 
     async fn start_node(&self, node: &str) -> Node {
@@ -381,6 +390,46 @@ async fn a_connection_is_reached_from_any_node(kind: Kind) {
     assert!(reason.contains("disconnected by the server"), "{reason}");
 }
 
+async fn a_user_is_disconnected_on_every_node(kind: Kind) {
+    let cluster = Cluster::start_with(kind, 2, vec!["--jwt-secret", support::JWT_SECRET]).await;
+    let as_user = |node: usize, user: &str| {
+        // What `plexus token --secret … --sub USER` mints: no issuer or audience.
+        let claims = json!({"sub": user, "exp": support::unix_now() + 3600});
+        let token = support::sign_hs256(support::JWT_SECRET.as_bytes(), &claims);
+        let options = ClientOptions::default().token(token);
+        connect(&cluster.node(node).url, options)
+    };
+    let alice = [
+        as_user(0, "alice").await.expect("alice on n1"),
+        as_user(1, "alice").await.expect("alice on n2"),
+    ];
+    let bob = as_user(0, "bob").await.expect("bob on n1");
+    let body = json!({"user": "alice", "code": 4003}).to_string();
+    let (code, answer) = http(
+        cluster.node(1).addr,
+        "POST",
+        "/api/disconnect",
+        Some(KEY),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    for client in &alice {
+        within(
+            "alice's connections to close for good",
+            client.status().wait_for(|s| *s == Status::Closed),
+        )
+        .await
+        .expect("status");
+    }
+    // Bob, on the same node as one of them, is still served.
+    let echoed: Value = bob
+        .request("sys.echo", &json!("still here"))
+        .await
+        .expect("bob");
+    assert_eq!(echoed, json!("still here"));
+}
+
 async fn a_broker_restart_is_told_and_healed(kind: Kind) {
     let mut cluster = Cluster::start(kind, 2).await;
     let subscriber = client(&cluster.node(0).url).await;
@@ -536,6 +585,7 @@ broker_tests!(
     a_client_that_moves_to_another_node_gets_exactly_what_it_missed,
     a_killed_nodes_clients_recover_elsewhere_and_its_members_leave,
     a_connection_is_reached_from_any_node,
+    a_user_is_disconnected_on_every_node,
     a_broker_restart_is_told_and_healed,
     a_stalled_broker_is_told_and_nothing_is_lost,
     a_second_live_node_with_the_same_id_is_refused,

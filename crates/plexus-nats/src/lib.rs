@@ -57,6 +57,9 @@ use crate::envelope::{Stored, now_ms};
 use crate::listener::{Command, Listener, PresenceChannels};
 use crate::subjects::Subjects;
 
+/// Watch and unwatch commands waiting for the listener task, at most.
+const COMMAND_QUEUE: usize = 1024;
+
 /// How long a node id's lease lasts without being renewed.
 const NODE_LEASE: Duration = Duration::from_secs(10);
 /// How long connecting may take.
@@ -127,7 +130,7 @@ impl NatsOptions {
 /// [`NatsEngine::claim_node`], and hand it to the server builder's `engine`.
 pub struct NatsEngine {
     shared: Arc<Shared>,
-    commands: OnceLock<mpsc::UnboundedSender<Command>>,
+    commands: OnceLock<mpsc::Sender<Command>>,
     /// What `start` hands to the listener: the nodes' subscription and connection events.
     pending: Mutex<Option<(Subscriber, mpsc::UnboundedReceiver<async_nats::Event>)>>,
 }
@@ -388,13 +391,16 @@ impl NatsEngine {
         make: impl FnOnce(oneshot::Sender<Result<(), EngineError>>) -> Command,
     ) -> EngineFuture<'_, ()> {
         let (reply, answer) = oneshot::channel();
-        let sent = match self.commands.get() {
-            Some(commands) => commands.send(make(reply)).is_ok(),
-            None => false,
-        };
+        let command = make(reply);
+        let commands = self.commands.get().cloned();
         Box::pin(async move {
-            if !sent {
+            let Some(commands) = commands else {
                 return Err(EngineError::unavailable("the NATS engine is not started"));
+            };
+            // Waits for room when the listener is behind (the broker slow): callers slow
+            // down rather than the queue growing.
+            if commands.send(command).await.is_err() {
+                return Err(EngineError::unavailable("the NATS engine stopped"));
             }
             answer
                 .await
@@ -532,7 +538,7 @@ impl Engine for NatsEngine {
                 ))
             });
         };
-        let (commands, receiver) = mpsc::unbounded_channel();
+        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let _ = self.commands.set(commands);
         let shared = &self.shared;
         let listener = Listener::new(

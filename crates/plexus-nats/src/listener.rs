@@ -83,7 +83,7 @@ impl Listener {
     pub(crate) async fn run(
         mut self,
         mut nodes: Subscriber,
-        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut commands: mpsc::Receiver<Command>,
         mut events: mpsc::UnboundedReceiver<Event>,
     ) {
         loop {

@@ -50,6 +50,9 @@ use uuid::Uuid;
 use crate::keys::ChannelKeys;
 use crate::listener::{Command, Listener, PresenceChannels, unavailable};
 
+/// Watch and unwatch commands waiting for the listener task, at most.
+const COMMAND_QUEUE: usize = 1024;
+
 /// How long a node id's lease lasts without being renewed.
 const NODE_LEASE: Duration = Duration::from_secs(10);
 /// How long connecting or one command may take.
@@ -103,7 +106,7 @@ impl RedisOptions {
 pub struct RedisEngine {
     shared: Arc<Shared>,
     /// Commands for the listener task; set by `start`.
-    commands: OnceLock<mpsc::UnboundedSender<Command>>,
+    commands: OnceLock<mpsc::Sender<Command>>,
     /// The pub/sub connection made by `connect`, until `start` hands it to the listener.
     first_pubsub: Mutex<Option<PubSub>>,
 }
@@ -217,13 +220,16 @@ impl RedisEngine {
         make: impl FnOnce(oneshot::Sender<Result<(), EngineError>>) -> Command,
     ) -> EngineFuture<'_, ()> {
         let (reply, answer) = oneshot::channel();
-        let sent = match self.commands.get() {
-            Some(commands) => commands.send(make(reply)).is_ok(),
-            None => false,
-        };
+        let command = make(reply);
+        let commands = self.commands.get().cloned();
         Box::pin(async move {
-            if !sent {
+            let Some(commands) = commands else {
                 return Err(EngineError::unavailable("the Redis engine is not started"));
+            };
+            // Waits for room when the listener is behind (the broker slow): callers slow
+            // down rather than the queue growing.
+            if commands.send(command).await.is_err() {
+                return Err(EngineError::unavailable("the Redis engine stopped"));
             }
             answer
                 .await
@@ -303,7 +309,7 @@ impl Engine for RedisEngine {
                 ))
             });
         };
-        let (commands, receiver) = mpsc::unbounded_channel();
+        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let _ = self.commands.set(commands);
         let shared = &self.shared;
         let listener = Listener::new(

@@ -84,11 +84,7 @@ impl Listener {
 
     /// Runs until the engine is dropped. `first` is the connection made when the engine was
     /// created, already subscribed to the nodes' topic.
-    pub(crate) async fn run(
-        mut self,
-        first: PubSub,
-        mut commands: mpsc::UnboundedReceiver<Command>,
-    ) {
+    pub(crate) async fn run(mut self, first: PubSub, mut commands: mpsc::Receiver<Command>) {
         let mut connection = Some(first);
         let mut backoff = BACKOFF.0;
         loop {
@@ -161,11 +157,7 @@ impl Listener {
         }
     }
 
-    async fn serve(
-        &mut self,
-        pubsub: PubSub,
-        commands: &mut mpsc::UnboundedReceiver<Command>,
-    ) -> Link {
+    async fn serve(&mut self, pubsub: PubSub, commands: &mut mpsc::Receiver<Command>) -> Link {
         let (mut sink, mut stream) = pubsub.split();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;

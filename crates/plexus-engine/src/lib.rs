@@ -95,6 +95,12 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Sends `message` to every other node.
     fn broadcast(&self, message: NodeMessage) -> EngineFuture<'_, ()>;
+
+    /// Whether the engine has its link to the backend right now (what a readiness check
+    /// reports). An engine without a backend is always available.
+    fn available(&self) -> bool {
+        true
+    }
 }
 
 /// Where an engine delivers what reaches a node. Implemented by the hub.

@@ -702,4 +702,8 @@ impl Engine for NatsEngine {
                 .map_err(|e| unavailable(&e.to_string()))
         })
     }
+
+    fn available(&self) -> bool {
+        self.shared.client.connection_state() == async_nats::connection::State::Connected
+    }
 }

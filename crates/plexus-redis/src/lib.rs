@@ -35,6 +35,7 @@ mod scripts;
 pub mod testing;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -122,6 +123,8 @@ struct Shared {
     own_members: Mutex<HashMap<String, HashMap<String, String>>>,
     presence_channels: PresenceChannels,
     claimed: Mutex<Option<String>>,
+    /// Whether the pub/sub link is up; kept by the listener.
+    linked: Arc<AtomicBool>,
 }
 
 impl RedisEngine {
@@ -170,6 +173,7 @@ impl RedisEngine {
                 own_members: Mutex::default(),
                 presence_channels: PresenceChannels::default(),
                 claimed: Mutex::new(None),
+                linked: Arc::new(AtomicBool::new(true)),
             }),
             commands: OnceLock::new(),
             first_pubsub: Mutex::new(Some(pubsub)),
@@ -318,6 +322,7 @@ impl Engine for RedisEngine {
             shared.instance,
             sink,
             shared.presence_channels.clone(),
+            shared.linked.clone(),
         );
         tokio::spawn(listener.run(pubsub, receiver));
         tokio::spawn(presence::renew(Arc::downgrade(shared)));
@@ -455,5 +460,9 @@ impl Engine for RedisEngine {
                 .map_err(redis_error)?;
             Ok(())
         })
+    }
+
+    fn available(&self) -> bool {
+        self.shared.linked.load(Ordering::Acquire)
     }
 }

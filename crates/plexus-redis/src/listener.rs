@@ -10,6 +10,7 @@
 //! again with backoff, subscribing again to what is still watched.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -48,6 +49,8 @@ pub(crate) struct Listener {
     pub(crate) instance: Uuid,
     pub(crate) sink: Arc<dyn EngineSink>,
     pub(crate) presence_channels: PresenceChannels,
+    /// Whether the pub/sub link is up (the engine's availability).
+    linked: Arc<AtomicBool>,
     nodes_topic: String,
     /// Watch counts, by channel.
     watched: HashMap<Arc<str>, usize>,
@@ -69,9 +72,11 @@ impl Listener {
         instance: Uuid,
         sink: Arc<dyn EngineSink>,
         presence_channels: PresenceChannels,
+        linked: Arc<AtomicBool>,
     ) -> Self {
         Self {
             client,
+            linked,
             nodes_topic: keys::nodes_topic(&prefix),
             prefix,
             instance,
@@ -88,11 +93,13 @@ impl Listener {
         let mut connection = Some(first);
         let mut backoff = BACKOFF.0;
         loop {
+            self.linked.store(connection.is_some(), Ordering::Release);
             let pubsub = match connection.take() {
                 Some(pubsub) => pubsub,
                 None => match self.reconnect().await {
                     Ok(pubsub) => {
                         tracing::info!("redis pub/sub link restored");
+                        self.linked.store(true, Ordering::Release);
                         backoff = BACKOFF.0;
                         pubsub
                     }

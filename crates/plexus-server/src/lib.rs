@@ -64,7 +64,9 @@ pub use channel::{ChannelAction, ChannelOptions, Namespaces};
 pub use config::{Compression, EndpointConfig, Limits};
 pub use conn::{ClientStream, CloseReason, ConnectionHandle, DisconnectReason};
 pub use echo::echo_route;
-pub use endpoint::{DEFAULT_AUTH_COOKIE, Server, ServerBuilder, StrictModeError, check_strict};
+pub use endpoint::{
+    DEFAULT_AUTH_COOKIE, Readiness, Server, ServerBuilder, StrictModeError, check_strict,
+};
 pub use error::{CallError, RpcError};
 pub use guard::{
     AllowedOrigin, CallRateLimiter, ConnectionLimiter, ConnectionSlot, InvalidOrigin,

@@ -240,7 +240,7 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     if let Some(cluster) = &cluster {
         cluster.claim_node(server.node_id()).await?;
     }
-    let mut app = server.route(&path);
+    let mut app = server.route(&path).merge(server.health_routes());
     if let Some(echo) = &echo_path {
         app = app.merge(plexus_server::echo_route(echo, &endpoint));
     }
@@ -266,6 +266,7 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     if api_key.is_some() {
         tracing::info!("HTTP API on http://{local}/api");
     }
+    tracing::info!("health checks on http://{local}/health/live and /health/ready");
     if authenticated {
         tracing::info!("JWT authentication on: connections need a token");
     }

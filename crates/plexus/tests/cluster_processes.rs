@@ -144,6 +144,22 @@ impl Cluster {
     }
 
     /// Publishes `{"n": n}` through node `node`'s HTTP API.
+    /// Asks node `node`'s `/health/ready` until it answers `status` (it follows the
+    /// engine's link, which has no event to wait on from here); returns the body.
+    async fn readiness_until(&self, node: usize, status: u16) -> Value {
+        within(&format!("/health/ready to answer {status}"), async {
+            loop {
+                let (got, body) =
+                    http(self.node(node).addr, "GET", "/health/ready", None, None).await;
+                if got == status {
+                    break body;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+
     async fn publish_http(&self, node: usize, channel: &str, n: u64) -> (u16, Value) {
         let body = json!({"channel": channel, "data": {"n": n}}).to_string();
         http(
@@ -453,6 +469,9 @@ async fn a_broker_restart_is_told_and_healed(kind: Kind) {
     let (status, body) = refused.expect("a publication without a broker is refused");
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "UNAVAILABLE", "{body}");
+    // And the node says it is not ready, so a load balancer sends clients elsewhere.
+    let body = cluster.readiness_until(1, 503).await;
+    assert_eq!(body["status"], "engine_unavailable", "{body}");
 
     cluster.broker.restart().await;
     // The broker came back empty: the subscriber is told nothing can be recovered,
@@ -466,6 +485,10 @@ async fn a_broker_restart_is_told_and_healed(kind: Kind) {
     let n = cluster.publish_until_taken(1, "room:broker", 100).await;
     let (_, got) = next_publication(&mut sub).await;
     assert_eq!(got, n);
+    let body = cluster.readiness_until(1, 200).await;
+    assert_eq!(body["status"], "ready", "{body}");
+    let (status, _) = http(cluster.node(0).addr, "GET", "/health/live", None, None).await;
+    assert_eq!(status, 200);
 }
 
 async fn a_stalled_broker_is_told_and_nothing_is_lost(kind: Kind) {

@@ -8,11 +8,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use plexus_server::{
-    CallContext, CancelReason, CloseCode, Codec, DisconnectReason, RpcError, Server,
+    CallContext, CancelReason, CloseCode, Codec, DisconnectReason, RpcError, Server, ServerBuilder,
 };
 use serde_json::{Value, json};
 use support::{
-    RawClient, TIMEOUT, connect_ws, recv, start_with, sys, with_disconnect_hook, within,
+    RawClient, TIMEOUT, connect_ws, http, recv, serve_app, start_with, sys, with_disconnect_hook,
+    within,
 };
 use tokio::sync::mpsc;
 
@@ -29,6 +30,12 @@ type Gone = mpsc::UnboundedReceiver<(String, DisconnectReason)>;
 type Calls = mpsc::UnboundedReceiver<(u64, Option<CancelReason>)>;
 
 async fn setup(drain: Duration) -> (support::TestServer, Gone, Calls) {
+    let (builder, gone, calls) = builder(drain);
+    (start_with(builder).await, gone, calls)
+}
+
+/// The server of [`setup`], before it is started.
+fn builder(drain: Duration) -> (ServerBuilder, Gone, Calls) {
     let (tx, cancels) = mpsc::unbounded_channel();
     let router = sys().request("slow.forever", move |ctx: CallContext, _: Value| {
         let tx = tx.clone();
@@ -46,7 +53,7 @@ async fn setup(drain: Duration) -> (support::TestServer, Gone, Calls) {
     let mut config = support::config();
     config.limits.drain_timeout = drain;
     let (builder, gone) = with_disconnect_hook(Server::builder().router(router).config(config));
-    (start_with(builder).await, gone, cancels)
+    (builder, gone, cancels)
 }
 
 async fn going_away(gone: &mut Gone, client: &RawClient) {
@@ -183,4 +190,62 @@ async fn upgrade_after_shutdown_is_503() {
         .await
         .expect("serve");
     side_task.abort();
+}
+
+/// `/health/ready` says `draining` (503) from the shutdown until the server stops, while
+/// `/health/live` stays 200, calls in flight go on and new upgrades get 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_false_while_draining() {
+    let (builder, mut gone, mut calls) = builder(Duration::from_secs(30));
+    let server = builder.build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = server.route("/ws").merge(server.health_routes());
+    let mut server = serve_app(server, listener, app, addr);
+    let (status, body) = http(addr, "GET", "/health/ready", None, None).await;
+    assert_eq!((status, &body["status"]), (200, &json!("ready")), "{body}");
+    assert_eq!(body["connections"], 0);
+
+    let mut client = server.client(Codec::Json).await;
+    client
+        .send_json(json!({"t": "req", "id": 1, "m": "slow.forever", "d": null}))
+        .await;
+    assert_eq!(recv(&mut calls, "the call to start").await.1, None);
+    server.trigger_shutdown();
+    // The signal reaches `serve` through a task: look until it has.
+    let body = within("readiness to turn false", async {
+        loop {
+            let (status, body) = http(addr, "GET", "/health/ready", None, None).await;
+            if status == 503 {
+                break body;
+            }
+            assert_eq!(status, 200, "{body}");
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(body["status"], "draining", "{body}");
+    assert_eq!(body["connections"], 1, "{body}");
+    let (status, body) = http(addr, "GET", "/health/live", None, None).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("draining")),
+        "{body}"
+    );
+    let refused = connect_ws(addr, Some("plexus.v1.json"))
+        .await
+        .expect_err("no new connections while draining");
+    assert!(refused.to_string().contains("503"), "{refused}");
+
+    // The call in flight ends (here: its caller cancels it); then the server stops.
+    client.send_json(json!({"t": "cancel", "id": 1})).await;
+    assert_eq!(client.recv_close().await, 1001);
+    going_away(&mut gone, &client).await;
+    server.served(TIMEOUT).await.expect("serve returns");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "nothing listens after serve returned"
+    );
 }

@@ -1,8 +1,9 @@
 //! The endpoint: the [`Server`] a user builds ([`ServerBuilder`], `builder.rs`), the HTTP
 //! upgrade that starts a session (`upgrade.rs`), `serve` with its own accept loop and a
-//! graceful shutdown (`serve.rs`), and strict mode (`strict.rs`).
+//! graceful shutdown (`serve.rs`), health checks (`health.rs`) and strict mode (`strict.rs`).
 
 mod builder;
+mod health;
 mod serve;
 mod strict;
 mod upgrade;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use builder::ServerBuilder;
+pub use health::Readiness;
 pub use strict::{StrictModeError, check_strict};
 
 use crate::config::EndpointConfig;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
@@ -18,8 +19,10 @@ use super::Server;
 
 impl Server {
     /// Serves `app` (which should include [`Server::route`]) on `listener` until `signal`
-    /// completes, then shuts down gracefully: stop accepting, let calls in flight finish up
-    /// to the drain timeout, close every connection with 1001, and return.
+    /// completes, then shuts down gracefully: calls in flight may finish up to the drain
+    /// timeout, then every connection is closed with 1001, and it returns. While draining
+    /// it still answers HTTP (so a load balancer's readiness probe sees 503 from
+    /// [`Server::health_routes`]) and refuses new upgrades with 503.
     ///
     /// Each accepted TCP connection must send its HTTP request head within the handshake
     /// timeout, or it is dropped: a client that opens sockets and sends nothing (or trickles
@@ -35,9 +38,28 @@ impl Server {
             signal.await;
             server.shutdown();
         });
-        let shutdown = self.inner.shutdown.clone();
         let header_timeout = self.inner.config.limits.handshake_timeout;
         let http = TaskTracker::new();
+        // Set once the WebSocket connections have ended after the shutdown (or their time is
+        // up): then HTTP stops too.
+        let stopped = CancellationToken::new();
+        let drained = {
+            let server = self.clone();
+            let stopped = stopped.clone();
+            async move {
+                server.inner.shutdown.cancelled().await;
+                // Connections get the drain timeout plus time for their close handshakes.
+                let deadline = server.inner.config.limits.drain_timeout + Duration::from_secs(3);
+                if tokio::time::timeout(deadline, server.wait_closed())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("some connections did not close in time");
+                }
+                stopped.cancel();
+            }
+        };
+        tokio::spawn(drained);
         loop {
             let (stream, remote) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -47,11 +69,11 @@ impl Server {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::select! {
                             _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                            _ = shutdown.cancelled() => break,
+                            _ = stopped.cancelled() => break,
                         }
                     }
                 },
-                _ = shutdown.cancelled() => break,
+                _ = stopped.cancelled() => break,
             };
             let _ = stream.set_nodelay(true);
             let service = app.clone().map_request(
@@ -61,7 +83,7 @@ impl Server {
                 },
             );
             let service = hyper_util::service::TowerToHyperService::new(service);
-            let shutdown = shutdown.clone();
+            let stopped = stopped.clone();
             http.spawn(async move {
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
@@ -77,7 +99,7 @@ impl Server {
                             tracing::debug!(error = %e, "http connection ended");
                         }
                     }
-                    _ = shutdown.cancelled() => {
+                    _ = stopped.cancelled() => {
                         connection.as_mut().graceful_shutdown();
                         let _ = connection.await;
                     }
@@ -86,14 +108,12 @@ impl Server {
         }
         drop(listener);
         http.close();
-        // Connections get the drain timeout plus time for their close handshakes.
-        let deadline = self.inner.config.limits.drain_timeout + Duration::from_secs(3);
-        let all_closed = async {
-            http.wait().await;
-            self.wait_closed().await;
-        };
-        if tokio::time::timeout(deadline, all_closed).await.is_err() {
-            tracing::warn!("some connections did not close in time");
+        // Requests in progress (and upgraded sockets, already closed) get a moment to finish.
+        if tokio::time::timeout(Duration::from_secs(3), http.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some HTTP requests did not finish in time");
         }
         Ok(())
     }

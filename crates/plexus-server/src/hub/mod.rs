@@ -228,6 +228,11 @@ impl Hub {
         self.inner.registry.get(id)
     }
 
+    /// Whether the engine has its link to the broker (always, for the memory engine).
+    pub fn engine_available(&self) -> bool {
+        self.inner.engine.available()
+    }
+
     /// Sends a notification to the connection `conn`, on this node or another one. A
     /// connection on another node is reached through the engine, which does not report
     /// back: `Ok` then means the message was handed on.

@@ -1,0 +1,78 @@
+//! Health checks for orchestrators and load balancers: `/health/live` (the process serves
+//! HTTP) and `/health/ready` (it takes new connections: not draining, and its engine has its
+//! link to the broker).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+
+use super::Server;
+
+/// Why a server is not ready, or that it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Readiness {
+    /// It takes new connections.
+    Ready,
+    /// It is shutting down: calls in flight finish, new upgrades get 503.
+    Draining,
+    /// Its engine has lost its link to the broker: channels and cross-node calls fail
+    /// with `UNAVAILABLE` until it is back.
+    EngineUnavailable,
+}
+
+#[derive(Serialize)]
+struct Status {
+    status: Readiness,
+    node: String,
+    connections: usize,
+}
+
+impl Server {
+    /// Whether the server takes new connections, and why not.
+    pub fn readiness(&self) -> Readiness {
+        if self.inner.env.is_shutting_down() {
+            Readiness::Draining
+        } else if !self.hub().engine_available() {
+            Readiness::EngineUnavailable
+        } else {
+            Readiness::Ready
+        }
+    }
+
+    /// An axum router serving `GET /health/live` (200 while the server runs, draining
+    /// included) and `GET /health/ready` (200 when [`Readiness::Ready`], 503 otherwise), each
+    /// with a JSON body `{"status", "node", "connections"}` (`status`: `ready`, `draining` or
+    /// `engine_unavailable`). Unauthenticated: merge it on a port only
+    /// your infrastructure reaches if the node id and connection count are private.
+    pub fn health_routes(&self) -> axum::Router {
+        axum::Router::new()
+            .route("/health/live", get(live))
+            .route("/health/ready", get(ready))
+            .with_state(self.clone())
+    }
+
+    fn status(&self, status: Readiness) -> Json<Status> {
+        Json(Status {
+            status,
+            node: self.node_id().to_owned(),
+            connections: self.connection_count(),
+        })
+    }
+}
+
+async fn live(State(server): State<Server>) -> Response {
+    server.status(server.readiness()).into_response()
+}
+
+async fn ready(State(server): State<Server>) -> Response {
+    let readiness = server.readiness();
+    let code = match readiness {
+        Readiness::Ready => StatusCode::OK,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (code, server.status(readiness)).into_response()
+}

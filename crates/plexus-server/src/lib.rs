@@ -51,6 +51,7 @@ mod endpoint;
 mod error;
 mod guard;
 mod hub;
+mod metrics;
 mod principal;
 mod relay;
 mod rpc;

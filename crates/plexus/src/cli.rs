@@ -12,6 +12,7 @@ mod call;
 mod channels;
 mod config;
 mod engine;
+mod metrics;
 mod relay;
 mod token;
 
@@ -21,6 +22,22 @@ mod token;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` (coloured only on a terminal) or `json` (one object per line);
+    /// RUST_LOG filters them (e.g. `plexus_server=debug` adds a span per call)
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "PLEXUS_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,6 +117,16 @@ struct ServeArgs {
     /// [default: no authentication]
     #[arg(long, env = "PLEXUS_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// Prometheus metrics at /metrics: on or off. Replaces the file's `metrics`
+    /// [default: on]
+    #[arg(long, value_enum, env = "PLEXUS_METRICS")]
+    metrics: Option<Switch>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -137,13 +164,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Serve(_) | Command::Relay(_) => "info",
         _ => "error",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs(cli.log_format, default_filter);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -167,6 +188,23 @@ pub(crate) fn main() -> ExitCode {
     })
 }
 
+/// Logs to stderr as `format` says, filtered by RUST_LOG (else `default_filter`). Spans are
+/// logged when they close (a connection's or, at debug, a call's, with its outcome).
+fn init_logs(format: LogFormat, default_filter: &str) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
+}
+
 fn report(outcome: anyhow::Result<()>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -182,6 +220,16 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => config::load(path).map_err(|e| anyhow::anyhow!(e))?,
         None => config::FileConfig::default(),
+    };
+    let metrics_on = match args.metrics {
+        Some(switch) => switch == Switch::On,
+        None => file.metrics.unwrap_or(true),
+    };
+    // Before the server is built: its series are registered with the recorder there is.
+    let metrics = if metrics_on {
+        Some(metrics::install()?)
+    } else {
+        None
     };
     let mut endpoint = file.endpoint();
     if let Some(compression) = args.compression {
@@ -241,6 +289,9 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
         cluster.claim_node(server.node_id()).await?;
     }
     let mut app = server.route(&path).merge(server.health_routes());
+    if let Some(metrics) = &metrics {
+        app = app.merge(metrics::route(metrics.clone()));
+    }
     if let Some(echo) = &echo_path {
         app = app.merge(plexus_server::echo_route(echo, &endpoint));
     }
@@ -267,6 +318,9 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
         tracing::info!("HTTP API on http://{local}/api");
     }
     tracing::info!("health checks on http://{local}/health/live and /health/ready");
+    if metrics.is_some() {
+        tracing::info!("Prometheus metrics on http://{local}/metrics");
+    }
     if authenticated {
         tracing::info!("JWT authentication on: connections need a token");
     }

@@ -633,3 +633,49 @@ fn serve_without_config_allows_same_origin_and_localhost_pages() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("403"), "{}", stderr(&out));
 }
+
+/// The first lines `plexus serve` logs, up to the one saying where it listens.
+fn first_log_lines(extra: &[&str]) -> Vec<String> {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env_remove("PLEXUS_LOG_FORMAT")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start plexus serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = Vec::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("read stderr");
+        let listening = line.contains("ws://");
+        lines.push(line);
+        if listening {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+#[test]
+fn logs_are_plain_text_when_redirected_and_json_when_asked() {
+    let text = first_log_lines(&[]);
+    assert!(!text.is_empty());
+    for line in &text {
+        assert!(
+            !line.contains('\u{1b}'),
+            "a colour escape in a redirected log: {line:?}"
+        );
+    }
+    let json = first_log_lines(&["--log-format", "json"]);
+    assert!(!json.is_empty());
+    for line in &json {
+        let record: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(record["level"], "INFO", "{record}");
+        assert!(record["fields"]["message"].is_string(), "{record}");
+    }
+}

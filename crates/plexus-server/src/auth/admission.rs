@@ -22,6 +22,17 @@ impl Admission {
         &self,
         request: AuthRequest<'_>,
     ) -> Result<Principal, AuthError> {
+        let result = self.check(request).await;
+        if let Err(e) = &result {
+            crate::metrics::auth_failed(match e {
+                AuthError::NotAuthorized(_) => "not_authorized",
+                AuthError::Forbidden(_) => "forbidden",
+            });
+        }
+        result
+    }
+
+    async fn check(&self, request: AuthRequest<'_>) -> Result<Principal, AuthError> {
         if request.credential.is_none() {
             return Err(AuthError::not_authorized("missing credential"));
         }

@@ -66,6 +66,9 @@ pub struct ChannelOptions {
     required: [Option<Arc<str>>; 4],
     /// Declared open to everyone (for actions without a requirement).
     public: bool,
+    /// The pattern this namespace was registered under, its metrics label.
+    namespace: Arc<str>,
+    meter: std::sync::OnceLock<Arc<crate::metrics::NamespaceMeter>>,
 }
 
 impl Default for ChannelOptions {
@@ -81,6 +84,8 @@ impl Default for ChannelOptions {
             authorize: None,
             required: Default::default(),
             public: false,
+            namespace: "".into(),
+            meter: std::sync::OnceLock::new(),
         }
     }
 }
@@ -103,6 +108,12 @@ impl fmt::Debug for ChannelOptions {
 }
 
 impl ChannelOptions {
+    /// This namespace's series (publications, deliveries), registered at first use.
+    pub(crate) fn meter(&self) -> &Arc<crate::metrics::NamespaceMeter> {
+        self.meter
+            .get_or_init(|| Arc::new(crate::metrics::NamespaceMeter::new(&self.namespace)))
+    }
+
     /// Sets [`ChannelOptions::history_size`].
     pub fn history_size(mut self, history_size: usize) -> Self {
         self.history_size = history_size;
@@ -259,7 +270,9 @@ impl Namespaces {
 
     /// Adds a rule: `"room:*"` matches every name that starts with `room:`, `"lobby"` only
     /// `lobby`, and `"*"` every name.
-    pub fn namespace(mut self, pattern: &str, options: ChannelOptions) -> Self {
+    pub fn namespace(mut self, pattern: &str, mut options: ChannelOptions) -> Self {
+        options.namespace = pattern.into();
+        options.meter = std::sync::OnceLock::new();
         let (prefix, wildcard) = match pattern.strip_suffix('*') {
             Some(prefix) => (prefix.to_owned(), true),
             None => (pattern.to_owned(), false),

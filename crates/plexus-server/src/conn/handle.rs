@@ -284,17 +284,18 @@ impl ConnectionHandle {
     }
 
     /// Sends a publication like [`ConnectionHandle::push`], written straight to the socket
-    /// when `direct` allows and the connection is idle.
-    pub(crate) fn push_publication(&self, bytes: &Bytes, direct: bool) -> Result<(), CallError> {
+    /// when `direct` allows and the connection is idle (then `Ok(true)`).
+    pub(crate) fn push_publication(&self, bytes: &Bytes, direct: bool) -> Result<bool, CallError> {
         self.pushed(self.shared.queue.push_publication(bytes, direct))
     }
 
-    fn pushed(&self, result: Result<(), PushError>) -> Result<(), CallError> {
+    fn pushed<T>(&self, result: Result<T, PushError>) -> Result<T, CallError> {
         match result {
-            Ok(()) => Ok(()),
+            Ok(done) => Ok(done),
             Err(PushError::Full) => {
                 if self.shared.close_code.get().is_none() {
                     tracing::warn!(conn = %self.id(), "outbound queue full: closing slow consumer");
+                    crate::metrics::server().slow_consumer_cuts.increment(1);
                 }
                 self.close(CloseCode::SLOW_CONSUMER, "slow consumer");
                 Err(CallError::new(

@@ -108,8 +108,14 @@ impl Wire {
         let close = &conn.shared.close;
         let ws = &mut self.ws;
         let out = &mut self.out;
+        let metrics = crate::metrics::server();
+        metrics.outbound_queue_depth.record(out.len() as f64);
         let write = async {
             while let Some(frame) = out.pop_front() {
+                if !frame.opcode().is_control() {
+                    metrics.messages_sent.increment(1);
+                    metrics.bytes_sent.increment(frame.payload().len() as u64);
+                }
                 ws.feed(frame).await?;
             }
             ws.flush().await

@@ -12,6 +12,7 @@ use plexus_protocol::Codec;
 use super::Server;
 use crate::auth::{AuthRequest, credential_from_request};
 use crate::conn::{OutboundQueue, SharedSocket};
+use crate::metrics::HandshakeFailure;
 use crate::principal::Principal;
 use crate::session::{self, Accepted};
 
@@ -19,6 +20,7 @@ impl Server {
     /// Upgrades one HTTP request to a plexus connection; for use from your own axum handler.
     pub async fn upgrade(&self, request: Request) -> Response {
         if self.inner.shutdown.is_cancelled() {
+            crate::metrics::handshake_failed(HandshakeFailure::Draining);
             return (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down").into_response();
         }
         let (mut parts, _body) = request.into_parts();
@@ -34,6 +36,7 @@ impl Server {
         // publishers (`conn::SharedSocket`); yawc answers the handshake (accept key, agreed
         // extensions) holding a stand-in.
         let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            crate::metrics::handshake_failed(HandshakeFailure::BadUpgrade);
             return (
                 StatusCode::BAD_REQUEST,
                 "expected a WebSocket upgrade request",
@@ -46,11 +49,13 @@ impl Server {
         let upgrade = match yawc::IncomingUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(upgrade) => upgrade,
             Err(status) => {
+                crate::metrics::handshake_failed(HandshakeFailure::BadUpgrade);
                 return (status, "expected a WebSocket upgrade request").into_response();
             }
         };
         // Against cross-site WebSocket hijacking: a browser page from another origin.
         if !self.inner.config.origins.check(&parts.headers) {
+            crate::metrics::handshake_failed(HandshakeFailure::Origin);
             return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
         }
         let remote = parts
@@ -62,7 +67,10 @@ impl Server {
         let ip = remote.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         let slot = match self.inner.limiter.try_acquire(ip) {
             Ok(slot) => slot,
-            Err(refusal) => return (refusal.http_status(), refusal.to_string()).into_response(),
+            Err(refusal) => {
+                crate::metrics::handshake_failed(HandshakeFailure::Limit);
+                return (refusal.http_status(), refusal.to_string()).into_response();
+            }
         };
         // Credentials in the upgrade are checked before upgrading; without any, the client
         // may still authenticate in band with `hello`.
@@ -80,6 +88,7 @@ impl Server {
                         match admission.authenticate(request).await {
                             Ok(principal) => Some(principal),
                             Err(e) => {
+                                crate::metrics::handshake_failed(HandshakeFailure::Auth);
                                 return (e.http_status(), e.message().to_owned()).into_response();
                             }
                         }
@@ -90,7 +99,10 @@ impl Server {
         let options = self.inner.config.ws_options();
         let (mut response, _stand_in) = match upgrade.upgrade(options.clone()) {
             Ok(pair) => pair,
-            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+            Err(e) => {
+                crate::metrics::handshake_failed(HandshakeFailure::BadUpgrade);
+                return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+            }
         };
         let extensions = response
             .headers()
@@ -125,6 +137,7 @@ impl Server {
                 Ok(Ok(upgraded)) => upgraded,
                 Ok(Err(e)) => return tracing::debug!(error = %e, "upgrade failed"),
                 Err(_) => {
+                    crate::metrics::handshake_failed(HandshakeFailure::UpgradeTimeout);
                     return tracing::debug!(
                         "upgrade did not complete within the handshake timeout"
                     );

@@ -8,22 +8,30 @@ use plexus_engine::Publication;
 use plexus_protocol::{Frame, Payload};
 
 use super::local::{LocalState, Subscriber};
+use crate::metrics::NamespaceMeter;
 
-/// Hands a publication to every live subscriber whose filter matches.
-pub(super) fn fan_out(state: &mut LocalState, channel: &str, publication: &Publication) {
+/// Hands a publication to every live subscriber whose filter matches; counts the
+/// deliveries in `meter`.
+pub(super) fn fan_out(
+    state: &mut LocalState,
+    channel: &str,
+    publication: &Publication,
+    meter: &NamespaceMeter,
+) {
     if state.subscribers.len() == state.joining {
         return;
     }
     let frame = msg(channel, publication.offset, publication.data.clone());
     // Parsed once, and only if some subscriber has a filter.
     let mut parsed: Option<Option<serde_json::Value>> = None;
-    send_to_subscribers(state, &frame, |subscriber| match &subscriber.filter {
+    let delivered = send_to_subscribers(state, &frame, |subscriber| match &subscriber.filter {
         Some(filter) => {
             let value = parsed.get_or_insert_with(|| publication.data.to_json_value().ok());
             filter.matches(value.as_ref())
         }
         None => true,
     });
+    meter.deliveries.increment(delivered);
 }
 
 /// Largest fan-out written straight to idle subscribers' sockets on a runtime with several
@@ -51,21 +59,32 @@ fn writes_directly(state: &LocalState, now: std::time::Instant) -> bool {
 /// Sends `frame` to every live subscriber `include` accepts, encoded at most once per
 /// codec: the same `Bytes` go to every socket or queue. An idle subscriber's socket is
 /// written directly where [`writes_directly`] allows. A full queue closes that subscriber
-/// (4008); the others are not slowed.
+/// (4008); the others are not slowed. Returns how many took it.
 pub(super) fn send_to_subscribers(
     state: &mut LocalState,
     frame: &Frame,
     include: impl FnMut(&Subscriber) -> bool,
-) {
-    if writes_directly(state, std::time::Instant::now()) {
+) -> u64 {
+    let sent = if writes_directly(state, std::time::Instant::now()) {
         // Each direct write polls a socket, which spends tokio's cooperative budget (128 polls
         // a turn); past it every write would look blocked. The loop never yields anyway.
-        without_budget(|| send_each(state, frame, include, true));
+        without_budget(|| send_each(state, frame, include, true))
     } else {
-        send_each(state, frame, include, false);
-    }
+        send_each(state, frame, include, false)
+    };
     // Quiet is counted from the end of a fan-out: a long one is not a pause.
     state.last_sent = Some(std::time::Instant::now());
+    sent.queued + sent.direct
+}
+
+/// What a fan-out did.
+#[derive(Default)]
+struct Sent {
+    /// Handed to subscribers' queues (their writers count them as sent).
+    queued: u64,
+    /// Written straight to sockets.
+    direct: u64,
+    direct_bytes: u64,
 }
 
 /// Runs `f` with the current task's cooperative budget lifted.
@@ -86,7 +105,8 @@ fn send_each(
     frame: &Frame,
     mut include: impl FnMut(&Subscriber) -> bool,
     direct: bool,
-) {
+) -> Sent {
+    let mut sent = Sent::default();
     let mut encoded: [Option<Bytes>; 2] = [None, None];
     for subscriber in state.subscribers.values() {
         // One being closed (a slow consumer, say) leaves the channel when its task ends.
@@ -105,9 +125,23 @@ fn send_each(
             }
         }
         if let Some(bytes) = slot {
-            let _ = subscriber.conn.push_publication(bytes, direct);
+            match subscriber.conn.push_publication(bytes, direct) {
+                Ok(true) => {
+                    sent.direct += 1;
+                    sent.direct_bytes += bytes.len() as u64;
+                }
+                Ok(false) => sent.queued += 1,
+                Err(_) => {}
+            }
         }
     }
+    // Counted once per fan-out, not once per subscriber.
+    if sent.direct > 0 {
+        let metrics = crate::metrics::server();
+        metrics.messages_sent.increment(sent.direct);
+        metrics.bytes_sent.increment(sent.direct_bytes);
+    }
+    sent
 }
 
 /// A `msg` frame.

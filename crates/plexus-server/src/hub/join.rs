@@ -86,6 +86,9 @@ impl Hub {
                 if previous != Some(true) {
                     state.joining += 1;
                 }
+                if previous.is_none() {
+                    crate::metrics::server().subscriptions.increment(1.0);
+                }
                 state.subscribers.insert(
                     conn.id().to_owned(),
                     Subscriber {
@@ -277,6 +280,9 @@ impl Hub {
             let removed = state.subscribers.remove(conn.id());
             if removed.as_ref().is_some_and(|s| s.joining.is_some()) {
                 state.joining -= 1;
+            }
+            if removed.is_some() {
+                crate::metrics::server().subscriptions.decrement(1.0);
             }
             removed.is_some()
         };

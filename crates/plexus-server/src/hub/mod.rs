@@ -13,7 +13,8 @@
 //! - `fanout.rs`: a publication to every subscriber, encoded once per codec;
 //! - `builtins.rs`: `$presence` and `$history`;
 //! - `sink.rs`: what the engine hands to this node;
-//! - `filter.rs`: delivery filters.
+//! - `filter.rs`: delivery filters;
+//! - `metered_engine.rs`: the engine with its operations counted.
 
 mod builtins;
 mod cluster;
@@ -23,6 +24,7 @@ mod filter;
 mod follow;
 mod join;
 mod local;
+mod metered_engine;
 mod registry;
 mod remote_stream;
 mod sink;
@@ -99,6 +101,7 @@ impl Hub {
     /// complete without waiting (connect to the backend before); if it does not, it is
     /// finished on the current tokio runtime.
     pub fn with_engine(namespaces: Namespaces, engine: Arc<dyn Engine>, node: &str) -> Self {
+        let engine: Arc<dyn Engine> = Arc::new(metered_engine::MeteredEngine::new(engine));
         let inner = Arc::new(HubInner {
             namespaces,
             engine: engine.clone(),
@@ -155,11 +158,23 @@ impl Hub {
             .into_payload(Codec::Json)
             .map_err(|e| HubError::new(ErrorCode::VALIDATION_ERROR, e.to_string()))?;
         let options = self.options(channel)?;
-        Ok(self
+        self.publish_with(channel, data, &options).await
+    }
+
+    /// Publishes through the engine, counted in the namespace's series.
+    async fn publish_with(
+        &self,
+        channel: &str,
+        data: Payload,
+        options: &ChannelOptions,
+    ) -> Result<Position, HubError> {
+        let position = self
             .inner
             .engine
             .publish(channel, data, &options.retention())
-            .await?)
+            .await?;
+        options.meter().publications.increment(1);
+        Ok(position)
     }
 
     /// A publication from a client: allowed only where the namespace says so.
@@ -176,11 +191,7 @@ impl Hub {
                 format!("clients may not publish to `{}`", shown(name)),
             ));
         }
-        Ok(self
-            .inner
-            .engine
-            .publish(name, data, &options.retention())
-            .await?)
+        self.publish_with(name, data, &options).await
     }
 
     /// The members of `channel`, across the cluster.

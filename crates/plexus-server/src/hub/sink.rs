@@ -33,6 +33,9 @@ impl EngineSink for HubSink {
                 if let Some(buffer) = &mut subscriber.joining {
                     // Bounded like the outbound queue the publications would have waited in.
                     if buffer.len() >= subscriber.conn.queue_capacity() {
+                        if !subscriber.conn.is_closing() {
+                            crate::metrics::server().slow_consumer_cuts.increment(1);
+                        }
                         subscriber
                             .conn
                             .close(CloseCode::SLOW_CONSUMER, "slow consumer");
@@ -42,7 +45,12 @@ impl EngineSink for HubSink {
                 }
             }
         }
-        fan_out(&mut state, &channel.name, publication);
+        fan_out(
+            &mut state,
+            &channel.name,
+            publication,
+            channel.options.meter(),
+        );
     }
 
     fn presence(&self, channel: &str, event: PresenceEvent, member: &Member) {

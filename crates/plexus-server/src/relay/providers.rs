@@ -148,7 +148,16 @@ impl Providers {
             },
         );
         events.push(ProviderEvent::Online(ProviderInfo { node, services }));
+        self.count();
         Ok(Provided { events })
+    }
+
+    /// Sets the providers' gauges (`plexus_relay_providers`, by where they are connected).
+    fn count(&self) {
+        metrics::gauge!("plexus_relay_providers", "connected" => "here")
+            .set(self.by_node.len() as f64);
+        metrics::gauge!("plexus_relay_providers", "connected" => "elsewhere")
+            .set(self.remote.len() as f64);
     }
 
     /// Forgets the provider on connection `conn`, if it is one; its node id.
@@ -164,6 +173,7 @@ impl Providers {
         };
         self.by_conn.remove(provider.conn.id());
         self.forget_service_nodes(node, &provider.services);
+        self.count();
     }
 
     /// The provider of `service` whose turn it is, or the one `pinned` (if it provides
@@ -240,6 +250,7 @@ impl Providers {
             },
         );
         events.push(ProviderEvent::Online(ProviderInfo { node, services }));
+        self.count();
         events
     }
 
@@ -252,6 +263,7 @@ impl Providers {
             remote.gone.cancel();
             self.forget_service_nodes(&node, &remote.services);
         }
+        self.count();
         vec![ProviderEvent::Offline(node)]
     }
 

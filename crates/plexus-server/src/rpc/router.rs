@@ -1,11 +1,12 @@
 //! The method table: names to handlers.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::handler::{
     BoxStream, CallParts, NotifyHandler, Reply, RequestHandler, Started, StreamHandler,
 };
+use crate::metrics::MethodMeter;
 use crate::principal::Principal;
 use plexus_protocol::ErrorBody;
 
@@ -71,6 +72,8 @@ impl Permission {
 struct Entry {
     method: Method,
     permission: Permission,
+    /// Its series, registered at its first call.
+    meter: OnceLock<Arc<MethodMeter>>,
 }
 
 /// A [`Router::requires_all`] rule: a name or a `prefix*`.
@@ -185,6 +188,7 @@ impl Router {
             Entry {
                 method,
                 permission: Permission::Undeclared,
+                meter: OnceLock::new(),
             },
         );
         self
@@ -334,10 +338,18 @@ impl Router {
     }
 
     /// The method and who may call it, in one lookup.
-    pub(crate) fn get_with_permission(&self, name: &str) -> Option<(&Method, &Permission)> {
-        self.methods
-            .get_key_value(name)
-            .map(|(name, entry)| (&entry.method, self.effective(name, &entry.permission)))
+    pub(crate) fn get_with_permission(
+        &self,
+        name: &str,
+    ) -> Option<(&Method, &Permission, &Arc<MethodMeter>)> {
+        self.methods.get_key_value(name).map(|(name, entry)| {
+            let meter = entry.meter.get_or_init(|| Arc::new(MethodMeter::new(name)));
+            (
+                &entry.method,
+                self.effective(name, &entry.permission),
+                meter,
+            )
+        })
     }
 
     fn effective<'a>(&'a self, name: &str, own: &'a Permission) -> &'a Permission {
@@ -406,10 +418,12 @@ mod tests {
         assert_eq!(permission(&router, "a.open"), Permission::Undeclared);
         assert!(router.permission("a.none").is_none());
         assert_eq!(router.undeclared_methods(), ["a.open"]);
-        let (method, perm) = router.get_with_permission("a.feed").unwrap();
+        let (method, perm, _) = router.get_with_permission("a.feed").unwrap();
         assert_eq!((method.kind(), perm), ("stream", &required("feed")));
         assert_eq!(
-            router.get_with_permission("a.note").map(|(m, _)| m.kind()),
+            router
+                .get_with_permission("a.note")
+                .map(|(m, _, _)| m.kind()),
             Some("notification")
         );
     }

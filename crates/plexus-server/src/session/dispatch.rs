@@ -3,6 +3,7 @@
 //! answer to a call the server made.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,11 +16,12 @@ use super::calls::{Spawned, guarded, panicked, poll_once, pump, reply_frame};
 use super::event_loop::Step;
 use crate::conn::Inbound;
 use crate::error::shown;
+use crate::metrics::{CallMeter, MethodMeter, OpenStream};
 use crate::rpc::handler::{CallParts, Started};
 use crate::rpc::router::Method;
 
 /// A method a connection may call, and the permission that allowed it (if it needs one).
-type Allowed = (Method, Option<Arc<str>>);
+type Allowed = (Method, Option<Arc<str>>, Arc<MethodMeter>);
 
 /// The bad frames of the last minute.
 #[derive(Default)]
@@ -53,6 +55,9 @@ impl Session {
             Inbound::PeerClosed(code) => return Step::PeerClosed(code),
             Inbound::Ended(reason) => return Step::Ended(reason),
         };
+        let metrics = crate::metrics::server();
+        metrics.messages_received.increment(1);
+        metrics.bytes_received.increment(payload.len() as u64);
         if binary != self.codec().is_binary() {
             let message = if binary {
                 "binary message on the JSON protocol (plexus.v1.json takes text messages)"
@@ -165,6 +170,12 @@ impl Session {
         };
         match limiter {
             Some(limiter) if !limiter.check() => {
+                let metrics = crate::metrics::server();
+                if publication {
+                    metrics.publish_rate_limited.increment(1);
+                } else {
+                    metrics.call_rate_limited.increment(1);
+                }
                 let what = if publication { "publications" } else { "calls" };
                 self.error(
                     id,
@@ -181,14 +192,19 @@ impl Session {
     /// `Err` when it was answered: `FORBIDDEN`, `NOT_FOUND`, or `BAD_FRAME` when the method
     /// is of another kind than `sent` (`req`, `sub`, `ntf`) asks for.
     fn lookup(&mut self, id: Option<u64>, name: &str, sent: &str) -> Result<Allowed, Step> {
-        let Some((method, permission)) = self.env.router.get_with_permission(name) else {
+        let Some((method, permission, meter)) = self.env.router.get_with_permission(name) else {
             let message = format!("unknown method `{}`", shown(name));
+            crate::metrics::server()
+                .other_method()
+                .start()
+                .finish(Err(&ErrorCode::NOT_FOUND));
             self.error(id, ErrorCode::NOT_FOUND, message);
             return Err(Step::Continue);
         };
         // Most methods need no permission: no need to look at the principal then.
         let allowed = permission.is_open() || self.handle.with_principal(|p| permission.allows(p));
         if !allowed {
+            meter.start().finish(Err(&ErrorCode::FORBIDDEN));
             let message = format!("not allowed to call `{}`", shown(name));
             self.error(id, ErrorCode::FORBIDDEN, message);
             return Err(Step::Continue);
@@ -205,7 +221,11 @@ impl Session {
             );
             return Err(self.bad_frame(id, message));
         }
-        Ok((method.clone(), permission.required().cloned()))
+        Ok((
+            method.clone(),
+            permission.required().cloned(),
+            meter.clone(),
+        ))
     }
 
     fn parts(&self, id: u64, params: Payload) -> CallParts {
@@ -229,21 +249,26 @@ impl Session {
         if self.relays(&method, node.as_deref()) {
             return self.relay_request(id, method, data, node);
         }
-        let (Method::Request(start), needs) = (match self.lookup(Some(id), &method, "req") {
+        let (Method::Request(start), needs, meter) = (match self.lookup(Some(id), &method, "req") {
             Ok(allowed) => allowed,
             Err(step) => return step,
         }) else {
             unreachable!("lookup checked the kind")
         };
+        let metered = meter.start();
+        let span = tracing::debug_span!("call", %method, id);
         let parts = self.parts(id, data);
-        let Some(Started { mut future, state }) = guarded(|| start(parts)) else {
-            self.reply(id, Err(panicked()));
+        let Some(Started { mut future, state }) = span.in_scope(|| guarded(|| start(parts))) else {
+            let reply = Err(panicked());
+            metered.finish_with(&reply);
+            self.reply(id, reply);
             return Step::Continue;
         };
         // Most handlers finish without waiting: answer those right here, after what the
         // handler queued for this client (notifications, calls) as it ran.
-        match poll_once(&mut future) {
+        match span.in_scope(|| poll_once(&mut future)) {
             Some(reply) => {
+                metered.finish_with(&reply);
                 self.take_queued();
                 self.reply(id, reply);
             }
@@ -255,7 +280,14 @@ impl Session {
                     abortable: true,
                 };
                 self.spawn_call(id, Some(call), move |_| {
-                    Box::pin(async move { Some(reply_frame(id, future.await)) })
+                    Box::pin(tracing::Instrument::instrument(
+                        async move {
+                            let reply = future.await;
+                            metered.finish_with(&reply);
+                            Some(reply_frame(id, reply))
+                        },
+                        span,
+                    ))
                 });
             }
         }
@@ -276,15 +308,19 @@ impl Session {
         if self.relays(&method, node.as_deref()) {
             return self.relay_stream(id, method, data, credit, node);
         }
-        let (Method::Stream(start), needs) = (match self.lookup(Some(id), &method, "sub") {
+        let (Method::Stream(start), needs, meter) = (match self.lookup(Some(id), &method, "sub") {
             Ok(allowed) => allowed,
             Err(step) => return step,
         }) else {
             unreachable!("lookup checked the kind")
         };
+        let metered = meter.start();
+        let span = tracing::debug_span!("stream", %method, id);
         let parts = self.parts(id, data);
-        let Some(Started { future, state }) = guarded(|| start(parts)) else {
-            self.reply(id, Err(panicked()));
+        let Some(Started { future, state }) = span.in_scope(|| guarded(|| start(parts))) else {
+            let reply = Err(panicked());
+            metered.finish_with(&reply);
+            self.reply(id, reply);
             return Step::Continue;
         };
         let credit = credit.map(|n| Arc::new(Semaphore::new(n as usize)));
@@ -296,7 +332,10 @@ impl Session {
             abortable: true,
         };
         self.spawn_call(id, Some(call), move |seq| {
-            Box::pin(pump(future, codec, id, seq, queue, items))
+            Box::pin(tracing::Instrument::instrument(
+                metered_stream(metered, pump(future, codec, id, seq, queue, items)),
+                span,
+            ))
         });
         Step::Continue
     }
@@ -308,8 +347,8 @@ impl Session {
         if self.relays(&method, node.as_deref()) {
             return self.relay_notify(&method, data, node.as_deref());
         }
-        let Method::Notify(start) = (match self.lookup(None, &method, "ntf") {
-            Ok((method, _)) => method,
+        let (Method::Notify(start), meter) = (match self.lookup(None, &method, "ntf") {
+            Ok((method, _, meter)) => (method, meter),
             Err(step) => return step,
         }) else {
             unreachable!("lookup checked the kind")
@@ -325,21 +364,49 @@ impl Session {
             );
             return Step::Continue;
         }
+        let metered = meter.start();
+        let span = tracing::debug_span!("notification", %method);
         let parts = self.parts(0, data);
-        let Some(Started { mut future, .. }) = guarded(|| start(parts)) else {
+        let Some(Started { mut future, .. }) = span.in_scope(|| guarded(|| start(parts))) else {
+            metered.finish(Err(&ErrorCode::INTERNAL));
             let message = format!("notification `{method}` failed");
             self.error(None, ErrorCode::INTERNAL, message);
             return Step::Continue;
         };
-        match poll_once(&mut future) {
-            Some(Ok(())) => {}
-            Some(Err(error)) => self.write_frame(&Frame::Err { id: None, error }),
+        match span.in_scope(|| poll_once(&mut future)) {
+            Some(result) => {
+                metered.finish_with(&result);
+                if let Err(error) = result {
+                    self.write_frame(&Frame::Err { id: None, error });
+                }
+            }
             None => self.spawn_call(0, None, move |_| {
-                Box::pin(async move { future.await.err().map(notification_error) })
+                Box::pin(tracing::Instrument::instrument(
+                    async move {
+                        let result = future.await;
+                        metered.finish_with(&result);
+                        result.err().map(notification_error)
+                    },
+                    span,
+                ))
             }),
         }
         Step::Continue
     }
+}
+
+/// A stream's run, counted: open while it runs, then its outcome by its last frame.
+pub(super) async fn metered_stream(
+    metered: CallMeter,
+    run: impl Future<Output = Option<Frame>>,
+) -> Option<Frame> {
+    let _open = OpenStream::new();
+    let last = run.await;
+    match &last {
+        Some(Frame::Err { error, .. }) => metered.finish(Err(&error.code)),
+        _ => metered.finish(Ok(())),
+    }
+    last
 }
 
 /// The `err` (without id) of a notification whose handler failed.

@@ -13,6 +13,14 @@ impl Session {
     /// any other frame closes the connection with 4000; a refused credential gets `reject`
     /// and close 4001 or 4003.
     pub(super) async fn hello(&mut self) -> Result<(), DisconnectReason> {
+        let result = self.await_hello().await;
+        if result.is_err() {
+            crate::metrics::handshake_failed(crate::metrics::HandshakeFailure::Hello);
+        }
+        result
+    }
+
+    async fn await_hello(&mut self) -> Result<(), DisconnectReason> {
         let deadline = Instant::now() + self.env.limits.handshake_timeout;
         loop {
             let frame = match tokio::time::timeout_at(deadline, self.wire.next_frame()).await {

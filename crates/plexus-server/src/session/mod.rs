@@ -172,8 +172,11 @@ pub(crate) async fn run(
         _slot: accepted.slot,
     };
     env.open.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::server().connections_opened.increment(1);
+    crate::metrics::server().connections_open.increment(1.0);
     env.hub.register(&handle);
-    let reason = session.run().await;
+    let span = tracing::debug_span!("conn", id = %handle.id(), remote = ?handle.remote_addr());
+    let reason = tracing::Instrument::instrument(session.run(), span).await;
     if let Some(relay) = &env.relay {
         relay.connection_ended(&handle);
     }
@@ -183,6 +186,8 @@ pub(crate) async fn run(
     // Gives the connection's place under the limits back before anyone hears it ended.
     drop(session);
     env.open.fetch_sub(1, Ordering::Relaxed);
+    crate::metrics::server().connections_open.decrement(1.0);
+    crate::metrics::connection_closed(&reason);
     tracing::debug!(conn = %handle.id(), ?reason, "connection ended");
     if !welcomed {
         return;

@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 
 use super::Session;
 use super::calls::{Spawned, pump, reply_frame};
+use super::dispatch::metered_stream;
 use super::event_loop::Step;
 
 impl Session {
@@ -49,8 +50,13 @@ impl Session {
             needs: None,
             abortable: true,
         };
+        let metered = crate::metrics::server().relayed().start();
         self.spawn_call(id, Some(call), move |_| {
-            Box::pin(async move { Some(reply_frame(id, relay.request(method, data, node).await)) })
+            Box::pin(async move {
+                let reply = relay.request(method, data, node).await;
+                metered.finish_with(&reply);
+                Some(reply_frame(id, reply))
+            })
         });
         Step::Continue
     }
@@ -82,8 +88,12 @@ impl Session {
             needs: None,
             abortable: true,
         };
+        let metered = crate::metrics::server().relayed().start();
         self.spawn_call(id, Some(call), move |seq| {
-            Box::pin(pump(start, codec, id, seq, queue, items))
+            Box::pin(metered_stream(
+                metered,
+                pump(start, codec, id, seq, queue, items),
+            ))
         });
         Step::Continue
     }
@@ -93,7 +103,12 @@ impl Session {
         let Some(relay) = &self.env.relay else {
             return Step::Continue;
         };
-        if let Err(error) = relay.notify(method, data, node) {
+        let result = relay.notify(method, data, node);
+        crate::metrics::server()
+            .relayed()
+            .start()
+            .finish_with(&result);
+        if let Err(error) = result {
             self.write_frame(&Frame::Err { id: None, error });
         }
         Step::Continue

@@ -232,7 +232,8 @@ impl AsyncWrite for SharedSocket {
 impl OutboundQueue {
     /// Sends a publication: written to the socket at once when `direct` and the connection
     /// is idle (see [`SharedSocket`]), else queued if there is room, like `try_push`.
-    pub(crate) fn push_publication(&self, bytes: &Bytes, direct: bool) -> Result<(), PushError> {
+    /// `Ok(true)`: written (at least begun) directly.
+    pub(crate) fn push_publication(&self, bytes: &Bytes, direct: bool) -> Result<bool, PushError> {
         let mut state = self.lock();
         if state.closed {
             return Err(PushError::Closed);
@@ -247,7 +248,7 @@ impl OutboundQueue {
                 DirectWrite::Written => {
                     drop(state);
                     self.written_directly.store(true, Ordering::Relaxed);
-                    return Ok(());
+                    return Ok(true);
                 }
                 DirectWrite::Partly => {
                     state.direct.busy = true;
@@ -256,7 +257,7 @@ impl OutboundQueue {
                     self.written_directly.store(true, Ordering::Relaxed);
                     // The task writes the rest before anything else.
                     self.kick();
-                    return Ok(());
+                    return Ok(true);
                 }
                 DirectWrite::NotWritten => {}
             }
@@ -268,7 +269,7 @@ impl OutboundQueue {
         self.len.store(state.items.len(), Ordering::Release);
         drop(state);
         self.consumer.wake();
-        Ok(())
+        Ok(false)
     }
 
     /// Allows direct writes (`true`, when the task enters its main loop) or stops them for

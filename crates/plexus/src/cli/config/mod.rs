@@ -121,6 +121,8 @@ pub(crate) struct FileConfig {
     pub(crate) compression: Option<CompressionSetting>,
     /// Which web pages may connect (default: same origin or localhost).
     pub(crate) origins: Option<OriginPolicy>,
+    /// Whether `/metrics` serves Prometheus metrics (default: true).
+    pub(crate) metrics: Option<bool>,
     #[serde(default)]
     pub(crate) auth: AuthFile,
     #[serde(default)]

@@ -1,0 +1,126 @@
+//! The engine as the hub uses it: every operation counted (`plexus_engine_operations_total`
+//! and, when it fails, `plexus_engine_errors_total`, by operation), in one place rather than
+//! at each call.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use metrics::Counter;
+use plexus_engine::{
+    Engine, EngineError, EngineFuture, EngineSink, HistoryPage, Member, NodeMessage, Retention,
+};
+use plexus_protocol::{Payload, Position};
+
+/// An operation's two series, registered once.
+struct Op {
+    done: Counter,
+    failed: Counter,
+}
+
+impl Op {
+    fn new(op: &'static str) -> Self {
+        Self {
+            done: metrics::counter!("plexus_engine_operations_total", "op" => op),
+            failed: metrics::counter!("plexus_engine_errors_total", "op" => op),
+        }
+    }
+
+    fn count<'a, T: 'a>(
+        &'a self,
+        future: impl Future<Output = Result<T, EngineError>> + Send + 'a,
+    ) -> EngineFuture<'a, T> {
+        Box::pin(async move {
+            let result = future.await;
+            self.done.increment(1);
+            if result.is_err() {
+                self.failed.increment(1);
+            }
+            result
+        })
+    }
+}
+
+/// An engine whose operations are counted.
+pub(super) struct MeteredEngine {
+    inner: Arc<dyn Engine>,
+    publish: Op,
+    history: Op,
+    watch: Op,
+    unwatch: Op,
+    add_member: Op,
+    remove_member: Op,
+    members: Op,
+    broadcast: Op,
+}
+
+impl MeteredEngine {
+    pub(super) fn new(inner: Arc<dyn Engine>) -> Self {
+        Self {
+            inner,
+            publish: Op::new("publish"),
+            history: Op::new("history"),
+            watch: Op::new("watch"),
+            unwatch: Op::new("unwatch"),
+            add_member: Op::new("add_member"),
+            remove_member: Op::new("remove_member"),
+            members: Op::new("members"),
+            broadcast: Op::new("broadcast"),
+        }
+    }
+}
+
+impl Engine for MeteredEngine {
+    fn start<'a>(&'a self, node: &'a str, sink: Arc<dyn EngineSink>) -> EngineFuture<'a, ()> {
+        self.inner.start(node, sink)
+    }
+
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        data: Payload,
+        options: &'a Retention,
+    ) -> EngineFuture<'a, Position> {
+        self.publish
+            .count(self.inner.publish(channel, data, options))
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        since: Option<&'a Position>,
+        limit: Option<usize>,
+    ) -> EngineFuture<'a, HistoryPage> {
+        self.history
+            .count(self.inner.history(channel, since, limit))
+    }
+
+    fn watch<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()> {
+        self.watch.count(self.inner.watch(channel))
+    }
+
+    fn unwatch<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()> {
+        self.unwatch.count(self.inner.unwatch(channel))
+    }
+
+    fn add_member<'a>(&'a self, channel: &'a str, member: &'a Member) -> EngineFuture<'a, ()> {
+        self.add_member
+            .count(self.inner.add_member(channel, member))
+    }
+
+    fn remove_member<'a>(&'a self, channel: &'a str, conn: &'a str) -> EngineFuture<'a, ()> {
+        self.remove_member
+            .count(self.inner.remove_member(channel, conn))
+    }
+
+    fn members<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, Vec<Member>> {
+        self.members.count(self.inner.members(channel))
+    }
+
+    fn broadcast(&self, message: NodeMessage) -> EngineFuture<'_, ()> {
+        self.broadcast.count(self.inner.broadcast(message))
+    }
+
+    fn available(&self) -> bool {
+        self.inner.available()
+    }
+}

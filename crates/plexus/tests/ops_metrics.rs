@@ -1,0 +1,188 @@
+//! `/metrics` of a real `plexus serve` process after known traffic: connections opened and
+//! closed by code, calls by method and outcome with their latency, publications and
+//! deliveries by namespace, subscriptions, handshake failures, messages and bytes; and
+//! `--metrics off` serves none.
+
+#[macro_use]
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use plexus::client::ChannelEvent;
+use plexus::{ClientOptions, JoinOptions, connect};
+use serde_json::{Value, json};
+use support::process::{Proc, ws_url};
+use support::{raw_upgrade, within};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+const CONFIG: &str = r#"
+[namespaces."room:*"]
+client_publish = true
+public = true
+"#;
+
+async fn serve(extra: &[&str]) -> (Proc, String, SocketAddr, std::path::PathBuf) {
+    let config = std::env::temp_dir().join(format!(
+        "plexus-metrics-{}-{}.toml",
+        std::process::id(),
+        extra.len()
+    ));
+    std::fs::write(&config, CONFIG).expect("write the config");
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        config.to_str().expect("UTF-8"),
+    ];
+    args.extend(extra);
+    let (proc, line) = Proc::start(&args, "ws://").await;
+    let url = ws_url(&line);
+    let addr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("the server's address");
+    (proc, url, addr, config)
+}
+
+/// `GET /metrics`: its status and body.
+async fn scrape(addr: SocketAddr) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .expect("write");
+    let mut response = String::new();
+    within("the scrape", stream.read_to_string(&mut response))
+        .await
+        .expect("read");
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (status, body.to_owned())
+}
+
+/// The samples of a scrape, by `name{labels}` as rendered.
+async fn samples(addr: SocketAddr) -> HashMap<String, f64> {
+    let (status, body) = scrape(addr).await;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
+    *samples
+        .get(key)
+        .unwrap_or_else(|| panic!("no sample `{key}` in {samples:#?}"))
+}
+
+/// Scrapes until `key` reads `expected` (what a connection's end moves is counted by its
+/// task as it finishes, with no event the test can wait on).
+async fn until_value(addr: SocketAddr, key: &str, expected: f64) -> HashMap<String, f64> {
+    within(&format!("{key} to read {expected}"), async {
+        loop {
+            let samples = samples(addr).await;
+            if samples.get(key) == Some(&expected) {
+                break samples;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_known_traffic() {
+    let (_server, url, addr, config) = serve(&[]).await;
+    let a = connect(&url, ClientOptions::default())
+        .await
+        .expect("a connects");
+    let b = connect(&url, ClientOptions::default())
+        .await
+        .expect("b connects");
+    let mut sub_a = a
+        .join("room:1", JoinOptions::default())
+        .await
+        .expect("join");
+    let mut sub_b = b
+        .join("room:1", JoinOptions::default())
+        .await
+        .expect("join");
+    a.publish("room:1", &json!({"text": "hi"}))
+        .await
+        .expect("publish");
+    for sub in [&mut sub_a, &mut sub_b] {
+        match within("the publication", sub.next()).await {
+            Some(ChannelEvent::Publication(_)) => {}
+            other => panic!("expected the publication, got {other:?}"),
+        }
+    }
+    for _ in 0..2 {
+        let echoed: Value = a.request("sys.echo", &json!([1])).await.expect("echo");
+        assert_eq!(echoed, json!([1]));
+    }
+    a.request::<Value>("no.such", &())
+        .await
+        .expect_err("unknown method");
+    // A page from another site is refused at the door.
+    let (_, head, _) = raw_upgrade(addr, &[("Origin", "https://evil.example")]).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+
+    let samples = samples(addr).await;
+    for (key, expected) in [
+        ("plexus_connections_open", 2.0),
+        ("plexus_connections_opened_total", 2.0),
+        ("plexus_subscriptions", 2.0),
+        (r#"plexus_calls_total{method="sys.echo",outcome="ok"}"#, 2.0),
+        (
+            r#"plexus_call_duration_seconds_count{method="sys.echo"}"#,
+            2.0,
+        ),
+        (
+            r#"plexus_calls_total{method="(other)",outcome="NOT_FOUND"}"#,
+            1.0,
+        ),
+        (r#"plexus_publications_total{namespace="room:*"}"#, 1.0),
+        (r#"plexus_deliveries_total{namespace="room:*"}"#, 2.0),
+        (r#"plexus_handshake_failures_total{reason="origin"}"#, 1.0),
+        (r#"plexus_engine_operations_total{op="publish"}"#, 1.0),
+        (r#"plexus_engine_errors_total{op="publish"}"#, 0.0),
+    ] {
+        assert_eq!(value(&samples, key), expected, "{key}");
+    }
+    // Two joins, a publication, three calls (and nothing else from these clients).
+    assert!(value(&samples, "plexus_messages_received_total") >= 6.0);
+    assert!(value(&samples, "plexus_messages_sent_total") >= 8.0);
+    assert!(value(&samples, "plexus_bytes_received_total") > 0.0);
+    assert!(value(&samples, "plexus_bytes_sent_total") > 0.0);
+
+    b.close().await;
+    let samples = until_value(addr, "plexus_connections_open", 1.0).await;
+    assert_eq!(
+        value(&samples, r#"plexus_connections_closed_total{code="1000"}"#),
+        1.0
+    );
+    assert_eq!(value(&samples, "plexus_subscriptions"), 1.0);
+    let _ = std::fs::remove_file(config);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_turned_off() {
+    let (_server, _, addr, config) = serve(&["--metrics", "off"]).await;
+    let (status, _) = scrape(addr).await;
+    assert_eq!(status, 404);
+    let _ = std::fs::remove_file(config);
+}

@@ -9,7 +9,8 @@
 #   bench/run.sh --report DIR        # the table of an earlier run again
 #
 # Peers are the files in bench/servers/ (default: all of them): plexus, plexus-relay (the
-# echo relayed through `plexus relay` to a provider process), plexus-redis3 and plexus-nats3
+# echo relayed through `plexus relay` to a provider process), plexus-nometrics (plexus with
+# --metrics off), plexus-redis3 and plexus-nats3
 # (three nodes on one redis-server or nats-server, fan-out only), floor (bare
 # tokio-tungstenite) and node-ws (Node.js `ws`). Cases: rpc-c50 (50 closed-loop connections), fan-N-max (N
 # subscribers, as fast as a window of 8 undelivered messages allows), fan-N-rateR (R

@@ -68,6 +68,16 @@ enum Command {
     Pub(channels::PubArgs),
     /// Print an HS256 token (JWT) for the user --sub, signed with the server's JWT --secret.
     Token(token::TokenArgs),
+    /// Check a configuration file as `serve` would at start (syntax, unknown keys, values,
+    /// key files, engine URL, strict mode) without starting: exits 0, or 1 naming the key
+    /// and the problem.
+    Checkconfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Print the example configuration: every key, with its default unless its comment says
+    /// otherwise (the repository's plexus.example.toml).
+    Genconfig,
 }
 
 #[derive(Args, Debug)]
@@ -184,6 +194,20 @@ pub(crate) fn main() -> ExitCode {
             Command::Sub(args) => channels::sub(args).await,
             Command::Pub(args) => channels::publish(args).await,
             Command::Token(args) => token::token(args),
+            Command::Checkconfig { file } => match config::check::check(&file) {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Command::Genconfig => {
+                print!("{}", config::check::EXAMPLE);
+                ExitCode::SUCCESS
+            }
         }
     })
 }

@@ -195,7 +195,19 @@ fn serve_stops_gracefully_on_sigterm() {
 fn help_texts_name_every_command() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = stdout(&out);
-    for command in ["serve", "call", "notify", "stream", "sub", "pub", "token"] {
+    for command in [
+        "serve",
+        "relay",
+        "call",
+        "notify",
+        "stream",
+        "sub",
+        "pub",
+        "token",
+        "checkconfig",
+        "genconfig",
+        "--log-format",
+    ] {
         assert!(help.contains(command), "{help}");
     }
     let out = Command::new(BIN)
@@ -211,6 +223,8 @@ fn help_texts_name_every_command() {
         "--heartbeat",
         "--jwt-secret",
         "PLEXUS_JWT_SECRET",
+        "--metrics",
+        "--engine",
     ] {
         assert!(help.contains(flag), "{help}");
     }
@@ -677,5 +691,77 @@ fn logs_are_plain_text_when_redirected_and_json_when_asked() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert_eq!(record["level"], "INFO", "{record}");
         assert!(record["fields"]["message"].is_string(), "{record}");
+    }
+}
+
+/// `plexus checkconfig FILE`.
+fn checkconfig(path: &PathBuf) -> Output {
+    Command::new(BIN)
+        .arg("checkconfig")
+        .arg(path)
+        .env_remove("PLEXUS_JWT_SECRET")
+        .output()
+        .expect("run plexus checkconfig")
+}
+
+#[test]
+fn genconfig_prints_the_example_and_checkconfig_accepts_it() {
+    let out = Command::new(BIN).arg("genconfig").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../plexus.example.toml"
+    ))
+    .unwrap();
+    assert_eq!(stdout(&out), example);
+    let path = config_file("generated.toml", &stdout(&out));
+    let checked = checkconfig(&path);
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    assert!(stdout(&checked).contains(": ok ("), "{}", stdout(&checked));
+}
+
+#[test]
+fn checkconfig_refuses_each_broken_file_as_serve_would() {
+    let cases = [
+        ("syntax.toml", "listen = \n", "invalid config"),
+        (
+            "unknown.toml",
+            "[limits]\nheartbeet = \"1s\"\n",
+            "heartbeet",
+        ),
+        (
+            "value.toml",
+            "[limits]\nheartbeat = \"10ms\"\n",
+            "limits.heartbeat",
+        ),
+        (
+            "engine.toml",
+            "[engine]\nurl = \"postgres://x\"\n",
+            "engine.url",
+        ),
+        (
+            "keyfile.toml",
+            "[auth.jwt]\npublic_key_file = \"missing.pem\"\n",
+            "auth.jwt.public_key_file",
+        ),
+        (
+            "strict.toml",
+            "[auth]\nstrict = true\n[auth.jwt]\nsecret = \"0123456789abcdef0123456789abcdef\"\n\
+             [namespaces.\"room:*\"]\nhistory_size = 10\n",
+            "auth.strict",
+        ),
+    ];
+    for (name, text, named) in cases {
+        let path = config_file(name, text);
+        let out = checkconfig(&path);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", stdout(&out));
+        let problem = stderr(&out);
+        assert!(problem.contains(named), "{name}: {problem}");
+        // `serve` refuses it with the same words.
+        let served = refused(&path);
+        assert!(
+            served.contains(problem.trim().trim_start_matches("error: ")),
+            "{name}: checkconfig said {problem:?}, serve said {served:?}"
+        );
     }
 }

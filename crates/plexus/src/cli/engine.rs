@@ -19,7 +19,7 @@ use super::config::Dur;
 #[serde(deny_unknown_fields)]
 pub(crate) struct EngineFile {
     /// `memory` (the default), `redis://host:port[/db]` or `nats://host:port`.
-    url: Option<String>,
+    pub(crate) url: Option<String>,
     /// Prefix of every key, subject and stream, so clusters can share a broker (default
     /// `plexus`).
     prefix: Option<String>,

@@ -600,5 +600,6 @@ pub(crate) fn demo_namespaces() -> Namespaces {
     )
 }
 
+pub(crate) mod check;
 #[cfg(test)]
 mod tests;

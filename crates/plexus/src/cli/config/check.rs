@@ -1,0 +1,39 @@
+//! `plexus checkconfig FILE` and `plexus genconfig`: a configuration checked before a deploy
+//! exactly as `serve` checks it at start (without listening or reaching the broker), and the
+//! example configuration with every key.
+
+use std::path::Path;
+
+use plexus_server::Server;
+
+use super::FileConfig;
+
+/// The repository's `plexus.example.toml`: every key, with its default unless its comment
+/// says otherwise.
+pub(crate) const EXAMPLE: &str = include_str!("../../../../../plexus.example.toml");
+
+/// Everything `serve` checks before it listens: the file (syntax, unknown keys, values),
+/// the key files it names, the engine URL, and strict mode. `Ok` with the file's summary.
+pub(crate) fn check(path: &Path) -> Result<String, String> {
+    let file = super::load(path)?;
+    let builder = Server::builder()
+        .router(plexus::sys::router())
+        .config(file.endpoint())
+        .channels(file.namespaces());
+    let builder = file.auth(builder, None)?;
+    file.engine.choose(None)?;
+    builder.try_build().map_err(|e| file.strict_error(&e))?;
+    Ok(summary(&file, path))
+}
+
+fn summary(file: &FileConfig, path: &Path) -> String {
+    let namespaces = file.namespaces.as_ref().map_or(0, |n| n.len());
+    format!(
+        "{}: ok ({} namespace{}, authentication {}, engine {})",
+        path.display(),
+        namespaces,
+        if namespaces == 1 { "" } else { "s" },
+        if file.has_jwt() { "on" } else { "off" },
+        file.engine.url.as_deref().unwrap_or("memory"),
+    )
+}

@@ -259,14 +259,23 @@ impl MethodMeter {
 
     /// Starts timing a call.
     pub(crate) fn start(self: &Arc<Self>) -> CallMeter {
+        self.start_traced(tracing::Span::none())
+    }
+
+    /// Starts timing a call whose `span` gets its `outcome` when it ends.
+    pub(crate) fn start_traced(self: &Arc<Self>, span: tracing::Span) -> CallMeter {
         CallMeter {
             meter: self.clone(),
             started: Instant::now(),
             done: false,
+            span,
         }
     }
 
-    fn count(&self, outcome: Result<(), &ErrorCode>) {
+    fn count(&self, outcome: Result<(), &ErrorCode>, span: &tracing::Span) {
+        if !span.is_disabled() {
+            span.record("outcome", outcome.err().map_or("ok", ErrorCode::as_str));
+        }
         match outcome {
             Ok(()) => self.ok.increment(1),
             Err(code) => counter!(
@@ -284,6 +293,7 @@ pub(crate) struct CallMeter {
     meter: Arc<MethodMeter>,
     started: Instant,
     done: bool,
+    span: tracing::Span,
 }
 
 impl CallMeter {
@@ -293,7 +303,7 @@ impl CallMeter {
         self.meter
             .duration
             .record(self.started.elapsed().as_secs_f64());
-        self.meter.count(outcome);
+        self.meter.count(outcome, &self.span);
     }
 
     /// The call ended with `result`.
@@ -308,7 +318,8 @@ impl Drop for CallMeter {
             self.meter
                 .duration
                 .record(self.started.elapsed().as_secs_f64());
-            self.meter.count(Err(&ErrorCode::from_static("cancelled")));
+            self.meter
+                .count(Err(&ErrorCode::from_static("cancelled")), &self.span);
         }
     }
 }

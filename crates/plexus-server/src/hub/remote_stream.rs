@@ -10,7 +10,9 @@
 //!
 //! What goes wrong is said, never waited out: no node answering the open within the call's
 //! timeout is `TIMEOUT`, a lost event (a gap in the numbers) or silence for
-//! [`SILENCE_LIMIT`] (the other node or the broker gone) is `UNAVAILABLE`.
+//! [`SILENCE_LIMIT`] (the other node or the broker gone) is `UNAVAILABLE`. A keep-alive of a
+//! stream the opening node no longer has gets another cancel, so that a lost cancel does not
+//! leave a client streaming for no one.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -159,6 +161,12 @@ impl Hub {
         let streams = &self.inner.remote_streams;
         let mut opened = lock(&streams.opened);
         let Some(stream) = opened.get_mut(&id) else {
+            if matches!(event, StreamEvent::Alive) {
+                // A stream this node no longer has (its cancel was lost, or this is a new
+                // process under the same node name): ask again, once per keep-alive.
+                drop(opened);
+                self.cancel_elsewhere(id);
+            }
             return;
         };
         stream.heard.store(streams.now_ms(), Ordering::Relaxed);
@@ -548,5 +556,46 @@ mod tests {
         hub.on_stream_event(id, 0, StreamEvent::End(Err(refused.clone())));
         assert_eq!(stream.next().await, Some(Err(refused)));
         assert!(stream.next().await.is_none());
+    }
+
+    /// What reaches the other node of a two-node memory cluster.
+    #[derive(Default)]
+    struct Heard(std::sync::Mutex<Vec<NodeMessage>>);
+
+    impl plexus_engine::EngineSink for Heard {
+        fn publication(&self, _: &plexus_engine::Publication) {}
+        fn presence(&self, _: &str, _: plexus_protocol::PresenceEvent, _: &plexus_engine::Member) {}
+        fn message(&self, message: NodeMessage) {
+            lock(&self.0).push(message);
+        }
+        fn interrupted(&self, _: &str) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keep_alive_of_a_forgotten_stream_is_cancelled_again() {
+        let here = plexus_engine::MemoryEngine::new();
+        let there = here.peer();
+        let heard = Arc::new(Heard::default());
+        plexus_engine::Engine::start(&there, "b", heard.clone())
+            .await
+            .expect("started");
+        let hub = Hub::with_engine(Namespaces::new(), Arc::new(here), "a");
+        hub.on_stream_event(42, 3, StreamEvent::Item(one()));
+        hub.on_stream_event(42, 4, StreamEvent::Alive);
+        // The cancel goes out from a task: let it run.
+        for _ in 0..100 {
+            if !lock(&heard.0).is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            *lock(&heard.0),
+            [NodeMessage::CancelRequest {
+                node: "a".into(),
+                id: 42
+            }],
+            "one cancel, for the keep-alive only"
+        );
     }
 }

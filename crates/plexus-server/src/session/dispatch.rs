@@ -255,8 +255,8 @@ impl Session {
         }) else {
             unreachable!("lookup checked the kind")
         };
-        let metered = meter.start();
-        let span = tracing::debug_span!("call", %method, id);
+        let span = tracing::debug_span!("call", %method, id, outcome = tracing::field::Empty);
+        let metered = meter.start_traced(span.clone());
         let parts = self.parts(id, data);
         let Some(Started { mut future, state }) = span.in_scope(|| guarded(|| start(parts))) else {
             let reply = Err(panicked());
@@ -314,8 +314,8 @@ impl Session {
         }) else {
             unreachable!("lookup checked the kind")
         };
-        let metered = meter.start();
-        let span = tracing::debug_span!("stream", %method, id);
+        let span = tracing::debug_span!("stream", %method, id, outcome = tracing::field::Empty);
+        let metered = meter.start_traced(span.clone());
         let parts = self.parts(id, data);
         let Some(Started { future, state }) = span.in_scope(|| guarded(|| start(parts))) else {
             let reply = Err(panicked());
@@ -364,8 +364,8 @@ impl Session {
             );
             return Step::Continue;
         }
-        let metered = meter.start();
-        let span = tracing::debug_span!("notification", %method);
+        let span = tracing::debug_span!("notification", %method, outcome = tracing::field::Empty);
+        let metered = meter.start_traced(span.clone());
         let parts = self.parts(0, data);
         let Some(Started { mut future, .. }) = span.in_scope(|| guarded(|| start(parts))) else {
             metered.finish(Err(&ErrorCode::INTERNAL));

@@ -192,7 +192,10 @@ impl Incoming {
                     }
                 });
             }
-            _ => tracing::debug!(%method, "no handler for notification"),
+            _ => match self.router.other_notifications() {
+                Some(handler) => handler(method, data),
+                None => tracing::debug!(%method, "no handler for notification"),
+            },
         }
     }
 

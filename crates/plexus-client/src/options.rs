@@ -302,6 +302,16 @@ impl ClientOptions {
         self
     }
 
+    /// Hands the notifications the router does not serve to `handler` (see
+    /// [`Router::notify_any`]), keeping the router's methods.
+    pub fn notify_any<F>(mut self, handler: F) -> Self
+    where
+        F: Fn(&str, Payload) + Send + Sync + 'static,
+    {
+        self.router = std::mem::take(&mut self.router).notify_any(handler);
+        self
+    }
+
     /// Provides `services` as node `node` through the relay this client connects to: the
     /// client calls `$provide` after every `welcome` (so a reconnect provides again), and
     /// the relay routes calls of `<Service>.<method>` to this client's [`Router`]. A node id

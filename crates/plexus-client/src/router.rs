@@ -69,7 +69,12 @@ impl Method {
 #[derive(Clone, Default)]
 pub struct Router {
     methods: HashMap<Arc<str>, Method>,
+    /// Takes the notifications no method of this router serves.
+    other_notifications: Option<NotifyAny>,
 }
+
+/// A handler of any notification: its method and params, as they came.
+pub(crate) type NotifyAny = Arc<dyn Fn(&str, Payload) + Send + Sync>;
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -200,12 +205,31 @@ impl Router {
         self.insert(name, Method::Stream(Arc::new(start)))
     }
 
-    /// Adds every method of `other`. Panics on a name registered in both.
+    /// Hands every notification no method of this router serves to `handler`, with its
+    /// method and params as they came (otherwise they are logged at debug level and
+    /// dropped). It runs on the connection's task: hand the work on, do not block.
+    pub fn notify_any<F>(mut self, handler: F) -> Self
+    where
+        F: Fn(&str, Payload) + Send + Sync + 'static,
+    {
+        self.other_notifications = Some(Arc::new(handler));
+        self
+    }
+
+    /// Adds every method of `other`. Panics on a name registered in both. `other`'s
+    /// [`notify_any`](Self::notify_any) handler, if any, replaces this one's.
     pub fn merge(mut self, other: Router) -> Self {
         for (name, method) in other.methods {
             self = self.insert(&name, method);
         }
+        if other.other_notifications.is_some() {
+            self.other_notifications = other.other_notifications;
+        }
         self
+    }
+
+    pub(crate) fn other_notifications(&self) -> Option<&NotifyAny> {
+        self.other_notifications.as_ref()
     }
 
     /// Whether a method of that name is registered.

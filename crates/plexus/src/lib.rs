@@ -29,6 +29,7 @@
 //! | --- | --- | --- |
 //! | `server` | yes | [`server`] (`plexus-server`): router, connections, hub, auth, axum endpoint; and [`sys`], the built-in `sys.*` methods |
 //! | `client` | yes | [`client`] (`plexus-client`): the reconnecting Rust client |
+//! | `testing` | no | [`testing`]: a test kit for applications (your server in the test's process, clients connected to it, bounded waits) |
 //! | `cli` | no | the `plexus` command (`serve`, `call`, `sub`, `pub`, `token`, ...), with its own dependencies (clap, toml, anyhow, tracing-subscriber) |
 //!
 //! [`protocol`] (`plexus-protocol`: frames, codecs, codes) is always there. The headline
@@ -48,6 +49,9 @@ pub use plexus_server::{
 
 #[cfg(feature = "server")]
 pub mod sys;
+
+#[cfg(feature = "testing")]
+pub mod testing;
 
 #[cfg(feature = "client")]
 pub use plexus_client as client;

@@ -20,7 +20,7 @@ use plexus::{Client, ClientOptions, JoinOptions, Subscription, connect};
 use plexus_server::Codec;
 use serde_json::{Value, json};
 use support::broker::{Broker, Kind};
-use support::process::{Proc, ws_url};
+use support::process::{Proc, ws_addr, ws_url};
 use support::relay::fast_reconnect;
 use support::{RawClient, http, http_within, within};
 
@@ -105,12 +105,7 @@ impl Cluster {
         let engine = self.broker.url();
         let (proc, line) = Proc::start(&self.args(&engine, node), "ws://").await;
         let url = ws_url(&line);
-        let addr = url
-            .trim_start_matches("ws://")
-            .split('/')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .expect("the node's address");
+        let addr = ws_addr(&url);
         Node { proc, url, addr }
     }
 

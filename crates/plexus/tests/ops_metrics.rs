@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use plexus::client::ChannelEvent;
 use plexus::{ClientOptions, JoinOptions, connect};
 use serde_json::{Value, json};
-use support::process::{Proc, ws_url};
+use support::process::{Proc, ws_addr, ws_url};
 use support::{raw_upgrade, within};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -42,12 +42,7 @@ async fn serve(extra: &[&str]) -> (Proc, String, SocketAddr, std::path::PathBuf)
     args.extend(extra);
     let (proc, line) = Proc::start(&args, "ws://").await;
     let url = ws_url(&line);
-    let addr = url
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("the server's address");
+    let addr = ws_addr(&url);
     (proc, url, addr, config)
 }
 

@@ -21,8 +21,9 @@ const QUEUE_BUCKETS: &[f64] = &[
     0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
-/// How often histograms are compacted between scrapes.
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often histograms are compacted between scrapes: the recorder keeps each sample until
+/// then, so this bounds that memory (at 100,000 calls a second, about 2 MB).
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Installs the Prometheus recorder for this process; the handle renders it.
 pub(crate) fn install() -> anyhow::Result<PrometheusHandle> {

@@ -76,6 +76,15 @@ impl Proc {
 }
 
 /// The first `ws://…` URL in a log line.
+/// The socket address of a `ws://HOST:PORT/...` URL.
+pub(crate) fn ws_addr(url: &str) -> std::net::SocketAddr {
+    url.trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {url}"))
+}
+
 pub(crate) fn ws_url(line: &str) -> String {
     let at = line.find("ws://").expect("a ws:// URL in the line");
     line[at..]

@@ -14,6 +14,7 @@ use super::Server;
 /// Why a server is not ready, or that it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Readiness {
     /// It takes new connections.
     Ready,

@@ -291,3 +291,40 @@ fn internal(id: u64) -> Frame {
         error: ErrorBody::new(ErrorCode::INTERNAL, "handler failed"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::router::Router;
+
+    #[tokio::test]
+    async fn notifications_without_a_handler_go_to_notify_any() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let router = Router::new()
+            .notify("known", |_: serde_json::Value| async {})
+            .notify_any({
+                let seen = seen.clone();
+                move |method, data| seen.lock().unwrap().push((method.to_owned(), data))
+            });
+        let (replies, _) = mpsc::channel(1);
+        let incoming = Incoming::new(&ClientOptions::default().router(router), replies);
+        let data = Payload::encode(plexus_protocol::Codec::Json, &1).unwrap();
+        incoming.notify("known", data.clone());
+        incoming.notify("other.note", data.clone());
+        assert_eq!(*seen.lock().unwrap(), [("other.note".to_owned(), data)]);
+    }
+
+    #[test]
+    fn merging_keeps_one_notify_any() {
+        let router = Router::new()
+            .notify_any(|_, _| {})
+            .merge(Router::new().notify("a", |_: u8| async {}));
+        assert!(
+            router.other_notifications().is_some(),
+            "kept when the other has none"
+        );
+        assert!(router.contains("a"));
+    }
+}

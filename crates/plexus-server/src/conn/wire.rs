@@ -108,14 +108,9 @@ impl Wire {
         let close = &conn.shared.close;
         let ws = &mut self.ws;
         let out = &mut self.out;
-        let metrics = crate::metrics::server();
-        metrics.outbound_queue_depth.record(out.len() as f64);
+        count_sent(out);
         let write = async {
             while let Some(frame) = out.pop_front() {
-                if !frame.opcode().is_control() {
-                    metrics.messages_sent.increment(1);
-                    metrics.bytes_sent.increment(frame.payload().len() as u64);
-                }
                 ws.feed(frame).await?;
             }
             ws.flush().await
@@ -199,4 +194,17 @@ fn requested_close(conn: &ConnectionHandle) -> DisconnectReason {
         .requested_close()
         .unwrap_or((CloseCode::NORMAL, CloseReason::Borrowed("")));
     DisconnectReason::ServerClosed(code, reason)
+}
+
+/// Counts the data messages about to be written, once per write rather than per frame.
+fn count_sent(out: &VecDeque<yawc::Frame>) {
+    let (mut messages, mut bytes) = (0, 0);
+    for frame in out.iter().filter(|f| !f.opcode().is_control()) {
+        messages += 1;
+        bytes += frame.payload().len() as u64;
+    }
+    let metrics = crate::metrics::server();
+    metrics.outbound_queue_depth.record(out.len() as f64);
+    metrics.messages_sent.increment(messages);
+    metrics.bytes_sent.increment(bytes);
 }

@@ -219,6 +219,7 @@ impl Hub {
             hub: self.clone(),
             key: key.clone(),
             seq: 0,
+            quiet: Box::pin(tokio::time::sleep(ALIVE_EVERY)),
         };
         if served.len() >= MAX_REMOTE_STREAMS {
             drop(served);
@@ -261,14 +262,10 @@ impl Hub {
         }
     }
 
-    /// Stops a stream this node serves (its opener gave up); `false` if there is none.
-    pub(super) fn cancel_served_stream(&self, key: &(String, u64)) -> bool {
-        match lock(&self.inner.remote_streams.served).remove(key) {
-            Some(served) => {
-                served.call.abort();
-                true
-            }
-            None => false,
+    /// Stops a stream this node serves, if it does (its opener gave up).
+    pub(super) fn cancel_served_stream(&self, key: &(String, u64)) {
+        if let Some(served) = lock(&self.inner.remote_streams.served).remove(key) {
+            served.call.abort();
         }
     }
 }
@@ -278,6 +275,9 @@ struct EventSender {
     hub: Hub,
     key: (String, u64),
     seq: u64,
+    /// When the stream will have been quiet for [`ALIVE_EVERY`]: one timer for the stream,
+    /// pushed back by every event sent.
+    quiet: Pin<Box<Sleep>>,
 }
 
 impl EventSender {
@@ -285,6 +285,9 @@ impl EventSender {
         let (node, id) = self.key.clone();
         let seq = self.seq;
         self.seq += 1;
+        self.quiet
+            .as_mut()
+            .reset(tokio::time::Instant::now() + ALIVE_EVERY);
         self.hub
             .broadcast(NodeMessage::StreamEvent {
                 node,
@@ -295,13 +298,14 @@ impl EventSender {
             .await
     }
 
-    /// Waits for `future`, saying `Alive` whenever that takes [`ALIVE_EVERY`].
+    /// Waits for `future`, saying `Alive` whenever the stream has been quiet for
+    /// [`ALIVE_EVERY`].
     async fn alive_while<F: Future>(&mut self, future: F) -> Result<F::Output, HubError> {
         let mut future = std::pin::pin!(future);
         loop {
             tokio::select! {
                 output = &mut future => return Ok(output),
-                () = tokio::time::sleep(ALIVE_EVERY) => self.send(StreamEvent::Alive).await?,
+                () = self.quiet.as_mut() => self.send(StreamEvent::Alive).await?,
             }
         }
     }

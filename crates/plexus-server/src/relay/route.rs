@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::Relay;
 use super::providers::Target;
 use crate::error::{CallError, shown};
-use crate::hub::{Hub, HubError, RemoteStream};
+use crate::hub::{Hub, RemoteStream};
 
 /// A relayed call's outcome.
 type Reply = Result<Payload, ErrorBody>;
@@ -75,12 +75,13 @@ fn provider_failed(method: &str, node: &str, error: CallError) -> ErrorBody {
     }
 }
 
-/// A failed call to a provider on another node, as its caller sees it.
-fn remote_failed(method: &str, node: &str, error: HubError) -> ErrorBody {
-    if error.code() == &ErrorCode::UNAVAILABLE {
+/// A failed call to a provider on another node, as its caller sees it: the hub's
+/// `UNAVAILABLE` (that node or the broker gone) means the provider went offline.
+fn remote_failed(method: &str, node: &str, error: ErrorBody) -> ErrorBody {
+    if error.code == ErrorCode::UNAVAILABLE {
         offline(method, Some(node))
     } else {
-        error.into_body()
+        error
     }
 }
 
@@ -91,24 +92,16 @@ fn until_gone(
     method: String,
     node: Arc<str>,
 ) -> BoxStream<'static, Reply> {
-    futures_util::stream::unfold(Some((items, gone)), move |state| {
-        let (method, node) = (method.clone(), node.clone());
-        async move {
-            let (mut items, gone) = state?;
-            tokio::select! {
-                item = items.next() => {
-                    let item = item?.map_err(|e| {
-                        if e.code == ErrorCode::UNAVAILABLE {
-                            offline(&method, Some(&node))
-                        } else {
-                            e
-                        }
-                    });
-                    let next = item.is_ok().then_some((items, gone));
-                    Some((item, next))
-                }
-                () = gone.cancelled() => Some((Err(offline(&method, Some(&node))), None)),
+    let state = Some((items, gone, Arc::<str>::from(method), node));
+    futures_util::stream::unfold(state, |state| async move {
+        let (mut items, gone, method, node) = state?;
+        tokio::select! {
+            item = items.next() => {
+                let item = item?.map_err(|e| remote_failed(&method, &node, e));
+                let next = item.is_ok().then_some((items, gone, method, node));
+                Some((item, next))
             }
+            () = gone.cancelled() => Some((Err(offline(&method, Some(&node))), None)),
         }
     })
     .boxed()
@@ -149,7 +142,7 @@ impl Relay {
                     let hub = hub?;
                     tokio::select! {
                         answer = hub.request::<Payload>(&conn, &method, data, timeout) => {
-                            answer.map_err(|e| remote_failed(&method, &node, e))
+                            answer.map_err(|e| remote_failed(&method, &node, e.into_body()))
                         }
                         () = gone.cancelled() => Err(offline(&method, Some(&node))),
                     }
@@ -184,7 +177,7 @@ impl Relay {
                     let items = hub?
                         .stream_elsewhere(&conn, &method, data, timeout)
                         .await
-                        .map_err(|e| remote_failed(&method, &node, e))?;
+                        .map_err(|e| remote_failed(&method, &node, e.into_body()))?;
                     Ok(until_gone(items, gone, method, node))
                 }
             }

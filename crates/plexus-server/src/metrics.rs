@@ -217,7 +217,7 @@ pub(crate) fn handshake_failed(reason: HandshakeFailure) {
     counter!("plexus_handshake_failures_total", "reason" => reason).increment(1);
 }
 
-/// Counts a refused credential, by its kind (`AuthError::kind_label`).
+/// Counts a refused credential, by its kind ([`AuthError::kind_label`](crate::auth::AuthError)).
 pub(crate) fn auth_failed(kind: &'static str) {
     counter!("plexus_auth_failures_total", "kind" => kind).increment(1);
 }
@@ -270,6 +270,12 @@ impl MethodMeter {
             done: false,
             span,
         }
+    }
+
+    /// Counts a call answered without running (refused, or a notification handed on): no
+    /// latency sample.
+    pub(crate) fn count_unrun(&self, outcome: Result<(), &ErrorCode>) {
+        self.count(outcome, &tracing::Span::none());
     }
 
     fn count(&self, outcome: Result<(), &ErrorCode>, span: &tracing::Span) {

@@ -1,7 +1,7 @@
 //! `/metrics` of a real `plexus serve` process after known traffic: connections opened and
 //! closed by code, calls by method and outcome with their latency, publications and
-//! deliveries by namespace, subscriptions, handshake failures, messages and bytes; and
-//! `--metrics off` serves none.
+//! deliveries by namespace, subscriptions, handshake and credential refusals, messages and
+//! bytes; and `--metrics off` serves none.
 
 #[macro_use]
 mod support;
@@ -26,11 +26,11 @@ public = true
 "#;
 
 async fn serve(extra: &[&str]) -> (Proc, String, SocketAddr, std::path::PathBuf) {
-    let config = std::env::temp_dir().join(format!(
-        "plexus-metrics-{}-{}.toml",
-        std::process::id(),
-        extra.len()
-    ));
+    // One file per server: the tests run at once.
+    static SERVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let config =
+        std::env::temp_dir().join(format!("plexus-metrics-{}-{n}.toml", std::process::id()));
     std::fs::write(&config, CONFIG).expect("write the config");
     let mut args = vec![
         "serve",
@@ -179,5 +179,28 @@ async fn metrics_can_be_turned_off() {
     let (_server, _, addr, config) = serve(&["--metrics", "off"]).await;
     let (status, _) = scrape(addr).await;
     assert_eq!(status, 404);
+    let _ = std::fs::remove_file(config);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_counted_by_kind() {
+    let (_server, _, addr, config) = serve(&["--jwt-secret", support::JWT_SECRET]).await;
+    let (_, head, _) = raw_upgrade(addr, &[("Authorization", "Bearer not-a-token")]).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    let samples = samples(addr).await;
+    assert_eq!(
+        value(
+            &samples,
+            r#"plexus_auth_failures_total{kind="not_authorized"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            r#"plexus_handshake_failures_total{reason="auth"}"#
+        ),
+        1.0
+    );
     let _ = std::fs::remove_file(config);
 }

@@ -24,10 +24,7 @@ impl Admission {
     ) -> Result<Principal, AuthError> {
         let result = self.check(request).await;
         if let Err(e) = &result {
-            crate::metrics::auth_failed(match e {
-                AuthError::NotAuthorized(_) => "not_authorized",
-                AuthError::Forbidden(_) => "forbidden",
-            });
+            crate::metrics::auth_failed(e.kind_label());
         }
         result
     }

@@ -55,6 +55,14 @@ impl AuthError {
         }
     }
 
+    /// Its kind as a metrics label: `not_authorized` or `forbidden`.
+    pub(crate) fn kind_label(&self) -> &'static str {
+        match self {
+            AuthError::NotAuthorized(_) => "not_authorized",
+            AuthError::Forbidden(_) => "forbidden",
+        }
+    }
+
     /// A [`AuthError::NotAuthorized`] with `message`.
     pub fn not_authorized(message: impl Into<String>) -> Self {
         Self::NotAuthorized(message.into())

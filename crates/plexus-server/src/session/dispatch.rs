@@ -196,15 +196,14 @@ impl Session {
             let message = format!("unknown method `{}`", shown(name));
             crate::metrics::server()
                 .other_method()
-                .start()
-                .finish(Err(&ErrorCode::NOT_FOUND));
+                .count_unrun(Err(&ErrorCode::NOT_FOUND));
             self.error(id, ErrorCode::NOT_FOUND, message);
             return Err(Step::Continue);
         };
         // Most methods need no permission: no need to look at the principal then.
         let allowed = permission.is_open() || self.handle.with_principal(|p| permission.allows(p));
         if !allowed {
-            meter.start().finish(Err(&ErrorCode::FORBIDDEN));
+            meter.count_unrun(Err(&ErrorCode::FORBIDDEN));
             let message = format!("not allowed to call `{}`", shown(name));
             self.error(id, ErrorCode::FORBIDDEN, message);
             return Err(Step::Continue);

@@ -106,8 +106,7 @@ impl Session {
         let result = relay.notify(method, data, node);
         crate::metrics::server()
             .relayed()
-            .start()
-            .finish_with(&result);
+            .count_unrun(result.as_ref().map(|_| ()).map_err(|e| &e.code));
         if let Err(error) = result {
             self.write_frame(&Frame::Err { id: None, error });
         }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use plexus_server::{Compression, Server};
+use plexus_server::Compression;
 
 mod call;
 mod channels;
@@ -285,12 +285,8 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     let api_key = args.api_key.or(file.api_key.clone());
 
     let authenticated = args.jwt_secret.is_some() || file.has_jwt();
-    let mut builder = Server::builder()
-        .router(plexus::sys::router())
-        .config(endpoint.clone())
-        .channels(file.namespaces());
-    builder = file
-        .auth(builder, args.jwt_secret.as_deref())
+    let mut builder = file
+        .server_builder(endpoint.clone(), args.jwt_secret.as_deref())
         .map_err(anyhow::Error::msg)?;
     if let Some(node) = args.node_id.or(file.node_id.clone()) {
         builder = builder.node_id(node);

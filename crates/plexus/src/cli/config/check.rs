@@ -4,8 +4,6 @@
 
 use std::path::Path;
 
-use plexus_server::Server;
-
 use super::FileConfig;
 
 /// The repository's `plexus.example.toml`: every key, with its default unless its comment
@@ -16,11 +14,7 @@ pub(crate) const EXAMPLE: &str = include_str!("../../../../../plexus.example.tom
 /// the key files it names, the engine URL, and strict mode. `Ok` with the file's summary.
 pub(crate) fn check(path: &Path) -> Result<String, String> {
     let file = super::load(path)?;
-    let builder = Server::builder()
-        .router(plexus::sys::router())
-        .config(file.endpoint())
-        .channels(file.namespaces());
-    let builder = file.auth(builder, None)?;
+    let builder = file.server_builder(file.endpoint(), None)?;
     file.engine.choose(None)?;
     builder.try_build().map_err(|e| file.strict_error(&e))?;
     Ok(summary(&file, path))

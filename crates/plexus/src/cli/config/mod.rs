@@ -380,6 +380,20 @@ impl FileConfig {
         self.auth.jwt.is_some()
     }
 
+    /// The server the file describes with the built-in methods, on `endpoint` (the file's,
+    /// with the flags applied), authenticated as [`auth`](Self::auth) says.
+    pub(crate) fn server_builder(
+        &self,
+        endpoint: EndpointConfig,
+        jwt_secret: Option<&str>,
+    ) -> Result<ServerBuilder, String> {
+        let builder = plexus_server::Server::builder()
+            .router(plexus::sys::router())
+            .config(endpoint)
+            .channels(self.namespaces());
+        self.auth(builder, jwt_secret)
+    }
+
     /// Configures authentication on `builder`: HS256 tokens signed with `jwt_secret` (the
     /// `--jwt-secret` flag, which replaces the key and `algorithms` of `[auth.jwt]` and keeps
     /// its other checks), else `[auth.jwt]`, plus the cookie, the connect permission and

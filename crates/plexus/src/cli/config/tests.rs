@@ -15,11 +15,8 @@ fn rate(per_second: u32, burst: u32) -> Option<RateLimit> {
 /// The auth settings applied to a server with the built-in methods, built (strict mode
 /// checked).
 fn build(config: &FileConfig, jwt_secret: Option<&str>) -> Result<(), String> {
-    let builder = plexus_server::Server::builder()
-        .router(plexus::sys::router())
-        .channels(config.namespaces());
     config
-        .auth(builder, jwt_secret)?
+        .server_builder(config.endpoint(), jwt_secret)?
         .try_build()
         .map(drop)
         .map_err(|e| config.strict_error(&e))

@@ -9,12 +9,11 @@ mod support;
 use std::path::PathBuf;
 
 use futures_util::StreamExt;
-use plexus::client::{ServiceEvent, ServiceWatch};
 use plexus::{Client, ClientOptions, ErrorCode, connect};
 use serde_json::{Value, json};
 use support::broker::{Broker, Kind};
 use support::process::{Proc, ws_url};
-use support::relay::{assert_offline, fast_reconnect, until_offline};
+use support::relay::{assert_offline, fast_reconnect, until_offline, until_online};
 use support::within;
 
 /// A short presence TTL, so that a killed relay node's providers lapse quickly.
@@ -75,25 +74,6 @@ async fn caller(url: &str) -> Client {
     connect(url, ClientOptions::default().reconnect(fast_reconnect()))
         .await
         .expect("connect to the relay")
-}
-
-/// Watches until `node` is online (in the first list or as an event).
-async fn until_online(watch: &mut ServiceWatch, node: &str) {
-    within(&format!("{node} to be online"), async {
-        loop {
-            match watch
-                .next()
-                .await
-                .expect("watch open")
-                .expect("watch event")
-            {
-                ServiceEvent::Snapshot(list) if list.iter().any(|p| p.node == node) => break,
-                ServiceEvent::Online(p) if p.node == node => break,
-                _ => {}
-            }
-        }
-    })
-    .await;
 }
 
 async fn a_caller_on_one_relay_node_reaches_a_provider_on_the_other(kind: Kind) {

@@ -132,13 +132,7 @@ impl Providers {
             self.remove_node(node);
         }
         let node: Arc<str> = node.into();
-        for service in &services {
-            self.by_service
-                .entry(service.clone())
-                .or_default()
-                .nodes
-                .push(node.clone());
-        }
+        self.add_service_nodes(&node, &services);
         self.by_conn.insert(conn.id().to_owned(), node.clone());
         self.by_node.insert(
             node.clone(),
@@ -233,13 +227,7 @@ impl Providers {
             tracing::warn!(node = %node, "the relay holds too many remote providers; ignoring one");
             return events;
         }
-        for service in &services {
-            self.by_service
-                .entry(service.clone())
-                .or_default()
-                .nodes
-                .push(node.clone());
-        }
+        self.add_service_nodes(&node, &services);
         self.remote_by_conn.insert(conn.to_owned(), node.clone());
         self.remote.insert(
             node.clone(),
@@ -270,6 +258,16 @@ impl Providers {
     /// The connections of the remote providers now known.
     pub(super) fn remote_conns(&self) -> Vec<String> {
         self.remote_by_conn.keys().cloned().collect()
+    }
+
+    fn add_service_nodes(&mut self, node: &Arc<str>, services: &[Arc<str>]) {
+        for service in services {
+            self.by_service
+                .entry(service.clone())
+                .or_default()
+                .nodes
+                .push(node.clone());
+        }
     }
 
     fn forget_service_nodes(&mut self, node: &str, services: &[Arc<str>]) {

@@ -17,6 +17,25 @@ pub(crate) fn fast_reconnect() -> ReconnectOptions {
         .max_delay(Duration::from_millis(200))
 }
 
+/// Watches until `node` is online (in the first list or as an event).
+pub(crate) async fn until_online(watch: &mut ServiceWatch, node: &str) {
+    within(&format!("{node} to be online"), async {
+        loop {
+            match watch
+                .next()
+                .await
+                .expect("watch open")
+                .expect("watch event")
+            {
+                ServiceEvent::Snapshot(list) if list.iter().any(|p| p.node == node) => break,
+                ServiceEvent::Online(p) if p.node == node => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+}
+
 /// Reads `watch` until `node` is announced offline.
 pub(crate) async fn until_offline(watch: &mut ServiceWatch, node: &str) {
     within(&format!("{node} to go offline"), async {

@@ -765,3 +765,52 @@ fn checkconfig_refuses_each_broken_file_as_serve_would() {
         );
     }
 }
+
+#[test]
+fn a_call_is_a_span_with_its_method_and_outcome_in_the_json_log() {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env_remove("PLEXUS_JWT_SECRET")
+        .env_remove("PLEXUS_CONFIG")
+        .env("RUST_LOG", "info,plexus_server=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start plexus serve");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let log = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(log).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next = || {
+        lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a log line within 10 s")
+    };
+    let url = loop {
+        let line = next();
+        if let Some(at) = line.find("ws://") {
+            break line[at..].split(['"', ' ']).next().unwrap().to_owned();
+        }
+    };
+    let out = Command::new(BIN)
+        .args(["call", &url, "sys.echo", "[1]"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let closed = loop {
+        let record: serde_json::Value = serde_json::from_str(&next()).expect("JSON");
+        if record["span"]["name"] == "call" && record["fields"]["message"] == "close" {
+            break record;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(closed["span"]["method"], "sys.echo", "{closed}");
+    assert_eq!(closed["span"]["outcome"], "ok", "{closed}");
+    assert_eq!(closed["level"], "DEBUG", "{closed}");
+}

@@ -26,7 +26,7 @@ const MAX_OUTCOMES: usize = 64;
 const OTHER_METHOD: &str = "(other)";
 
 /// The method label of a call relayed to a provider.
-pub(crate) const RELAYED_METHOD: &str = "(relayed)";
+const RELAYED_METHOD: &str = "(relayed)";
 
 /// The server-wide series, registered once.
 pub(crate) struct Metrics {

@@ -101,6 +101,33 @@ pub trait Engine: Send + Sync + 'static {
     fn available(&self) -> bool {
         true
     }
+
+    /// What the histories this engine keeps in the process hold, for metrics; `None` from an
+    /// engine whose histories live in its backend (the backend's own metrics show them).
+    fn history_stats(&self) -> Option<HistoryStats> {
+        None
+    }
+}
+
+/// What [`Engine::history_stats`] reports: the histories of every channel, together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HistoryStats {
+    /// Publications kept (an expired one counts until its channel is next published to or
+    /// read).
+    pub publications: u64,
+    /// Their payloads' bytes.
+    pub bytes: u64,
+}
+
+impl HistoryStats {
+    /// Stats of `publications` kept publications of `bytes` bytes together.
+    pub fn new(publications: u64, bytes: u64) -> Self {
+        Self {
+            publications,
+            bytes,
+        }
+    }
 }
 
 /// Where an engine delivers what reaches a node. Implemented by the hub.

@@ -13,8 +13,8 @@ use std::time::Instant;
 use plexus_protocol::{Payload, Position, PresenceEvent};
 
 use crate::{
-    Engine, EngineError, EngineErrorKind, EngineFuture, EngineSink, HistoryPage, Member,
-    NodeMessage, Publication, Retention,
+    Engine, EngineError, EngineErrorKind, EngineFuture, EngineSink, HistoryPage, HistoryStats,
+    Member, NodeMessage, Publication, Retention,
 };
 
 /// Channels kept at once unless configured otherwise.
@@ -33,6 +33,26 @@ struct Broker {
     nodes: RwLock<HashMap<u64, Arc<dyn EngineSink>>>,
     next_slot: AtomicU64,
     max_channels: usize,
+    /// What every channel's history holds together, kept as entries come and go so that
+    /// reading it takes no lock.
+    kept_publications: AtomicU64,
+    kept_bytes: AtomicU64,
+}
+
+impl Broker {
+    fn kept(&self, publications: u64, bytes: u64) {
+        self.kept_publications
+            .fetch_add(publications, Ordering::Relaxed);
+        self.kept_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn dropped(&self, dropped: Dropped) {
+        if dropped.publications > 0 {
+            self.kept_publications
+                .fetch_sub(dropped.publications, Ordering::Relaxed);
+            self.kept_bytes.fetch_sub(dropped.bytes, Ordering::Relaxed);
+        }
+    }
 }
 
 struct Stream {
@@ -51,6 +71,20 @@ struct Stored {
     /// When it leaves the history, if the channel has a time to live.
     expires: Option<Instant>,
     data: Payload,
+}
+
+/// What leaving entries took out of a history.
+#[derive(Default)]
+struct Dropped {
+    publications: u64,
+    bytes: u64,
+}
+
+impl Dropped {
+    fn add(&mut self, stored: &Stored) {
+        self.publications += 1;
+        self.bytes += stored.data.raw().len() as u64;
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -86,6 +120,8 @@ impl MemoryEngine {
             nodes: RwLock::new(HashMap::new()),
             next_slot: AtomicU64::new(1),
             max_channels: max,
+            kept_publications: AtomicU64::new(0),
+            kept_bytes: AtomicU64::new(0),
         });
         Self::attach(broker)
     }
@@ -175,12 +211,14 @@ impl MemoryEngine {
             let offset = state.offset;
             if options.history_size > 0 {
                 let now = Instant::now();
+                self.broker.kept(1, data.raw().len() as u64);
                 state.history.push_back(Stored {
                     offset,
                     expires: options.history_ttl.map(|ttl| now + ttl),
                     data: data.clone(),
                 });
-                state.trim(options.history_size, now);
+                let dropped = state.trim(options.history_size, now);
+                self.broker.dropped(dropped);
             }
             if !state.watchers.is_empty() {
                 let publication = Publication {
@@ -218,7 +256,8 @@ impl MemoryEngine {
             });
         };
         let mut state = lock(&stream);
-        state.expire(Instant::now());
+        let dropped = state.expire(Instant::now());
+        self.broker.dropped(dropped);
         let same_epoch = since.filter(|since| *since.epoch == *state.epoch);
         let after = same_epoch.map_or(0, |since| since.offset);
         let recoverable = same_epoch.is_some_and(|since| {
@@ -301,23 +340,33 @@ impl MemoryEngine {
 }
 
 impl Stream {
-    fn trim(&mut self, size: usize, now: Instant) {
+    fn trim(&mut self, size: usize, now: Instant) -> Dropped {
+        let mut dropped = Dropped::default();
         while self.history.len() > size {
-            self.history.pop_front();
+            if let Some(stored) = self.history.pop_front() {
+                dropped.add(&stored);
+            }
         }
-        self.expire(now);
+        let expired = self.expire(now);
+        dropped.publications += expired.publications;
+        dropped.bytes += expired.bytes;
+        dropped
     }
 
     /// Drops what outlived its time to live. Each entry's deadline is fixed when it is
     /// stored, so reading needs no options.
-    fn expire(&mut self, now: Instant) {
+    fn expire(&mut self, now: Instant) -> Dropped {
+        let mut dropped = Dropped::default();
         while self
             .history
             .front()
             .is_some_and(|stored| stored.expires.is_some_and(|at| at <= now))
         {
-            self.history.pop_front();
+            if let Some(stored) = self.history.pop_front() {
+                dropped.add(&stored);
+            }
         }
+        dropped
     }
 }
 
@@ -370,6 +419,13 @@ impl Engine for MemoryEngine {
             stream.map_or_else(Vec::new, |s| lock(&s).members.values().cloned().collect())
         });
         ready(members)
+    }
+
+    fn history_stats(&self) -> Option<HistoryStats> {
+        Some(HistoryStats {
+            publications: self.broker.kept_publications.load(Ordering::Relaxed),
+            bytes: self.broker.kept_bytes.load(Ordering::Relaxed),
+        })
     }
 
     fn broadcast(&self, message: NodeMessage) -> EngineFuture<'_, ()> {

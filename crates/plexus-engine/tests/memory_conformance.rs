@@ -54,3 +54,37 @@ async fn the_number_of_channels_is_bounded() {
         .await
         .expect("kept channels still work");
 }
+
+#[tokio::test]
+async fn history_stats_follow_what_the_histories_keep() {
+    let engine = MemoryEngine::new();
+    let peer = engine.peer();
+    let kept_two = Retention {
+        history_size: 2,
+        history_ttl: None,
+    };
+    let data = Payload::encode(Codec::Json, &"abc").unwrap(); // `"abc"`: 5 bytes
+    for _ in 0..3 {
+        engine.publish("a", data.clone(), &kept_two).await.unwrap();
+    }
+    peer.publish("b", data.clone(), &kept_two).await.unwrap();
+    let expected = plexus_engine::HistoryStats::new(3, 15);
+    assert_eq!(engine.history_stats(), Some(expected), "2 of a, 1 of b");
+    assert_eq!(peer.history_stats(), Some(expected), "peers share them");
+
+    // An expired entry leaves when its channel is next read. The wait is the time to live
+    // passing, which is what is tested.
+    let short = Retention {
+        history_size: 10,
+        history_ttl: Some(std::time::Duration::from_millis(5)),
+    };
+    engine.publish("c", data.clone(), &short).await.unwrap();
+    assert_eq!(
+        engine.history_stats(),
+        Some(plexus_engine::HistoryStats::new(4, 20))
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let page = engine.history("c", None, None).await.unwrap();
+    assert!(page.publications.is_empty());
+    assert_eq!(engine.history_stats(), Some(expected));
+}

@@ -110,6 +110,15 @@ fn describe() {
         "calls and publications refused with RATE_LIMITED"
     );
     describe_gauge!("plexus_subscriptions", "channel subscriptions on this node");
+    describe_gauge!(
+        "plexus_history_publications",
+        "publications kept in channel histories by the in-memory engine (Redis and NATS keep them in the broker)"
+    );
+    describe_gauge!(
+        "plexus_history_bytes",
+        Unit::Bytes,
+        "payload bytes of the publications kept in channel histories by the in-memory engine"
+    );
     describe_counter!(
         "plexus_publications_total",
         "publications accepted, by namespace"

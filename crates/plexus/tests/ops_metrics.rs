@@ -1,6 +1,6 @@
 //! `/metrics` of a real `plexus serve` process after known traffic: connections opened and
 //! closed by code, calls by method and outcome with their latency, publications and
-//! deliveries by namespace, subscriptions, handshake and credential refusals, messages and
+//! deliveries by namespace, subscriptions, the kept history, handshake and credential refusals, messages and
 //! bytes; and `--metrics off` serves none.
 
 #[macro_use]
@@ -23,6 +23,11 @@ const CONFIG: &str = r#"
 [namespaces."room:*"]
 client_publish = true
 public = true
+
+[namespaces."log:*"]
+client_publish = true
+public = true
+history_size = 2
 "#;
 
 async fn serve(extra: &[&str]) -> (Proc, String, SocketAddr, std::path::PathBuf) {
@@ -132,6 +137,12 @@ async fn metrics_follow_known_traffic() {
     a.request::<Value>("no.such", &())
         .await
         .expect_err("unknown method");
+    // Three publications to a history of two: two stay, of 7 bytes each (`{"n":1}`).
+    for n in 1..=3 {
+        a.publish("log:1", &json!({ "n": n }))
+            .await
+            .expect("publish to the log");
+    }
     // A page from another site is refused at the door.
     let (_, head, _) = raw_upgrade(addr, &[("Origin", "https://evil.example")]).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
@@ -153,13 +164,15 @@ async fn metrics_follow_known_traffic() {
         (r#"plexus_publications_total{namespace="room:*"}"#, 1.0),
         (r#"plexus_deliveries_total{namespace="room:*"}"#, 2.0),
         (r#"plexus_handshake_failures_total{reason="origin"}"#, 1.0),
-        (r#"plexus_engine_operations_total{op="publish"}"#, 1.0),
+        (r#"plexus_engine_operations_total{op="publish"}"#, 4.0),
+        ("plexus_history_publications", 2.0),
+        ("plexus_history_bytes", 14.0),
         (r#"plexus_engine_errors_total{op="publish"}"#, 0.0),
     ] {
         assert_eq!(value(&samples, key), expected, "{key}");
     }
-    // Two joins, a publication, three calls (and nothing else from these clients).
-    assert!(value(&samples, "plexus_messages_received_total") >= 6.0);
+    // Two joins, four publications, three calls (and nothing else from these clients).
+    assert!(value(&samples, "plexus_messages_received_total") >= 9.0);
     assert!(value(&samples, "plexus_messages_sent_total") >= 8.0);
     assert!(value(&samples, "plexus_bytes_received_total") > 0.0);
     assert!(value(&samples, "plexus_bytes_sent_total") > 0.0);

@@ -1,13 +1,15 @@
 //! The engine as the hub uses it: every operation counted (`plexus_engine_operations_total`
 //! and, when it fails, `plexus_engine_errors_total`, by operation), in one place rather than
-//! at each call.
+//! at each call. An engine that keeps histories in the process has them measured after
+//! each operation that changes them (`plexus_history_publications`, `plexus_history_bytes`).
 
 use std::future::Future;
 use std::sync::Arc;
 
-use metrics::Counter;
+use metrics::{Counter, Gauge};
 use plexus_engine::{
-    Engine, EngineError, EngineFuture, EngineSink, HistoryPage, Member, NodeMessage, Retention,
+    Engine, EngineError, EngineFuture, EngineSink, HistoryPage, HistoryStats, Member, NodeMessage,
+    Retention,
 };
 use plexus_protocol::{Payload, Position};
 
@@ -51,6 +53,8 @@ pub(super) struct MeteredEngine {
     remove_member: Op,
     members: Op,
     broadcast: Op,
+    history_publications: Gauge,
+    history_bytes: Gauge,
 }
 
 impl MeteredEngine {
@@ -65,6 +69,17 @@ impl MeteredEngine {
             remove_member: Op::new("remove_member"),
             members: Op::new("members"),
             broadcast: Op::new("broadcast"),
+            history_publications: metrics::gauge!("plexus_history_publications"),
+            history_bytes: metrics::gauge!("plexus_history_bytes"),
+        }
+    }
+
+    /// Reads the kept histories' size into the gauges. A memory engine's publish and history
+    /// calls are done when made, so reading right after calling (before awaiting) sees them.
+    fn measure_history(&self) {
+        if let Some(stats) = self.inner.history_stats() {
+            self.history_publications.set(stats.publications as f64);
+            self.history_bytes.set(stats.bytes as f64);
         }
     }
 }
@@ -80,8 +95,9 @@ impl Engine for MeteredEngine {
         data: Payload,
         options: &'a Retention,
     ) -> EngineFuture<'a, Position> {
-        self.publish
-            .count(self.inner.publish(channel, data, options))
+        let publishing = self.inner.publish(channel, data, options);
+        self.measure_history();
+        self.publish.count(publishing)
     }
 
     fn history<'a>(
@@ -90,8 +106,9 @@ impl Engine for MeteredEngine {
         since: Option<&'a Position>,
         limit: Option<usize>,
     ) -> EngineFuture<'a, HistoryPage> {
-        self.history
-            .count(self.inner.history(channel, since, limit))
+        let reading = self.inner.history(channel, since, limit);
+        self.measure_history();
+        self.history.count(reading)
     }
 
     fn watch<'a>(&'a self, channel: &'a str) -> EngineFuture<'a, ()> {
@@ -122,5 +139,9 @@ impl Engine for MeteredEngine {
 
     fn available(&self) -> bool {
         self.inner.available()
+    }
+
+    fn history_stats(&self) -> Option<HistoryStats> {
+        self.inner.history_stats()
     }
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # plexus's benchmark: plexus beside the servers it is compared with, measured in one run by
-# the same load generator (bench/loadgen), with the server on one core and the generator on
+# the same load generator (crates/plexus-loadgen), with the server on one core and the generator on
 # the other. Everything it needs is in the repository; Node peers install from npm on first
 # use.
 #

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use plexus_server::Compression;
 
+mod bench;
 mod call;
 mod channels;
 mod config;
@@ -68,6 +69,10 @@ enum Command {
     Pub(channels::PubArgs),
     /// Print an HS256 token (JWT) for the user --sub, signed with the server's JWT --secret.
     Token(token::TokenArgs),
+    /// Load a plexus server and measure it (closed-loop calls, fan-out, held connections),
+    /// with a progress bar, latency percentiles and a histogram. One client first makes the
+    /// call (or join and publication) the load will make, and a refusal stops the run.
+    Bench(bench::BenchArgs),
     /// Check a configuration file as `serve` would at start (syntax, unknown keys, values,
     /// key files, engine URL, strict mode) without starting: exits 0, or 1 naming the key
     /// and the problem.
@@ -194,6 +199,7 @@ pub(crate) fn main() -> ExitCode {
             Command::Sub(args) => channels::sub(args).await,
             Command::Pub(args) => channels::publish(args).await,
             Command::Token(args) => token::token(args),
+            Command::Bench(args) => bench::bench(args).await,
             Command::Checkconfig { file } => match config::check::check(&file) {
                 Ok(summary) => {
                     println!("{summary}");

@@ -58,15 +58,23 @@ impl Proc {
 
     /// Runs `plexus ARGS` to its end (within `bound`); returns how it exited and its stderr.
     pub(crate) async fn run(args: &[&str], bound: std::time::Duration) -> (ExitStatus, String) {
-        let child = command(args).spawn().expect("start plexus");
-        let output = tokio::time::timeout(bound, child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("`plexus {}` still runs after {bound:?}", args.join(" ")))
-            .expect("plexus runs");
+        let output = Self::output(args, bound).await;
         (
             output.status,
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
+    }
+
+    /// Runs `plexus ARGS` to its end (within `bound`); returns its status, stdout and stderr.
+    pub(crate) async fn output(args: &[&str], bound: std::time::Duration) -> std::process::Output {
+        let child = command(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start plexus");
+        tokio::time::timeout(bound, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("`plexus {}` still runs after {bound:?}", args.join(" ")))
+            .expect("plexus runs")
     }
 
     /// SIGKILL: the process dies without a close frame; the kernel closes its sockets.
@@ -75,7 +83,6 @@ impl Proc {
     }
 }
 
-/// The first `ws://…` URL in a log line.
 /// The socket address of a `ws://HOST:PORT/...` URL.
 pub(crate) fn ws_addr(url: &str) -> std::net::SocketAddr {
     url.trim_start_matches("ws://")
@@ -85,6 +92,7 @@ pub(crate) fn ws_addr(url: &str) -> std::net::SocketAddr {
         .unwrap_or_else(|| panic!("no address in {url}"))
 }
 
+/// The first `ws://…` URL in a log line.
 pub(crate) fn ws_url(line: &str) -> String {
     let at = line.find("ws://").expect("a ws:// URL in the line");
     line[at..]

@@ -11,9 +11,9 @@ pub(crate) fn now_ns() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// A template and the values that do not change per message.
+/// A message with placeholders, filled in per message.
 #[derive(Clone, Debug)]
-pub(crate) struct Template {
+pub struct Template {
     text: String,
 }
 
@@ -27,7 +27,10 @@ pub(crate) struct Fill<'a> {
 }
 
 impl Template {
-    pub(crate) fn new(text: impl Into<String>) -> Self {
+    /// `text`, whose `{seq}` (the message's number on its connection, from 1), `{ts}` (the
+    /// generator's clock in ns, when sent), `{conn}` (the connection's number), `{channel}`
+    /// and `{pad}` (the padding) are filled in per message; other braces stay.
+    pub fn new(text: impl Into<String>) -> Self {
         Self { text: text.into() }
     }
 

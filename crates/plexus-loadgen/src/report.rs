@@ -66,7 +66,7 @@ fn cell(mut values: Vec<f64>) -> String {
 }
 
 /// The table of the records in `files`; servers in the order they first appear.
-pub(crate) fn table(files: &[String]) -> anyhow::Result<String> {
+pub fn table(files: &[String]) -> anyhow::Result<String> {
     let mut servers: Vec<String> = Vec::new();
     // case → (scenario, server → records)
     let mut cases: BTreeMap<String, (String, BTreeMap<String, Vec<Value>>)> = BTreeMap::new();

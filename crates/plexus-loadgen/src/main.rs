@@ -1,31 +1,15 @@
-//! The load generator of plexus's benchmark (`bench/run.sh`). It drives any WebSocket
-//! server through message templates, so plexus and the servers it is compared with are
-//! measured by the same code:
-//!
-//! - `rpc`: closed-loop request/response over C connections;
-//! - `fanout`: one publisher, N subscribers, end-to-end latency and loss;
-//! - `conns`: N idle connections, the server's memory and CPU per connection;
-//! - `report`: the table of a run's JSON lines.
-//!
-//! Placeholders: `{seq}` `{ts}` `{conn}` `{channel}` `{pad}`. Only loopback targets are
-//! accepted, every loop is bounded in time, and a watchdog ends the process after
-//! `--max-runtime` seconds whatever happens.
+//! `plexus-loadgen`: the load generator of plexus's benchmark (`bench/run.sh`), driven by
+//! flags: `rpc`, `fanout`, `conns` and `report` (see the library's documentation). Only
+//! loopback targets are accepted, and a watchdog ends the process after `--max-runtime`
+//! seconds whatever happens.
 
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-mod connect;
-mod conns;
-mod cpu;
-mod fanout;
-mod record;
-mod report;
-mod rpc;
-mod template;
-
-use connect::Target;
-use template::Template;
+use plexus_loadgen::connect::{Scope, Target};
+use plexus_loadgen::template::Template;
+use plexus_loadgen::{conns, fanout, record, report, rpc};
 
 #[derive(Parser)]
 #[command(
@@ -93,8 +77,8 @@ struct Common {
 }
 
 impl Common {
-    fn target(&self) -> anyhow::Result<Target> {
-        Target::new(&self.url, self.handshake.clone(), self.src_addrs)
+    async fn target(&self, url: &str) -> anyhow::Result<Target> {
+        Target::resolve(url, self.handshake.clone(), self.src_addrs, Scope::Loopback).await
     }
 
     fn pad(&self) -> String {
@@ -203,27 +187,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Rpc(args) => {
             watchdog(args.common.max_runtime);
             let run = rpc::Rpc {
-                target: args.common.target()?,
+                target: args.common.target(&args.common.url).await?,
                 conns: args.conns,
                 warmup: seconds(args.warmup),
                 duration: seconds(args.duration),
                 request: Template::new(args.request),
                 reply: Template::new(args.reply_contains),
+                refusal: None,
                 pad: args.common.pad(),
                 server_pid: args.common.server_pid,
+                progress: Default::default(),
             };
             (args.common, ("rpc", run.run().await?))
         }
         Command::Fanout(args) => {
             watchdog(args.common.max_runtime);
-            let also = args
-                .common
-                .also_url
-                .iter()
-                .map(|url| Target::new(url, args.common.handshake.clone(), args.common.src_addrs))
-                .collect::<anyhow::Result<_>>()?;
+            let mut also = Vec::new();
+            for url in &args.common.also_url {
+                also.push(args.common.target(url).await?);
+            }
             let run = fanout::Fanout {
-                target: args.common.target()?,
+                target: args.common.target(&args.common.url).await?,
                 also,
                 subscribers: args.subscribers,
                 warmup: seconds(args.warmup),
@@ -231,11 +215,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 subscribe: Template::new(args.subscribe),
                 subscribe_ack: args.subscribe_ack,
                 publish: Template::new(args.publish),
+                refusal: None,
                 rate: args.rate,
                 window: args.window.max(1),
                 channel: args.channel,
                 pad: args.common.pad(),
                 server_pid: args.common.server_pid,
+                progress: Default::default(),
             };
             (args.common, ("fanout", run.run().await?))
         }
@@ -246,15 +232,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .server_pid
                 .ok_or_else(|| anyhow::anyhow!("conns needs --server-pid"))?;
             let run = conns::Conns {
-                target: args.common.target()?,
+                target: args.common.target(&args.common.url).await?,
                 count: args.count,
                 hold: seconds(args.hold),
-                server_pid,
+                server_pid: Some(server_pid),
+                progress: Default::default(),
             };
             (args.common, ("conns", run.run().await?))
         }
     };
-    let (scenario, mut record) = record;
+    let (scenario, record) = record;
     let labels = record::labels(&common.server, &common.case, common.rep, scenario);
     record.emit(&labels, common.json_out.as_deref())
 }

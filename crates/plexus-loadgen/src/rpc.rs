@@ -11,33 +11,51 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::connect::Target;
 use crate::cpu;
+use crate::progress::Progress;
 use crate::record::{Record, histogram};
 use crate::template::{Fill, Template};
 
 /// How long one request may wait for its answer before its connection stops.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) struct Rpc {
-    pub(crate) target: Target,
-    pub(crate) conns: usize,
-    pub(crate) warmup: Duration,
-    pub(crate) duration: Duration,
-    pub(crate) request: Template,
+/// The `rpc` scenario.
+pub struct Rpc {
+    /// The server.
+    pub target: Target,
+    /// Connections, each with one request in flight.
+    pub conns: usize,
+    /// Load before measuring.
+    pub warmup: Duration,
+    /// Load measured.
+    pub duration: Duration,
+    /// The request.
+    pub request: Template,
     /// Text that identifies the answer to request `{seq}`.
-    pub(crate) reply: Template,
-    pub(crate) pad: String,
-    pub(crate) server_pid: Option<u32>,
+    pub reply: Template,
+    /// Text that marks an answer as a refusal (an error answer): counted as `refused`, its
+    /// latency left out.
+    pub refusal: Option<String>,
+    /// What `{pad}` stands for.
+    pub pad: String,
+    /// The server's process, for its CPU time (a local server only).
+    pub server_pid: Option<u32>,
+    /// Answers received and connections failed so far.
+    pub progress: Arc<Progress>,
 }
 
 /// What one connection saw while measuring.
 struct Tally {
     latencies: Histogram<u64>,
+    refused: u64,
     timeouts: u64,
     errors: u64,
 }
 
 impl Rpc {
-    pub(crate) async fn run(self) -> anyhow::Result<Record> {
+    /// Opens the connections, loads the server for the warm-up and the duration, and
+    /// returns what was measured: `requests`, `rps`, `timeouts`, `errors`, latency
+    /// percentiles, and the server's CPU time per request when its process is known.
+    pub async fn run(self) -> anyhow::Result<Record> {
         let this = Arc::new(self);
         let mut sockets = Vec::with_capacity(this.conns);
         for conn in 0..this.conns {
@@ -60,10 +78,11 @@ impl Rpc {
         tokio::time::sleep_until(end.into()).await;
         let usage = window.finish();
         let mut all = histogram();
-        let (mut timeouts, mut errors) = (0, 0);
+        let (mut refused, mut timeouts, mut errors) = (0, 0, 0);
         for task in tasks {
             let tally = task.await?;
             all.add(&tally.latencies)?;
+            refused += tally.refused;
             timeouts += tally.timeouts;
             errors += tally.errors;
         }
@@ -74,6 +93,7 @@ impl Rpc {
             .set("duration_s", this.duration.as_secs_f64())
             .set("requests", n)
             .set("rps", (n as f64 / this.duration.as_secs_f64()).round())
+            .set("refused", refused)
             .set("timeouts", timeouts)
             .set("errors", errors)
             .latency(&all)
@@ -90,6 +110,7 @@ impl Rpc {
     ) -> Tally {
         let mut tally = Tally {
             latencies: histogram(),
+            refused: 0,
             timeouts: 0,
             errors: 0,
         };
@@ -110,34 +131,46 @@ impl Rpc {
                 .is_err()
             {
                 tally.errors += 1;
+                self.progress.add_failed();
                 break;
             }
             let answered = tokio::time::timeout(ANSWER_TIMEOUT, async {
                 while let Some(message) = ws.next().await {
                     match message {
                         Ok(Message::Text(text)) if text.as_str().contains(reply.as_str()) => {
-                            return true;
+                            let refused = self
+                                .refusal
+                                .as_ref()
+                                .is_some_and(|refusal| text.as_str().contains(refusal.as_str()));
+                            return Some(refused);
                         }
                         Ok(_) => {}
-                        Err(_) => return false,
+                        Err(_) => return None,
                     }
                 }
-                false
+                None
             })
             .await;
             match answered {
-                Ok(true) => {
+                Ok(Some(true)) => {
+                    tally.refused += 1;
+                    self.progress.add_failed();
+                }
+                Ok(Some(false)) => {
+                    self.progress.add_done(1);
                     if sent >= measuring && Instant::now() <= end {
                         let us = sent.elapsed().as_micros() as u64;
                         let _ = tally.latencies.record(us.max(1));
                     }
                 }
-                Ok(false) => {
+                Ok(None) => {
                     tally.errors += 1;
+                    self.progress.add_failed();
                     break;
                 }
                 Err(_) => {
                     tally.timeouts += 1;
+                    self.progress.add_failed();
                     break;
                 }
             }

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::connect::{Target, expect};
 use crate::cpu;
+use crate::progress::Progress;
 use crate::record::{Record, histogram};
 use crate::template::{Fill, Template, now_ns, number_after};
 
@@ -22,29 +23,45 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// Connections opened at once.
 const OPENING: usize = 64;
 
-pub(crate) struct Fanout {
+/// The `fanout` scenario.
+pub struct Fanout {
     /// The publisher's node, and the first subscribers'.
-    pub(crate) target: Target,
+    pub target: Target,
     /// Other nodes of a cluster: subscribers are spread over all nodes in turn.
-    pub(crate) also: Vec<Target>,
-    pub(crate) subscribers: usize,
-    pub(crate) warmup: Duration,
-    pub(crate) duration: Duration,
-    pub(crate) subscribe: Template,
-    pub(crate) subscribe_ack: Option<String>,
-    pub(crate) publish: Template,
+    pub also: Vec<Target>,
+    /// Subscribers.
+    pub subscribers: usize,
+    /// Publishing before measuring.
+    pub warmup: Duration,
+    /// Publishing measured.
+    pub duration: Duration,
+    /// What each subscriber sends once.
+    pub subscribe: Template,
+    /// Text of the subscription's acknowledgement, waited for.
+    pub subscribe_ack: Option<String>,
+    /// What the publisher sends; carries `{ts}` under the key `"ts"`.
+    pub publish: Template,
+    /// Text that marks the server's answer to a publication as a refusal: counted as
+    /// `refused`.
+    pub refusal: Option<String>,
     /// Messages per second; 0 = as fast as `window` allows.
-    pub(crate) rate: f64,
+    pub rate: f64,
     /// With `rate` 0: at most this many messages not yet delivered to every subscriber.
-    pub(crate) window: u64,
-    pub(crate) channel: String,
-    pub(crate) pad: String,
-    pub(crate) server_pid: Option<u32>,
+    pub window: u64,
+    /// What `{channel}` stands for.
+    pub channel: String,
+    /// What `{pad}` stands for.
+    pub pad: String,
+    /// The server's process, for its CPU time (a local server only).
+    pub server_pid: Option<u32>,
+    /// Deliveries so far, and subscribers whose connection failed.
+    pub progress: Arc<Progress>,
 }
 
 /// Shared by the subscribers.
 struct Deliveries {
-    count: AtomicU64,
+    /// Its `done` counts the deliveries.
+    count: Arc<Progress>,
     /// Wakes the publisher waiting for the window to open (only while it waits: a wake per
     /// delivery would cost the generator more than reading the delivery).
     progress: Notify,
@@ -54,9 +71,13 @@ struct Deliveries {
 }
 
 impl Fanout {
-    pub(crate) async fn run(self) -> anyhow::Result<Record> {
+    /// Subscribes, publishes for the warm-up and the duration, waits (a bounded time) for
+    /// the last deliveries, and returns what was measured: `published`, `deliveries_per_s`,
+    /// `lost`, end-to-end latency percentiles, and the server's CPU time per delivery when
+    /// its process is known.
+    pub async fn run(self) -> anyhow::Result<Record> {
         let deliveries = Arc::new(Deliveries {
-            count: AtomicU64::new(0),
+            count: self.progress.clone(),
             progress: Notify::new(),
             waiting: AtomicBool::new(false),
             latencies: Mutex::new(histogram()),
@@ -75,8 +96,20 @@ impl Fanout {
         }
         let publisher = self.target.open(self.subscribers, &self.pad).await?;
         let (mut sink, mut acks) = publisher.split();
-        // Whatever the server answers the publisher (acks) is read and dropped.
-        let ack_reader = tokio::spawn(async move { while let Some(Ok(_)) = acks.next().await {} });
+        // What the server answers the publisher is read, and only refusals counted.
+        let refused = Arc::new(AtomicU64::new(0));
+        let ack_reader = {
+            let (refused, refusal) = (refused.clone(), self.refusal.clone());
+            tokio::spawn(async move {
+                while let Some(Ok(message)) = acks.next().await {
+                    if let (Message::Text(text), Some(refusal)) = (&message, &refusal)
+                        && text.as_str().contains(refusal.as_str())
+                    {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
 
         let n = self.subscribers as u64;
         let start = Instant::now();
@@ -88,7 +121,7 @@ impl Fanout {
         while Instant::now() < end {
             if window.is_none() && Instant::now() >= measuring {
                 span.0.store(now_ns(), Ordering::Relaxed);
-                at_measure = deliveries.count.load(Ordering::Relaxed);
+                at_measure = deliveries.count.done();
                 window = Some((cpu::Window::start(self.server_pid), published));
             }
             if self.rate > 0.0 {
@@ -101,7 +134,7 @@ impl Fanout {
                     tokio::pin!(progress);
                     progress.as_mut().enable();
                     deliveries.waiting.store(true, Ordering::SeqCst);
-                    let outstanding = published * n - deliveries.count.load(Ordering::Relaxed);
+                    let outstanding = published * n - deliveries.count.done();
                     if outstanding < self.window * n {
                         deliveries.waiting.store(false, Ordering::Relaxed);
                         break;
@@ -124,15 +157,14 @@ impl Fanout {
         span.1.store(now_ns(), Ordering::Relaxed);
         let (window, published_before) = window.unwrap_or((cpu::Window::start(None), 0));
         let usage = window.finish();
-        let delivered_in_window = deliveries.count.load(Ordering::Relaxed) - at_measure;
+        let delivered_in_window = deliveries.count.done() - at_measure;
 
         // Drain: every subscriber should have every message.
         let drain_end = Instant::now() + DRAIN;
-        while deliveries.count.load(Ordering::Relaxed) < published * n && Instant::now() < drain_end
-        {
+        while deliveries.count.done() < published * n && Instant::now() < drain_end {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let delivered = deliveries.count.load(Ordering::Relaxed);
+        let delivered = deliveries.count.done();
         let _ = stop_tx.send(true);
         for reader in readers {
             let _ = reader.await;
@@ -149,6 +181,7 @@ impl Fanout {
                 (delivered_in_window as f64 / self.duration.as_secs_f64()).round(),
             )
             .set("lost", (published * n).saturating_sub(delivered))
+            .set("refused", refused.load(Ordering::Relaxed))
             .latency(&latencies)
             .cpu(&usage, delivered_in_window);
         Ok(record)
@@ -193,8 +226,13 @@ async fn read(
             message = ws.next() => message,
             _ = stop.changed() => break,
         };
-        let Some(Ok(message)) = message else {
-            break;
+        let message = match message {
+            Some(Ok(message)) => message,
+            Some(Err(_)) => {
+                deliveries.count.add_failed();
+                break;
+            }
+            None => break,
         };
         let Message::Text(text) = message else {
             continue;
@@ -203,7 +241,7 @@ async fn read(
             continue;
         };
         let now = now_ns();
-        deliveries.count.fetch_add(1, Ordering::SeqCst);
+        deliveries.count.add_done(1);
         if deliveries.waiting.load(Ordering::SeqCst) {
             deliveries.progress.notify_one();
         }

@@ -3,7 +3,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 
-use hdrhistogram::Histogram;
+pub use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 
 use crate::cpu::Usage;
@@ -13,16 +13,33 @@ pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
-/// The figures of one measurement.
-pub(crate) struct Record(Map<String, Value>);
+/// The figures of one measurement: named values, and the latency histogram they were read
+/// from.
+pub struct Record {
+    figures: Map<String, Value>,
+    latencies: Option<Histogram<u64>>,
+}
 
 impl Record {
     pub(crate) fn new() -> Self {
-        Self(Map::new())
+        Self {
+            figures: Map::new(),
+            latencies: None,
+        }
+    }
+
+    /// The figures, by name (`rps`, `p99_us`, `server_cpu_us_per_op`, …).
+    pub fn figures(&self) -> &Map<String, Value> {
+        &self.figures
+    }
+
+    /// The latencies measured, in µs (of answers, deliveries or connection set-ups).
+    pub fn latencies(&self) -> Option<&Histogram<u64>> {
+        self.latencies.as_ref()
     }
 
     pub(crate) fn set(&mut self, key: &str, value: impl Into<Value>) -> &mut Self {
-        self.0.insert(key.to_owned(), value.into());
+        self.figures.insert(key.to_owned(), value.into());
         self
     }
 
@@ -31,6 +48,7 @@ impl Record {
         if h.is_empty() {
             return self;
         }
+        self.latencies = Some(h.clone());
         for (key, q) in [
             ("p50_us", 0.5),
             ("p90_us", 0.9),
@@ -71,11 +89,16 @@ impl Record {
         self
     }
 
-    /// Prints the record and appends it to `path` with `labels`.
-    pub(crate) fn emit(&mut self, labels: &Value, path: Option<&str>) -> anyhow::Result<()> {
+    /// The record as one JSON object: `labels`' fields, then the figures.
+    pub fn to_json(&self, labels: &Value) -> Value {
         let mut all = labels.as_object().cloned().unwrap_or_default();
-        all.extend(std::mem::take(&mut self.0));
-        let line = Value::Object(all).to_string();
+        all.extend(self.figures.clone());
+        Value::Object(all)
+    }
+
+    /// Prints the record and appends it to `path` with `labels`.
+    pub fn emit(&self, labels: &Value, path: Option<&str>) -> anyhow::Result<()> {
+        let line = self.to_json(labels).to_string();
         println!("{line}");
         if let Some(path) = path {
             let mut file = OpenOptions::new().create(true).append(true).open(path)?;
@@ -86,6 +109,6 @@ impl Record {
 }
 
 /// The labels a driver gives a run.
-pub(crate) fn labels(server: &str, case: &str, rep: u32, scenario: &str) -> Value {
+pub fn labels(server: &str, case: &str, rep: u32, scenario: &str) -> Value {
     json!({"server": server, "case": case, "rep": rep, "scenario": scenario})
 }

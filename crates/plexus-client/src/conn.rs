@@ -1,6 +1,7 @@
 //! The connection task: the supervisor loop (connect, run a session, back off, reconnect)
 //! and the session loop, which owns the WebSocket.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt};
 use http::header::{AUTHORIZATION, HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use plexus_protocol::{ErrorBody, ErrorCode, Frame};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, sleep_until, timeout, timeout_at};
 use yawc::{OpCode, TcpWebSocket, WebSocketError};
@@ -16,7 +18,7 @@ use yawc::{OpCode, TcpWebSocket, WebSocketError};
 use crate::credentials;
 use crate::error::ConnectError;
 use crate::incoming::Incoming;
-use crate::options::ConnectRequest;
+use crate::options::{ConnectRequest, Transport};
 use crate::state::{Inner, Link};
 use crate::status::Status;
 
@@ -56,9 +58,19 @@ impl SessionEnd {
 
 /// An open session: the socket after `welcome`.
 struct Session {
-    ws: TcpWebSocket,
+    ws: Socket,
     conn: String,
     heartbeat: Option<Duration>,
+}
+
+/// The socket of a session: over TCP (and TLS), or over a stream the application's
+/// [`connector`](crate::ClientOptions::connector) opened.
+// Held only from `welcome` until the session loop takes it apart: boxing a variant would
+// save nothing.
+#[allow(clippy::large_enum_variant)]
+enum Socket {
+    Tcp(TcpWebSocket),
+    Custom(yawc::WebSocket<Box<dyn Transport>>),
 }
 
 /// The supervisor: runs until the client is closed or gives up. `ready` gets the outcome
@@ -195,32 +207,76 @@ async fn establish(inner: &Inner, attempt: u32) -> Result<Session, ConnectError>
     let deadline = now
         .checked_add(options.connect_timeout)
         .unwrap_or(now + FAR);
-    let connecting = yawc::WebSocket::connect(req.url.clone())
-        .with_options(ws_options)
-        .with_request(request);
-    let mut ws = match timeout_at(deadline, AssertUnwindSafe(connecting).catch_unwind()).await {
-        Err(_) => return Err(ConnectError::Timeout),
-        Ok(Err(_)) => {
-            return Err(ConnectError::Protocol(
-                "websocket handshake panicked".into(),
-            ));
+    let header_credential = !options.credentials_in_hello && req.token.is_some();
+    match &options.connector {
+        None => {
+            let connecting = yawc::WebSocket::connect(req.url.clone())
+                .with_options(ws_options)
+                .with_request(request);
+            let mut ws = upgrade(deadline, connecting).await?;
+            let (conn, heartbeat) =
+                greet(inner, &mut ws, &req, header_credential, deadline).await?;
+            Ok(Session {
+                ws: Socket::Tcp(ws),
+                conn,
+                heartbeat,
+            })
         }
+        Some(connect) => {
+            let url = req.url.clone();
+            let connect = connect.clone();
+            let connecting = async move {
+                let io = connect().await?;
+                yawc::WebSocket::handshake_with_request(url, io, ws_options, request).await
+            };
+            let mut ws = upgrade(deadline, connecting).await?;
+            let (conn, heartbeat) =
+                greet(inner, &mut ws, &req, header_credential, deadline).await?;
+            Ok(Session {
+                ws: Socket::Custom(ws),
+                conn,
+                heartbeat,
+            })
+        }
+    }
+}
+
+/// Runs the WebSocket upgrade `connecting` until `deadline`.
+async fn upgrade<S>(
+    deadline: Instant,
+    connecting: impl Future<Output = Result<yawc::WebSocket<S>, WebSocketError>>,
+) -> Result<yawc::WebSocket<S>, ConnectError> {
+    match timeout_at(deadline, AssertUnwindSafe(connecting).catch_unwind()).await {
+        Err(_) => Err(ConnectError::Timeout),
+        Ok(Err(_)) => Err(ConnectError::Protocol(
+            "websocket handshake panicked".into(),
+        )),
         Ok(Ok(Err(WebSocketError::InvalidStatusCode(status)))) => {
-            return Err(ConnectError::from_status(status));
+            Err(ConnectError::from_status(status))
         }
         Ok(Ok(Err(WebSocketError::Redirected { status_code, .. }))) => {
-            return Err(ConnectError::Http(status_code));
+            Err(ConnectError::Http(status_code))
         }
-        Ok(Ok(Err(e))) => return Err(ConnectError::Transport(Box::new(e))),
-        Ok(Ok(Ok(ws))) => ws,
-    };
+        Ok(Ok(Err(e))) => Err(ConnectError::Transport(Box::new(e))),
+        Ok(Ok(Ok(ws))) => Ok(ws),
+    }
+}
 
+/// After the upgrade: `hello` if the credential goes in band (or there is none), then
+/// `welcome` (its connection id and heartbeat) or `reject`, until `deadline`.
+async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
+    inner: &Inner,
+    ws: &mut yawc::WebSocket<S>,
+    req: &ConnectRequest,
+    header_credential: bool,
+    deadline: Instant,
+) -> Result<(String, Option<Duration>), ConnectError> {
+    let options = &inner.options;
     let codec = options.codec;
     // Without a credential in the upgrade the client still says `hello` (with what it has,
     // maybe nothing): an endpoint that authenticates then answers at once (`welcome` or
     // `reject`) instead of waiting out its handshake timeout, and one that does not has sent
     // `welcome` already and ignores it.
-    let header_credential = !options.credentials_in_hello && req.token.is_some();
     if !header_credential {
         // The first frame of the session; nothing else goes out before `welcome`: the
         // session's link to the calls is installed only after it.
@@ -273,11 +329,7 @@ async fn establish(inner: &Inner, attempt: u32) -> Result<Session, ConnectError>
                 // Capped so that deadline arithmetic cannot overflow on a hostile value.
                 let heartbeat =
                     (heartbeat > 0).then(|| Duration::from_millis(heartbeat.min(MAX_HEARTBEAT_MS)));
-                return Ok(Session {
-                    ws,
-                    conn,
-                    heartbeat,
-                });
+                return Ok((conn, heartbeat));
             }
             Ok(Frame::Reject { error }) => return Err(ConnectError::from_reject(error)),
             Ok(Frame::Err { id: None, error }) => report_error(inner, error),
@@ -337,10 +389,23 @@ async fn run_session(
     ready: &mut Option<oneshot::Sender<Result<(), ConnectError>>>,
 ) -> SessionEnd {
     let Session {
-        mut ws,
+        ws,
         conn,
         heartbeat,
     } = session;
+    match ws {
+        Socket::Tcp(ws) => run_session_on(inner, ws, conn, heartbeat, ready).await,
+        Socket::Custom(ws) => run_session_on(inner, ws, conn, heartbeat, ready).await,
+    }
+}
+
+async fn run_session_on<S: AsyncRead + AsyncWrite + Unpin>(
+    inner: &Arc<Inner>,
+    mut ws: yawc::WebSocket<S>,
+    conn: String,
+    heartbeat: Option<Duration>,
+    ready: &mut Option<oneshot::Sender<Result<(), ConnectError>>>,
+) -> SessionEnd {
     let (out_tx, mut out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
     let (ordered_tx, mut ordered_rx) = mpsc::unbounded_channel();
@@ -555,7 +620,11 @@ fn batch_of(out_rx: &mut mpsc::Receiver<crate::state::Outbound>, max: usize) -> 
 /// Sends Close 1000 and reads until the server's reply ends the connection (bounded).
 /// Errors the server reports meanwhile (an `err` without id, e.g. for the last notification)
 /// still reach [`Client::errors`](crate::Client::errors).
-async fn close_gracefully(inner: &Inner, codec: plexus_protocol::Codec, ws: &mut TcpWebSocket) {
+async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(
+    inner: &Inner,
+    codec: plexus_protocol::Codec,
+    ws: &mut yawc::WebSocket<S>,
+) {
     let close = yawc::Frame::close(yawc::close::CloseCode::Normal, b"");
     if timeout(CLOSE_WAIT, ws.send(close)).await.is_err() {
         return;

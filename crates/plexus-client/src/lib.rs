@@ -157,7 +157,7 @@ pub use client::{Client, connect};
 pub use error::{BoxError, CallError, CallErrorKind, ConnectError};
 pub use options::{
     CallOptions, ClientOptions, ConnectRequest, DEFAULT_CHANNEL_BUFFER, DEFAULT_STREAM_WINDOW,
-    HistoryOptions, JoinOptions, Provide, ReconnectOptions, StreamOptions,
+    HistoryOptions, JoinOptions, Provide, ReconnectOptions, StreamOptions, Transport,
 };
 pub use plexus_protocol::{Codec, ErrorBody, ErrorCode, IntoPayload, Payload, Position, RpcError};
 pub use relay::{Mesh, Provided, Provider, ServiceEvent, ServiceWatch};

@@ -9,6 +9,7 @@ use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use plexus_protocol::{Codec, IntoPayload, Payload, Position};
 use rand::Rng;
+use tokio::io::{AsyncRead, AsyncWrite};
 use url::Url;
 
 use crate::credentials::{self, CredentialsFn};
@@ -19,6 +20,17 @@ use crate::router::Router;
 pub(crate) type BeforeConnect = Arc<
     dyn for<'a> Fn(&'a mut ConnectRequest) -> BoxFuture<'a, Result<(), BoxError>> + Send + Sync,
 >;
+
+/// The hook that opens a connection attempt's byte stream instead of TCP.
+pub(crate) type Connector =
+    Arc<dyn Fn() -> BoxFuture<'static, std::io::Result<Box<dyn Transport>>> + Send + Sync>;
+
+/// A byte stream a client can speak WebSocket over: what a
+/// [`connector`](ClientOptions::connector) opens. Every `AsyncRead + AsyncWrite` stream that
+/// is `Send + Unpin + 'static` is one (`tokio::io::DuplexStream`, `UnixStream`, …).
+pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for T {}
 
 /// How a [`Client`](crate::Client) connects, calls and reconnects.
 ///
@@ -83,6 +95,7 @@ pub struct ClientOptions {
     pub provide: Option<Provide>,
     pub(crate) credentials: Option<CredentialsFn>,
     pub(crate) before_connect: Option<BeforeConnect>,
+    pub(crate) connector: Option<Connector>,
     /// The methods the server may call on this client.
     pub(crate) router: Router,
 }
@@ -106,6 +119,7 @@ impl Default for ClientOptions {
             provide: None,
             credentials: None,
             before_connect: None,
+            connector: None,
             router: Router::default(),
         }
     }
@@ -133,6 +147,7 @@ impl fmt::Debug for ClientOptions {
             .field("provide", &self.provide)
             .field("credentials", &self.credentials.is_some())
             .field("before_connect", &self.before_connect.is_some())
+            .field("connector", &self.connector.is_some())
             .field("router", &self.router)
             .finish()
     }
@@ -293,6 +308,31 @@ impl ClientOptions {
             + 'static,
     {
         self.before_connect = Some(Arc::new(hook));
+        self
+    }
+
+    /// Opens each connection attempt's byte stream with `connect` instead of a TCP (and TLS)
+    /// connection to the URL's host: an in-memory pipe to a server in the same process (what
+    /// the `plexus` test kit's clients use), a Unix socket, a tunnel. The WebSocket upgrade
+    /// then runs over it as usual, its request built from the URL (host, path, query) and the
+    /// headers; a `wss://` URL adds no TLS here, the stream is used as it comes. A failure
+    /// to open fails the attempt, which is retried like any other.
+    ///
+    /// ```
+    /// use plexus_client::{ClientOptions, Transport};
+    ///
+    /// let options = ClientOptions::default().connector(|| async {
+    ///     let (ours, _theirs) = tokio::io::duplex(64 * 1024); // give `_theirs` to a server
+    ///     Ok(Box::new(ours) as Box<dyn Transport>)
+    /// });
+    /// # let _ = options;
+    /// ```
+    pub fn connector<F, Fut>(mut self, connect: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::io::Result<Box<dyn Transport>>> + Send + 'static,
+    {
+        self.connector = Some(Arc::new(move || Box::pin(connect())));
         self
     }
 

@@ -285,3 +285,30 @@ async fn first_connect_retries_until_the_server_is_up() {
     let client = timeout(WAIT, connecting).await.unwrap().unwrap().unwrap();
     assert_eq!(*client.status().borrow(), Status::Connected);
 }
+
+#[tokio::test]
+async fn a_connector_that_fails_fails_the_attempt_and_is_called_again_on_each_retry() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let options = ClientOptions::default()
+        .reconnect(fast_reconnect().max_attempts(Some(3)))
+        .connector({
+            let calls = calls.clone();
+            move || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Err(std::io::Error::other("no pipe today")) }
+            }
+        });
+    let error = timeout(WAIT, connect("ws://in-memory.invalid/ws", options))
+        .await
+        .expect("gave up in time")
+        .expect_err("nothing to connect through");
+    assert!(matches!(error, ConnectError::Transport(_)), "{error:?}");
+    let mut chain = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        chain.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    assert!(chain.contains("no pipe today"), "{chain}");
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "one call per attempt");
+}

@@ -21,25 +21,59 @@
 //! # }
 //! ```
 //!
-//! The server runs its real endpoint (upgrade, authentication, limits, codecs) on a loopback
-//! port the kit chooses; the clients are the real Rust client. [`TestClient::join`] and
+//! The server runs its real endpoint (upgrade, authentication, limits, codecs), and the
+//! clients are the real Rust client; they reach each other through in-memory pipes, with no
+//! socket and no port (the server also listens on a loopback port the kit chooses, for
+//! anything else: [`TestServer::url`], [`TestServer::addr`]). [`TestClient::join`] and
 //! [`TestSubscription::publication`] follow channels; [`TestClient::notification`] reads what
 //! the server pushed (kept per method from the moment the client connected). Every wait is
 //! bounded by [`WAIT`] and fails the test with what it was waiting for.
 //!
-//! **Time.** The kit runs over real loopback sockets, so a test runs on the real clock: keep
-//! timeouts in the server's configuration short where a test needs them to pass. (Tokio's
-//! paused clock is not for these tests: it jumps to the next timer whenever no task is
-//! ready, which can happen while a frame is still on its way through the socket.)
+//! **Time.** Because nothing travels through a socket, a test may run on Tokio's paused
+//! clock (`#[tokio::test(start_paused = true)]`, or [`time::pause`]): whenever every task
+//! waits, the clock jumps to the next timer, so an hour of heartbeats, timeouts and
+//! reconnect backoff passes in milliseconds, and [`time::advance`] moves it on by hand. What
+//! follows that clock: Tokio timers, so call and handshake timeouts, heartbeats and
+//! half-open detection, the client's backoff, and your handlers' own `sleep`s and
+//! `interval`s. What does not: token expiry (wall-clock time, as in a token), the in-memory
+//! engine's history time to live, and rate limits. The kit's own waits ([`WAIT`]) are on the
+//! same clock, so let time pass before waiting for what a timer causes. To let a long span
+//! pass, `tokio::time::sleep` in the test: the clock then jumps from timer to timer, and
+//! what each one starts (a heartbeat's ping and its pong) happens in between;
+//! [`time::advance`] moves the clock in one step, firing every timer due at once.
+//!
+//! ```no_run
+//! # async fn test() {
+//! use std::time::Duration;
+//! use plexus::testing::{TestServer, time};
+//! use plexus::{ErrorCode, Router, RpcError, Server};
+//!
+//! // Inside #[tokio::test(start_paused = true)]:
+//! let router = Router::new().request("report.slow", |_: ()| async move {
+//!     tokio::time::sleep(Duration::from_secs(3600)).await;
+//!     Ok::<_, RpcError>("done")
+//! });
+//! let server = TestServer::start(Server::builder().router(router)).await;
+//! let alice = server.client().await;
+//! let started = tokio::time::Instant::now();
+//! let answer = alice.call::<String>("report.slow", &()).await; // the 30 s call timeout
+//! assert_eq!(*answer.unwrap_err().code(), ErrorCode::TIMEOUT);
+//! assert!(started.elapsed() >= Duration::from_secs(30)); // of the test's clock, not yours
+//! # let _ = time::advance;
+//! # }
+//! ```
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use plexus_client::{CallError, ChannelEvent, Client, ClientOptions, JoinOptions, Subscription};
+use plexus_client::{
+    CallError, ChannelEvent, Client, ClientOptions, JoinOptions, Subscription, Transport,
+};
 use plexus_protocol::{IntoPayload, Payload};
 use plexus_server::{Hub, Server, ServerBuilder};
 use serde::Serialize;
@@ -49,6 +83,15 @@ use tokio::task::JoinHandle;
 
 /// How long a helper waits for what must happen before it fails the test.
 pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Bytes in flight each way in a client's in-memory pipe before the writer waits.
+const PIPE_CAPACITY: usize = 256 * 1024;
+
+/// Controlling the clock of a test's runtime (Tokio's test utilities): [`pause`] it (or
+/// start paused), [`advance`] it, [`resume`] it.
+pub mod time {
+    pub use tokio::time::{advance, pause, resume};
+}
 
 /// Most notifications of one method a [`TestClient`] keeps unread; later ones are dropped
 /// (and said so when the test reads).
@@ -66,6 +109,9 @@ pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
 pub struct TestServer {
     server: Server,
     addr: SocketAddr,
+    app: axum::Router,
+    /// The port of the next client's made-up address (127.0.0.1:PORT).
+    next_port: Arc<AtomicU16>,
     stop: Option<oneshot::Sender<()>>,
     served: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -82,9 +128,10 @@ impl TestServer {
         let app = server.route("/ws").merge(server.health_routes());
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = server.clone();
+        let served_app = app.clone();
         let served = tokio::spawn(async move {
             serving
-                .serve(listener, app, async move {
+                .serve(listener, served_app, async move {
                     let _ = stopped.await;
                 })
                 .await
@@ -92,6 +139,8 @@ impl TestServer {
         Self {
             server,
             addr,
+            app,
+            next_port: Arc::new(AtomicU16::new(1)),
             stop: Some(stop),
             served: Some(served),
         }
@@ -123,8 +172,22 @@ impl TestServer {
     }
 
     /// A client with `options` (a token, a codec, a router of your own for calls from the
-    /// server: the kit adds what it needs to capture notifications to it).
+    /// server: the kit adds what it needs to capture notifications to it, and connects it
+    /// through an in-memory pipe, reconnections included).
     pub async fn client_with(&self, options: ClientOptions) -> TestClient {
+        let (server, app, ports) = (
+            self.server.clone(),
+            self.app.clone(),
+            self.next_port.clone(),
+        );
+        let options = options.connector(move || {
+            let (client_end, server_end) = tokio::io::duplex(PIPE_CAPACITY);
+            let port = ports.fetch_add(1, Ordering::Relaxed).max(1);
+            let remote = SocketAddr::from(([127, 0, 0, 1], port));
+            let (server, app) = (server.clone(), app.clone());
+            tokio::spawn(async move { server.serve_connection(server_end, remote, app).await });
+            async move { Ok(Box::new(client_end) as Box<dyn Transport>) }
+        });
         TestClient::connect(&self.url(), options).await
     }
 

@@ -92,3 +92,92 @@ async fn the_hub_reaches_a_client_by_its_connection_id() {
     let note: Value = carol.notification("chat.note").await;
     assert_eq!(note["text"], "from the server");
 }
+
+// On Tokio's paused clock: the kit's clients reach the server through in-memory pipes, so
+// the clock only moves when every task waits, and what a timer causes is tested at once.
+
+#[tokio::test(start_paused = true)]
+async fn an_hour_long_handler_times_out_at_once_on_the_paused_clock() {
+    let router = Router::new()
+        .request("report.slow", |_: ()| async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, RpcError>("done")
+        })
+        .request(
+            "report.fast",
+            |_: ()| async move { Ok::<_, RpcError>("done") },
+        );
+    let server = TestServer::start(Server::builder().router(router)).await;
+    let alice = server.client().await;
+    let (virtual_start, real_start) = (tokio::time::Instant::now(), std::time::Instant::now());
+    // The client's call timeout (30 s) passes without anyone waiting for it.
+    let error = alice
+        .client()
+        .request::<String>("report.slow", &())
+        .await
+        .expect_err("timed out");
+    assert!(error.is_timeout(), "{error}");
+    assert!(virtual_start.elapsed() >= Duration::from_secs(30));
+    assert!(real_start.elapsed() < Duration::from_secs(5));
+    // The connection is fine: the next call is answered.
+    let answer: String = alice.call("report.fast", &()).await.expect("answered");
+    assert_eq!(answer, "done");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_periodic_job_publishes_when_its_hour_comes() {
+    let server = TestServer::start(chat()).await;
+    let hub = server.hub().clone();
+    let every = Duration::from_secs(3600);
+    tokio::spawn(async move {
+        let mut hourly = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        for tick in 1u32.. {
+            hourly.tick().await;
+            let _ = hub.publish("room:clock", &json!({ "tick": tick })).await;
+        }
+    });
+    let dave = server.client().await;
+    let mut clock = dave.join("room:clock").await;
+    // Sleeping lets the hour pass timer by timer, heartbeats included; `advance(every)` would
+    // fire the idle checks of a whole hour at once and cut both ends as silent.
+    tokio::time::sleep(every).await;
+    let (_, first) = clock.publication::<Value>().await;
+    assert_eq!(first, json!({"tick": 1}));
+    tokio::time::sleep(every).await;
+    let (_, second) = clock.publication::<Value>().await;
+    assert_eq!(second, json!({"tick": 2}));
+}
+
+#[tokio::test(start_paused = true)]
+async fn advancing_the_clock_by_hand_fires_what_is_due() {
+    let server = TestServer::start(chat()).await;
+    let hub = server.hub().clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let _ = hub.publish("room:alarm", &json!("ring")).await;
+    });
+    let frank = server.client().await;
+    let mut alarm = frank.join("room:alarm").await;
+    // Shorter than a heartbeat interval: nothing else is due on the way.
+    plexus::testing::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(alarm.publication::<String>().await.1, "ring");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_day_of_heartbeats_keeps_an_idle_client_on_one_connection() {
+    // The default heartbeat: a ping every 25 s, a peer silent for two intervals is cut.
+    let server = TestServer::start(chat()).await;
+    let erin = server.client().await;
+    let conn = erin.conn_id();
+    let real_start = std::time::Instant::now();
+    // Timer by timer: every ping is answered before the idle check that follows it.
+    tokio::time::sleep(Duration::from_secs(86_400)).await;
+    assert!(real_start.elapsed() < Duration::from_secs(20));
+    assert_eq!(erin.conn_id(), conn, "never reconnected");
+    assert_eq!(server.server().connection_count(), 1);
+    let length: usize = erin
+        .call("chat.say", &json!({"room": "lobby", "text": "still here"}))
+        .await
+        .expect("answered");
+    assert_eq!(length, 10);
+}

@@ -7,9 +7,11 @@
 //! were already in the graph through axum.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -76,35 +78,14 @@ impl Server {
                 _ = stopped.cancelled() => break,
             };
             let _ = stream.set_nodelay(true);
-            let service = app.clone().map_request(
-                move |mut request: http::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(remote));
-                    request.map(axum::body::Body::new)
-                },
-            );
-            let service = hyper_util::service::TowerToHyperService::new(service);
             let stopped = stopped.clone();
-            http.spawn(async move {
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                builder
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(header_timeout);
-                let connection = builder
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .with_upgrades();
-                let mut connection = std::pin::pin!(connection);
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!(error = %e, "http connection ended");
-                        }
-                    }
-                    _ = stopped.cancelled() => {
-                        connection.as_mut().graceful_shutdown();
-                        let _ = connection.await;
-                    }
-                }
-            });
+            http.spawn(http_connection(
+                stream,
+                remote,
+                app.clone(),
+                header_timeout,
+                async move { stopped.cancelled().await },
+            ));
         }
         drop(listener);
         http.close();
@@ -116,5 +97,63 @@ impl Server {
             tracing::warn!("some HTTP requests did not finish in time");
         }
         Ok(())
+    }
+
+    /// Serves `app` on one connection that arrived some other way than through
+    /// [`Server::serve`]'s listener: an in-memory pipe (how the `plexus` test kit connects its
+    /// clients), a Unix socket, a tunnel. `remote` is the peer address its requests carry
+    /// (what the per-address connection limit and the logs see). The connection gets the
+    /// same handshake timeout as one accepted by [`Server::serve`]; the future ends when the
+    /// peer closes it or an upgrade takes it over, or once the server's WebSocket connections
+    /// have closed after [`Server::shutdown`].
+    pub async fn serve_connection<I>(&self, io: I, remote: SocketAddr, app: axum::Router)
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let header_timeout = self.inner.config.limits.handshake_timeout;
+        let server = self.clone();
+        let stopped = async move {
+            server.inner.shutdown.cancelled().await;
+            let deadline = server.inner.config.limits.drain_timeout + Duration::from_secs(3);
+            let _ = tokio::time::timeout(deadline, server.wait_closed()).await;
+        };
+        http_connection(io, remote, app, header_timeout, stopped).await;
+    }
+}
+
+/// One HTTP/1.1 connection with upgrades, its request head due within `header_timeout`,
+/// shut down gracefully once `stopped` completes.
+async fn http_connection<I>(
+    io: I,
+    remote: SocketAddr,
+    app: axum::Router,
+    header_timeout: Duration,
+    stopped: impl Future<Output = ()>,
+) where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let service = app.map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(remote));
+        request.map(axum::body::Body::new)
+    });
+    let service = hyper_util::service::TowerToHyperService::new(service);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let connection = builder
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+        }
+        _ = stopped => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! Labels stay few whatever clients do: methods only as registered on the router (others
 //! are `(other)`, relayed calls `(relayed)`), namespaces as configured, outcomes as error
-//! codes up to [`MAX_OUTCOMES`] distinct ones, close codes, and fixed reasons. No connection
+//! codes up to [`MAX_OUTCOMES`] distinct ones, relayed services up to [`MAX_SERVICES`],
+//! close codes, and fixed reasons. No connection
 //! id, channel name or user is ever a label. The handles come from the recorder installed
 //! when they are first used (install it before building a server); several servers in one
 //! process share their series.
@@ -21,6 +22,9 @@ use crate::conn::DisconnectReason;
 
 /// Distinct outcome labels (error codes) kept; later codes count as `OTHER`.
 const MAX_OUTCOMES: usize = 64;
+
+/// Distinct service labels kept; later services count as `(other)`.
+const MAX_SERVICES: usize = 64;
 
 /// The method label of a call the router does not serve.
 const OTHER_METHOD: &str = "(other)";
@@ -139,6 +143,14 @@ fn describe() {
         "plexus_relay_providers",
         "relay providers, connected here or to another relay node"
     );
+    describe_gauge!(
+        "plexus_relay_service_providers",
+        "live providers of each service (the first 64 services named; later ones are `(other)`)"
+    );
+    describe_counter!(
+        "plexus_relay_routes_total",
+        "relayed calls by service and route: `service` (round-robin), `node` (pinned), `offline` (no provider: SERVICE_OFFLINE)"
+    );
 }
 
 impl Metrics {
@@ -231,22 +243,79 @@ pub(crate) fn auth_failed(kind: &'static str) {
     counter!("plexus_auth_failures_total", "kind" => kind).increment(1);
 }
 
+/// Values of a label that clients choose (error codes, service names): each as itself up
+/// to a number of distinct ones, then all others as one.
+struct BoundedLabels {
+    seen: OnceLock<Mutex<HashSet<String>>>,
+    max: usize,
+    other: &'static str,
+}
+
+impl BoundedLabels {
+    const fn new(max: usize, other: &'static str) -> Self {
+        Self {
+            seen: OnceLock::new(),
+            max,
+            other,
+        }
+    }
+
+    fn label(&self, value: &str) -> String {
+        let mut seen = self
+            .seen
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if seen.contains(value) {
+            return value.to_owned();
+        }
+        if seen.len() < self.max {
+            seen.insert(value.to_owned());
+            return value.to_owned();
+        }
+        self.other.into()
+    }
+}
+
 /// An error code as an outcome label: itself, for the first [`MAX_OUTCOMES`] codes seen.
 fn outcome_label(code: &ErrorCode) -> String {
-    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    let code = code.as_str();
-    let mut seen = SEEN
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if seen.contains(code) {
-        return code.to_owned();
+    static OUTCOMES: BoundedLabels = BoundedLabels::new(MAX_OUTCOMES, "OTHER");
+    OUTCOMES.label(code.as_str())
+}
+
+/// A relayed service's name as a label: itself, for the first [`MAX_SERVICES`] names seen
+/// (providers name services, so their number is bounded here).
+fn service_label(service: &str) -> String {
+    static SERVICES: BoundedLabels = BoundedLabels::new(MAX_SERVICES, OTHER_METHOD);
+    SERVICES.label(service)
+}
+
+/// The series of one service a relay routes to, registered once per service it knows.
+pub(crate) struct ServiceMeter {
+    /// Its live providers (moved by one as each comes and goes, so that services sharing
+    /// the `(other)` label add up).
+    pub(crate) providers: Gauge,
+    /// Calls routed to its providers in turn.
+    pub(crate) routed: Counter,
+    /// Calls routed to the provider they named (`node`).
+    pub(crate) pinned: Counter,
+}
+
+impl ServiceMeter {
+    pub(crate) fn new(service: &str) -> Self {
+        let service = service_label(service);
+        Self {
+            providers: gauge!("plexus_relay_service_providers", "service" => service.clone()),
+            routed: counter!("plexus_relay_routes_total", "service" => service.clone(), "route" => "service"),
+            pinned: counter!("plexus_relay_routes_total", "service" => service, "route" => "node"),
+        }
     }
-    if seen.len() < MAX_OUTCOMES {
-        seen.insert(code.to_owned());
-        return code.to_owned();
-    }
-    "OTHER".into()
+}
+
+/// Counts a call of `service` that no provider could take (`SERVICE_OFFLINE`).
+pub(crate) fn relay_offline(service: &str) {
+    counter!("plexus_relay_routes_total", "service" => service_label(service), "route" => "offline")
+        .increment(1);
 }
 
 /// The series of one method: its successes and its latency, registered once.
@@ -369,5 +438,20 @@ impl NamespaceMeter {
             publications: counter!("plexus_publications_total", "namespace" => label.clone()),
             deliveries: counter!("plexus_deliveries_total", "namespace" => label),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BoundedLabels;
+
+    #[test]
+    fn labels_past_the_bound_share_one_value() {
+        let labels = BoundedLabels::new(2, "(other)");
+        assert_eq!(labels.label("a"), "a");
+        assert_eq!(labels.label("b"), "b");
+        assert_eq!(labels.label("c"), "(other)");
+        assert_eq!(labels.label("a"), "a", "values seen before keep their label");
+        assert_eq!(labels.label("d"), "(other)");
     }
 }

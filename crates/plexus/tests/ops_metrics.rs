@@ -217,3 +217,65 @@ async fn refused_credentials_are_counted_by_kind() {
     );
     let _ = std::fs::remove_file(config);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_routes_and_providers_are_counted_by_service() {
+    let (_relay, line) = Proc::start(&["relay", "--listen", "127.0.0.1:0"], "ws://").await;
+    let url = ws_url(&line);
+    let addr = ws_addr(&url);
+    let _provider = Proc::start(
+        &["provide", &url, "--node", "n1", "--service", "Greeting"],
+        "as node n1",
+    )
+    .await;
+    let caller = connect(&url, ClientOptions::default())
+        .await
+        .expect("the caller connects");
+    for _ in 0..2 {
+        let _: Value = caller
+            .request("Greeting.echo", &json!("hi"))
+            .await
+            .expect("routed to n1 in turn");
+    }
+    let _: Value = caller
+        .request("Greeting.echo", &json!("hi"))
+        .node("n1")
+        .await
+        .expect("pinned to n1");
+    let offline = caller
+        .request::<Value>("Missing.echo", &json!("hi"))
+        .await
+        .expect_err("nobody provides Missing");
+    assert_eq!(offline.code().as_str(), "SERVICE_OFFLINE");
+
+    let samples = samples(addr).await;
+    for (key, expected) in [
+        (r#"plexus_relay_service_providers{service="Greeting"}"#, 1.0),
+        (
+            r#"plexus_relay_routes_total{service="Greeting",route="service"}"#,
+            2.0,
+        ),
+        (
+            r#"plexus_relay_routes_total{service="Greeting",route="node"}"#,
+            1.0,
+        ),
+        (
+            r#"plexus_relay_routes_total{service="Missing",route="offline"}"#,
+            1.0,
+        ),
+        (r#"plexus_relay_providers{connected="here"}"#, 1.0),
+    ] {
+        assert_eq!(value(&samples, key), expected, "{key}");
+    }
+    drop(_provider);
+    let samples = until_value(
+        addr,
+        r#"plexus_relay_service_providers{service="Greeting"}"#,
+        0.0,
+    )
+    .await;
+    assert_eq!(
+        value(&samples, r#"plexus_relay_providers{connected="here"}"#),
+        0.0
+    );
+}

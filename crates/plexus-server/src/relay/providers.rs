@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::RelayConfig;
 use crate::conn::ConnectionHandle;
 use crate::error::{RpcError, shown};
+use crate::metrics::{ServiceMeter, relay_offline};
 
 /// A provider as `$services` and `$watch` show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -53,10 +54,20 @@ pub(super) enum Target {
 }
 
 /// The nodes providing one service, in the order they came, and whose turn it is.
-#[derive(Default)]
 struct Service {
     nodes: Vec<Arc<str>>,
     next: usize,
+    meter: ServiceMeter,
+}
+
+impl Service {
+    fn new(name: &str) -> Self {
+        Self {
+            nodes: Vec::new(),
+            next: 0,
+            meter: ServiceMeter::new(name),
+        }
+    }
 }
 
 /// The relay's registry of providers: its own, and those of the other relay nodes.
@@ -173,6 +184,17 @@ impl Providers {
     /// The provider of `service` whose turn it is, or the one `pinned` (if it provides
     /// the service); with `local_only`, only providers connected here count.
     pub(super) fn pick(&mut self, service: &str, pinned: Option<&str>) -> Option<Target> {
+        let picked = self.pick_uncounted(service, pinned);
+        match (&picked, self.by_service.get(service)) {
+            (Some(_), Some(entry)) if pinned.is_some() => entry.meter.pinned.increment(1),
+            (Some(_), Some(entry)) => entry.meter.routed.increment(1),
+            (Some(_), None) => {} // a provider that just went, still known by its node
+            (None, _) => relay_offline(service),
+        }
+        picked
+    }
+
+    fn pick_uncounted(&mut self, service: &str, pinned: Option<&str>) -> Option<Target> {
         if let Some(node) = pinned {
             return self.target(node, service);
         }
@@ -262,18 +284,24 @@ impl Providers {
 
     fn add_service_nodes(&mut self, node: &Arc<str>, services: &[Arc<str>]) {
         for service in services {
-            self.by_service
+            let entry = self
+                .by_service
                 .entry(service.clone())
-                .or_default()
-                .nodes
-                .push(node.clone());
+                .or_insert_with(|| Service::new(service));
+            entry.nodes.push(node.clone());
+            entry.meter.providers.increment(1.0);
         }
     }
 
     fn forget_service_nodes(&mut self, node: &str, services: &[Arc<str>]) {
         for service in services {
             if let Some(entry) = self.by_service.get_mut(service) {
+                let before = entry.nodes.len();
                 entry.nodes.retain(|n| &**n != node);
+                entry
+                    .meter
+                    .providers
+                    .decrement((before - entry.nodes.len()) as f64);
                 if entry.nodes.is_empty() {
                     self.by_service.remove(service);
                 }

@@ -451,7 +451,11 @@ mod tests {
         assert_eq!(labels.label("a"), "a");
         assert_eq!(labels.label("b"), "b");
         assert_eq!(labels.label("c"), "(other)");
-        assert_eq!(labels.label("a"), "a", "values seen before keep their label");
+        assert_eq!(
+            labels.label("a"),
+            "a",
+            "values seen before keep their label"
+        );
         assert_eq!(labels.label("d"), "(other)");
     }
 }

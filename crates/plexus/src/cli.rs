@@ -180,7 +180,11 @@ pub(crate) fn main() -> ExitCode {
         _ => "error",
     };
     init_logs(cli.log_format, default_filter);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match &cli.command {
+        Command::Bench(args) => bench::runtime(args),
+        _ => tokio::runtime::Runtime::new(),
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

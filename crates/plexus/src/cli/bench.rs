@@ -62,6 +62,9 @@ struct Common {
     /// Stop after this long whatever happens
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     max_runtime: Duration,
+    /// Threads generating the load [default: the cores this process may run on]
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -138,11 +141,40 @@ const JOINED: &str = r#""recovered""#;
 const PUBLISH: &str =
     r#"{"t":"pub","id":{seq},"ch":"{channel}","d":{"seq":{seq},"ts":{ts},"pad":"{pad}"}}"#;
 
+impl BenchArgs {
+    fn common(&self) -> &Common {
+        match &self.scenario {
+            Scenario::Rpc(a) => &a.common,
+            Scenario::Fanout(a) => &a.common,
+            Scenario::Conns(a) => &a.common,
+        }
+    }
+}
+
+/// The runtime the load runs on: one thread runs a current-thread runtime, which costs the
+/// generator less per message than a one-worker thread pool.
+pub(crate) fn runtime(args: &BenchArgs) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = args.common().threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
+
 pub(crate) async fn bench(args: BenchArgs) -> ExitCode {
-    let (common, scenario) = match &args.scenario {
-        Scenario::Rpc(a) => (&a.common, "rpc"),
-        Scenario::Fanout(a) => (&a.common, "fanout"),
-        Scenario::Conns(a) => (&a.common, "conns"),
+    let common = args.common();
+    let scenario = match &args.scenario {
+        Scenario::Rpc(_) => "rpc",
+        Scenario::Fanout(_) => "fanout",
+        Scenario::Conns(_) => "conns",
     };
     let outcome = tokio::time::timeout(common.max_runtime, run(&args.scenario)).await;
     let record = match outcome {

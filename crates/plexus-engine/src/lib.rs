@@ -103,7 +103,10 @@ pub trait Engine: Send + Sync + 'static {
     }
 
     /// What the histories this engine keeps in the process hold, for metrics; `None` from an
-    /// engine whose histories live in its backend (the backend's own metrics show them).
+    /// engine whose histories live in its backend (the backend's own metrics show them). It
+    /// is read right after [`publish`](Engine::publish) and [`history`](Engine::history)
+    /// are called, before their futures are awaited: an engine that reports stats does
+    /// their work when they are called, as the memory engine does.
     fn history_stats(&self) -> Option<HistoryStats> {
         None
     }

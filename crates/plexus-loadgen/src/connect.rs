@@ -71,11 +71,20 @@ impl Target {
                 } else {
                     format!("{authority}:80")
                 };
-                let mut found = tokio::net::lookup_host(&with_port)
+                let all: Vec<SocketAddr> = tokio::net::lookup_host(&with_port)
                     .await
-                    .with_context(|| format!("cannot resolve `{authority}`"))?;
+                    .with_context(|| format!("cannot resolve `{authority}`"))?
+                    .collect();
+                // Every address, not only the one used: whoever else resolves the name (a
+                // client of the caller's) must not reach a server off this machine either.
+                if scope == Scope::Loopback
+                    && let Some(remote) = all.iter().find(|a| !a.ip().is_loopback())
+                {
+                    bail!(
+                        "refusing `{authority}`: it resolves to {remote}, and only loopback addresses are load targets here"
+                    );
+                }
                 // IPv4 first where both exist: the source addresses are IPv4.
-                let all: Vec<SocketAddr> = found.by_ref().collect();
                 all.iter()
                     .find(|a| a.is_ipv4())
                     .or(all.first())

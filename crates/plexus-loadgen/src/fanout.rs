@@ -60,11 +60,11 @@ pub struct Fanout {
 
 /// Shared by the subscribers.
 struct Deliveries {
-    /// Its `done` counts the deliveries.
-    count: Arc<Progress>,
+    /// Its `done` counts the deliveries, its `failed` the subscribers whose connection broke.
+    progress: Arc<Progress>,
     /// Wakes the publisher waiting for the window to open (only while it waits: a wake per
     /// delivery would cost the generator more than reading the delivery).
-    progress: Notify,
+    window_open: Notify,
     waiting: AtomicBool,
     /// Latencies of messages published while measuring.
     latencies: Mutex<Histogram<u64>>,
@@ -72,13 +72,13 @@ struct Deliveries {
 
 impl Fanout {
     /// Subscribes, publishes for the warm-up and the duration, waits (a bounded time) for
-    /// the last deliveries, and returns what was measured: `published`, `deliveries_per_s`,
-    /// `lost`, end-to-end latency percentiles, and the server's CPU time per delivery when
+    /// the last deliveries, and returns what was measured: `published` (while measuring),
+    /// `published_total` (warm-up included), `deliveries_per_s`, `lost`, `refused`, end-to-end latency percentiles, and the server's CPU time per delivery when
     /// its process is known.
     pub async fn run(self) -> anyhow::Result<Record> {
         let deliveries = Arc::new(Deliveries {
-            count: self.progress.clone(),
-            progress: Notify::new(),
+            progress: self.progress.clone(),
+            window_open: Notify::new(),
             waiting: AtomicBool::new(false),
             latencies: Mutex::new(histogram()),
         });
@@ -121,21 +121,33 @@ impl Fanout {
         while Instant::now() < end {
             if window.is_none() && Instant::now() >= measuring {
                 span.0.store(now_ns(), Ordering::Relaxed);
-                at_measure = deliveries.count.done();
+                at_measure = deliveries.progress.done();
                 window = Some((cpu::Window::start(self.server_pid), published));
             }
             if self.rate > 0.0 {
-                let due = start + Duration::from_secs_f64(published as f64 / self.rate);
+                // A rate so low that the next one is due past any clock: none is.
+                let due = Duration::try_from_secs_f64(published as f64 / self.rate)
+                    .ok()
+                    .and_then(|after| start.checked_add(after))
+                    .unwrap_or(end)
+                    .min(end);
                 tokio::time::sleep_until(due.into()).await;
+                if Instant::now() >= end {
+                    break;
+                }
             } else {
                 // Wait while a window's worth of deliveries is outstanding.
                 loop {
-                    let progress = deliveries.progress.notified();
+                    let progress = deliveries.window_open.notified();
                     tokio::pin!(progress);
                     progress.as_mut().enable();
                     deliveries.waiting.store(true, Ordering::SeqCst);
-                    let outstanding = published * n - deliveries.count.done();
-                    if outstanding < self.window * n {
+                    // Subscribers whose connection broke receive nothing more, and frames
+                    // from another publisher on the channel may count as deliveries: the
+                    // window must neither wait for the first nor underflow with the second.
+                    let live = n.saturating_sub(deliveries.progress.failed()).max(1);
+                    let outstanding = (published * live).saturating_sub(deliveries.progress.done());
+                    if outstanding < self.window * live {
                         deliveries.waiting.store(false, Ordering::Relaxed);
                         break;
                     }
@@ -157,14 +169,14 @@ impl Fanout {
         span.1.store(now_ns(), Ordering::Relaxed);
         let (window, published_before) = window.unwrap_or((cpu::Window::start(None), 0));
         let usage = window.finish();
-        let delivered_in_window = deliveries.count.done() - at_measure;
+        let delivered_in_window = deliveries.progress.done().saturating_sub(at_measure);
 
         // Drain: every subscriber should have every message.
         let drain_end = Instant::now() + DRAIN;
-        while deliveries.count.done() < published * n && Instant::now() < drain_end {
+        while deliveries.progress.done() < published * n && Instant::now() < drain_end {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let delivered = deliveries.count.done();
+        let delivered = deliveries.progress.done();
         let _ = stop_tx.send(true);
         for reader in readers {
             let _ = reader.await;
@@ -176,6 +188,7 @@ impl Fanout {
             .set("subscribers", self.subscribers)
             .set("duration_s", self.duration.as_secs_f64())
             .set("published", published - published_before)
+            .set("published_total", published)
             .set(
                 "deliveries_per_s",
                 (delivered_in_window as f64 / self.duration.as_secs_f64()).round(),
@@ -229,7 +242,7 @@ async fn read(
         let message = match message {
             Some(Ok(message)) => message,
             Some(Err(_)) => {
-                deliveries.count.add_failed();
+                deliveries.progress.add_failed();
                 break;
             }
             None => break,
@@ -241,9 +254,9 @@ async fn read(
             continue;
         };
         let now = now_ns();
-        deliveries.count.add_done(1);
+        deliveries.progress.add_done(1);
         if deliveries.waiting.load(Ordering::SeqCst) {
-            deliveries.progress.notify_one();
+            deliveries.window_open.notify_one();
         }
         let (from, to) = (
             span.0.load(Ordering::Relaxed),

@@ -21,3 +21,18 @@ pub mod record;
 pub mod report;
 pub mod rpc;
 pub mod template;
+
+/// The runtime a generator of `threads` threads runs on: one thread runs a current-thread
+/// runtime, which costs the generator less per message than a one-worker thread pool.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}

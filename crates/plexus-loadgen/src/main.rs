@@ -164,17 +164,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // One thread by default: the generator is pinned to one core, where more worker threads
     // would only steal work from each other.
-    let threads = cli.threads.max(1);
-    let runtime = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()?
-    };
+    let runtime = plexus_loadgen::runtime(cli.threads.max(1))?;
     runtime.block_on(run(cli.command))
 }
 

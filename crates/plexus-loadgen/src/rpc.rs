@@ -53,7 +53,8 @@ struct Tally {
 
 impl Rpc {
     /// Opens the connections, loads the server for the warm-up and the duration, and
-    /// returns what was measured: `requests`, `rps`, `timeouts`, `errors`, latency
+    /// returns what was measured: `requests` (answered while measuring), `answered_total`
+    /// (warm-up included), `rps`, `refused`, `timeouts`, `errors`, latency
     /// percentiles, and the server's CPU time per request when its process is known.
     pub async fn run(self) -> anyhow::Result<Record> {
         let this = Arc::new(self);
@@ -92,6 +93,7 @@ impl Rpc {
             .set("connections", this.conns)
             .set("duration_s", this.duration.as_secs_f64())
             .set("requests", n)
+            .set("answered_total", this.progress.done())
             .set("rps", (n as f64 / this.duration.as_secs_f64()).round())
             .set("refused", refused)
             .set("timeouts", timeouts)

@@ -32,6 +32,9 @@ const OTHER_METHOD: &str = "(other)";
 /// The method label of a call relayed to a provider.
 const RELAYED_METHOD: &str = "(relayed)";
 
+/// The service label of services past [`MAX_SERVICES`], and of those nobody provides.
+const OTHER_SERVICE: &str = "(other)";
+
 /// The server-wide series, registered once.
 pub(crate) struct Metrics {
     pub(crate) connections_open: Gauge,
@@ -145,7 +148,7 @@ fn describe() {
     );
     describe_gauge!(
         "plexus_relay_service_providers",
-        "live providers of each service (the first 64 services named; later ones are `(other)`)"
+        "live providers of each service, connected here or to another relay node (the first 64 services named; later ones are `(other)`)"
     );
     describe_counter!(
         "plexus_relay_routes_total",
@@ -275,6 +278,21 @@ impl BoundedLabels {
         }
         self.other.into()
     }
+
+    /// `value` if it has its own label already, else the shared one: for values that must
+    /// not claim a label of their own.
+    fn known(&self, value: &str) -> String {
+        let seen = self
+            .seen
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if seen.contains(value) {
+            value.to_owned()
+        } else {
+            self.other.into()
+        }
+    }
 }
 
 /// An error code as an outcome label: itself, for the first [`MAX_OUTCOMES`] codes seen.
@@ -283,18 +301,18 @@ fn outcome_label(code: &ErrorCode) -> String {
     OUTCOMES.label(code.as_str())
 }
 
-/// A relayed service's name as a label: itself, for the first [`MAX_SERVICES`] names seen
-/// (providers name services, so their number is bounded here).
-fn service_label(service: &str) -> String {
-    static SERVICES: BoundedLabels = BoundedLabels::new(MAX_SERVICES, OTHER_METHOD);
-    SERVICES.label(service)
-}
+/// Relayed services' names as labels: the first [`MAX_SERVICES`] that providers name. A
+/// caller's call of a service nobody provides does not claim one (callers could fill them
+/// with made-up names); it counts as `(other)`.
+static SERVICES: BoundedLabels = BoundedLabels::new(MAX_SERVICES, OTHER_SERVICE);
 
 /// The series of one service a relay routes to, registered once per service it knows.
 pub(crate) struct ServiceMeter {
-    /// Its live providers (moved by one as each comes and goes, so that services sharing
-    /// the `(other)` label add up).
-    pub(crate) providers: Gauge,
+    /// Its live providers connected to this node (moved by one as each comes and goes, so
+    /// that services sharing the `(other)` label add up).
+    pub(crate) providers_here: Gauge,
+    /// Its live providers connected to other relay nodes of the cluster.
+    pub(crate) providers_elsewhere: Gauge,
     /// Calls routed to its providers in turn.
     pub(crate) routed: Counter,
     /// Calls routed to the provider they named (`node`).
@@ -302,19 +320,30 @@ pub(crate) struct ServiceMeter {
 }
 
 impl ServiceMeter {
+    /// The series of `service`, which a provider names.
     pub(crate) fn new(service: &str) -> Self {
-        let service = service_label(service);
+        let service = SERVICES.label(service);
         Self {
-            providers: gauge!("plexus_relay_service_providers", "service" => service.clone()),
+            providers_here: gauge!("plexus_relay_service_providers", "service" => service.clone(), "connected" => "here"),
+            providers_elsewhere: gauge!("plexus_relay_service_providers", "service" => service.clone(), "connected" => "elsewhere"),
             routed: counter!("plexus_relay_routes_total", "service" => service.clone(), "route" => "service"),
             pinned: counter!("plexus_relay_routes_total", "service" => service, "route" => "node"),
+        }
+    }
+
+    /// The gauge of its providers connected here (`here`) or elsewhere.
+    pub(crate) fn providers(&self, here: bool) -> &Gauge {
+        if here {
+            &self.providers_here
+        } else {
+            &self.providers_elsewhere
         }
     }
 }
 
 /// Counts a call of `service` that no provider could take (`SERVICE_OFFLINE`).
 pub(crate) fn relay_offline(service: &str) {
-    counter!("plexus_relay_routes_total", "service" => service_label(service), "route" => "offline")
+    counter!("plexus_relay_routes_total", "service" => SERVICES.known(service), "route" => "offline")
         .increment(1);
 }
 
@@ -457,5 +486,10 @@ mod tests {
             "values seen before keep their label"
         );
         assert_eq!(labels.label("d"), "(other)");
+        assert_eq!(labels.known("b"), "b");
+        assert_eq!(labels.known("e"), "(other)", "looking up claims nothing");
+        let fresh = BoundedLabels::new(2, "(other)");
+        assert_eq!(fresh.known("a"), "(other)");
+        assert_eq!(fresh.label("a"), "a", "the lookup left the label free");
     }
 }

@@ -34,10 +34,12 @@
 //! waits, the clock jumps to the next timer, so an hour of heartbeats, timeouts and
 //! reconnect backoff passes in milliseconds, and [`time::advance`] moves it on by hand. What
 //! follows that clock: Tokio timers, so call and handshake timeouts, heartbeats and
-//! half-open detection, the client's backoff, and your handlers' own `sleep`s and
-//! `interval`s. What does not: token expiry (wall-clock time, as in a token), the in-memory
+//! half-open detection, the client's backoff, the server's countdown to a token's expiry
+//! (`$refresh`, then close 4001), and your handlers' own `sleep`s and `interval`s. What does
+//! not: checking a token as it arrives (wall-clock time, as in the token), the in-memory
 //! engine's history time to live, and rate limits. The kit's own waits ([`WAIT`]) are on the
-//! same clock, so let time pass before waiting for what a timer causes. To let a long span
+//! same clock: they give up after 5 s of it, so a call that should take longer goes through
+//! [`TestClient::client`], and you let time pass before waiting for what a timer causes. To let a long span
 //! pass, `tokio::time::sleep` in the test: the clock then jumps from timer to timer, and
 //! what each one starts (a heartbeat's ping and its pong) happens in between;
 //! [`time::advance`] moves the clock in one step, firing every timer due at once.
@@ -56,7 +58,8 @@
 //! let server = TestServer::start(Server::builder().router(router)).await;
 //! let alice = server.client().await;
 //! let started = tokio::time::Instant::now();
-//! let answer = alice.call::<String>("report.slow", &()).await; // the 30 s call timeout
+//! // The client's 30 s call timeout (not the kit's 5 s wait: `client()` has none).
+//! let answer = alice.client().request::<String>("report.slow", &()).await;
 //! assert_eq!(*answer.unwrap_err().code(), ErrorCode::TIMEOUT);
 //! assert!(started.elapsed() >= Duration::from_secs(30)); // of the test's clock, not yours
 //! # let _ = time::advance;

@@ -250,7 +250,14 @@ async fn relay_routes_and_providers_are_counted_by_service() {
 
     let samples = samples(addr).await;
     for (key, expected) in [
-        (r#"plexus_relay_service_providers{service="Greeting"}"#, 1.0),
+        (
+            r#"plexus_relay_service_providers{service="Greeting",connected="here"}"#,
+            1.0,
+        ),
+        (
+            r#"plexus_relay_service_providers{service="Greeting",connected="elsewhere"}"#,
+            0.0,
+        ),
         (
             r#"plexus_relay_routes_total{service="Greeting",route="service"}"#,
             2.0,
@@ -260,7 +267,8 @@ async fn relay_routes_and_providers_are_counted_by_service() {
             1.0,
         ),
         (
-            r#"plexus_relay_routes_total{service="Missing",route="offline"}"#,
+            // A service nobody provides claims no label of its own.
+            r#"plexus_relay_routes_total{service="(other)",route="offline"}"#,
             1.0,
         ),
         (r#"plexus_relay_providers{connected="here"}"#, 1.0),
@@ -270,12 +278,18 @@ async fn relay_routes_and_providers_are_counted_by_service() {
     drop(_provider);
     let samples = until_value(
         addr,
-        r#"plexus_relay_service_providers{service="Greeting"}"#,
+        r#"plexus_relay_service_providers{service="Greeting",connected="here"}"#,
         0.0,
     )
     .await;
     assert_eq!(
         value(&samples, r#"plexus_relay_providers{connected="here"}"#),
         0.0
+    );
+    assert!(
+        !samples
+            .keys()
+            .any(|key| key.contains(r#"service="Missing""#)),
+        "{samples:#?}"
     );
 }

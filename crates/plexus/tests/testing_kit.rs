@@ -172,7 +172,8 @@ async fn a_day_of_heartbeats_keeps_an_idle_client_on_one_connection() {
     let real_start = std::time::Instant::now();
     // Timer by timer: every ping is answered before the idle check that follows it.
     tokio::time::sleep(Duration::from_secs(86_400)).await;
-    assert!(real_start.elapsed() < Duration::from_secs(20));
+    // About 3,500 pings in a debug build on a busy machine: well under a minute.
+    assert!(real_start.elapsed() < Duration::from_secs(60));
     assert_eq!(erin.conn_id(), conn, "never reconnected");
     assert_eq!(server.server().connection_count(), 1);
     let length: usize = erin

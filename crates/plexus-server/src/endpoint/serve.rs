@@ -50,9 +50,7 @@ impl Server {
             let stopped = stopped.clone();
             async move {
                 server.inner.shutdown.cancelled().await;
-                // Connections get the drain timeout plus time for their close handshakes.
-                let deadline = server.inner.config.limits.drain_timeout + Duration::from_secs(3);
-                if tokio::time::timeout(deadline, server.wait_closed())
+                if tokio::time::timeout(server.close_deadline(), server.wait_closed())
                     .await
                     .is_err()
                 {
@@ -99,23 +97,32 @@ impl Server {
         Ok(())
     }
 
+    /// How long the WebSocket connections get to close after a shutdown: the drain
+    /// timeout plus time for their close handshakes.
+    fn close_deadline(&self) -> Duration {
+        self.inner.config.limits.drain_timeout + Duration::from_secs(3)
+    }
+
     /// Serves `app` on one connection that arrived some other way than through
     /// [`Server::serve`]'s listener: an in-memory pipe (how the `plexus` test kit connects its
     /// clients), a Unix socket, a tunnel. `remote` is the peer address its requests carry
     /// (what the per-address connection limit and the logs see). The connection gets the
     /// same handshake timeout as one accepted by [`Server::serve`]; the future ends when the
     /// peer closes it or an upgrade takes it over, or once the server's WebSocket connections
-    /// have closed after [`Server::shutdown`].
+    /// have closed after [`Server::shutdown`]. After a shutdown it closes `io` at once.
     pub async fn serve_connection<I>(&self, io: I, remote: SocketAddr, app: axum::Router)
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        if self.inner.shutdown.is_cancelled() {
+            return; // dropping `io` closes it: a stopped server takes nothing new
+        }
         let header_timeout = self.inner.config.limits.handshake_timeout;
         let server = self.clone();
+        // As in `serve`: HTTP keeps answering while the WebSocket connections drain.
         let stopped = async move {
             server.inner.shutdown.cancelled().await;
-            let deadline = server.inner.config.limits.drain_timeout + Duration::from_secs(3);
-            let _ = tokio::time::timeout(deadline, server.wait_closed()).await;
+            let _ = tokio::time::timeout(server.close_deadline(), server.wait_closed()).await;
         };
         http_connection(io, remote, app, header_timeout, stopped).await;
     }

@@ -1,10 +1,13 @@
 //! The engine as the hub uses it: every operation counted (`plexus_engine_operations_total`
 //! and, when it fails, `plexus_engine_errors_total`, by operation), in one place rather than
 //! at each call. An engine that keeps histories in the process has them measured after
-//! each operation that changes them (`plexus_history_publications`, `plexus_history_bytes`).
+//! each operation that changes them (`plexus_history_publications`, `plexus_history_bytes`):
+//! the gauges move by the change since this engine's last reading, so that several servers
+//! in one process add up instead of overwriting each other.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics::{Counter, Gauge};
 use plexus_engine::{
@@ -55,6 +58,9 @@ pub(super) struct MeteredEngine {
     broadcast: Op,
     history_publications: Gauge,
     history_bytes: Gauge,
+    /// What this engine's histories held at its last reading.
+    last_publications: AtomicU64,
+    last_bytes: AtomicU64,
 }
 
 impl MeteredEngine {
@@ -71,16 +77,38 @@ impl MeteredEngine {
             broadcast: Op::new("broadcast"),
             history_publications: metrics::gauge!("plexus_history_publications"),
             history_bytes: metrics::gauge!("plexus_history_bytes"),
+            last_publications: AtomicU64::new(0),
+            last_bytes: AtomicU64::new(0),
         }
     }
 
-    /// Reads the kept histories' size into the gauges. A memory engine's publish and history
-    /// calls are done when made, so reading right after calling (before awaiting) sees them.
+    /// Moves the gauges by what the kept histories changed since the last reading. A memory
+    /// engine's publish and history calls are done when made (see `Engine::history_stats`),
+    /// so reading right after calling, before awaiting, sees them. Each reading swaps in
+    /// its value, so concurrent readings still add up to the latest one.
     fn measure_history(&self) {
         if let Some(stats) = self.inner.history_stats() {
-            self.history_publications.set(stats.publications as f64);
-            self.history_bytes.set(stats.bytes as f64);
+            let moved = |gauge: &Gauge, last: &AtomicU64, now: u64| {
+                let before = last.swap(now, Ordering::Relaxed);
+                gauge.increment(now as f64 - before as f64);
+            };
+            moved(
+                &self.history_publications,
+                &self.last_publications,
+                stats.publications,
+            );
+            moved(&self.history_bytes, &self.last_bytes, stats.bytes);
         }
+    }
+}
+
+impl Drop for MeteredEngine {
+    /// What this engine counted leaves the process's gauges with it.
+    fn drop(&mut self) {
+        self.history_publications
+            .decrement(*self.last_publications.get_mut() as f64);
+        self.history_bytes
+            .decrement(*self.last_bytes.get_mut() as f64);
     }
 }
 

@@ -88,6 +88,20 @@ pub(super) struct Provided {
     pub(super) events: Vec<ProviderEvent>,
 }
 
+impl Drop for Providers {
+    /// The gauges are the process's: what a relay going away still counted leaves them.
+    fn drop(&mut self) {
+        for entry in self.by_service.values() {
+            for node in &entry.nodes {
+                entry
+                    .meter
+                    .providers(self.by_node.contains_key(node))
+                    .decrement(1.0);
+            }
+        }
+    }
+}
+
 impl Providers {
     /// Registers `conn` as node `node` providing `services`, replacing what it provided
     /// before. A node id held by another live connection is refused with `CONFLICT`.
@@ -143,7 +157,7 @@ impl Providers {
             self.remove_node(node);
         }
         let node: Arc<str> = node.into();
-        self.add_service_nodes(&node, &services);
+        self.add_service_nodes(&node, &services, true);
         self.by_conn.insert(conn.id().to_owned(), node.clone());
         self.by_node.insert(
             node.clone(),
@@ -177,7 +191,7 @@ impl Providers {
             return;
         };
         self.by_conn.remove(provider.conn.id());
-        self.forget_service_nodes(node, &provider.services);
+        self.forget_service_nodes(node, &provider.services, true);
         self.count();
     }
 
@@ -188,7 +202,8 @@ impl Providers {
         match (&picked, self.by_service.get(service)) {
             (Some(_), Some(entry)) if pinned.is_some() => entry.meter.pinned.increment(1),
             (Some(_), Some(entry)) => entry.meter.routed.increment(1),
-            (Some(_), None) => {} // a provider that just went, still known by its node
+            // Cannot be: `target` only returns a provider listed under the service.
+            (Some(_), None) => {}
             (None, _) => relay_offline(service),
         }
         picked
@@ -249,7 +264,7 @@ impl Providers {
             tracing::warn!(node = %node, "the relay holds too many remote providers; ignoring one");
             return events;
         }
-        self.add_service_nodes(&node, &services);
+        self.add_service_nodes(&node, &services, false);
         self.remote_by_conn.insert(conn.to_owned(), node.clone());
         self.remote.insert(
             node.clone(),
@@ -271,7 +286,7 @@ impl Providers {
         };
         if let Some(remote) = self.remote.remove(&node) {
             remote.gone.cancel();
-            self.forget_service_nodes(&node, &remote.services);
+            self.forget_service_nodes(&node, &remote.services, false);
         }
         self.count();
         vec![ProviderEvent::Offline(node)]
@@ -282,25 +297,27 @@ impl Providers {
         self.remote_by_conn.keys().cloned().collect()
     }
 
-    fn add_service_nodes(&mut self, node: &Arc<str>, services: &[Arc<str>]) {
+    /// Lists `node` (connected here, or to another relay node) among the providers of
+    /// `services`.
+    fn add_service_nodes(&mut self, node: &Arc<str>, services: &[Arc<str>], here: bool) {
         for service in services {
             let entry = self
                 .by_service
                 .entry(service.clone())
                 .or_insert_with(|| Service::new(service));
             entry.nodes.push(node.clone());
-            entry.meter.providers.increment(1.0);
+            entry.meter.providers(here).increment(1.0);
         }
     }
 
-    fn forget_service_nodes(&mut self, node: &str, services: &[Arc<str>]) {
+    fn forget_service_nodes(&mut self, node: &str, services: &[Arc<str>], here: bool) {
         for service in services {
             if let Some(entry) = self.by_service.get_mut(service) {
                 let before = entry.nodes.len();
                 entry.nodes.retain(|n| &**n != node);
                 entry
                     .meter
-                    .providers
+                    .providers(here)
                     .decrement((before - entry.nodes.len()) as f64);
                 if entry.nodes.is_empty() {
                     self.by_service.remove(service);

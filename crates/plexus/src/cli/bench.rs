@@ -106,11 +106,13 @@ struct FanoutArgs {
     /// Subscribers
     #[arg(short = 'n', long, default_value_t = 1000)]
     subscribers: usize,
-    /// The channel; its namespace must let these connections join and publish
-    #[arg(long, default_value = "bench:load")]
-    channel: String,
-    /// Publications per second; 0: as fast as the subscribers keep up (see --window)
-    #[arg(long, default_value_t = 0.0)]
+    /// The channel; its namespace must let these connections join and publish [default: a
+    /// new `bench:run-…` channel per run, so that nothing else published there counts]
+    #[arg(long)]
+    channel: Option<String>,
+    /// Publications per second (at least 0.01); 0: as fast as the subscribers keep up (see
+    /// --window)
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     rate: f64,
     /// With --rate 0: publications not yet delivered to every subscriber, at most
     #[arg(long, default_value_t = 10)]
@@ -151,22 +153,12 @@ impl BenchArgs {
     }
 }
 
-/// The runtime the load runs on: one thread runs a current-thread runtime, which costs the
-/// generator less per message than a one-worker thread pool.
+/// The runtime the load runs on.
 pub(crate) fn runtime(args: &BenchArgs) -> std::io::Result<tokio::runtime::Runtime> {
     let threads = args.common().threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    }
+    plexus_loadgen::runtime(threads)
 }
 
 pub(crate) async fn bench(args: BenchArgs) -> ExitCode {
@@ -237,10 +229,18 @@ async fn run(scenario: &Scenario) -> anyhow::Result<Record> {
             record
         }
         Scenario::Fanout(args) => {
+            let channel = args.channel.clone().unwrap_or_else(|| {
+                // Unique enough to keep concurrent runs apart: the clock's nanoseconds and
+                // this process.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.subsec_nanos());
+                format!("bench:run-{:08x}", nanos ^ std::process::id())
+            });
             preflight(&args.common, async |client| {
-                let _joined = client.join(&args.channel, JoinOptions::default()).await?;
+                let _joined = client.join(&channel, JoinOptions::default()).await?;
                 client
-                    .publish(&args.channel, &serde_json::json!({"seq": 0, "ts": 0}))
+                    .publish(&channel, &serde_json::json!({"seq": 0, "ts": 0}))
                     .await?;
                 Ok(())
             })
@@ -257,12 +257,12 @@ async fn run(scenario: &Scenario) -> anyhow::Result<Record> {
                 refusal: Some(REFUSAL.into()),
                 rate: args.rate.max(0.0),
                 window: args.window.max(1),
-                channel: args.channel.clone(),
+                channel: channel.clone(),
                 pad: "x".repeat(args.size),
                 server_pid: args.common.server_pid,
                 progress: progress.clone(),
             };
-            let what = format!("{} subscribers of {}", run.subscribers, args.channel);
+            let what = format!("{} subscribers of {channel}", run.subscribers);
             let bar = report::Bar::timed(&what, "deliveries", &args.timing, &progress);
             let record = run.run().await;
             bar.finish();
@@ -282,6 +282,18 @@ async fn run(scenario: &Scenario) -> anyhow::Result<Record> {
             bar.finish();
             record
         }
+    }
+}
+
+/// `--rate`: 0, or from 0.01 to 10,000,000 publications a second.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if rate == 0.0 || (0.01..=10_000_000.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err("the rate is 0 (as fast as the subscribers keep up) or from 0.01 to 10000000".into())
     }
 }
 

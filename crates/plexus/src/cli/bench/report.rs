@@ -88,6 +88,13 @@ impl Bar {
     }
 
     pub(super) fn finish(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Bar {
+    /// Also when the run is abandoned (`--max-runtime`): the bar never outlives it.
+    fn drop(&mut self) {
         self.ticker.abort();
         self.bar.finish_and_clear();
     }

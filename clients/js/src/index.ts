@@ -1,0 +1,20 @@
+// plexus's TypeScript client, for browsers and Node 20+.
+
+export { Client, connect } from "./client.js";
+export type {
+  CallOptions,
+  ClientOptions,
+  ServerChannelEvent,
+  Status,
+  StreamOptions,
+  WebSocketConstructor,
+  WebSocketLike,
+} from "./client.js";
+export type { ReconnectOptions } from "./backoff.js";
+export { Subscription } from "./channel.js";
+export type { ChannelEvent, JoinOptions, Member } from "./channel.js";
+export { ConnectError, PlexusError } from "./errors.js";
+export type { ErrorBody, ErrorCode } from "./errors.js";
+export type { Position } from "./frames.js";
+export type { CallContext, NotificationHandler, RequestHandler, StreamHandler } from "./incoming.js";
+export { CallStream } from "./stream.js";

@@ -18,9 +18,9 @@ export type ChannelEvent =
   | { type: "join"; member: Member }
   | { type: "leave"; member: Member }
   /**
-   * Joined again (after a reconnect, a lag, or the server's `left` UNAVAILABLE). With
-   * `recovered: false` publications were missed and the history could not cover them:
-   * reload the state from its source of truth.
+   * Joined from a position (after a reconnect, a lag, the server's `left` UNAVAILABLE, or a
+   * first join with `since`). With `recovered: false` publications were missed and the
+   * history could not cover them: reload the state from its source of truth.
    */
   | { type: "resubscribed"; recovered: boolean; position: Position }
   /** The subscription ended: left, or ended by the server (`error` says why, if it did). */
@@ -50,6 +50,14 @@ export class Subscription implements AsyncIterableIterator<ChannelEvent> {
   /** @internal */ readonly filter: unknown;
   /** @internal */ lagging = false;
   /** @internal */ joining = false;
+  /** @internal The id of the join in flight: answers to any other are stale. */
+  joinId = 0;
+  /** @internal Settles the application's `join()` once, at the first answer. */
+  onFirst: ((error?: PlexusError) => void) | undefined;
+  /** @internal Re-joins refused for a while (`UNAVAILABLE`, `RATE_LIMITED`), in a row. */
+  retries = 0;
+  /** @internal The next re-join, when one was refused for a while. */
+  retryTimer: ReturnType<typeof setTimeout> | undefined;
   #events: ChannelEvent[] = [];
   #closed = false;
   #waiter: ((r: IteratorResult<ChannelEvent>) => void) | undefined;
@@ -79,16 +87,19 @@ export class Subscription implements AsyncIterableIterator<ChannelEvent> {
 
   /** @internal A presence event; dropped when the reader is too far behind. */
   presence(event: "join" | "leave", member: Member): void {
-    if (this.#events.length < this.#capacity) this.#emit({ type: event, member });
+    if (!this.lagging && this.#events.length < this.#capacity) this.#emit({ type: event, member });
   }
 
   /** @internal Joined: at `position`, having asked to recover from `since`. */
   joined(position: Position, recovered: boolean, since: Position | undefined): void {
     this.joining = false;
     this.lagging = false;
+    this.retries = 0;
     if (since && recovered) {
-      // What was missed follows as `msg` (offsets up to `position.offset`).
-      this.position = { epoch: position.epoch, offset: since.offset };
+      // What was missed follows as `msg` (offsets up to `position.offset`); never back
+      // over what was delivered meanwhile.
+      const delivered = this.position?.epoch === position.epoch ? this.position.offset : 0;
+      this.position = { epoch: position.epoch, offset: Math.max(since.offset, delivered) };
     } else {
       this.position = position;
     }
@@ -99,6 +110,7 @@ export class Subscription implements AsyncIterableIterator<ChannelEvent> {
   close(error?: PlexusError): void {
     if (this.#closed) return;
     this.#closed = true;
+    clearTimeout(this.retryTimer);
     this.#emit(error ? { type: "closed", error } : { type: "closed" });
   }
 

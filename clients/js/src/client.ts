@@ -3,9 +3,9 @@
 // reconnect.
 
 import { type Backoff, backoff, delay, type ReconnectOptions, shouldReconnect } from "./backoff.js";
-import { type ChannelEvent, type JoinOptions, type Member, Subscription } from "./channel.js";
+import { type JoinOptions, type Member, Subscription } from "./channel.js";
 import { ConnectError, type ErrorBody, PlexusError } from "./errors.js";
-import { decode, encode, type Frame, type Position, SUBPROTOCOL } from "./frames.js";
+import { decode, encode, type Frame, type Position } from "./frames.js";
 import {
   type Handlers,
   Incoming,
@@ -13,25 +13,12 @@ import {
   type RequestHandler,
   type StreamHandler,
 } from "./incoming.js";
+import { type Attempt, type Opened, openSocket, type WebSocketConstructor, type WebSocketLike } from "./open.js";
+import { type ServerChannelEvent, ServerChannels } from "./server-channels.js";
 import { CallStream } from "./stream.js";
 
 /** Where the client stands. */
 export type Status = "connecting" | "connected" | "reconnecting" | "closed";
-
-/** The part of the WebSocket API the client uses (browsers' `WebSocket`, Node's `ws`). */
-export interface WebSocketLike {
-  readonly readyState: number;
-  readonly protocol: string;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-  onopen: ((event: unknown) => void) | null;
-  onmessage: ((event: { data: unknown }) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
-  onerror: ((event: unknown) => void) | null;
-}
-
-/** A WebSocket constructor: the global one, `ws`'s, or your own. */
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
 
 /** How a client connects, calls and reconnects. */
 export interface ClientOptions {
@@ -48,7 +35,7 @@ export interface ClientOptions {
   tokenInQuery?: boolean;
   /** Application data for the server's authenticator (the `hello` frame's `data`). */
   helloData?: unknown;
-  /** Default deadline of a request, in ms (queued time included). Default 30000. */
+  /** Default deadline of a request or a channel call, in ms (queued time included). Default 30000. */
   callTimeout?: number;
   /** Deadline of one connection attempt (open, hello, welcome), in ms. Default 10000. */
   connectTimeout?: number;
@@ -59,7 +46,7 @@ export interface ClientOptions {
    * it treats the connection as half-open and reconnects, in ms. Default 10000.
    */
   heartbeatGrace?: number;
-  /** Calls and notifications that may wait while disconnected. Default 1024. */
+  /** Calls, streams and notifications that may wait while disconnected. Default 1024. */
   offlineQueue?: number;
   /** Items a stream may have in transit (its credit window). Default 64. */
   streamWindow?: number;
@@ -87,23 +74,17 @@ export interface StreamOptions {
   node?: string;
 }
 
-/** What a subscription of the server's own making (`joined`) delivers, by channel. */
-export interface ServerChannelEvent {
-  channel: string;
-  event: ChannelEvent | { type: "subscribed"; position: Position; recovered: boolean };
-}
-
 type Pending =
   | {
       kind: "call";
-      frame: Frame;
+      text: string;
       sent: boolean;
       resolve: (value: unknown) => void;
       reject: (error: PlexusError) => void;
       done: () => void;
     }
-  | { kind: "stream"; frame: Frame; stream: CallStream<unknown> }
-  | { kind: "join"; sub: Subscription; since: Position | undefined; first: (e?: PlexusError) => void };
+  | { kind: "stream"; text: string; stream: CallStream<unknown> }
+  | { kind: "join"; sub: Subscription; since: Position | undefined };
 
 interface Session {
   ws: WebSocketLike;
@@ -115,6 +96,9 @@ interface Session {
 }
 
 const OPEN = 1;
+
+/** Codes that end a refused re-join for good; others (`UNAVAILABLE`, …) are retried. */
+const FINAL_REFUSALS = new Set(["FORBIDDEN", "NOT_FOUND", "NOT_AUTHORIZED", "BAD_FRAME"]);
 
 /** Connects to the plexus server at `url`; resolves once the first session is open. */
 export async function connect(url: string, options: ClientOptions = {}): Promise<Client> {
@@ -140,22 +124,26 @@ export class Client {
   readonly #handlers: Handlers = { requests: new Map(), notifications: new Map(), streams: new Map() };
   readonly #pending = new Map<number, Pending>();
   readonly #channels = new Map<string, Subscription>();
+  readonly #server: ServerChannels;
   readonly #statusListeners = new Set<(status: Status) => void>();
-  /** Ids of calls, and notification frames, waiting for a session. */
-  #offline: (number | Frame)[] = [];
+  readonly #errorListeners = new Set<(error: PlexusError) => void>();
+  /** Ids of calls and streams, and encoded notifications, waiting for a session. */
+  #offline: (number | string)[] = [];
   #session: Session | undefined;
   #status: Status = "connecting";
   #nextId = 1;
   #closing = false;
   #settleReady: { resolve: () => void; reject: (e: unknown) => void } | undefined;
-  #serverEvents: ServerChannelEvent[] = [];
-  #serverWaiter: ((r: IteratorResult<ServerChannelEvent>) => void) | undefined;
-  #serverPositions = new Map<string, Position>();
+  /** The attempt in progress and the backoff sleep, so that `close()` can stop them. */
+  #attempt: Attempt | undefined;
+  #sleep: { timer: ReturnType<typeof setTimeout>; wake: () => void } | undefined;
 
   constructor(url: string, options: ClientOptions = {}) {
     this.url = url;
     this.#options = options;
     this.#backoff = backoff(options.reconnect);
+    this.#server = new ServerChannels(options.channelBuffer ?? 1024);
+    this.#handlers.requests.set("$refresh", () => this.#freshToken());
     this.ready = new Promise((resolve, reject) => (this.#settleReady = { resolve, reject }));
     this.ready.catch(() => {}); // awaited by `connect`; unobserved otherwise
     void this.#supervise();
@@ -172,7 +160,13 @@ export class Client {
     return () => this.#statusListeners.delete(listener);
   }
 
-  /** Serves requests `method` from the server. */
+  /** Calls `listener` with each error the server reports without an id (a notification's). */
+  onError(listener: (error: PlexusError) => void): () => void {
+    this.#errorListeners.add(listener);
+    return () => this.#errorListeners.delete(listener);
+  }
+
+  /** Serves requests `method` from the server (`$refresh` included, replacing the built-in). */
   handle(method: string, handler: RequestHandler): this {
     this.#handlers.requests.set(method, handler);
     return this;
@@ -199,14 +193,15 @@ export class Client {
 
   /**
    * Sends a notification. While disconnected it waits in the offline queue; a full queue
-   * throws `QUEUE_FULL`.
+   * throws `QUEUE_FULL`, params JSON cannot encode throw `VALIDATION_ERROR`.
    */
   notify(method: string, params?: unknown, options: { node?: string } = {}): void {
     this.#ensureOpen();
     const frame: Frame = { t: "ntf", m: method, d: params ?? null };
     if (options.node !== undefined) frame.node = options.node;
-    if (this.#session) return this.#send(frame);
-    this.#enqueue(frame);
+    const text = encodeOrThrow(frame);
+    if (this.#session) return this.#sendText(text);
+    if (!this.#enqueue(text)) throw new PlexusError("QUEUE_FULL", "the offline queue is full");
   }
 
   /** Opens stream `method`: iterate its items; `break` or the signal cancels it. */
@@ -214,30 +209,40 @@ export class Client {
     this.#ensureOpen();
     const window = Math.max(1, this.#options.streamWindow ?? 64);
     const stream = new CallStream<T>(window);
+    const signal = options.signal;
+    if (signal?.aborted) {
+      stream.finish(new PlexusError("CANCELLED", "cancelled by the application"));
+      return stream;
+    }
     const id = this.#id();
     const frame: Frame = { t: "sub", id, m: method, d: params ?? null, credit: window };
     if (options.node !== undefined) frame.node = options.node;
-    this.#pending.set(id, { kind: "stream", frame, stream: stream as CallStream<unknown> });
+    const text = encodeOrThrow(frame);
+    const onAbort = () => stream.cancel();
+    this.#pending.set(id, { kind: "stream", text, stream: stream as CallStream<unknown> });
     stream.attach({
       credit: (n) => this.#session && this.#send({ t: "credit", id, n }),
       cancel: () => {
-        if (this.#pending.delete(id) && this.#session) this.#send({ t: "cancel", id });
+        if (!this.#pending.delete(id)) return;
+        if (!this.#dequeue(id) && this.#session) this.#send({ t: "cancel", id });
       },
+      finished: () => signal?.removeEventListener("abort", onAbort),
     });
-    const signal = options.signal;
-    if (signal?.aborted) stream.cancel();
-    signal?.addEventListener("abort", () => stream.cancel(), { once: true });
-    if (this.#session) this.#send(frame);
-    else if (!this.#enqueue(id, false)) {
+    signal?.addEventListener("abort", onAbort, { once: true });
+    if (this.#session) this.#sendText(text);
+    else if (!this.#enqueue(id)) {
       this.#pending.delete(id);
       stream.finish(new PlexusError("QUEUE_FULL", "the offline queue is full"));
     }
     return stream;
   }
 
-  /** Joins `channel`; resolves with the subscription once the server has answered. */
+  /**
+   * Joins `channel`; resolves with the subscription once the server has answered (a join made
+   * while disconnected is sent when the next session opens).
+   */
   join(channel: string, options: JoinOptions = {}): Promise<Subscription> {
-    this.#ensureOpen();
+    if (this.#status === "closed") return Promise.reject(new PlexusError("CLOSED", "the client is closed"));
     if (this.#channels.has(channel)) {
       return Promise.reject(new PlexusError("CONFLICT", `\`${channel}\` is joined already`));
     }
@@ -247,11 +252,12 @@ export class Client {
     });
     this.#channels.set(channel, sub);
     return new Promise((resolve, reject) => {
-      this.#join(sub, (error) => {
+      sub.onFirst = (error) => {
         if (!error) return resolve(sub);
-        this.#channels.delete(channel);
+        if (this.#channels.get(channel) === sub) this.#channels.delete(channel);
         reject(error);
-      });
+      };
+      this.#join(sub);
     });
   }
 
@@ -278,21 +284,7 @@ export class Client {
    * as `{channel, event}`; one reader at a time.
    */
   serverSubscriptions(): AsyncIterableIterator<ServerChannelEvent> {
-    const self = this;
-    return {
-      next(): Promise<IteratorResult<ServerChannelEvent>> {
-        const event = self.#serverEvents.shift();
-        if (event) return Promise.resolve({ value: event, done: false });
-        if (self.#status === "closed") return Promise.resolve({ value: undefined, done: true });
-        return new Promise((resolve) => (self.#serverWaiter = resolve));
-      },
-      return(): Promise<IteratorResult<ServerChannelEvent>> {
-        return Promise.resolve({ value: undefined, done: true });
-      },
-      [Symbol.asyncIterator]() {
-        return this;
-      },
-    };
+    return this.#server.iterator();
   }
 
   /** Closes the connection (1000) and stops reconnecting; calls waiting fail with `CLOSED`. */
@@ -300,6 +292,11 @@ export class Client {
     if (this.#closing) return;
     this.#closing = true;
     this.#session?.ws.close(1000, "");
+    this.#attempt?.abandon();
+    if (this.#sleep) {
+      clearTimeout(this.#sleep.timer);
+      this.#sleep.wake();
+    }
     this.#finish(new ConnectError("closed by the application"));
   }
 
@@ -315,13 +312,19 @@ export class Client {
     if (this.#status === "closed") throw new PlexusError("CLOSED", "the client is closed");
   }
 
-  /** A call answered by one `res` or `err` (request, publication). */
+  /** A call answered by one `res` or `err` (request, publication, leave). */
   #call(frame: Frame, options: CallOptions): Promise<unknown> {
     if (this.#status === "closed") {
       return Promise.reject(new PlexusError("CLOSED", "the client is closed"));
     }
     const id = this.#id();
     frame.id = id;
+    let text: string;
+    try {
+      text = encodeOrThrow(frame);
+    } catch (error) {
+      return Promise.reject(error);
+    }
     return new Promise((resolve, reject) => {
       const timeout = options.timeout ?? this.#options.callTimeout ?? 30_000;
       const timer = setTimeout(() => fail(new PlexusError("TIMEOUT", `no answer within ${timeout} ms`)), timeout);
@@ -332,71 +335,114 @@ export class Client {
       };
       const fail = (error: PlexusError) => {
         const pending = this.#pending.get(id);
-        if (!pending) return;
+        if (!pending || pending.kind !== "call") return;
         this.#pending.delete(id);
         done();
-        if (pending.kind === "call" && pending.sent && this.#session) this.#send({ t: "cancel", id });
+        if (pending.sent) {
+          if (this.#session) this.#send({ t: "cancel", id });
+        } else this.#dequeue(id);
         reject(error);
       };
-      this.#pending.set(id, { kind: "call", frame, sent: false, resolve, reject, done });
+      const pending: Pending = { kind: "call", text, sent: false, resolve, reject, done };
+      this.#pending.set(id, pending);
       if (options.signal?.aborted) return onAbort();
       options.signal?.addEventListener("abort", onAbort, { once: true });
       if (this.#session) {
-        (this.#pending.get(id) as { sent: boolean }).sent = true;
-        this.#send(frame);
+        pending.sent = true;
+        this.#sendText(text);
       } else if (!this.#enqueue(id)) {
         fail(new PlexusError("QUEUE_FULL", "the offline queue is full"));
       }
     });
   }
 
-  /** Queues a call id or a notification until a session opens; `false` when full. */
-  #enqueue(item: number | Frame, throwWhenFull = true): boolean {
-    if (this.#offline.length >= (this.#options.offlineQueue ?? 1024)) {
-      if (typeof item !== "number" && throwWhenFull) {
-        throw new PlexusError("QUEUE_FULL", "the offline queue is full");
-      }
-      return false;
-    }
+  /** Queues a call id or an encoded notification until a session opens; `false` when full. */
+  #enqueue(item: number | string): boolean {
+    if (this.#offline.length >= (this.#options.offlineQueue ?? 1024)) return false;
     this.#offline.push(item);
     return true;
   }
 
+  /** Takes call `id` out of the offline queue; whether it was there. */
+  #dequeue(id: number): boolean {
+    const at = this.#offline.indexOf(id);
+    if (at >= 0) this.#offline.splice(at, 1);
+    return at >= 0;
+  }
+
   #send(frame: Frame): void {
+    this.#sendText(encode(frame));
+  }
+
+  #sendText(text: string): void {
     const ws = this.#session?.ws;
-    if (ws && ws.readyState === OPEN) ws.send(encode(frame));
+    if (ws && ws.readyState === OPEN) ws.send(text);
   }
 
   // ---------------------------------------------------------------- channels
 
   /** Sends `join` for `sub`, from its last position when it has one. */
-  #join(sub: Subscription, first?: (error?: PlexusError) => void): void {
+  #join(sub: Subscription): void {
     if (!this.#session || sub.closed) return;
+    clearTimeout(sub.retryTimer);
+    sub.retryTimer = undefined;
     const id = this.#id();
     const since = sub.position;
     const frame: Frame = { t: "join", id, ch: sub.channel };
     if (since) frame.since = since;
     if (sub.filter !== undefined) frame.filter = sub.filter;
+    if (sub.joining) this.#pending.delete(sub.joinId); // its answer is stale now
     sub.joining = true;
-    this.#pending.set(id, { kind: "join", sub, since, first: first ?? (() => {}) });
+    sub.joinId = id;
+    this.#pending.set(id, { kind: "join", sub, since });
     this.#send(frame);
   }
 
+  /** The answer to join `id`: joined, or refused. */
+  #joinAnswered(sub: Subscription, since: Position | undefined, answer: { ok: unknown } | { error: PlexusError }) {
+    sub.joining = false;
+    if ("ok" in answer) {
+      const d = answer.ok as { epoch: string; offset: number; recovered: boolean };
+      sub.joined({ epoch: d.epoch, offset: d.offset }, d.recovered, since);
+      const first = sub.onFirst;
+      sub.onFirst = undefined;
+      first?.();
+      return;
+    }
+    const error = answer.error;
+    if (!sub.onFirst && !FINAL_REFUSALS.has(error.code)) {
+      // A re-join refused for a while (the server's cluster link, a limit): try again later.
+      sub.retries += 1;
+      sub.retryTimer = setTimeout(() => this.#join(sub), delay(this.#backoff, sub.retries - 1));
+      return;
+    }
+    const first = sub.onFirst;
+    sub.onFirst = undefined;
+    first?.(error);
+    if (this.#channels.get(sub.channel) === sub) this.#channels.delete(sub.channel);
+    sub.close(error);
+  }
+
   async #leave(sub: Subscription): Promise<void> {
-    this.#channels.delete(sub.channel);
+    if (this.#channels.get(sub.channel) === sub) this.#channels.delete(sub.channel);
+    if (sub.joining) this.#pending.delete(sub.joinId);
+    clearTimeout(sub.retryTimer);
     if (this.#session) {
       await this.#call({ t: "leave", id: 0, ch: sub.channel }, {}).catch(() => {});
     }
   }
 
-  #serverEvent(event: ServerChannelEvent): void {
-    if (this.#serverWaiter) {
-      const waiter = this.#serverWaiter;
-      this.#serverWaiter = undefined;
-      waiter({ value: event, done: false });
-    } else if (this.#serverEvents.length < (this.#options.channelBuffer ?? 1024)) {
-      this.#serverEvents.push(event);
-    }
+  /** `left`: the server lost continuity (join again, recovering) or ended it. */
+  #left(frame: Frame): void {
+    const channel = frame.ch ?? "";
+    const error = frame.e ? PlexusError.from(frame.e) : undefined;
+    const sub = this.#channels.get(channel);
+    if (!sub) return this.#server.left(channel, error);
+    // A join in flight answers for the channel's state after this `left`.
+    if (sub.joining) return;
+    if (error?.code === "UNAVAILABLE") return this.#join(sub);
+    this.#channels.delete(channel);
+    sub.close(error);
   }
 
   // ---------------------------------------------------------------- connection
@@ -404,7 +450,13 @@ export class Client {
   #setStatus(status: Status): void {
     if (this.#status === status) return;
     this.#status = status;
-    for (const listener of this.#statusListeners) listener(status);
+    for (const listener of this.#statusListeners) {
+      try {
+        listener(status);
+      } catch {
+        // A listener's failure is its own; the client goes on.
+      }
+    }
   }
 
   async #supervise(): Promise<void> {
@@ -414,15 +466,11 @@ export class Client {
       this.#setStatus(connectedOnce ? "reconnecting" : "connecting");
       let ended: ConnectError;
       try {
-        const ws = await this.#open();
-        if (this.#closing) {
-          ws.close(1000, "");
-          break;
-        }
+        const opened = await this.#open();
         connectedOnce = true;
-        const opened = Date.now();
-        ended = await this.#runSession(ws);
-        failures = Date.now() - opened < this.#backoff.maxDelay ? failures + 1 : 0;
+        const since = Date.now();
+        ended = await this.#runSession(opened);
+        failures = Date.now() - since < this.#backoff.maxDelay ? failures + 1 : 0;
       } catch (error) {
         ended = error instanceof ConnectError ? error : new ConnectError(String(error));
         failures += 1;
@@ -434,14 +482,12 @@ export class Client {
       const giveUp =
         (refused && !retryCredential) ||
         !this.#backoff.enabled ||
-        (this.#backoff.maxAttempts !== null
-          ? failures >= this.#backoff.maxAttempts
-          : !connectedOnce);
-      if (giveUp) {
-        this.#finish(ended);
-        return;
-      }
-      await new Promise((wake) => setTimeout(wake, delay(this.#backoff, failures - 1)));
+        (this.#backoff.maxAttempts !== null ? failures >= this.#backoff.maxAttempts : !connectedOnce);
+      if (giveUp) return this.#finish(ended);
+      await new Promise<void>((wake) => {
+        this.#sleep = { timer: setTimeout(wake, delay(this.#backoff, failures - 1)), wake };
+      });
+      this.#sleep = undefined;
     }
   }
 
@@ -458,59 +504,41 @@ export class Client {
   }
 
   /** One attempt: open, `hello`, `welcome` (or `reject`), within the connect timeout. */
-  async #open(): Promise<WebSocketLike> {
+  async #open(): Promise<Opened> {
     const WS = await this.#webSocket();
     const token = this.#options.credentials
       ? ((await this.#options.credentials()) ?? undefined)
       : this.#options.token;
+    if (this.#closing) throw new ConnectError("closed by the application");
     let url = this.url;
+    const hello: Frame = { t: "hello" };
     if (token !== undefined && this.#options.tokenInQuery) {
       url += `${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
+    } else if (token !== undefined) hello.token = token;
+    if (this.#options.helloData !== undefined) hello.data = this.#options.helloData;
+    const attempt = openSocket(WS, url, hello, this.#options.connectTimeout ?? 10_000);
+    this.#attempt = attempt;
+    try {
+      return await attempt.opened;
+    } finally {
+      this.#attempt = undefined;
     }
-    const ws = new WS(url, [SUBPROTOCOL]);
-    return await new Promise<WebSocketLike>((resolve, reject) => {
-      let rejectReason: ErrorBody | undefined;
-      const timer = setTimeout(() => {
-        ws.close(1000, "");
-        reject(new ConnectError("no welcome within the connect timeout"));
-      }, this.#options.connectTimeout ?? 10_000);
-      ws.onopen = () => {
-        const hello: Frame = { t: "hello" };
-        if (token !== undefined && !this.#options.tokenInQuery) hello.token = token;
-        if (this.#options.helloData !== undefined) hello.data = this.#options.helloData;
-        ws.send(encode(hello));
-      };
-      ws.onmessage = (event) => {
-        const frame = typeof event.data === "string" ? decode(event.data) : undefined;
-        if (frame?.t === "welcome") {
-          clearTimeout(timer);
-          this.conn = frame.conn;
-          this.node = frame.node;
-          this.#session = {
-            ws,
-            incoming: new Incoming(this.#handlers, (f) => this.#send(f), this.#options.maxServerCalls ?? 1024),
-            heartbeat: frame.heartbeat ?? 0,
-            lastHeard: Date.now(),
-            pinged: false,
-            timer: undefined,
-          };
-          resolve(ws);
-        } else if (frame?.t === "reject") {
-          rejectReason = frame.e;
-        }
-      };
-      ws.onerror = () => {};
-      ws.onclose = (event) => {
-        clearTimeout(timer);
-        const reason = rejectReason?.message ?? event.reason;
-        reject(new ConnectError(`connection closed (${event.code}) ${reason}`.trim(), event.code, rejectReason));
-      };
-    });
   }
 
   /** Runs an open session until its socket ends; what ended it. */
-  #runSession(ws: WebSocketLike): Promise<ConnectError> {
-    const session = this.#session as Session;
+  #runSession(opened: Opened): Promise<ConnectError> {
+    const { ws, welcome } = opened;
+    this.conn = welcome.conn;
+    this.node = welcome.node;
+    const session: Session = {
+      ws,
+      incoming: new Incoming(this.#handlers, (f) => this.#send(f), this.#options.maxServerCalls ?? 1024),
+      heartbeat: welcome.heartbeat ?? 25_000,
+      lastHeard: Date.now(),
+      pinged: false,
+      timer: undefined,
+    };
+    this.#session = session;
     return new Promise<ConnectError>((ended) => {
       let over = false;
       const end = (error: ConnectError) => {
@@ -519,12 +547,12 @@ export class Client {
         if (session.timer) clearInterval(session.timer);
         ws.onmessage = null;
         ws.onclose = null;
-        // Before the calls it had fail, so that their handlers see the client as it is.
-        if (!this.#closing) this.#setStatus("reconnecting");
+        if (this.#session === session) this.#session = undefined;
         this.#sessionEnded(session);
+        if (!this.#closing) this.#setStatus("reconnecting");
         ended(error);
       };
-      ws.onmessage = (event) => {
+      const onMessage = (event: { data: unknown }) => {
         session.lastHeard = Date.now();
         session.pinged = false;
         if (typeof event.data !== "string") return;
@@ -532,9 +560,10 @@ export class Client {
         if (frame) this.#dispatch(session, frame);
         else this.#send({ t: "err", e: { code: "BAD_FRAME", message: "not a JSON frame" } });
       };
-      ws.onclose = (event) => {
+      const onClose = (event: { code: number; reason: string }) =>
         end(new ConnectError(`connection closed (${event.code}) ${event.reason}`.trim(), event.code));
-      };
+      ws.onmessage = onMessage;
+      ws.onclose = onClose;
       if (session.heartbeat > 0) {
         // Browsers hide WebSocket pings: the client asks with an application `ping` when it
         // has heard nothing for a heartbeat, and drops a connection silent past the grace
@@ -559,20 +588,22 @@ export class Client {
       const queued = this.#offline;
       this.#offline = [];
       for (const item of queued) {
-        if (typeof item !== "number") {
-          this.#send(item);
+        if (typeof item === "string") {
+          this.#sendText(item);
           continue;
         }
         const pending = this.#pending.get(item);
         if (pending?.kind === "call") pending.sent = true;
-        if (pending && pending.kind !== "join") this.#send(pending.frame);
+        if (pending && pending.kind !== "join") this.#sendText(pending.text);
       }
+      // What came right after `welcome`, then its close if it came too.
+      for (const event of opened.early) if (!over) onMessage(event);
+      if (opened.earlyClose) onClose(opened.earlyClose);
     });
   }
 
   /** After a session: what was sent fails (never resent), the server's calls stop. */
   #sessionEnded(session: Session): void {
-    if (this.#session === session) this.#session = undefined;
     session.incoming.abortAll();
     const lost = new PlexusError("UNAVAILABLE", "the connection was lost");
     for (const [id, pending] of this.#pending) {
@@ -580,18 +611,16 @@ export class Client {
         this.#pending.delete(id);
         pending.done();
         pending.reject(lost);
-      } else if (pending.kind === "stream") {
+      } else if (pending.kind === "stream" && !this.#offline.includes(id)) {
         this.#pending.delete(id);
         pending.stream.finish(lost);
       } else if (pending.kind === "join") {
+        // Joined again (with its `onFirst`, if still unanswered) when the next session opens.
         this.#pending.delete(id);
         pending.sub.joining = false;
       }
     }
-    for (const channel of this.#serverPositions.keys()) {
-      this.#serverEvent({ channel, event: { type: "closed" } });
-    }
-    this.#serverPositions.clear();
+    this.#server.sessionEnded();
   }
 
   #finish(reason: ConnectError): void {
@@ -609,9 +638,14 @@ export class Client {
     }
     this.#pending.clear();
     this.#offline = [];
-    for (const sub of this.#channels.values()) sub.close(closed);
+    for (const sub of this.#channels.values()) {
+      const first = sub.onFirst;
+      sub.onFirst = undefined;
+      first?.(closed);
+      sub.close(closed);
+    }
     this.#channels.clear();
-    if (this.#serverWaiter) this.#serverWaiter({ value: undefined, done: true });
+    this.#server.end();
   }
 
   // ---------------------------------------------------------------- frames in
@@ -640,37 +674,26 @@ export class Client {
         return;
       }
       case "msg": {
-        const sub = this.#channels.get(frame.ch ?? "");
+        const channel = frame.ch ?? "";
+        const sub = this.#channels.get(channel);
         if (sub) return sub.publication(frame.o ?? 0, frame.d ?? null);
-        return this.#serverPublication(frame);
+        return this.#server.publication(channel, frame.o ?? 0, frame.d ?? null);
       }
       case "pjoin":
       case "pleave": {
-        const event = t === "pjoin" ? "join" : "leave";
-        const member = frame.d as Member;
-        const sub = this.#channels.get(frame.ch ?? "");
-        if (sub) return sub.presence(event, member);
-        if (this.#serverPositions.has(frame.ch ?? "")) {
-          this.#serverEvent({ channel: frame.ch ?? "", event: { type: event, member } });
-        }
-        return;
+        const type = t === "pjoin" ? "join" : "leave";
+        const channel = frame.ch ?? "";
+        const sub = this.#channels.get(channel);
+        if (sub) return sub.presence(type, frame.d as Member);
+        return this.#server.presence(channel, type, frame.d as Member);
       }
       case "joined": {
         const d = frame.d as { epoch: string; offset: number; recovered: boolean };
-        const channel = frame.ch ?? "";
-        this.#serverPositions.set(channel, { epoch: d.epoch, offset: d.offset });
-        this.#serverEvent({
-          channel,
-          event: { type: "subscribed", position: { epoch: d.epoch, offset: d.offset }, recovered: d.recovered },
-        });
-        return;
+        return this.#server.joined(frame.ch ?? "", { epoch: d.epoch, offset: d.offset }, d.recovered);
       }
       case "left":
         return this.#left(frame);
       case "req":
-        if (frame.m === "$refresh" && !this.#handlers.requests.has("$refresh")) {
-          return this.#refresh(id ?? 0);
-        }
         return session.incoming.request(id ?? 0, frame.m ?? "", frame.d ?? null);
       case "ntf":
         return session.incoming.notification(frame.m ?? "", frame.d ?? null);
@@ -697,71 +720,35 @@ export class Client {
       else pending.reject(answer.error);
     } else if (pending.kind === "stream") {
       pending.stream.finish("error" in answer ? answer.error : undefined);
-    } else if ("ok" in answer) {
-      const d = answer.ok as { epoch: string; offset: number; recovered: boolean };
-      pending.sub.joined({ epoch: d.epoch, offset: d.offset }, d.recovered, pending.since);
-      pending.first();
-    } else {
-      // Refused (a first join, or a later one after the permissions changed): it ends.
-      pending.sub.joining = false;
-      pending.first(answer.error);
-      if (this.#channels.get(pending.sub.channel) === pending.sub) {
-        this.#channels.delete(pending.sub.channel);
-      }
-      pending.sub.close(answer.error);
+    } else if (pending.sub.joinId === id) {
+      this.#joinAnswered(pending.sub, pending.since, answer);
     }
   }
 
-  /** A publication of a channel the server subscribed this connection to. */
-  #serverPublication(frame: Frame): void {
-    const channel = frame.ch ?? "";
-    const position = this.#serverPositions.get(channel);
-    if (!position || (frame.o ?? 0) <= position.offset) return;
-    position.offset = frame.o ?? 0;
-    this.#serverEvent({ channel, event: { type: "publication", offset: position.offset, data: frame.d ?? null } });
-  }
-
-  /** `left`: the server lost continuity (join again, recovering) or ended it. */
-  #left(frame: Frame): void {
-    const channel = frame.ch ?? "";
-    const error = frame.e ? PlexusError.from(frame.e) : undefined;
-    const sub = this.#channels.get(channel);
-    if (sub) {
-      if (error?.code === "UNAVAILABLE") return this.#join(sub);
-      this.#channels.delete(channel);
-      sub.close(error);
-      return;
-    }
-    if (this.#serverPositions.delete(channel)) {
-      this.#serverEvent({ channel, event: error ? { type: "closed", error } : { type: "closed" } });
-    }
-  }
-
-  /** The server's `$refresh`: a fresh credential from the hook (or the static token). */
-  #refresh(id: number): void {
-    const fetch = this.#options.credentials ?? (() => this.#options.token);
-    Promise.resolve()
-      .then(fetch)
-      .then(
-        (token) =>
-          this.#send(
-            token
-              ? { t: "res", id, d: { token } }
-              : { t: "err", id, e: { code: "UNAVAILABLE", message: "no credential available" } },
-          ),
-        () => this.#send({ t: "err", id, e: { code: "UNAVAILABLE", message: "no credential available" } }),
-      );
+  /** The server's `$refresh`: a fresh credential from the hook. */
+  async #freshToken(): Promise<{ token: string }> {
+    const token = this.#options.credentials ? await this.#options.credentials() : undefined;
+    if (!token) throw new PlexusError("UNAVAILABLE", "no credential available");
+    return { token };
   }
 
   #reportError(body: ErrorBody | undefined): void {
-    this.#errorListeners.forEach((listener) => listener(PlexusError.from(body)));
+    const error = PlexusError.from(body);
+    for (const listener of this.#errorListeners) {
+      try {
+        listener(error);
+      } catch {
+        // A listener's failure is its own.
+      }
+    }
   }
+}
 
-  readonly #errorListeners = new Set<(error: PlexusError) => void>();
-
-  /** Calls `listener` with each error the server reports without an id (a notification's). */
-  onError(listener: (error: PlexusError) => void): () => void {
-    this.#errorListeners.add(listener);
-    return () => this.#errorListeners.delete(listener);
+/** `frame` as text, or a `VALIDATION_ERROR` for values JSON cannot hold (a BigInt, a cycle). */
+function encodeOrThrow(frame: Frame): string {
+  try {
+    return encode(frame);
+  } catch (error) {
+    throw new PlexusError("VALIDATION_ERROR", `the params cannot be encoded as JSON: ${String(error)}`);
   }
 }

@@ -9,7 +9,7 @@ import type { Frame } from "./frames.js";
 export interface CallContext {
   /** The method called. */
   method: string;
-  /** Aborted when the server cancels the call or the connection ends. */
+  /** Aborted when the server cancels the call or the connection ends (never, for a notification). */
   signal: AbortSignal;
 }
 
@@ -89,7 +89,10 @@ export class Incoming {
           }
           if (serving.abort.signal.aborted) return;
           if (serving.allowed !== null) serving.allowed -= 1;
-          this.#send({ t: "item", id, d: item ?? null });
+          if (!this.#sendOrFail(id, { t: "item", id, d: item ?? null })) {
+            this.#serving.delete(id);
+            return;
+          }
         }
         this.#finish(id, serving, { t: "end", id });
       } catch (error) {
@@ -142,7 +145,18 @@ export class Incoming {
   #finish(id: number, serving: Serving, frame: Frame): void {
     if (this.#serving.get(id) !== serving) return;
     this.#serving.delete(id);
-    this.#send(frame);
+    this.#sendOrFail(id, frame);
+  }
+
+  /** Sends `frame`; one that cannot be encoded (a BigInt, a cycle) answers `INTERNAL`. */
+  #sendOrFail(id: number, frame: Frame): boolean {
+    try {
+      this.#send(frame);
+      return true;
+    } catch {
+      this.#send({ t: "err", id, e: { code: "INTERNAL", message: "the client's answer cannot be encoded" } });
+      return false;
+    }
   }
 
   #refuse(id: number, code: string, message: string): void {

@@ -3,10 +3,12 @@
 
 import { PlexusError } from "./errors.js";
 
-/** What the client does for a stream: grant more credit, or cancel it. */
+/** What the client does for a stream: grant more credit, cancel it, forget it. */
 export interface StreamLink {
   credit(n: number): void;
   cancel(): void;
+  /** The stream is over (ended, failed or cancelled). */
+  finished(): void;
 }
 
 /**
@@ -50,6 +52,7 @@ export class CallStream<T> implements AsyncIterableIterator<T> {
     if (this.#finished) return;
     this.#finished = true;
     this.#error = error;
+    this.#link?.finished();
     this.#link = undefined;
     if (this.#waiter && this.#items.length === 0) {
       const waiter = this.#waiter;
@@ -87,6 +90,11 @@ export class CallStream<T> implements AsyncIterableIterator<T> {
     this.#items = [];
     this.finish();
     link?.cancel();
+  }
+
+  /** @internal Whether it is over. */
+  get finished(): boolean {
+    return this.#finished;
   }
 
   [Symbol.asyncIterator](): AsyncIterableIterator<T> {

@@ -5,7 +5,8 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { api, connectTo, startServer, within } from "./helpers.mjs";
+import { Client } from "../dist/index.js";
+import { api, connectTo, options, startServer, within } from "./helpers.mjs";
 
 const KEY = "a-test-api-key";
 let server;
@@ -93,4 +94,15 @@ test("a reader that falls behind lags, then catches up from the history without 
   // It did fall behind: what did not fit came back through a join from its position.
   assert.ok(others.some((e) => e.type === "resubscribed" && e.recovered), JSON.stringify(others));
   dave.close();
+});
+
+test("a join made before the session opens is sent when it does", async () => {
+  const erin = new Client(server.url, options());
+  const joining = erin.join("demo:early");
+  assert.equal(erin.status, "connecting");
+  const sub = await within("the early join", joining);
+  await erin.publish("demo:early", "first");
+  assert.deepEqual((await publications(sub, 1)).data, ["first"]);
+  erin.close();
+  await assert.rejects(erin.join("demo:late"), (e) => e.code === "CLOSED");
 });

@@ -31,9 +31,12 @@ test("a server that dies and comes back: calls in flight fail, the client reconn
   assert.equal(lost.code, "UNAVAILABLE", "never resent on its own");
   assert.equal(client.status, "reconnecting");
 
+  // A join made while reconnecting is answered once the client is back.
+  const late = client.join("demo:late");
   const second = await startServer({ listen: `127.0.0.1:${first.port}` });
   await until("the client to reconnect", () => client.status === "connected", 10_000);
   assert.equal(await client.request("sys.echo", "back"), "back");
+  assert.equal((await within("the late join", late)).channel, "demo:late");
   // A new server: a new epoch, so nothing could be recovered, and the client says so.
   const { value } = await within("the resubscription", sub.next());
   assert.equal(value.type, "resubscribed");

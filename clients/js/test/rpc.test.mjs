@@ -2,6 +2,7 @@
 // AbortSignal, notifications, streams with credit and cancel, the offline queue.
 
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { after, before, test } from "node:test";
 
 import { Client, PlexusError } from "../dist/index.js";
@@ -107,4 +108,50 @@ test("calls made before the session opens wait in the offline queue, which is bo
   client.close();
   assert.equal(client.status, "closed");
   await assert.rejects(client.request("sys.echo", 1), (e) => e.code === "CLOSED");
+});
+
+test("params JSON cannot hold fail the call at once, before anything is sent", async () => {
+  const client = await connectTo(server.url);
+  const error = await client.request("sys.echo", { n: 1n }).catch((e) => e);
+  assert.equal(error.code, "VALIDATION_ERROR");
+  assert.throws(() => client.notify("sys.echo", { n: 1n }), (e) => e.code === "VALIDATION_ERROR");
+  assert.equal(await client.request("sys.echo", "fine"), "fine");
+  client.close();
+});
+
+test("a stream whose signal is already aborted is cancelled without being sent", async () => {
+  const client = await connectTo(server.url);
+  const key = 'plexus_calls_total{method="sys.count",outcome="ok"}';
+  const before = await metric(server.http, key);
+  const abort = new AbortController();
+  abort.abort();
+  const stream = client.stream("sys.count", { n: 3 }, { signal: abort.signal });
+  await assert.rejects(stream.next(), (e) => e.code === "CANCELLED");
+  // The next stream is the server's next one: nothing ran for the first.
+  const items = [];
+  for await (const item of client.stream("sys.count", { n: 3 })) items.push(item);
+  assert.deepEqual(items, [0, 1, 2]);
+  assert.equal(await metric(server.http, key), before + 1);
+  client.close();
+});
+
+test("close() stops everything: a client backing off lets Node exit at once", async () => {
+  const script = `
+    import WebSocket from "ws";
+    import { Client } from "./dist/index.js";
+    const client = new Client("ws://127.0.0.1:1/ws", {
+      WebSocket,
+      reconnect: { maxAttempts: 100, initialDelay: 60000, maxDelay: 60000 },
+    });
+    client.ready.catch(() => {});
+    setTimeout(() => client.close(), 300);
+  `;
+  const started = Date.now();
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+    cwd: new URL("..", import.meta.url),
+    stdio: "inherit",
+  });
+  const code = await within("the script to exit", new Promise((done) => child.on("exit", done)), 10_000);
+  assert.equal(code, 0);
+  assert.ok(Date.now() - started < 5000, `exited after ${Date.now() - started} ms`);
 });

@@ -33,6 +33,7 @@ before(async () => {
     .handle("Js.crash", () => {
       throw new Error("a secret the caller must not see");
     })
+    .handle("Js.unencodable", () => ({ n: 1n }))
     .handle(
       "Js.slow",
       (_, ctx) =>
@@ -72,6 +73,8 @@ test("a handler's PlexusError reaches the caller as it was thrown; other failure
   const crashed = await caller.request("Js.crash", null).catch((e) => e);
   assert.equal(crashed.code, "INTERNAL");
   assert.doesNotMatch(crashed.message, /secret/);
+  const unencodable = await caller.request("Js.unencodable", null).catch((e) => e);
+  assert.equal(unencodable.code, "INTERNAL");
   const unknown = await caller.request("Js.nope", null).catch((e) => e);
   assert.equal(unknown.code, "NOT_FOUND");
 });

@@ -1,0 +1,83 @@
+// One connection attempt (PROTOCOL.md §4): open the socket, say `hello`, wait for `welcome`
+// or `reject`, within a deadline. What arrives after `welcome` before the session takes the
+// socket over is kept for it: Node's WebSocket implementations deliver every message of one
+// read at once, and the server may call or subscribe the client right after `welcome`.
+
+import { ConnectError, type ErrorBody } from "./errors.js";
+import { decode, encode, type Frame, SUBPROTOCOL } from "./frames.js";
+
+/** The part of the WebSocket API the client uses (browsers' `WebSocket`, Node's `ws`). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  readonly protocol: string;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+}
+
+/** A WebSocket constructor: the global one, `ws`'s, or your own. */
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** An open session's socket, its `welcome`, and what came after it. */
+export interface Opened {
+  ws: WebSocketLike;
+  welcome: Frame;
+  /** Messages after `welcome`, in order, and the close if it came too. */
+  early: { data: unknown }[];
+  earlyClose: { code: number; reason: string } | undefined;
+}
+
+export interface Attempt {
+  /** Settles with the session, or a ConnectError. */
+  opened: Promise<Opened>;
+  /** Gives the attempt up (the client is closing). */
+  abandon(): void;
+}
+
+export function openSocket(
+  WS: WebSocketConstructor,
+  url: string,
+  hello: Frame,
+  timeout: number,
+): Attempt {
+  const ws = new WS(url, [SUBPROTOCOL]);
+  let abandon = () => {};
+  const opened = new Promise<Opened>((resolve, reject) => {
+    let rejectReason: ErrorBody | undefined;
+    const fail = (error: ConnectError) => {
+      clearTimeout(timer);
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      reject(error);
+    };
+    const timer = setTimeout(() => {
+      ws.close(1000, "");
+      fail(new ConnectError("no welcome within the connect timeout"));
+    }, timeout);
+    abandon = () => {
+      ws.close(1000, "");
+      fail(new ConnectError("closed by the application"));
+    };
+    ws.onerror = () => {};
+    ws.onopen = () => ws.send(encode(hello));
+    ws.onmessage = (event) => {
+      const frame = typeof event.data === "string" ? decode(event.data) : undefined;
+      if (frame?.t === "welcome") {
+        clearTimeout(timer);
+        const session: Opened = { ws, welcome: frame, early: [], earlyClose: undefined };
+        ws.onmessage = (later) => session.early.push(later);
+        ws.onclose = (closed) => (session.earlyClose = closed);
+        resolve(session);
+      } else if (frame?.t === "reject") {
+        rejectReason = frame.e;
+      }
+    };
+    ws.onclose = (event) => {
+      const reason = rejectReason?.message ?? event.reason;
+      fail(new ConnectError(`connection closed (${event.code}) ${reason}`.trim(), event.code, rejectReason));
+    };
+  });
+  return { opened, abandon: () => abandon() };
+}

@@ -2,7 +2,7 @@
 // both directions over it, and channels joined again (recovering what was missed) after each
 // reconnect.
 
-import { type Backoff, backoff, delay, type ReconnectOptions, shouldReconnect } from "./backoff.js";
+import { type Backoff, backoff, delay, shouldReconnect } from "./backoff.js";
 import { type JoinOptions, type Member, Subscription } from "./channel.js";
 import { ConnectError, type ErrorBody, PlexusError } from "./errors.js";
 import { decode, encode, type Frame, type Position } from "./frames.js";
@@ -14,65 +14,13 @@ import {
   type StreamHandler,
 } from "./incoming.js";
 import { type Attempt, type Opened, openSocket, type WebSocketConstructor, type WebSocketLike } from "./open.js";
+import type { CallOptions, ClientOptions, StreamOptions } from "./options.js";
+import { type ProviderInfo, type ServiceWatchItem, waitForService } from "./mesh.js";
 import { type ServerChannelEvent, ServerChannels } from "./server-channels.js";
 import { CallStream } from "./stream.js";
 
 /** Where the client stands. */
 export type Status = "connecting" | "connected" | "reconnecting" | "closed";
-
-/** How a client connects, calls and reconnects. */
-export interface ClientOptions {
-  /** The WebSocket implementation. Default: the global `WebSocket`, else the `ws` package. */
-  WebSocket?: WebSocketConstructor;
-  /** A static credential, sent in the `hello` frame (or the URL, see `tokenInQuery`). */
-  token?: string;
-  /**
-   * Fetches a credential before every connection attempt, and to answer the server's
-   * `$refresh`; wins over `token`. `null` or `undefined`: connect without one.
-   */
-  credentials?: () => Promise<string | null | undefined> | string | null | undefined;
-  /** Send the credential as `?token=` in the URL instead of in the `hello` frame. */
-  tokenInQuery?: boolean;
-  /** Application data for the server's authenticator (the `hello` frame's `data`). */
-  helloData?: unknown;
-  /** Default deadline of a request or a channel call, in ms (queued time included). Default 30000. */
-  callTimeout?: number;
-  /** Deadline of one connection attempt (open, hello, welcome), in ms. Default 10000. */
-  connectTimeout?: number;
-  /** Reconnecting: exponential backoff with full jitter. */
-  reconnect?: ReconnectOptions;
-  /**
-   * How long past the server's heartbeat interval the client waits, hearing nothing, before
-   * it treats the connection as half-open and reconnects, in ms. Default 10000.
-   */
-  heartbeatGrace?: number;
-  /** Calls, streams and notifications that may wait while disconnected. Default 1024. */
-  offlineQueue?: number;
-  /** Items a stream may have in transit (its credit window). Default 64. */
-  streamWindow?: number;
-  /** Events a subscription holds for a slow reader before it lags. Default 1024. */
-  channelBuffer?: number;
-  /** Calls from the server served at once. Default 1024. */
-  maxServerCalls?: number;
-}
-
-/** Per-call options. */
-export interface CallOptions {
-  /** Deadline in ms (default: the client's `callTimeout`). */
-  timeout?: number;
-  /** Aborting it cancels the call (`cancel` is sent if it was). */
-  signal?: AbortSignal;
-  /** Through a relay: the provider node that must take the call. */
-  node?: string;
-}
-
-/** Options of a stream. */
-export interface StreamOptions {
-  /** Aborting it cancels the stream. */
-  signal?: AbortSignal;
-  /** Through a relay: the provider node that must take the call. */
-  node?: string;
-}
 
 type Pending =
   | {
@@ -127,6 +75,7 @@ export class Client {
   readonly #server: ServerChannels;
   readonly #statusListeners = new Set<(status: Status) => void>();
   readonly #errorListeners = new Set<(error: PlexusError) => void>();
+  readonly #providedListeners = new Set<(outcome: { node: string } | PlexusError) => void>();
   /** Ids of calls and streams, and encoded notifications, waiting for a session. */
   #offline: (number | string)[] = [];
   #session: Session | undefined;
@@ -164,6 +113,30 @@ export class Client {
   onError(listener: (error: PlexusError) => void): () => void {
     this.#errorListeners.add(listener);
     return () => this.#errorListeners.delete(listener);
+  }
+
+  /**
+   * With `options.provide`: calls `listener` with the outcome of each `$provide` (after
+   * every `welcome`): `{node}`, or the relay's refusal.
+   */
+  onProvided(listener: (outcome: { node: string } | PlexusError) => void): () => void {
+    this.#providedListeners.add(listener);
+    return () => this.#providedListeners.delete(listener);
+  }
+
+  /** Through a relay: the live providers now. */
+  services(): Promise<ProviderInfo[]> {
+    return this.request<ProviderInfo[]>("$services");
+  }
+
+  /** Through a relay: the providers now (the first item), then each change. */
+  watchServices(options: StreamOptions = {}): CallStream<ServiceWatchItem> {
+    return this.stream<ServiceWatchItem>("$watch", null, options);
+  }
+
+  /** Through a relay: resolves once a provider serves `service` (see {@link waitForService}). */
+  waitForService(service: string, options: { timeout?: number; signal?: AbortSignal } = {}): Promise<void> {
+    return waitForService(this, service, { timeout: this.#options.callTimeout, ...options });
   }
 
   /** Serves requests `method` from the server (`$refresh` included, replacing the built-in). */
@@ -584,6 +557,7 @@ export class Client {
       this.#setStatus("connected");
       this.#settleReady?.resolve();
       this.#settleReady = undefined;
+      if (this.#options.provide) this.#provide(session, 0);
       for (const sub of this.#channels.values()) this.#join(sub);
       const queued = this.#offline;
       this.#offline = [];
@@ -722,6 +696,31 @@ export class Client {
       pending.stream.finish("error" in answer ? answer.error : undefined);
     } else if (pending.sub.joinId === id) {
       this.#joinAnswered(pending.sub, pending.since, answer);
+    }
+  }
+
+  /** `$provide` on `session`; a node id still held (`CONFLICT`) is asked again with backoff. */
+  #provide(session: Session, retries: number): void {
+    const provide = this.#options.provide;
+    if (!provide || this.#session !== session) return;
+    this.request<{ node: string }>("$provide", provide).then(
+      (provided) => this.#provided(provided),
+      (error: PlexusError) => {
+        if (error.code === "CONFLICT" && this.#session === session) {
+          setTimeout(() => this.#provide(session, retries + 1), delay(this.#backoff, retries));
+        }
+        this.#provided(error);
+      },
+    );
+  }
+
+  #provided(outcome: { node: string } | PlexusError): void {
+    for (const listener of this.#providedListeners) {
+      try {
+        listener(outcome);
+      } catch {
+        // A listener's failure is its own.
+      }
     }
   }
 

@@ -1,9 +1,12 @@
 // plexus's TypeScript client, for browsers and Node 20+.
 
 export { Client, connect } from "./client.js";
-export type { CallOptions, ClientOptions, Status, StreamOptions } from "./client.js";
+export type { Status } from "./client.js";
+export type { CallOptions, ClientOptions, StreamOptions } from "./options.js";
 export type { WebSocketConstructor, WebSocketLike } from "./open.js";
 export type { ServerChannelEvent } from "./server-channels.js";
+export { waitForService } from "./mesh.js";
+export type { ProviderInfo, ServiceWatchItem } from "./mesh.js";
 export type { ReconnectOptions } from "./backoff.js";
 export { Subscription } from "./channel.js";
 export type { ChannelEvent, JoinOptions, Member } from "./channel.js";

@@ -5,7 +5,7 @@
 import { type Backoff, backoff, delay, shouldReconnect } from "./backoff.js";
 import { type JoinOptions, type Member, Subscription } from "./channel.js";
 import { ConnectError, type ErrorBody, PlexusError } from "./errors.js";
-import { decode, encode, type Frame, type Position } from "./frames.js";
+import { type Codec, type Frame, json, msgpack, type Position, type Wire } from "./frames.js";
 import {
   type Handlers,
   Incoming,
@@ -25,13 +25,13 @@ export type Status = "connecting" | "connected" | "reconnecting" | "closed";
 type Pending =
   | {
       kind: "call";
-      text: string;
+      wire: Wire;
       sent: boolean;
       resolve: (value: unknown) => void;
       reject: (error: PlexusError) => void;
       done: () => void;
     }
-  | { kind: "stream"; text: string; stream: CallStream<unknown> }
+  | { kind: "stream"; wire: Wire; stream: CallStream<unknown> }
   | { kind: "join"; sub: Subscription; since: Position | undefined };
 
 interface Session {
@@ -68,6 +68,7 @@ export class Client {
   closeReason: ConnectError | undefined;
 
   readonly #options: ClientOptions;
+  readonly #codec: Codec;
   readonly #backoff: Backoff;
   readonly #handlers: Handlers = { requests: new Map(), notifications: new Map(), streams: new Map() };
   readonly #pending = new Map<number, Pending>();
@@ -77,7 +78,7 @@ export class Client {
   readonly #errorListeners = new Set<(error: PlexusError) => void>();
   readonly #providedListeners = new Set<(outcome: { node: string } | PlexusError) => void>();
   /** Ids of calls and streams, and encoded notifications, waiting for a session. */
-  #offline: (number | string)[] = [];
+  #offline: (number | Wire)[] = [];
   #session: Session | undefined;
   #status: Status = "connecting";
   #nextId = 1;
@@ -90,6 +91,7 @@ export class Client {
   constructor(url: string, options: ClientOptions = {}) {
     this.url = url;
     this.#options = options;
+    this.#codec = options.msgpack ? msgpack(options.msgpack) : json;
     this.#backoff = backoff(options.reconnect);
     this.#server = new ServerChannels(options.channelBuffer ?? 1024);
     this.#handlers.requests.set("$refresh", () => this.#freshToken());
@@ -172,9 +174,9 @@ export class Client {
     this.#ensureOpen();
     const frame: Frame = { t: "ntf", m: method, d: params ?? null };
     if (options.node !== undefined) frame.node = options.node;
-    const text = encodeOrThrow(frame);
-    if (this.#session) return this.#sendText(text);
-    if (!this.#enqueue(text)) throw new PlexusError("QUEUE_FULL", "the offline queue is full");
+    const wire = this.#encodeOrThrow(frame);
+    if (this.#session) return this.#sendWire(wire);
+    if (!this.#enqueue(wire)) throw new PlexusError("QUEUE_FULL", "the offline queue is full");
   }
 
   /** Opens stream `method`: iterate its items; `break` or the signal cancels it. */
@@ -190,9 +192,9 @@ export class Client {
     const id = this.#id();
     const frame: Frame = { t: "sub", id, m: method, d: params ?? null, credit: window };
     if (options.node !== undefined) frame.node = options.node;
-    const text = encodeOrThrow(frame);
+    const wire = this.#encodeOrThrow(frame);
     const onAbort = () => stream.cancel();
-    this.#pending.set(id, { kind: "stream", text, stream: stream as CallStream<unknown> });
+    this.#pending.set(id, { kind: "stream", wire, stream: stream as CallStream<unknown> });
     stream.attach({
       credit: (n) => this.#session && this.#send({ t: "credit", id, n }),
       cancel: () => {
@@ -202,7 +204,7 @@ export class Client {
       finished: () => signal?.removeEventListener("abort", onAbort),
     });
     signal?.addEventListener("abort", onAbort, { once: true });
-    if (this.#session) this.#sendText(text);
+    if (this.#session) this.#sendWire(wire);
     else if (!this.#enqueue(id)) {
       this.#pending.delete(id);
       stream.finish(new PlexusError("QUEUE_FULL", "the offline queue is full"));
@@ -292,9 +294,9 @@ export class Client {
     }
     const id = this.#id();
     frame.id = id;
-    let text: string;
+    let wire: Wire;
     try {
-      text = encodeOrThrow(frame);
+      wire = this.#encodeOrThrow(frame);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -316,13 +318,13 @@ export class Client {
         } else this.#dequeue(id);
         reject(error);
       };
-      const pending: Pending = { kind: "call", text, sent: false, resolve, reject, done };
+      const pending: Pending = { kind: "call", wire, sent: false, resolve, reject, done };
       this.#pending.set(id, pending);
       if (options.signal?.aborted) return onAbort();
       options.signal?.addEventListener("abort", onAbort, { once: true });
       if (this.#session) {
         pending.sent = true;
-        this.#sendText(text);
+        this.#sendWire(wire);
       } else if (!this.#enqueue(id)) {
         fail(new PlexusError("QUEUE_FULL", "the offline queue is full"));
       }
@@ -330,7 +332,7 @@ export class Client {
   }
 
   /** Queues a call id or an encoded notification until a session opens; `false` when full. */
-  #enqueue(item: number | string): boolean {
+  #enqueue(item: number | Wire): boolean {
     if (this.#offline.length >= (this.#options.offlineQueue ?? 1024)) return false;
     this.#offline.push(item);
     return true;
@@ -344,12 +346,21 @@ export class Client {
   }
 
   #send(frame: Frame): void {
-    this.#sendText(encode(frame));
+    this.#sendWire(this.#codec.encode(frame));
   }
 
-  #sendText(text: string): void {
+  #sendWire(wire: Wire): void {
     const ws = this.#session?.ws;
-    if (ws && ws.readyState === OPEN) ws.send(text);
+    if (ws && ws.readyState === OPEN) ws.send(wire);
+  }
+
+  /** `frame` encoded, or a `VALIDATION_ERROR` for values the codec cannot hold (a cycle…). */
+  #encodeOrThrow(frame: Frame): Wire {
+    try {
+      return this.#codec.encode(frame);
+    } catch (error) {
+      throw new PlexusError("VALIDATION_ERROR", `the params cannot be encoded: ${String(error)}`);
+    }
   }
 
   // ---------------------------------------------------------------- channels
@@ -489,7 +500,7 @@ export class Client {
       url += `${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
     } else if (token !== undefined) hello.token = token;
     if (this.#options.helloData !== undefined) hello.data = this.#options.helloData;
-    const attempt = openSocket(WS, url, hello, this.#options.connectTimeout ?? 10_000);
+    const attempt = openSocket(WS, this.#codec, url, hello, this.#options.connectTimeout ?? 10_000);
     this.#attempt = attempt;
     try {
       return await attempt.opened;
@@ -528,10 +539,9 @@ export class Client {
       const onMessage = (event: { data: unknown }) => {
         session.lastHeard = Date.now();
         session.pinged = false;
-        if (typeof event.data !== "string") return;
-        const frame = decode(event.data);
+        const frame = this.#codec.decode(event.data);
         if (frame) this.#dispatch(session, frame);
-        else this.#send({ t: "err", e: { code: "BAD_FRAME", message: "not a JSON frame" } });
+        else this.#send({ t: "err", e: { code: "BAD_FRAME", message: "not a frame of this codec" } });
       };
       const onClose = (event: { code: number; reason: string }) =>
         end(new ConnectError(`connection closed (${event.code}) ${event.reason}`.trim(), event.code));
@@ -562,13 +572,13 @@ export class Client {
       const queued = this.#offline;
       this.#offline = [];
       for (const item of queued) {
-        if (typeof item === "string") {
-          this.#sendText(item);
+        if (typeof item !== "number") {
+          this.#sendWire(item);
           continue;
         }
         const pending = this.#pending.get(item);
         if (pending?.kind === "call") pending.sent = true;
-        if (pending && pending.kind !== "join") this.#sendText(pending.text);
+        if (pending && pending.kind !== "join") this.#sendWire(pending.wire);
       }
       // What came right after `welcome`, then its close if it came too.
       for (const event of opened.early) if (!over) onMessage(event);
@@ -740,14 +750,5 @@ export class Client {
         // A listener's failure is its own.
       }
     }
-  }
-}
-
-/** `frame` as text, or a `VALIDATION_ERROR` for values JSON cannot hold (a BigInt, a cycle). */
-function encodeOrThrow(frame: Frame): string {
-  try {
-    return encode(frame);
-  } catch (error) {
-    throw new PlexusError("VALIDATION_ERROR", `the params cannot be encoded as JSON: ${String(error)}`);
   }
 }

@@ -29,22 +29,66 @@ export interface Frame {
   user?: string;
 }
 
-export const SUBPROTOCOL = "plexus.v1.json";
+/** A frame on the wire: a text message (JSON) or a binary one (MessagePack). */
+export type Wire = string | Uint8Array;
 
-export function encode(frame: Frame): string {
-  return JSON.stringify(frame);
+/** How frames are written (PROTOCOL.md §2): the subprotocol, and its encoding. */
+export interface Codec {
+  readonly subprotocol: string;
+  /** Throws for a value the encoding cannot hold. */
+  encode(frame: Frame): Wire;
+  /** The frame in a message, or `undefined` if it is not one of this codec. */
+  decode(data: unknown): Frame | undefined;
 }
 
-/** The frame in a text message, or `undefined` if it is not one. */
-export function decode(text: string): Frame | undefined {
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    return undefined;
-  }
+/** A MessagePack implementation, such as `@msgpack/msgpack`'s `encode` and `decode`. */
+export interface MessagePack {
+  encode(value: unknown): Uint8Array;
+  decode(data: Uint8Array): unknown;
+}
+
+function frameOf(value: unknown): Frame | undefined {
   if (typeof value !== "object" || value === null || typeof (value as Frame).t !== "string") {
     return undefined;
   }
   return value as Frame;
+}
+
+/** `plexus.v1.json`: one JSON object per text message. */
+export const json: Codec = {
+  subprotocol: "plexus.v1.json",
+  encode: (frame) => JSON.stringify(frame),
+  decode(data) {
+    if (typeof data !== "string") return undefined;
+    try {
+      return frameOf(JSON.parse(data));
+    } catch {
+      return undefined;
+    }
+  },
+};
+
+/** `plexus.v1.msgpack`: one MessagePack map per binary message, with `msgpack`'s codec. */
+export function msgpack(msgpack: MessagePack): Codec {
+  return {
+    subprotocol: "plexus.v1.msgpack",
+    encode: (frame) => msgpack.encode(withoutUndefined(frame)),
+    decode(data) {
+      const bytes =
+        data instanceof Uint8Array ? data : data instanceof ArrayBuffer ? new Uint8Array(data) : undefined;
+      if (!bytes) return undefined;
+      try {
+        return frameOf(msgpack.decode(bytes));
+      } catch {
+        return undefined;
+      }
+    },
+  };
+}
+
+/** MessagePack writes `undefined` fields as nil; the protocol means "absent" by leaving them out. */
+function withoutUndefined(frame: Frame): Frame {
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(frame)) if (value !== undefined) out[key] = value;
+  return out as unknown as Frame;
 }

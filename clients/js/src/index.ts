@@ -12,6 +12,6 @@ export { Subscription } from "./channel.js";
 export type { ChannelEvent, JoinOptions, Member } from "./channel.js";
 export { ConnectError, PlexusError } from "./errors.js";
 export type { ErrorBody, ErrorCode } from "./errors.js";
-export type { Position } from "./frames.js";
+export type { MessagePack, Position } from "./frames.js";
 export type { CallContext, NotificationHandler, RequestHandler, StreamHandler } from "./incoming.js";
 export { CallStream } from "./stream.js";

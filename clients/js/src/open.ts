@@ -4,13 +4,15 @@
 // read at once, and the server may call or subscribe the client right after `welcome`.
 
 import { ConnectError, type ErrorBody } from "./errors.js";
-import { decode, encode, type Frame, SUBPROTOCOL } from "./frames.js";
+import type { Codec, Frame, Wire } from "./frames.js";
 
 /** The part of the WebSocket API the client uses (browsers' `WebSocket`, Node's `ws`). */
 export interface WebSocketLike {
   readonly readyState: number;
   readonly protocol: string;
-  send(data: string): void;
+  /** Set to `"arraybuffer"` for MessagePack, where the implementation has it. */
+  binaryType?: string;
+  send(data: Wire): void;
   close(code?: number, reason?: string): void;
   onopen: ((event: unknown) => void) | null;
   onmessage: ((event: { data: unknown }) => void) | null;
@@ -39,11 +41,13 @@ export interface Attempt {
 
 export function openSocket(
   WS: WebSocketConstructor,
+  codec: Codec,
   url: string,
   hello: Frame,
   timeout: number,
 ): Attempt {
-  const ws = new WS(url, [SUBPROTOCOL]);
+  const ws = new WS(url, [codec.subprotocol]);
+  if ("binaryType" in ws) ws.binaryType = "arraybuffer";
   let abandon = () => {};
   const opened = new Promise<Opened>((resolve, reject) => {
     let rejectReason: ErrorBody | undefined;
@@ -61,9 +65,9 @@ export function openSocket(
       fail(new ConnectError("closed by the application"));
     };
     ws.onerror = () => {};
-    ws.onopen = () => ws.send(encode(hello));
+    ws.onopen = () => ws.send(codec.encode(hello));
     ws.onmessage = (event) => {
-      const frame = typeof event.data === "string" ? decode(event.data) : undefined;
+      const frame = codec.decode(event.data);
       if (frame?.t === "welcome") {
         clearTimeout(timer);
         const session: Opened = { ws, welcome: frame, early: [], earlyClose: undefined };

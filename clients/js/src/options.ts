@@ -1,12 +1,18 @@
 // What a client is told: how it connects, calls and reconnects, and the options of one call.
 
 import type { ReconnectOptions } from "./backoff.js";
+import type { MessagePack } from "./frames.js";
 import type { WebSocketConstructor } from "./open.js";
 
 /** How a client connects, calls and reconnects. */
 export interface ClientOptions {
   /** The WebSocket implementation. Default: the global `WebSocket`, else the `ws` package. */
   WebSocket?: WebSocketConstructor;
+  /**
+   * Speak `plexus.v1.msgpack` with this MessagePack implementation (e.g.
+   * `import { encode, decode } from "@msgpack/msgpack"`). Default: `plexus.v1.json`.
+   */
+  msgpack?: MessagePack;
   /** A static credential, sent in the `hello` frame (or the URL, see `tokenInQuery`). */
   token?: string;
   /**

@@ -182,3 +182,27 @@ async fn a_day_of_heartbeats_keeps_an_idle_client_on_one_connection() {
         .expect("answered");
     assert_eq!(length, 10);
 }
+
+#[tokio::test]
+async fn a_handler_reads_the_upgrade_requests_headers_but_not_the_handshakes() {
+    let router = Router::new().request("whoami.tenant", |ctx: CallContext, _: ()| async move {
+        let header = |name: &str| {
+            ctx.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Ok::<_, RpcError>(json!({
+            "tenant": header("x-tenant"),
+            "key": header("sec-websocket-key"),
+        }))
+    });
+    let server = TestServer::start(Server::builder().router(router)).await;
+    let options = plexus::ClientOptions::default().header(
+        http::HeaderName::from_static("x-tenant"),
+        http::HeaderValue::from_static("acme"),
+    );
+    let client = server.client_with(options).await;
+    let seen: Value = client.call("whoami.tenant", &()).await.expect("answered");
+    assert_eq!(seen, json!({"tenant": "acme", "key": null}));
+}

@@ -14,6 +14,7 @@ mod channels;
 mod config;
 mod engine;
 mod metrics;
+mod page;
 mod relay;
 mod token;
 
@@ -136,6 +137,10 @@ struct ServeArgs {
     /// [default: on]
     #[arg(long, value_enum, env = "PLEXUS_METRICS")]
     metrics: Option<Switch>,
+    /// The page at / (a dashboard of /metrics and a demo chat on demo:chat): on or off.
+    /// Replaces the file's `page` [default: on]
+    #[arg(long, value_enum, env = "PLEXUS_PAGE")]
+    page: Option<Switch>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -321,6 +326,13 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     let mut app = server.route(&path).merge(server.health_routes());
     if let Some(metrics) = &metrics {
         app = app.merge(metrics::route(metrics.clone()));
+    }
+    let page_on = match args.page {
+        Some(switch) => switch == Switch::On,
+        None => file.page.unwrap_or(true),
+    };
+    if page_on {
+        app = app.merge(page::routes(&path));
     }
     if let Some(echo) = &echo_path {
         app = app.merge(plexus_server::echo_route(echo, &endpoint));

@@ -123,6 +123,8 @@ pub(crate) struct FileConfig {
     pub(crate) origins: Option<OriginPolicy>,
     /// Whether `/metrics` serves Prometheus metrics (default: true).
     pub(crate) metrics: Option<bool>,
+    /// Whether `/` serves the page: a dashboard and a demo chat (default: true).
+    pub(crate) page: Option<bool>,
     #[serde(default)]
     pub(crate) auth: AuthFile,
     #[serde(default)]

@@ -106,3 +106,17 @@ test("a join made before the session opens is sent when it does", async () => {
   erin.close();
   await assert.rejects(erin.join("demo:late"), (e) => e.code === "CLOSED");
 });
+
+test("a join with a filter receives only the publications that match it", async () => {
+  const frank = await connectTo(server.url);
+  const sub = await frank.join("demo:filtered", { filter: { kind: "chat" } });
+  for (const data of [{ kind: "chat", n: 1 }, { kind: "other", n: 2 }, { kind: "chat", n: 3 }]) {
+    await frank.publish("demo:filtered", data);
+  }
+  const { data, offsets } = await publications(sub, 2);
+  assert.deepEqual(data, [{ kind: "chat", n: 1 }, { kind: "chat", n: 3 }]);
+  assert.deepEqual(offsets, [1, 3]);
+  const refused = await frank.join("demo:filtered-badly", { filter: "not an object" }).catch((e) => e);
+  assert.equal(refused.code, "VALIDATION_ERROR");
+  frank.close();
+});

@@ -1,5 +1,6 @@
-// Builds the page `plexus serve` shows at `/` into crates/plexus/assets, where the binary
-// embeds it: index.html as written, and page.ts bundled with the client and minified.
+// Builds the script of the page `plexus serve` shows at `/` into crates/plexus/assets, where
+// the binary embeds it beside the page's HTML (written there by hand): page.ts bundled with
+// the client and minified.
 // `node page/build.mjs --check` fails when the committed assets differ from a fresh build.
 
 import { readFileSync, writeFileSync } from "node:fs";
@@ -21,10 +22,7 @@ export async function bundle() {
     write: false,
     legalComments: "none",
   });
-  return {
-    "index.html": readFileSync(here("./index.html"), "utf8"),
-    "plexus-page.js": result.outputFiles[0].text,
-  };
+  return { "plexus-page.js": result.outputFiles[0].text };
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {

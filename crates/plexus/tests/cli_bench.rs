@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::process::{Proc, ws_addr, ws_url};
+use support::process::Proc;
 use support::within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,22 +30,7 @@ const BOUND: Duration = Duration::from_secs(60);
 const SECRET: &str = "a-bench-secret-of-at-least-32-bytes!";
 
 async fn serve(extra: &[&str]) -> (Proc, String, SocketAddr, std::path::PathBuf) {
-    static SERVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let config = std::env::temp_dir().join(format!("plexus-bench-{}-{n}.toml", std::process::id()));
-    std::fs::write(&config, CONFIG).expect("write the config");
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-        config.to_str().expect("UTF-8"),
-    ];
-    args.extend(extra);
-    let (proc, line) = Proc::start(&args, "ws://").await;
-    let url = ws_url(&line);
-    let addr = ws_addr(&url);
-    (proc, url, addr, config)
+    support::process::serve_with_config(CONFIG, extra).await
 }
 
 /// `plexus bench ARGS --json`: the figures.

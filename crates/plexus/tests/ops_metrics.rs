@@ -31,24 +31,7 @@ history_size = 2
 "#;
 
 async fn serve(extra: &[&str]) -> (Proc, String, SocketAddr, std::path::PathBuf) {
-    // One file per server: the tests run at once.
-    static SERVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let config =
-        std::env::temp_dir().join(format!("plexus-metrics-{}-{n}.toml", std::process::id()));
-    std::fs::write(&config, CONFIG).expect("write the config");
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-        config.to_str().expect("UTF-8"),
-    ];
-    args.extend(extra);
-    let (proc, line) = Proc::start(&args, "ws://").await;
-    let url = ws_url(&line);
-    let addr = ws_addr(&url);
-    (proc, url, addr, config)
+    support::process::serve_with_config(CONFIG, extra).await
 }
 
 /// `GET /metrics`: its status and body.

@@ -1,6 +1,7 @@
 //! The page `plexus serve` and `plexus relay` show at `/`: a dashboard read from `/metrics` and
-//! a demo chat on `demo:*`, built from `clients/js/page` into `crates/plexus/assets` and
-//! embedded here, so nothing is fetched from anywhere else.
+//! a demo chat on `demo:chat`. Its HTML and its script (built from `clients/js/page` with the
+//! TypeScript client) are in `crates/plexus/assets`, embedded here, so nothing is fetched from
+//! anywhere else.
 
 use axum::http::header;
 use axum::response::IntoResponse;

@@ -101,3 +101,28 @@ pub(crate) fn ws_url(line: &str) -> String {
         .expect("url")
         .to_owned()
 }
+
+/// `plexus serve` on a free loopback port with the configuration `config` (in a file of its
+/// own: tests run at once) and `extra` flags; the server, its URL and address, and the file.
+#[allow(dead_code)] // each test binary uses what it needs
+pub(crate) async fn serve_with_config(
+    config: &str,
+    extra: &[&str],
+) -> (Proc, String, std::net::SocketAddr, std::path::PathBuf) {
+    static SERVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = std::env::temp_dir().join(format!("plexus-test-{}-{n}.toml", std::process::id()));
+    std::fs::write(&file, config).expect("write the config");
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        file.to_str().expect("UTF-8"),
+    ];
+    args.extend(extra);
+    let (proc, line) = Proc::start(&args, "ws://").await;
+    let url = ws_url(&line);
+    let addr = ws_addr(&url);
+    (proc, url, addr, file)
+}

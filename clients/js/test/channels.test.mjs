@@ -120,3 +120,23 @@ test("a join with a filter receives only the publications that match it", async 
   assert.equal(refused.code, "VALIDATION_ERROR");
   frank.close();
 });
+
+test("channels the server subscribes the connection to arrive on serverSubscriptions()", async () => {
+  const gina = await connectTo(server.url);
+  const events = gina.serverSubscriptions();
+  await api(server.http, KEY, "/api/subscribe", { conn: gina.conn, channel: "demo:news" });
+  const subscribed = (await within("joined", events.next())).value;
+  assert.equal(subscribed.channel, "demo:news");
+  assert.equal(subscribed.event.type, "subscribed");
+  await api(server.http, KEY, "/api/publish", { channel: "demo:news", data: { headline: "hi" } });
+  const published = (await within("the publication", events.next())).value;
+  assert.deepEqual(published, {
+    channel: "demo:news",
+    event: { type: "publication", offset: published.event.offset, data: { headline: "hi" } },
+  });
+  assert.ok(published.event.offset > subscribed.event.position.offset);
+  await api(server.http, KEY, "/api/unsubscribe", { conn: gina.conn, channel: "demo:news" });
+  assert.deepEqual((await within("left", events.next())).value, { channel: "demo:news", event: { type: "closed" } });
+  gina.close();
+  assert.equal((await events.next()).done, true, "the stream ends with the client");
+});

@@ -1,5 +1,5 @@
 //! The HTTP API for backends in any language: publish, broadcast, channels, presence,
-//! disconnect. Guarded by an API key sent as `Authorization: apikey KEY`.
+//! disconnect, server-side subscriptions. Guarded by an API key sent as `Authorization: apikey KEY`.
 
 use std::sync::Arc;
 
@@ -119,6 +119,14 @@ struct Disconnect {
     code: Option<u16>,
 }
 
+/// A server-side subscription to make or end.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Subscribe {
+    conn: String,
+    channel: String,
+}
+
 type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
 fn body<T>(body: Body<T>) -> Result<T, ApiError> {
@@ -196,6 +204,36 @@ async fn presence(
     Ok(Json(json!({ "members": members })))
 }
 
+/// `POST /api/subscribe`: the connection gets `joined`, then the channel's publications.
+async fn subscribe(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    request: Body<Subscribe>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let request = body(request)?;
+    let hub = state.server.hub();
+    // As for disconnect: a connection on another node is reached through the engine; the
+    // count is this node's.
+    let here = usize::from(hub.connection(&request.conn).is_some());
+    hub.subscribe(&request.conn, &request.channel).await?;
+    Ok(Json(json!({ "subscribed": here })))
+}
+
+/// `POST /api/unsubscribe`: the connection gets `left`.
+async fn unsubscribe(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    request: Body<Subscribe>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let request = body(request)?;
+    let hub = state.server.hub();
+    let here = usize::from(hub.connection(&request.conn).is_some());
+    hub.unsubscribe(&request.conn, &request.channel).await?;
+    Ok(Json(json!({ "unsubscribed": here })))
+}
+
 async fn disconnect(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -233,7 +271,8 @@ impl Server {
     /// 401 without it): `POST /api/publish` `{"channel","data"}`, `POST /api/broadcast`
     /// `{"channels":[...],"data"}`, `GET /api/channels`, `GET /api/presence?channel=`,
     /// `POST /api/disconnect` `{"user"}` or `{"conn"}`, with an optional close `code` (1000,
-    /// 4001, 4003). Bodies are limited to the endpoint's
+    /// 4001, 4003), `POST /api/subscribe` and `POST /api/unsubscribe` `{"conn","channel"}`
+    /// (server-side subscriptions, on any node). Bodies are limited to the endpoint's
     /// message size.
     pub fn api_routes(&self, api_key: impl Into<String>) -> Router {
         let state = Arc::new(ApiState {
@@ -246,6 +285,8 @@ impl Server {
             .route("/api/channels", get(channels))
             .route("/api/presence", get(presence))
             .route("/api/disconnect", post(disconnect))
+            .route("/api/subscribe", post(subscribe))
+            .route("/api/unsubscribe", post(unsubscribe))
             .layer(DefaultBodyLimit::max(self.config().limits.max_message_size))
             .with_state(state)
     }

@@ -1,5 +1,5 @@
 //! The HTTP API over a real socket: the key, publish, broadcast, channels, presence,
-//! disconnect, and bad requests.
+//! disconnect, server-side subscriptions, and bad requests.
 
 mod support;
 
@@ -43,6 +43,16 @@ async fn every_endpoint_needs_the_key() {
         ("GET", "/api/channels", None),
         ("GET", "/api/presence?channel=room:1", None),
         ("POST", "/api/disconnect", Some(r#"{"user":"u"}"#)),
+        (
+            "POST",
+            "/api/subscribe",
+            Some(r#"{"conn":"c","channel":"room:1"}"#),
+        ),
+        (
+            "POST",
+            "/api/unsubscribe",
+            Some(r#"{"conn":"c","channel":"room:1"}"#),
+        ),
     ] {
         let (status, body_json) = support::http(server.addr, method, path, None, body).await;
         assert_eq!(status, 401, "{method} {path} without a key");
@@ -159,6 +169,45 @@ async fn disconnect_closes_the_connection() {
     )
     .await;
     assert_eq!(status, 400, "{answer}");
+}
+
+#[tokio::test]
+async fn subscribe_and_unsubscribe_a_connection_from_the_backend() {
+    let server = start_api().await;
+    let mut client = RawClient::connect(server.addr, Some(Codec::Json)).await;
+    let conn = client.welcome["conn"].as_str().expect("a conn").to_owned();
+    let post = |path: &'static str, body: String| {
+        let addr = server.addr;
+        async move { support::http(addr, "POST", path, Some(KEY), Some(&body)).await }
+    };
+    let body = json!({"conn": conn, "channel": "room:7"}).to_string();
+    let (status, answer) = post("/api/subscribe", body.clone()).await;
+    assert_eq!((status, answer), (200, json!({"subscribed": 1})));
+    let joined = client.recv_json().await;
+    assert_eq!(joined["t"], "joined");
+    assert_eq!(joined["ch"], "room:7");
+    let publish = json!({"channel": "room:7", "data": {"n": 1}}).to_string();
+    assert_eq!(post("/api/publish", publish).await.0, 200);
+    let msg = client.recv_json().await;
+    assert_eq!(
+        (msg["t"].clone(), msg["d"].clone()),
+        (json!("msg"), json!({"n": 1}))
+    );
+    let (status, answer) = post("/api/unsubscribe", body).await;
+    assert_eq!((status, answer), (200, json!({"unsubscribed": 1})));
+    let left = client.recv_json().await;
+    assert_eq!(
+        (left["t"].clone(), left["ch"].clone()),
+        (json!("left"), json!("room:7"))
+    );
+    // A connection this node does not hold (another node may: it is asked through the
+    // engine), and a channel no namespace declares.
+    let unknown = json!({"conn": "nobody", "channel": "room:7"}).to_string();
+    let (status, answer) = post("/api/subscribe", unknown).await;
+    assert_eq!((status, answer), (200, json!({"subscribed": 0})));
+    let undeclared = json!({"conn": conn, "channel": "nowhere:1"}).to_string();
+    let (status, answer) = post("/api/subscribe", undeclared).await;
+    assert_eq!(status, 404, "{answer}");
 }
 
 #[tokio::test]

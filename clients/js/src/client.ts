@@ -495,12 +495,19 @@ export class Client {
       : this.#options.token;
     if (this.#closing) throw new ConnectError("closed by the application");
     let url = this.url;
-    const hello: Frame = { t: "hello" };
-    if (token !== undefined && this.#options.tokenInQuery) {
+    const tokenIn = this.#options.tokenIn ?? "hello";
+    let hello: Frame | undefined = { t: "hello" };
+    let headers: Record<string, string> | undefined;
+    if (token !== undefined && tokenIn === "query") {
       url += `${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
+    } else if (token !== undefined && tokenIn === "header") {
+      // The server welcomes a credential in the upgrade at once: no `hello` then.
+      headers = { authorization: `Bearer ${token}` };
+      hello = undefined;
     } else if (token !== undefined) hello.token = token;
-    if (this.#options.helloData !== undefined) hello.data = this.#options.helloData;
-    const attempt = openSocket(WS, this.#codec, url, hello, this.#options.connectTimeout ?? 10_000);
+    if (hello && this.#options.helloData !== undefined) hello.data = this.#options.helloData;
+    const timeout = this.#options.connectTimeout ?? 10_000;
+    const attempt = openSocket(WS, this.#codec, url, { hello, headers }, timeout);
     this.#attempt = attempt;
     try {
       return await attempt.opened;

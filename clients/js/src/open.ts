@@ -20,8 +20,34 @@ export interface WebSocketLike {
   onerror: ((event: unknown) => void) | null;
 }
 
-/** A WebSocket constructor: the global one, `ws`'s, or your own. */
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+/**
+ * A WebSocket constructor: the global one, `ws`'s, or your own. A third argument
+ * `{headers}` is passed only for a credential in a header (`ws` takes it).
+ */
+export type WebSocketConstructor = new (
+  url: string,
+  protocols?: string | string[],
+  options?: { headers: Record<string, string> },
+) => WebSocketLike;
+
+/** What an attempt says first: a `hello` frame, or (a credential in a header) nothing. */
+export interface Greeting {
+  hello: Frame | undefined;
+  headers: Record<string, string> | undefined;
+}
+
+/**
+ * An HTTP refusal of the upgrade, where the implementation says which (Node's `ws` reports
+ * "Unexpected server response: 401"), as the close code that means the same: 401 as 4001,
+ * 403 as 4003. Browsers do not say.
+ */
+function refusal(event: unknown): number | undefined {
+  const message = String((event as { message?: unknown } | null)?.message ?? "");
+  const status = /Unexpected server response: (\d{3})/.exec(message)?.[1];
+  if (status === "401") return 4001;
+  if (status === "403") return 4003;
+  return undefined;
+}
 
 /** An open session's socket, its `welcome`, and what came after it. */
 export interface Opened {
@@ -43,10 +69,11 @@ export function openSocket(
   WS: WebSocketConstructor,
   codec: Codec,
   url: string,
-  hello: Frame,
+  greeting: Greeting,
   timeout: number,
 ): Attempt {
-  const ws = new WS(url, [codec.subprotocol]);
+  const { hello, headers } = greeting;
+  const ws = headers ? new WS(url, [codec.subprotocol], { headers }) : new WS(url, [codec.subprotocol]);
   if ("binaryType" in ws) ws.binaryType = "arraybuffer";
   let abandon = () => {};
   const opened = new Promise<Opened>((resolve, reject) => {
@@ -64,8 +91,13 @@ export function openSocket(
       ws.close(1000, "");
       fail(new ConnectError("closed by the application"));
     };
-    ws.onerror = () => {};
-    ws.onopen = () => ws.send(codec.encode(hello));
+    let refused: number | undefined;
+    ws.onerror = (event) => {
+      refused ??= refusal(event);
+    };
+    ws.onopen = () => {
+      if (hello) ws.send(codec.encode(hello));
+    };
     ws.onmessage = (event) => {
       const frame = codec.decode(event.data);
       if (frame?.t === "welcome") {
@@ -79,6 +111,10 @@ export function openSocket(
       }
     };
     ws.onclose = (event) => {
+      if (refused !== undefined) {
+        const status = refused === 4001 ? 401 : 403;
+        return fail(new ConnectError(`the upgrade was refused with HTTP ${status}`, refused));
+      }
       const reason = rejectReason?.message ?? event.reason;
       fail(new ConnectError(`connection closed (${event.code}) ${reason}`.trim(), event.code, rejectReason));
     };

@@ -13,15 +13,19 @@ export interface ClientOptions {
    * `import { encode, decode } from "@msgpack/msgpack"`). Default: `plexus.v1.json`.
    */
   msgpack?: MessagePack;
-  /** A static credential, sent in the `hello` frame (or the URL, see `tokenInQuery`). */
+  /** A static credential, sent as `tokenIn` says. */
   token?: string;
   /**
    * Fetches a credential before every connection attempt, and to answer the server's
    * `$refresh`; wins over `token`. `null` or `undefined`: connect without one.
    */
   credentials?: () => Promise<string | null | undefined> | string | null | undefined;
-  /** Send the credential as `?token=` in the URL instead of in the `hello` frame. */
-  tokenInQuery?: boolean;
+  /**
+   * Where the credential goes: the `hello` frame (the default; works everywhere), the URL's
+   * `?token=`, or an `Authorization: Bearer` header (only where the WebSocket implementation
+   * takes headers, as Node's `ws` does; browsers cannot).
+   */
+  tokenIn?: "hello" | "query" | "header";
   /** Application data for the server's authenticator (the `hello` frame's `data`). */
   helloData?: unknown;
   /** Default deadline of a request or a channel call, in ms (queued time included). Default 30000. */

@@ -112,3 +112,18 @@ test("a server gone silent (half-open) is dropped after its heartbeat and the gr
   assert.deepEqual(statuses.slice(0, 1), ["reconnecting"]);
   await server.stop();
 });
+
+test("under Node the credential can go in a header; a refused one is HTTP 401, which stops the client", async (t) => {
+  const server = await startServer({ args: ["--jwt-secret", SECRET] });
+  t.after(() => server.stop());
+  const client = await connectTo(server.url, { token: token("in-a-header"), tokenIn: "header" });
+  assert.equal(await client.request("sys.echo", "authorized"), "authorized");
+  client.close();
+  const refused = await connectTo(server.url, { token: "not-a-token", tokenIn: "header" }).catch((e) => e);
+  assert.equal(refused.name, "ConnectError");
+  assert.match(refused.message, /HTTP 401/);
+  assert.equal(refused.closeCode, 4001, "the same as a refusal in band");
+  const inQuery = await connectTo(server.url, { token: token("in-the-query"), tokenIn: "query" });
+  assert.equal(await inQuery.request("sys.echo", "by query"), "by query");
+  inQuery.close();
+});

@@ -50,7 +50,9 @@ async function refresh(): Promise<void> {
   show("providers", sums.get("plexus_relay_providers") ?? 0);
   if (previous) {
     const seconds = (at - previous.at) / 1000;
-    const rate = (series: string) => ((sums.get(series) ?? 0) - (previous?.sums.get(series) ?? 0)) / seconds;
+    // Never below zero: a restarted server starts its counters again.
+    const rate = (series: string) =>
+      Math.max(0, (sums.get(series) ?? 0) - (previous?.sums.get(series) ?? 0)) / seconds;
     show("calls", rate("plexus_calls_total"));
     show("publications", rate("plexus_publications_total"));
     const calls = rate("plexus_call_duration_seconds_count");
@@ -67,8 +69,12 @@ async function refresh(): Promise<void> {
   previous = { at, sums };
 }
 
-setInterval(() => void refresh().catch(() => {}), 1000);
-void refresh().catch(() => {});
+// One poll at a time, a second apart: answers never arrive out of order.
+async function poll(): Promise<void> {
+  await refresh().catch(() => {});
+  setTimeout(() => void poll(), 1000);
+}
+void poll();
 
 // ---------------------------------------------------------------- chat
 
@@ -81,8 +87,8 @@ function line(html: string, cls = "msg"): void {
   messages.scrollTop = messages.scrollHeight;
 }
 
-const escape = (text: string) =>
-  text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+const escape = (text: unknown) =>
+  String(text ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
 const members = new Map<string, Member>();
 function showMembers(): void {
@@ -90,11 +96,18 @@ function showMembers(): void {
   $("members").textContent = `Here: ${names.join(", ") || "just you"}`;
 }
 
+/** A chat line from whatever anyone published (the channel is open to all). */
+function said(offset: number, data: unknown): void {
+  const d = typeof data === "object" && data !== null ? (data as { who?: unknown; text?: unknown }) : {};
+  const who = typeof d.who === "string" ? d.who : "someone";
+  const text = typeof d.text === "string" ? d.text : JSON.stringify(data);
+  line(`<span class="o">#${offset}</span><span class="who">${escape(who)}</span>${escape(text)}`);
+}
+
 async function follow(room: Subscription): Promise<void> {
   for await (const event of room) {
     if (event.type === "publication") {
-      const { who, text } = event.data as { who: string; text: string };
-      line(`<span class="o">#${event.offset}</span><span class="who">${escape(who)}</span>${escape(text)}`);
+      said(event.offset, event.data);
     } else if (event.type === "join") {
       members.set(event.member.conn, event.member);
       showMembers();
@@ -123,10 +136,7 @@ async function start(): Promise<void> {
   $("node").textContent = client.node ? `node ${client.node}` : "";
   // The history first, then a join from its position: nothing twice, nothing missed.
   const history = await client.history("demo:chat", { limit: 50 });
-  for (const pub of history.pubs) {
-    const { who, text } = pub.d as { who: string; text: string };
-    line(`<span class="o">#${pub.o}</span><span class="who">${escape(who)}</span>${escape(text)}`);
-  }
+  for (const pub of history.pubs) said(pub.o, pub.d);
   // An empty history's position names no epoch of the channel: join from now then.
   const since = history.pubs.length > 0 ? { epoch: history.epoch, offset: history.offset } : undefined;
   const room = await client.join("demo:chat", since ? { since } : {});

@@ -90,6 +90,14 @@ export class Client {
 
   constructor(url: string, options: ClientOptions = {}) {
     this.url = url;
+    if (options.tokenIn === "header" && !options.WebSocket && "WebSocket" in globalThis) {
+      // The global WebSocket (browsers, Node 22+) takes no headers: the credential would be
+      // dropped on the floor.
+      throw new PlexusError(
+        "VALIDATION_ERROR",
+        'tokenIn: "header" needs a WebSocket that takes headers: pass Node\'s `ws` as options.WebSocket',
+      );
+    }
     this.#options = options;
     this.#codec = options.msgpack ? msgpack(options.msgpack) : json;
     this.#backoff = backoff(options.reconnect);
@@ -500,7 +508,7 @@ export class Client {
     let headers: Record<string, string> | undefined;
     if (token !== undefined && tokenIn === "query") {
       url += `${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
-    } else if (token !== undefined && tokenIn === "header") {
+    } else if (token !== undefined && tokenIn === "header" && headerWorthy(token, this.#options)) {
       // The server welcomes a credential in the upgrade at once: no `hello` then.
       headers = { authorization: `Bearer ${token}` };
       hello = undefined;
@@ -758,4 +766,13 @@ export class Client {
       }
     }
   }
+}
+
+/**
+ * Whether `token` goes in a header: one the server reads there (1 to 16 KiB of visible ASCII)
+ * and no `helloData` to carry (only a `hello` frame carries it). Otherwise it goes in
+ * `hello`, which takes any token.
+ */
+function headerWorthy(token: string, options: ClientOptions): boolean {
+  return options.helloData === undefined && token.length <= 16 * 1024 && /^[\x21-\x7e]+$/.test(token);
 }

@@ -22,8 +22,10 @@ export interface ClientOptions {
   credentials?: () => Promise<string | null | undefined> | string | null | undefined;
   /**
    * Where the credential goes: the `hello` frame (the default; works everywhere), the URL's
-   * `?token=`, or an `Authorization: Bearer` header (only where the WebSocket implementation
-   * takes headers, as Node's `ws` does; browsers cannot).
+   * `?token=`, or an `Authorization: Bearer` header. A header needs a WebSocket that takes
+   * headers, as Node's `ws` does (pass it as `WebSocket` where a global one exists: browsers
+   * and Node 22+ cannot send headers); a token a header cannot carry, or `helloData`, sends
+   * it in `hello` instead.
    */
   tokenIn?: "hello" | "query" | "header";
   /** Application data for the server's authenticator (the `hello` frame's `data`). */

@@ -47,7 +47,13 @@ const shows = (page, text) =>
   });
 
 test("two tabs chat, see each other, and a cut tab comes back with what it missed", async () => {
+  // Anyone may publish anything to demo:chat: what is not a chat line must not break a page.
+  for (const data of [null, { who: 1 }, "just text", { who: "<b>x</b>", text: "<img src=x onerror=alert(1)>" }]) {
+    await api(server.http, KEY, "/api/publish", { channel: "demo:chat", data });
+  }
   const alice = await open();
+  await shows(alice, "<img src=x onerror=alert(1)>"); // shown as text, not run
+  assert.equal(await alice.evaluate(() => document.querySelectorAll("#messages img").length), 0);
   const bob = await open();
   await say(alice, "hello from alice");
   await shows(bob, "hello from alice");

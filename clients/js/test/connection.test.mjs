@@ -127,3 +127,17 @@ test("under Node the credential can go in a header; a refused one is HTTP 401, w
   assert.equal(await inQuery.request("sys.echo", "by query"), "by query");
   inQuery.close();
 });
+
+test("a header credential with a WebSocket that takes no headers is refused at once", () => {
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = class {}; // as in a browser or Node 22+
+  try {
+    assert.throws(
+      () => new Client("ws://127.0.0.1:1/ws", { token: "t", tokenIn: "header" }),
+      (e) => e.code === "VALIDATION_ERROR" && /takes headers/.test(e.message),
+    );
+  } finally {
+    if (saved === undefined) delete globalThis.WebSocket;
+    else globalThis.WebSocket = saved;
+  }
+});

@@ -208,6 +208,10 @@ async fn subscribe_and_unsubscribe_a_connection_from_the_backend() {
     let undeclared = json!({"conn": conn, "channel": "nowhere:1"}).to_string();
     let (status, answer) = post("/api/subscribe", undeclared).await;
     assert_eq!(status, 404, "{answer}");
+    // The same for a connection elsewhere: the namespace is checked before the engine.
+    let undeclared_elsewhere = json!({"conn": "nobody", "channel": "nowhere:1"}).to_string();
+    let (status, answer) = post("/api/subscribe", undeclared_elsewhere).await;
+    assert_eq!(status, 404, "{answer}");
 }
 
 #[tokio::test]

@@ -296,6 +296,9 @@ impl Hub {
     /// namespace must exist; its permissions are the server's to decide, so they are not
     /// checked. A connection on another node is reached through the engine.
     pub async fn subscribe(&self, conn: &str, channel: &str) -> Result<(), HubError> {
+        // Checked here too: a connection on another node is subscribed there, where a
+        // failure could not be reported back.
+        self.options(channel)?;
         self.on_connection(
             conn,
             |handle| async move {

@@ -213,32 +213,51 @@ async fn establish(inner: &Inner, attempt: u32) -> Result<Session, ConnectError>
             let connecting = yawc::WebSocket::connect(req.url.clone())
                 .with_options(ws_options)
                 .with_request(request);
-            let mut ws = upgrade(deadline, connecting).await?;
-            let (conn, heartbeat) =
-                greet(inner, &mut ws, &req, header_credential, deadline).await?;
-            Ok(Session {
-                ws: Socket::Tcp(ws),
-                conn,
-                heartbeat,
-            })
+            open_session(
+                inner,
+                &req,
+                header_credential,
+                deadline,
+                connecting,
+                Socket::Tcp,
+            )
+            .await
         }
         Some(connect) => {
-            let url = req.url.clone();
-            let connect = connect.clone();
+            let (url, connect) = (req.url.clone(), connect.clone());
             let connecting = async move {
                 let io = connect().await?;
                 yawc::WebSocket::handshake_with_request(url, io, ws_options, request).await
             };
-            let mut ws = upgrade(deadline, connecting).await?;
-            let (conn, heartbeat) =
-                greet(inner, &mut ws, &req, header_credential, deadline).await?;
-            Ok(Session {
-                ws: Socket::Custom(ws),
-                conn,
-                heartbeat,
-            })
+            open_session(
+                inner,
+                &req,
+                header_credential,
+                deadline,
+                connecting,
+                Socket::Custom,
+            )
+            .await
         }
     }
+}
+
+/// Upgrades with `connecting`, then greets; the session on its socket, wrapped by `socket`.
+async fn open_session<S: AsyncRead + AsyncWrite + Unpin>(
+    inner: &Inner,
+    req: &ConnectRequest,
+    header_credential: bool,
+    deadline: Instant,
+    connecting: impl Future<Output = Result<yawc::WebSocket<S>, WebSocketError>>,
+    socket: fn(yawc::WebSocket<S>) -> Socket,
+) -> Result<Session, ConnectError> {
+    let mut ws = upgrade(deadline, connecting).await?;
+    let (conn, heartbeat) = greet(inner, &mut ws, req, header_credential, deadline).await?;
+    Ok(Session {
+        ws: socket(ws),
+        conn,
+        heartbeat,
+    })
 }
 
 /// Runs the WebSocket upgrade `connecting` until `deadline`.

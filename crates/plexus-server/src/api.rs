@@ -204,6 +204,12 @@ async fn presence(
     Ok(Json(json!({ "members": members })))
 }
 
+/// What the API answers count for a connection: 1 if this node holds it. One on another node
+/// is reached through the engine, and this node cannot tell whether it exists.
+fn held_here(hub: &crate::hub::Hub, conn: &str) -> usize {
+    usize::from(hub.connection(conn).is_some())
+}
+
 /// `POST /api/subscribe`: the connection gets `joined`, then the channel's publications.
 async fn subscribe(
     State(state): State<Arc<ApiState>>,
@@ -213,9 +219,7 @@ async fn subscribe(
     authorize(&state, &headers)?;
     let request = body(request)?;
     let hub = state.server.hub();
-    // As for disconnect: a connection on another node is reached through the engine; the
-    // count is this node's.
-    let here = usize::from(hub.connection(&request.conn).is_some());
+    let here = held_here(hub, &request.conn);
     hub.subscribe(&request.conn, &request.channel).await?;
     Ok(Json(json!({ "subscribed": here })))
 }
@@ -229,7 +233,7 @@ async fn unsubscribe(
     authorize(&state, &headers)?;
     let request = body(request)?;
     let hub = state.server.hub();
-    let here = usize::from(hub.connection(&request.conn).is_some());
+    let here = held_here(hub, &request.conn);
     hub.unsubscribe(&request.conn, &request.channel).await?;
     Ok(Json(json!({ "unsubscribed": here })))
 }
@@ -257,7 +261,7 @@ async fn disconnect(
     let count = match (request.user, request.conn) {
         (Some(user), None) => hub.disconnect_user(&user, code, REASON).await?,
         (None, Some(conn)) => {
-            let here = usize::from(hub.connection(&conn).is_some());
+            let here = held_here(hub, &conn);
             hub.disconnect(&conn, code, REASON).await?;
             here
         }

@@ -29,11 +29,8 @@ impl Bar {
     /// A bar over the run's time (warm-up, then measuring), with the rate of `unit`s.
     pub(super) fn timed(what: &str, unit: &str, timing: &Timing, progress: &Arc<Progress>) -> Self {
         let total = timing.warmup + timing.duration;
-        let bar = ProgressBar::new(total.as_millis() as u64).with_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed}/{len_s} {msg}")
-                .expect("a valid template")
-                .progress_chars("=> "),
-        );
+        let bar = ProgressBar::new(total.as_millis() as u64)
+            .with_style(style("{prefix} [{bar:30}] {elapsed}/{len_s} {msg}"));
         bar.set_prefix(what.to_owned());
         let (warmup, unit, progress, shown) = (
             timing.warmup,
@@ -69,11 +66,8 @@ impl Bar {
 
     /// A bar over a count of `unit`s (done or failed).
     pub(super) fn counted(unit: &str, total: u64, progress: &Arc<Progress>) -> Self {
-        let bar = ProgressBar::new(total).with_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
-                .expect("a valid template")
-                .progress_chars("=> "),
-        );
+        let bar =
+            ProgressBar::new(total).with_style(style("{prefix} [{bar:30}] {pos}/{len} {msg}"));
         bar.set_prefix(unit.to_owned());
         let (progress, shown) = (progress.clone(), bar.clone());
         let ticker = tokio::spawn(async move {
@@ -98,6 +92,13 @@ impl Drop for Bar {
         self.ticker.abort();
         self.bar.finish_and_clear();
     }
+}
+
+/// The bars' look, around `template`.
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .expect("a valid template")
+        .progress_chars("=> ")
 }
 
 /// The report of a finished run.

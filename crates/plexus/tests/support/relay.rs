@@ -17,40 +17,41 @@ pub(crate) fn fast_reconnect() -> ReconnectOptions {
         .max_delay(Duration::from_millis(200))
 }
 
-/// Watches until `node` is online (in the first list or as an event).
-pub(crate) async fn until_online(watch: &mut ServiceWatch, node: &str) {
-    within(&format!("{node} to be online"), async {
-        loop {
-            match watch
+/// Reads `watch` until an event satisfies `wanted` (bounded by `within`).
+async fn until_event(watch: &mut ServiceWatch, what: &str, wanted: impl Fn(&ServiceEvent) -> bool) {
+    within(what, async {
+        while !wanted(
+            &watch
                 .next()
                 .await
                 .expect("watch open")
-                .expect("watch event")
-            {
-                ServiceEvent::Snapshot(list) if list.iter().any(|p| p.node == node) => break,
-                ServiceEvent::Online(p) if p.node == node => break,
-                _ => {}
-            }
-        }
+                .expect("watch event"),
+        ) {}
     })
+    .await;
+}
+
+/// Watches until `node` is online (in the first list or as an event).
+pub(crate) async fn until_online(watch: &mut ServiceWatch, node: &str) {
+    until_event(
+        watch,
+        &format!("{node} to be online"),
+        |event| match event {
+            ServiceEvent::Snapshot(list) => list.iter().any(|p| p.node == node),
+            ServiceEvent::Online(p) => p.node == node,
+            _ => false,
+        },
+    )
     .await;
 }
 
 /// Reads `watch` until `node` is announced offline.
 pub(crate) async fn until_offline(watch: &mut ServiceWatch, node: &str) {
-    within(&format!("{node} to go offline"), async {
-        loop {
-            match watch
-                .next()
-                .await
-                .expect("watch open")
-                .expect("watch event")
-            {
-                ServiceEvent::Offline { node: gone } if gone == node => break,
-                _ => {}
-            }
-        }
-    })
+    until_event(
+        watch,
+        &format!("{node} to go offline"),
+        |event| matches!(event, ServiceEvent::Offline { node: gone } if gone == node),
+    )
     .await;
 }
 

@@ -141,6 +141,14 @@ async fn fanout_delivers_every_publication_to_every_subscriber() {
         delivered >= published * 20.0,
         "{delivered} deliveries, {figures}"
     );
+    // As fast as the subscribers keep up (a window of undelivered publications).
+    let fastest = bench_json(&[
+        "fanout", "--url", &url, "-n", "20", "--rate", "0", "--window", "4", "-d", "1s",
+        "--warmup", "200ms",
+    ])
+    .await;
+    assert!(number(&fastest, "published") > 0.0, "{fastest}");
+    assert_eq!(number(&fastest, "lost"), 0.0, "{fastest}");
     let _ = std::fs::remove_file(config);
 }
 

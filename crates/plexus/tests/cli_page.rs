@@ -73,3 +73,12 @@ async fn the_page_can_be_turned_off() {
     assert_eq!(get(addr, "/").await.0, 404);
     assert_eq!(get(addr, "/plexus-page.js").await.0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_serves_the_page_too() {
+    let (_relay, line) = Proc::start(&["relay", "--listen", "127.0.0.1:0"], "ws://").await;
+    let addr = ws_addr(&ws_url(&line));
+    let (status, _, body) = get(addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains(r#"content="/ws""#), "{body}");
+}

@@ -1,7 +1,11 @@
 // Errors a call ends with: the server's `err` as it came (code, message, data), or one the
 // client made up (`TIMEOUT`, `UNAVAILABLE`, `CANCELLED`, `QUEUE_FULL`, `CLOSED`).
 
-/** The error codes the protocol defines; applications add their own. */
+/**
+ * The error codes the protocol defines (PROTOCOL.md §8), and two of this client's own that never
+ * travel: `QUEUE_FULL` (the offline queue is full) and `CLOSED` (the client is closed).
+ * Applications add their own.
+ */
 export type ErrorCode =
   | "BAD_FRAME"
   | "VALIDATION_ERROR"

@@ -152,6 +152,28 @@ impl Payload {
         &self.raw
     }
 
+    /// The bytes of a MessagePack `bin` value that is the whole payload (no copy); `None`
+    /// for anything else.
+    pub fn as_bin(&self) -> Option<Bytes> {
+        if self.codec != Codec::MsgPack {
+            return None;
+        }
+        let raw = &self.raw;
+        let (header, len): (usize, usize) = match *raw.first()? {
+            0xc4 => (2, usize::from(*raw.get(1)?)),
+            0xc5 => (
+                3,
+                usize::from(u16::from_be_bytes(raw.get(1..3)?.try_into().ok()?)),
+            ),
+            0xc6 => (
+                5,
+                usize::try_from(u32::from_be_bytes(raw.get(1..5)?.try_into().ok()?)).ok()?,
+            ),
+            _ => return None,
+        };
+        (raw.len() == header.checked_add(len)?).then(|| raw.slice(header..))
+    }
+
     /// Whether the value is `null`.
     pub fn is_null(&self) -> bool {
         match self.codec {
@@ -164,6 +186,16 @@ impl Payload {
     pub fn to_codec(&self, codec: Codec) -> Result<Payload, PayloadError> {
         if self.codec == codec {
             return Ok(self.clone());
+        }
+        // Bytes that are the whole value read best as base64 text; `bin` inside other values
+        // becomes an array of byte values (serde_json's rendering of bytes).
+        if let Some(bytes) = self.as_bin() {
+            use base64::Engine as _;
+            let text = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            return Ok(Payload {
+                codec: Codec::Json,
+                raw: serde_json::to_vec(&text).unwrap_or_default().into(),
+            });
         }
         let mut out = Vec::with_capacity(self.raw.len() + 8);
         let result = match (self.codec, codec) {

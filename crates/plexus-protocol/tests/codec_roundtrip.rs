@@ -191,3 +191,27 @@ fn protocol_md_examples_are_exact() {
     }
     assert!(blocks >= 20, "only {blocks} examples found");
 }
+
+/// MessagePack bytes that are the whole payload reach JSON as base64 text; bytes inside
+/// other values as an array of byte values.
+#[test]
+fn bin_reaches_json_as_base64_when_it_is_the_whole_value() {
+    let mut whole = Vec::new();
+    rmp::encode::write_bin(&mut whole, &[0, 1, 2, 255]).unwrap();
+    let whole = Payload::from_raw(Codec::MsgPack, whole.into());
+    assert_eq!(whole.as_bin().as_deref(), Some(&[0u8, 1, 2, 255][..]));
+    let json = whole.to_codec(Codec::Json).unwrap();
+    assert_eq!(json.raw().as_ref(), br#""AAEC/w==""#);
+    let mut nested = Vec::new();
+    rmp::encode::write_array_len(&mut nested, 1).unwrap();
+    rmp::encode::write_bin(&mut nested, &[7]).unwrap();
+    let nested = Payload::from_raw(Codec::MsgPack, nested.into());
+    assert_eq!(nested.as_bin(), None);
+    assert_eq!(
+        nested.to_codec(Codec::Json).unwrap().raw().as_ref(),
+        b"[[7]]"
+    );
+    // A bin header that does not cover the payload exactly is not bytes.
+    let cut = Payload::from_raw(Codec::MsgPack, vec![0xc4, 3, 1].into());
+    assert_eq!(cut.as_bin(), None);
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # wscat against a real `plexus serve`, used as a person would: connect with no subprotocol,
-# wait for `welcome`, type a JSON request, expect its `res`; then a stream.
+# wait for `welcome`, type a JSON request, expect its `res`; then a stream, two windows on a
+# channel, and a wscat piped to that channel (`--pipe`) talking with them.
 # Usage: scripts/wscat-smoke.sh PATH/TO/plexus
 # Prints "wscat: N passed, N failed"; exit 1 on failures, 2 on setup errors.
 set -uo pipefail
@@ -18,17 +19,18 @@ fi
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 log=$(mktemp)
-"$bin" serve --listen "127.0.0.1:$port" >"$log" 2>&1 &
+"$bin" serve --listen "127.0.0.1:$port" --pipe '/pipe/*=demo' >"$log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$log"' EXIT
 for _ in $(seq 100); do grep -q "listening" "$log" && break; sleep 0.1; done
 grep -q "listening" "$log" || { echo "wscat-smoke: server did not start" >&2; cat "$log" >&2; exit 2; }
 
 passed=0; failed=0
-# Reads wscat's output until a line contains $1 (at most 10 s); prints that line.
+# Reads the output of the wscat on fd $2 (default: the protocol one) until a line contains
+# $1 (at most 10 s); prints that line.
 await_line() {
-  local line
-  while IFS= read -t 10 -r line <&"${WS[0]}"; do
+  local line fd=${2:-${WS[0]}}
+  while IFS= read -t 10 -r line <&"$fd"; do
     case "$line" in *"$1"*) printf '%s\n' "$line"; return 0 ;; esac
   done
   return 1
@@ -58,7 +60,22 @@ sleep 2 | timeout 15 "$wscat" --no-color -c "ws://127.0.0.1:$port/ws" \
   -x '{"t":"pub","id":1,"ch":"demo:smoke","d":{"text":"hi from window 2"}}' -w 1 >/dev/null 2>&1
 msg=$(await_line '"t":"msg"') || true
 check "publication from the other window" "$msg" '{"t":"msg","ch":"demo:smoke","o":1,"d":{"text":"hi from window 2"}}'
-kill "$WS_PID" 2>/dev/null; wait "$WS_PID" 2>/dev/null
+# A wscat with no protocol at /pipe/smoke is on demo:smoke: what it types is published as a
+# JSON string, and publications come to it as their JSON text. Its own line coming back
+# shows it is subscribed.
+# (bash warns that the first coproc still runs: it is meant to.)
+{ coproc PIPE { exec "$wscat" --no-color -c "ws://127.0.0.1:$port/pipe/smoke" 2>&1; }; } 2>/dev/null
+await_line 'Connected' "${PIPE[0]}" >/dev/null || true
+echo 'plain words' >&"${PIPE[1]}"
+back=$(await_line 'plain words' "${PIPE[0]}") || true
+check "the piped window gets its own line back" "$back" 'plain words'
+msg=$(await_line '"t":"msg"') || true
+check "the protocol window gets the piped line" "$msg" '"d":"plain words"'
+sleep 2 | timeout 15 "$wscat" --no-color -c "ws://127.0.0.1:$port/ws" \
+  -x '{"t":"pub","id":1,"ch":"demo:smoke","d":{"text":"to the pipe"}}' -w 1 >/dev/null 2>&1
+piped=$(await_line 'to the pipe' "${PIPE[0]}") || true
+check "the piped window gets a publication as JSON text" "$piped" '{"text":"to the pipe"}'
+kill "$PIPE_PID" "$WS_PID" 2>/dev/null; wait "$PIPE_PID" "$WS_PID" 2>/dev/null
 
 echo "wscat: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -305,6 +305,13 @@ pub enum NodeMessage {
         /// How many more items it takes.
         credit: u32,
     },
+    /// Write a message to a raw socket.
+    Write {
+        /// Connection id.
+        conn: String,
+        /// The message.
+        message: RawData,
+    },
     /// Close every connection of a user.
     DisconnectUser {
         /// User id.
@@ -314,6 +321,15 @@ pub enum NodeMessage {
         /// Close reason.
         reason: String,
     },
+}
+
+/// A raw socket's message as it crosses nodes ([`NodeMessage::Write`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RawData {
+    /// A text message.
+    Text(String),
+    /// A binary message (base64 in the node message's JSON).
+    Binary(#[serde(with = "wire::base64_bytes")] Vec<u8>),
 }
 
 /// One event of a stream that crosses nodes ([`NodeMessage::StreamEvent`]).

@@ -24,6 +24,27 @@ impl NodeMessage {
     }
 }
 
+/// Bytes as base64 text (standard alphabet, padded): a third larger, where a JSON array
+/// of numbers would be up to four times.
+pub(crate) mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,5 +60,17 @@ mod tests {
         assert_eq!(NodeMessage::from_wire(&wire), Some((sender, message)));
         assert!(NodeMessage::from_wire(b"short").is_none());
         assert!(NodeMessage::from_wire(&wire[..20]).is_none(), "cut JSON");
+    }
+
+    #[test]
+    fn a_binary_write_crosses_as_base64() {
+        let sender = Uuid::new_v4();
+        let message = NodeMessage::Write {
+            conn: "c".into(),
+            message: crate::RawData::Binary(vec![0, 255, 1, 2]),
+        };
+        let wire = message.to_wire(sender).expect("encodes");
+        assert!(String::from_utf8_lossy(&wire[16..]).contains("\"AP8BAg==\""));
+        assert_eq!(NodeMessage::from_wire(&wire), Some((sender, message)));
     }
 }

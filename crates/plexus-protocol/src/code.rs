@@ -130,6 +130,9 @@ impl CloseCode {
     pub const TOO_LARGE: Self = Self(1009);
     /// The server hit an unexpected condition.
     pub const INTERNAL: Self = Self(1011);
+    /// Try again later: the server could not take the connection now (a raw socket's
+    /// handler refused it).
+    pub const TRY_AGAIN_LATER: Self = Self(1013);
     /// The session did not start correctly (no `hello` in time, or a bad one).
     pub const BAD_HANDSHAKE: Self = Self(4000);
     /// Not authorized: no valid credential (or it expired).

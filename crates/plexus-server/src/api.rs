@@ -1,5 +1,5 @@
 //! The HTTP API for backends in any language: publish, broadcast, channels, presence,
-//! disconnect, server-side subscriptions. Guarded by an API key sent as `Authorization: apikey KEY`.
+//! disconnect, server-side subscriptions, messages to raw sockets. Guarded by an API key sent as `Authorization: apikey KEY`.
 
 use std::sync::Arc;
 
@@ -270,14 +270,54 @@ async fn disconnect(
     Ok(Json(json!({ "disconnected": count })))
 }
 
+/// A message for a raw socket.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Send {
+    conn: String,
+    /// The text, or with `"type":"binary"` the bytes in base64.
+    data: String,
+    /// `text` (the default) or `binary`.
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// `POST /api/send`: a message to a raw socket, on any node.
+async fn send(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    request: Body<Send>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use base64::Engine as _;
+    authorize(&state, &headers)?;
+    let request = body(request)?;
+    let message = match request.kind.as_deref() {
+        None | Some("text") => crate::conn::RawMessage::text(request.data),
+        Some("binary") => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(request.data.as_bytes())
+                .map_err(|e| invalid(format!("`data` is not base64: {e}")))?;
+            crate::conn::RawMessage::binary(bytes)
+        }
+        Some(other) => {
+            return Err(invalid(format!("`type` is text or binary, not `{other}`")));
+        }
+    };
+    let hub = state.server.hub();
+    let here = held_here(hub, &request.conn);
+    hub.send(&request.conn, message).await?;
+    Ok(Json(json!({ "sent": here })))
+}
+
 impl Server {
     /// The HTTP API under `/api`, guarded by `api_key` (sent as `Authorization: apikey KEY`;
     /// 401 without it): `POST /api/publish` `{"channel","data"}`, `POST /api/broadcast`
     /// `{"channels":[...],"data"}`, `GET /api/channels`, `GET /api/presence?channel=`,
     /// `POST /api/disconnect` `{"user"}` or `{"conn"}`, with an optional close `code` (1000,
     /// 4001, 4003), `POST /api/subscribe` and `POST /api/unsubscribe` `{"conn","channel"}`
-    /// (server-side subscriptions, on any node). Bodies are limited to the endpoint's
-    /// message size.
+    /// (server-side subscriptions, on any node), `POST /api/send` `{"conn","data"}` (a
+    /// text message to a raw socket, on any node; `"type":"binary"` with `data` in base64).
+    /// Bodies are limited to the endpoint's message size.
     pub fn api_routes(&self, api_key: impl Into<String>) -> Router {
         let state = Arc::new(ApiState {
             server: self.clone(),
@@ -291,6 +331,7 @@ impl Server {
             .route("/api/disconnect", post(disconnect))
             .route("/api/subscribe", post(subscribe))
             .route("/api/unsubscribe", post(unsubscribe))
+            .route("/api/send", post(send))
             .layer(DefaultBodyLimit::max(self.config().limits.max_message_size))
             .with_state(state)
     }

@@ -30,6 +30,14 @@ impl CallError {
         Self::new(ErrorCode::TIMEOUT, "the client did not answer in time")
     }
 
+    /// A protocol frame (a call, a notification) for a raw socket, which takes none.
+    pub(crate) fn raw_socket() -> Self {
+        Self::new(
+            ErrorCode::NOT_FOUND,
+            "a raw socket takes raw messages only, not calls or notifications",
+        )
+    }
+
     pub(crate) fn closed() -> Self {
         Self {
             closed: true,

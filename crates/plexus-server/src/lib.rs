@@ -46,13 +46,13 @@ pub mod auth;
 mod channel;
 mod config;
 mod conn;
-mod echo;
 mod endpoint;
 mod error;
 mod guard;
 mod hub;
 mod metrics;
 mod principal;
+mod raw;
 mod relay;
 mod rpc;
 mod session;
@@ -63,10 +63,10 @@ pub use auth::{
 };
 pub use channel::{ChannelAction, ChannelOptions, Namespaces};
 pub use config::{Compression, EndpointConfig, Limits};
-pub use conn::{ClientStream, CloseReason, ConnectionHandle, DisconnectReason};
-pub use echo::echo_route;
+pub use conn::{ClientStream, CloseReason, ConnectionHandle, DisconnectReason, RawMessage};
 pub use endpoint::{
-    DEFAULT_AUTH_COOKIE, Readiness, Server, ServerBuilder, StrictModeError, check_strict,
+    BuildError, DEFAULT_AUTH_COOKIE, Readiness, Server, ServerBuilder, StrictModeError,
+    check_strict,
 };
 pub use error::{CallError, RpcError};
 pub use guard::{
@@ -79,6 +79,7 @@ pub use plexus_engine::{Engine, MemoryEngine};
 pub use plexus_protocol as protocol;
 pub use plexus_protocol::{CloseCode, Codec, ErrorBody, ErrorCode, IntoPayload, Payload, Position};
 pub use principal::Principal;
+pub use raw::{ChannelPipe, EndpointError, RawConnection, RawEndpoint, RawHandler, RawKind};
 pub use relay::{ProviderEvent, ProviderInfo, Relay, RelayConfig};
 pub use rpc::context::{CallContext, CancelReason};
 pub use rpc::handler::{NotifyHandler, RequestHandler, StreamHandler};

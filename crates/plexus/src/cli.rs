@@ -97,10 +97,18 @@ struct ServeArgs {
     /// WebSocket path of the plexus endpoint [default: /ws]
     #[arg(long)]
     path: Option<String>,
-    /// Also serve a plain WebSocket echo endpoint at this path (for the Autobahn suite),
-    /// on the same WebSocket settings; it accepts messages up to 16 MiB.
+    /// Also serve a raw WebSocket echo at this path (exact, or a prefix such as /echo/*):
+    /// every message comes back as it was sent. A foreign-client raw socket like any
+    /// other: authentication (on the upgrade request), origins, limits and metrics apply.
     #[arg(long)]
     echo_path: Option<String>,
+    /// Pipe foreign clients to channels (repeatable): PATH=NAMESPACE, e.g. '/pipe/*=demo'
+    /// sends a client at /pipe/room1 to channel demo:room1. Each text message it sends is
+    /// published there as a JSON string (binary as bytes), and each publication is written
+    /// to it as one message (a string as its text, any other value as its JSON text).
+    /// Replaces the file's [[pipe]] tables.
+    #[arg(long, value_name = "PATH=NAMESPACE", value_parser = parse_pipe)]
+    pipe: Vec<(String, String)>,
     /// Enables the HTTP API under /api for backends, guarded by this key
     /// (`Authorization: apikey KEY`).
     #[arg(long, env = "PLEXUS_API_KEY")]
@@ -297,6 +305,14 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
         .or(file.path.clone())
         .unwrap_or_else(|| "/ws".into());
     let echo_path = args.echo_path.or(file.echo_path.clone());
+    let pipes = if args.pipe.is_empty() {
+        file.pipe
+            .iter()
+            .map(|pipe| (pipe.path.clone(), pipe.namespace.clone()))
+            .collect()
+    } else {
+        args.pipe
+    };
     let api_key = args.api_key.or(file.api_key.clone());
 
     let authenticated = args.jwt_secret.is_some() || file.has_jwt();
@@ -317,13 +333,33 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     if relay {
         builder = builder.relay(plexus_server::RelayConfig::default());
     }
+    if let Some(echo) = &echo_path {
+        // Open to every connection the server admits, as the protocol endpoint is.
+        builder = builder.raw(
+            plexus_server::RawEndpoint::foreign(echo)
+                .public()
+                .handler(Echo),
+        );
+    }
+    for (path, namespace) in &pipes {
+        let pipe = plexus_server::ChannelPipe::new(path, namespace);
+        // The namespace's permissions decide what a piped client may do.
+        let endpoint = plexus_server::RawEndpoint::foreign(path)
+            .public()
+            .handler(pipe);
+        builder = builder.raw(endpoint);
+    }
     let server = builder
         .try_build()
-        .map_err(|e| anyhow::anyhow!(file.strict_error(&e)))?;
+        .map_err(|e| anyhow::anyhow!(file.build_error(&e)))?;
     if let Some(cluster) = &cluster {
         cluster.claim_node(server.node_id()).await?;
     }
-    let mut app = server.route(&path).merge(server.health_routes());
+    let mut app = server
+        .try_route(&path)
+        .map_err(|e| anyhow::anyhow!("--path: {e}"))?;
+    ensure_distinct(&path, echo_path.as_deref(), &pipes)?;
+    app = app.merge(server.raw_routes()).merge(server.health_routes());
     if let Some(metrics) = &metrics {
         app = app.merge(metrics::route(metrics.clone()));
     }
@@ -333,9 +369,6 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     };
     if page_on {
         app = app.merge(page::routes(&path));
-    }
-    if let Some(echo) = &echo_path {
-        app = app.merge(plexus_server::echo_route(echo, &endpoint));
     }
     if let Some(key) = &api_key {
         app = app.merge(server.api_routes(key.clone()));
@@ -356,6 +389,9 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     if let Some(echo) = &echo_path {
         tracing::info!("echo endpoint on ws://{local}{echo}");
     }
+    for (pipe, namespace) in &pipes {
+        tracing::info!("pipe to {namespace}:* channels on ws://{local}{pipe}");
+    }
     if api_key.is_some() {
         tracing::info!("HTTP API on http://{local}/api");
     }
@@ -371,6 +407,56 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
         cluster.release_node().await;
     }
     tracing::info!("plexus stopped");
+    Ok(())
+}
+
+/// Echoes every message of a raw socket back as it came.
+struct Echo;
+
+impl plexus_server::RawHandler for Echo {
+    async fn message(
+        &self,
+        conn: &plexus_server::RawConnection,
+        message: plexus_server::RawMessage,
+    ) {
+        // A full queue closes the socket (4008): nothing to do here.
+        let _ = conn.send_waiting(message).await;
+    }
+}
+
+/// Reads `--pipe PATH=NAMESPACE`.
+fn parse_pipe(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((path, namespace)) if !path.is_empty() && !namespace.is_empty() => {
+            Ok((path.to_owned(), namespace.to_owned()))
+        }
+        _ => Err(format!(
+            "expected PATH=NAMESPACE, e.g. '/pipe/*=demo', not `{value}`"
+        )),
+    }
+}
+
+/// Refuses a path given to two endpoints (axum would panic merging them).
+fn ensure_distinct(
+    path: &str,
+    echo: Option<&str>,
+    pipes: &[(String, String)],
+) -> anyhow::Result<()> {
+    let raw = echo
+        .into_iter()
+        .chain(pipes.iter().map(|(p, _)| p.as_str()));
+    for other in raw {
+        let base = other.strip_suffix("/*").unwrap_or(other);
+        anyhow::ensure!(
+            !base.is_empty() && base != "/",
+            "`{other}`: a raw socket at the root would take the page and every other path; \
+             give it a path of its own, such as /echo/*"
+        );
+        anyhow::ensure!(
+            base != path,
+            "`{other}` is also the protocol endpoint's path (--path {path}): give it another"
+        );
+    }
     Ok(())
 }
 

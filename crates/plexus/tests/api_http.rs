@@ -53,6 +53,7 @@ async fn every_endpoint_needs_the_key() {
             "/api/unsubscribe",
             Some(r#"{"conn":"c","channel":"room:1"}"#),
         ),
+        ("POST", "/api/send", Some(r#"{"conn":"c","data":"x"}"#)),
     ] {
         let (status, body_json) = support::http(server.addr, method, path, None, body).await;
         assert_eq!(status, 401, "{method} {path} without a key");

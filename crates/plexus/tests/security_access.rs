@@ -534,7 +534,7 @@ fn strict_mode_names_every_undeclared_method_and_namespace() {
         .channels(namespaces)
         .strict(true)
         .try_build();
-    let Err(error) = built else {
+    let Err(plexus_server::BuildError::Strict(error)) = built else {
         panic!("strict mode built a server with undeclared methods");
     };
     assert_eq!(error.methods(), ["a.one", "d.four", "e.five"]);

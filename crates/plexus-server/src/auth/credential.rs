@@ -69,11 +69,34 @@ pub fn credential_from_request(
     query: Option<&str>,
     cookie_name: &str,
 ) -> Option<Credential> {
-    if let Some(token) = bearer(headers) {
+    const ALL: [CredentialSource; 3] = [
+        CredentialSource::Header,
+        CredentialSource::Cookie,
+        CredentialSource::Query,
+    ];
+    credential_from_sources(headers, query, cookie_name, &ALL)
+}
+
+/// [`credential_from_request`] looking only at `sources` (in its order, whatever theirs).
+pub(crate) fn credential_from_sources(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    cookie_name: &str,
+    sources: &[CredentialSource],
+) -> Option<Credential> {
+    let reads = |source| sources.contains(&source);
+    if reads(CredentialSource::Header)
+        && let Some(token) = bearer(headers)
+    {
         return Some(Credential::new(token, CredentialSource::Header));
     }
-    if let Some(token) = cookie(headers, cookie_name) {
+    if reads(CredentialSource::Cookie)
+        && let Some(token) = cookie(headers, cookie_name)
+    {
         return Some(Credential::new(token, CredentialSource::Cookie));
+    }
+    if !reads(CredentialSource::Query) {
+        return None;
     }
     query
         .and_then(query_token)

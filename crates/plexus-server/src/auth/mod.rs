@@ -26,6 +26,7 @@ mod credential;
 pub mod jwt;
 
 pub(crate) use admission::Admission;
+pub(crate) use credential::credential_from_sources;
 pub use credential::{Credential, CredentialSource, MAX_CREDENTIAL_LEN, credential_from_request};
 pub use jwt::{JwtAuthenticator, JwtConfig, JwtConfigError};
 

@@ -143,6 +143,9 @@ impl ConnectionHandle {
         if self.is_closed() {
             return Err(CallError::closed());
         }
+        if self.raw_info().is_some() {
+            return Err(CallError::raw_socket());
+        }
         let calls = self.client_calls();
         let mut map = calls.lock();
         if map.len() >= calls.max {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::client_calls::ClientCalls;
 use super::queue::{Outbound, OutboundQueue, PushError};
 use super::subscriptions::Subscriptions;
-use super::{CloseReason, Signal};
+use super::{CloseReason, RawMessage, Signal};
 use crate::error::CallError;
 use crate::principal::Principal;
 
@@ -25,6 +25,18 @@ pub(crate) struct ConnectionInfo {
     pub(crate) remote: Option<SocketAddr>,
     pub(crate) headers: HeaderMap,
     pub(crate) query: Option<String>,
+    /// What only a raw socket keeps (boxed: a protocol connection pays one pointer).
+    pub(crate) raw: Option<Box<RawInfo>>,
+}
+
+/// What a raw socket's connection knows beyond a protocol connection.
+pub(crate) struct RawInfo {
+    /// The path of the upgrade request (the concrete one, under a prefix endpoint).
+    pub(crate) path: Box<str>,
+    /// The server's address of the connection, when known.
+    pub(crate) local: Option<SocketAddr>,
+    /// The subprotocol agreed at the upgrade, if any.
+    pub(crate) subprotocol: Option<Box<str>>,
 }
 
 /// The bounds of what a handle keeps for its connection.
@@ -111,6 +123,7 @@ impl ConnectionHandle {
             remote: None,
             headers: HeaderMap::new(),
             query: None,
+            raw: None,
         };
         let limits = HandleLimits {
             max_calls: 16,
@@ -205,6 +218,12 @@ impl ConnectionHandle {
         self.shared.gone.is_fired()
     }
 
+    /// Marks the connection ended: everyone waiting on it wakes, and its queue closes.
+    pub(crate) fn mark_ended(&self) {
+        self.shared.gone.fire();
+        self.shared.queue.close();
+    }
+
     /// Wakes the connection's task without a frame.
     pub(crate) fn kick(&self) {
         self.shared.queue.kick();
@@ -277,9 +296,45 @@ impl ConnectionHandle {
         })?)
     }
 
+    /// What only a raw socket keeps; `None` for a protocol connection.
+    pub(crate) fn raw_info(&self) -> Option<&RawInfo> {
+        self.shared.info.raw.as_deref()
+    }
+
+    /// Queues a raw socket's message without waiting; a full queue closes the connection
+    /// with 4008, as [`ConnectionHandle::push`] does.
+    pub(crate) fn send_message(&self, message: RawMessage) -> Result<(), CallError> {
+        if self.raw_info().is_none() {
+            return Err(CallError::new(
+                ErrorCode::NOT_FOUND,
+                "a protocol connection takes frames of the protocol, not raw messages",
+            ));
+        }
+        let (bytes, binary) = message.into_parts();
+        self.pushed(
+            self.shared
+                .queue
+                .try_push(Outbound::Message { bytes, binary }),
+        )
+    }
+
+    /// Queues a raw socket's message, waiting while the queue is half full.
+    pub(crate) async fn send_message_waiting(&self, message: RawMessage) -> Result<(), CallError> {
+        let (bytes, binary) = message.into_parts();
+        self.pushed(
+            self.shared
+                .queue
+                .push(Outbound::Message { bytes, binary })
+                .await,
+        )
+    }
+
     /// Queues an encoded frame without waiting. A full queue means the client does not
     /// read fast enough: the connection is closed with 4008 and the frame is not sent.
     pub(crate) fn push(&self, bytes: Bytes) -> Result<(), CallError> {
+        if self.raw_info().is_some() {
+            return Err(CallError::raw_socket());
+        }
         self.pushed(self.shared.queue.try_push(Outbound::Frame(bytes)))
     }
 

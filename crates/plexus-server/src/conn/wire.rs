@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use plexus_protocol::CloseCode;
 use yawc::{OpCode, WebSocket};
 
@@ -92,6 +92,17 @@ impl Wire {
         self.out.push_back(frame);
     }
 
+    /// Queues a data message of the type given, whatever the connection's codec (a raw
+    /// socket's).
+    pub(crate) fn push_message(&mut self, bytes: Bytes, binary: bool) {
+        let frame = if binary {
+            yawc::Frame::binary(bytes)
+        } else {
+            yawc::Frame::text(bytes)
+        };
+        self.out.push_back(frame);
+    }
+
     /// Queues a WebSocket ping.
     pub(crate) fn push_ping(&mut self) {
         self.out.push_back(yawc::Frame::ping(Bytes::new()));
@@ -167,20 +178,41 @@ impl Wire {
         reason
     }
 
-    /// Reading failed. yawc has queued a close frame with the matching code (1002, 1007,
-    /// 1009, ...), written by the next read poll, so this keeps polling until the socket ends.
+    /// Reading failed. For errors of the frame layer yawc has queued a close frame with the
+    /// matching code (1002, 1009, ...), written by the next read poll, which then ends; for
+    /// those it finds above it (invalid UTF-8 in a text message, a message assembled past
+    /// the limit, a bad fragment) it queues nothing and would go on reading, so the close
+    /// frame is sent here. Either way the socket is read until it ends, within a bound.
     pub(crate) async fn read_failed(&mut self, error: yawc::WebSocketError) -> DisconnectReason {
         self.queue.set_direct(false);
         if matches!(error, yawc::WebSocketError::ConnectionClosed) {
             return DisconnectReason::Transport("connection closed".into());
+        }
+        if matches!(error, yawc::WebSocketError::InvalidOpCode(_)) {
+            // yawc would close with 1003 (unsupported data), where RFC 6455 fails the
+            // connection (1002): dropping it without a close frame is what a peer expects.
+            return DisconnectReason::ServerClosed(
+                CloseCode::PROTOCOL_ERROR,
+                "reserved opcode".into(),
+            );
         }
         let (code, reason) = match error {
             yawc::WebSocketError::FrameTooLarge => (CloseCode::TOO_LARGE, "message too large"),
             yawc::WebSocketError::InvalidUTF8 => (CloseCode::INVALID_DATA, "invalid UTF-8"),
             _ => (CloseCode::PROTOCOL_ERROR, "protocol error"),
         };
+        let ws = &mut self.ws;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            while self.ws.next_frame().await.is_ok() {}
+            // A read that ends at once: yawc closed the reading side and wrote its close.
+            let closed_by_yawc = matches!(ws.next_frame().now_or_never(), Some(Err(_)));
+            if !closed_by_yawc {
+                let frame =
+                    yawc::Frame::close(yawc::close::CloseCode::from(code.0), reason.as_bytes());
+                if ws.send(frame).await.is_err() {
+                    return;
+                }
+            }
+            while ws.next_frame().await.is_ok() {}
         })
         .await;
         DisconnectReason::ServerClosed(code, reason.into())

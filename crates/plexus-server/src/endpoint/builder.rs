@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::raw::ServedRaw;
 use super::strict::{StrictModeError, check_strict};
 use super::{DEFAULT_AUTH_COOKIE, Server, ServerInner};
 use crate::auth::{Admission, Authenticator};
@@ -15,6 +16,7 @@ use crate::config::EndpointConfig;
 use crate::conn::{ConnectionHandle, DisconnectReason};
 use crate::guard::ConnectionLimiter;
 use crate::hub::Hub;
+use crate::raw::{EndpointError, RawEndpoint};
 use crate::relay::{Relay, RelayConfig};
 use crate::rpc::router::Router;
 use crate::session::{ConnectHook, DisconnectHook, SessionEnv};
@@ -34,9 +36,29 @@ pub struct ServerBuilder {
     connect_permission: Option<String>,
     strict: bool,
     relay: Option<RelayConfig>,
+    raw: Vec<RawEndpoint>,
+}
+
+/// Why [`ServerBuilder::try_build`] refused to build a server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Strict mode: a method or namespace lacks a permission declaration.
+    #[error(transparent)]
+    Strict(#[from] StrictModeError),
+    /// An endpoint cannot be served as given.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
 }
 
 impl ServerBuilder {
+    /// Serves a raw socket endpoint beside the protocol (see [`RawEndpoint`]); mount them
+    /// all with `Server::raw_routes`. Its path is checked when the server is built.
+    pub fn raw(mut self, endpoint: RawEndpoint) -> Self {
+        self.raw.push(endpoint);
+        self
+    }
+
     /// Enables channels: the namespaces and their options. Without it, `join`, `leave`
     /// and `pub` get `NOT_FOUND`.
     pub fn channels(mut self, namespaces: Namespaces) -> Self {
@@ -138,20 +160,23 @@ impl ServerBuilder {
         self
     }
 
-    /// The server, or, in strict mode, what lacks a permission declaration.
-    pub fn try_build(self) -> Result<Server, StrictModeError> {
+    /// The server; or, in strict mode, what lacks a permission declaration; or a raw
+    /// endpoint that cannot be served as given (a bad or doubled path, a prefix on a
+    /// handshaked socket, a foreign-client socket told to read the `hello`, no handler).
+    pub fn try_build(mut self) -> Result<Server, BuildError> {
         if self.strict {
             check_strict(&self.router, &self.namespaces)?;
         }
-        Ok(self.build_unchecked())
+        let raw = serve_raw(std::mem::take(&mut self.raw), self.strict)?;
+        Ok(self.build_unchecked(raw))
     }
 
     /// The server.
     ///
     /// # Panics
     ///
-    /// In strict mode, when a method or namespace lacks a permission declaration (use
-    /// [`ServerBuilder::try_build`] to handle that).
+    /// In strict mode, when a method or namespace lacks a permission declaration, and when
+    /// a raw endpoint cannot be served (use [`ServerBuilder::try_build`] to handle those).
     pub fn build(self) -> Server {
         match self.try_build() {
             Ok(server) => server,
@@ -159,7 +184,7 @@ impl ServerBuilder {
         }
     }
 
-    fn build_unchecked(self) -> Server {
+    fn build_unchecked(self, raw: Vec<ServedRaw>) -> Server {
         let limits = &self.config.limits;
         let limiter = ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_ip);
         let node = self
@@ -200,6 +225,7 @@ impl ServerBuilder {
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 limiter,
+                raw,
             }),
         }
     }
@@ -221,6 +247,27 @@ impl Default for ServerBuilder {
             connect_permission: None,
             strict: false,
             relay: None,
+            raw: Vec::new(),
         }
     }
+}
+
+/// The raw endpoints with their paths, or the first that cannot be served.
+fn serve_raw(endpoints: Vec<RawEndpoint>, strict: bool) -> Result<Vec<ServedRaw>, EndpointError> {
+    let mut routes = std::collections::HashSet::new();
+    let mut served = Vec::with_capacity(endpoints.len());
+    for endpoint in endpoints {
+        let pattern = endpoint.check(strict)?;
+        for route in pattern.routes() {
+            if !routes.insert(route) {
+                return Err(EndpointError::Duplicate(endpoint.path.clone()));
+            }
+        }
+        served.push(ServedRaw {
+            permission: endpoint.permission.as_deref().map(Arc::from),
+            endpoint,
+            pattern,
+        });
+    }
+    Ok(served)
 }

@@ -4,6 +4,7 @@
 
 mod builder;
 mod health;
+mod raw;
 mod serve;
 mod strict;
 mod upgrade;
@@ -17,7 +18,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use builder::ServerBuilder;
+pub use builder::{BuildError, ServerBuilder};
 pub use health::Readiness;
 pub use strict::{StrictModeError, check_strict};
 
@@ -37,6 +38,8 @@ struct ServerInner {
     /// The connections' tasks, waited for at shutdown.
     tasks: TaskTracker,
     limiter: ConnectionLimiter,
+    /// The raw socket endpoints (see `Server::raw_routes`).
+    raw: Vec<raw::ServedRaw>,
 }
 
 /// A plexus server: a router of methods and an endpoint configuration. Cheap to clone.
@@ -88,10 +91,24 @@ impl Server {
     }
 
     /// An axum router serving the WebSocket endpoint at `path`; merge it into your app.
+    ///
+    /// # Panics
+    ///
+    /// When `path` is not an exact path (see [`Server::try_route`]).
     pub fn route(&self, path: &str) -> axum::Router {
-        axum::Router::new()
-            .route(path, get(upgrade_handler))
-            .with_state(self.clone())
+        match self.try_route(path) {
+            Ok(router) => router,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`Server::route`], or why `path` cannot serve the protocol: it must start with `/`,
+    /// and a prefix path (`/app/*`) is only for foreign-client raw sockets.
+    pub fn try_route(&self, path: &str) -> Result<axum::Router, crate::raw::EndpointError> {
+        let path = crate::raw::PathPattern::exact(path, "protocol")?;
+        Ok(axum::Router::new()
+            .route(&path, get(upgrade_handler))
+            .with_state(self.clone()))
     }
 
     /// Starts a graceful shutdown: new upgrades get 503, calls in flight may finish up to

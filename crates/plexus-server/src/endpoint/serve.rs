@@ -76,10 +76,12 @@ impl Server {
                 _ = stopped.cancelled() => break,
             };
             let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().ok();
             let stopped = stopped.clone();
             http.spawn(http_connection(
                 stream,
                 remote,
+                local,
                 app.clone(),
                 header_timeout,
                 async move { stopped.cancelled().await },
@@ -124,15 +126,20 @@ impl Server {
             server.inner.shutdown.cancelled().await;
             let _ = tokio::time::timeout(server.close_deadline(), server.wait_closed()).await;
         };
-        http_connection(io, remote, app, header_timeout, stopped).await;
+        http_connection(io, remote, None, app, header_timeout, stopped).await;
     }
 }
+
+/// The server's address of a connection, in each of its requests' extensions when known.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LocalAddr(pub(crate) SocketAddr);
 
 /// One HTTP/1.1 connection with upgrades, its request head due within `header_timeout`,
 /// shut down gracefully once `stopped` completes.
 async fn http_connection<I>(
     io: I,
     remote: SocketAddr,
+    local: Option<SocketAddr>,
     app: axum::Router,
     header_timeout: Duration,
     stopped: impl Future<Output = ()>,
@@ -141,6 +148,9 @@ async fn http_connection<I>(
 {
     let service = app.map_request(move |mut request: http::Request<hyper::body::Incoming>| {
         request.extensions_mut().insert(ConnectInfo(remote));
+        if let Some(local) = local {
+            request.extensions_mut().insert(LocalAddr(local));
+        }
         request.map(axum::body::Body::new)
     });
     let service = hyper_util::service::TowerToHyperService::new(service);

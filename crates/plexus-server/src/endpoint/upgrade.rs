@@ -1,6 +1,7 @@
 //! The upgrade: from an HTTP request to a session, after the doors' checks (origin,
 //! connection limits, a credential found in the request).
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -10,53 +11,102 @@ use http::{HeaderValue, StatusCode, header};
 use plexus_protocol::Codec;
 
 use super::Server;
-use crate::auth::{AuthRequest, credential_from_request};
-use crate::conn::{OutboundQueue, SharedSocket};
+use crate::auth::{AuthError, AuthRequest, CredentialSource, credential_from_sources};
+use crate::conn::{OutboundQueue, SharedSocket, Socket};
+use crate::guard::ConnectionSlot;
 use crate::metrics::HandshakeFailure;
 use crate::principal::Principal;
 use crate::session::{self, Accepted};
 
+/// An upgrade request that passed the doors (shutdown, origin, connection limits, a
+/// credential in the request).
+pub(crate) struct Admitted {
+    pub(crate) arrival: Arrival,
+    pub(crate) upgrade: PendingUpgrade,
+}
+
+/// What the doors learned about a request.
+pub(crate) struct Arrival {
+    pub(crate) parts: http::request::Parts,
+    pub(crate) remote: Option<SocketAddr>,
+    /// The connection's place under the connection limits.
+    pub(crate) slot: ConnectionSlot,
+    /// The principal of the request's credential; `None` when it carried none (and the
+    /// server authenticates).
+    pub(crate) principal: Option<Principal>,
+}
+
+/// The upgrade, not yet answered.
+pub(crate) struct PendingUpgrade {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    upgrade: yawc::IncomingUpgrade,
+}
+
 impl Server {
     /// Upgrades one HTTP request to a plexus connection; for use from your own axum handler.
     pub async fn upgrade(&self, request: Request) -> Response {
+        let offered = request
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok());
+        // No subprotocol offered, none answered: JSON.
+        let chosen = offered.and_then(|list| Codec::negotiate(Some(list)));
+        let Admitted { arrival, upgrade } = match self.admit(request, &UPGRADE_SOURCES).await {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused,
+        };
+        let accepted = Accepted {
+            codec: chosen.unwrap_or(Codec::Json),
+            remote: arrival.remote,
+            query: arrival.parts.uri.query().map(str::to_owned),
+            headers: detach_headers(&arrival.parts.headers),
+            principal: arrival.principal,
+            slot: arrival.slot,
+        };
+        let binary = accepted.codec.is_binary();
+        let subprotocol = chosen.map(|codec| HeaderValue::from_static(codec.subprotocol()));
+        let env = self.inner.env.clone();
+        self.start(upgrade, subprotocol, binary, move |ws, queue| {
+            session::run(ws, queue, env, accepted)
+        })
+    }
+
+    /// The doors every upgrade passes, in the order PROTOCOL.md gives: not shutting down
+    /// (503), a WebSocket upgrade (400), the origin (403), the connection limits (503, 429),
+    /// then the credential found in the request at one of `sources` (401, 403).
+    pub(crate) async fn admit(
+        &self,
+        request: Request,
+        sources: &[CredentialSource],
+    ) -> Result<Admitted, Response> {
         if self.inner.shutdown.is_cancelled() {
             crate::metrics::handshake_failed(HandshakeFailure::Draining);
-            return (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down").into_response();
+            return Err(
+                (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down").into_response()
+            );
         }
         let (mut parts, _body) = request.into_parts();
-        let offered = parts
-            .headers
-            .get(header::SEC_WEBSOCKET_PROTOCOL)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let chosen = offered
-            .as_deref()
-            .and_then(|list| Codec::negotiate(Some(list)));
         // The upgrade itself stays ours, so that the connection's socket can be shared with
         // publishers (`conn::SharedSocket`); yawc answers the handshake (accept key, agreed
         // extensions) holding a stand-in.
         let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             crate::metrics::handshake_failed(HandshakeFailure::BadUpgrade);
-            return (
-                StatusCode::BAD_REQUEST,
-                "expected a WebSocket upgrade request",
-            )
-                .into_response();
+            return Err(bad_upgrade());
         };
         parts
             .extensions
             .insert(hyper::upgrade::on(http::Request::new(())));
         let upgrade = match yawc::IncomingUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(upgrade) => upgrade,
-            Err(status) => {
+            Err(_) => {
                 crate::metrics::handshake_failed(HandshakeFailure::BadUpgrade);
-                return (status, "expected a WebSocket upgrade request").into_response();
+                return Err(bad_upgrade());
             }
         };
         // Against cross-site WebSocket hijacking: a browser page from another origin.
         if !self.inner.config.origins.check(&parts.headers) {
             crate::metrics::handshake_failed(HandshakeFailure::Origin);
-            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+            return Err((StatusCode::FORBIDDEN, "origin not allowed").into_response());
         }
         let remote = parts
             .extensions
@@ -69,17 +119,21 @@ impl Server {
             Ok(slot) => slot,
             Err(refusal) => {
                 crate::metrics::handshake_failed(HandshakeFailure::Limit);
-                return (refusal.http_status(), refusal.to_string()).into_response();
+                return Err((refusal.http_status(), refusal.to_string()).into_response());
             }
         };
-        // Credentials in the upgrade are checked before upgrading; without any, the client
-        // may still authenticate in band with `hello`.
-        let env = &self.inner.env;
-        let principal = match &env.admission {
+        // Credentials in the upgrade are checked before upgrading; without any, a protocol
+        // client may still authenticate in band with `hello`.
+        let principal = match &self.inner.env.admission {
             None => Some(Principal::anonymous()),
             Some(admission) => {
-                match credential_from_request(&parts.headers, parts.uri.query(), &admission.cookie)
-                {
+                let credential = credential_from_sources(
+                    &parts.headers,
+                    parts.uri.query(),
+                    &admission.cookie,
+                    sources,
+                );
+                match credential {
                     None => None,
                     Some(credential) => {
                         let request = AuthRequest::new(&parts.headers)
@@ -87,17 +141,43 @@ impl Server {
                             .with_remote(remote);
                         match admission.authenticate(request).await {
                             Ok(principal) => Some(principal),
-                            Err(e) => {
-                                crate::metrics::handshake_failed(HandshakeFailure::Auth);
-                                return (e.http_status(), e.message().to_owned()).into_response();
-                            }
+                            Err(e) => return Err(auth_refused(&e)),
                         }
                     }
                 }
             }
         };
+        Ok(Admitted {
+            arrival: Arrival {
+                parts,
+                remote,
+                slot,
+                principal,
+            },
+            upgrade: PendingUpgrade {
+                on_upgrade,
+                upgrade,
+            },
+        })
+    }
+
+    /// Answers the upgrade (with `subprotocol`, if any) and starts the connection's task:
+    /// once the socket is upgraded, `run` serves it. Data frames written directly to it go
+    /// out as binary messages when `binary`. What `run` keeps of the request should be
+    /// copied out before (see `detach_headers`): the request head is not kept.
+    pub(crate) fn start<F, Fut>(
+        &self,
+        pending: PendingUpgrade,
+        subprotocol: Option<HeaderValue>,
+        binary: bool,
+        run: F,
+    ) -> Response
+    where
+        F: FnOnce(Socket, Arc<OutboundQueue>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let options = self.inner.config.ws_options();
-        let (mut response, _stand_in) = match upgrade.upgrade(options.clone()) {
+        let (mut response, _stand_in) = match pending.upgrade.upgrade(options.clone()) {
             Ok(pair) => pair,
             Err(e) => {
                 crate::metrics::handshake_failed(HandshakeFailure::BadUpgrade);
@@ -109,21 +189,11 @@ impl Server {
             .get(header::SEC_WEBSOCKET_EXTENSIONS)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        if let Some(codec) = chosen {
-            response.headers_mut().insert(
-                header::SEC_WEBSOCKET_PROTOCOL,
-                HeaderValue::from_static(codec.subprotocol()),
-            );
+        if let Some(subprotocol) = subprotocol {
+            response
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, subprotocol);
         }
-        let accepted = Accepted {
-            codec: chosen.unwrap_or(Codec::Json),
-            remote,
-            query: parts.uri.query().map(str::to_owned),
-            headers: detach_headers(&parts.headers),
-            principal,
-            slot,
-        };
-        let env = self.inner.env.clone();
         let outbound_queue = self.inner.config.limits.outbound_queue;
         let handshake_timeout = self.inner.config.limits.handshake_timeout;
         // A compressed connection sends small messages uncompressed (yawc's threshold), and
@@ -132,6 +202,7 @@ impl Server {
             Some(_) => self.inner.config.compression_threshold.saturating_sub(1),
             None => usize::MAX,
         };
+        let on_upgrade = pending.on_upgrade;
         self.inner.tasks.spawn(async move {
             let upgraded = match tokio::time::timeout(handshake_timeout, on_upgrade).await {
                 Ok(Ok(upgraded)) => upgraded,
@@ -147,7 +218,7 @@ impl Server {
             let socket = SharedSocket::new(
                 queue.clone(),
                 Box::new(hyper_util::rt::TokioIo::new(upgraded)),
-                accepted.codec.is_binary(),
+                binary,
                 max_direct_len,
             );
             match yawc::WebSocket::from_stream_with_extensions(
@@ -156,7 +227,7 @@ impl Server {
                 extensions.as_deref(),
                 options,
             ) {
-                Ok(ws) => session::run(ws, queue, env, accepted).await,
+                Ok(ws) => run(ws, queue).await,
                 Err(e) => tracing::debug!(error = %e, "cannot set up the agreed extensions"),
             }
         });
@@ -164,11 +235,33 @@ impl Server {
     }
 }
 
+/// Where a protocol connection's credential may be in its upgrade request (the `hello` is
+/// looked at later, in band).
+const UPGRADE_SOURCES: [CredentialSource; 3] = [
+    CredentialSource::Header,
+    CredentialSource::Cookie,
+    CredentialSource::Query,
+];
+
+fn bad_upgrade() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        "expected a WebSocket upgrade request",
+    )
+        .into_response()
+}
+
+/// The HTTP answer to a credential refused at the upgrade: 401 or 403 with the reason.
+pub(crate) fn auth_refused(error: &AuthError) -> Response {
+    crate::metrics::handshake_failed(HandshakeFailure::Auth);
+    (error.http_status(), error.message().to_owned()).into_response()
+}
+
 /// Copies the headers a handler may want into allocations of their own. hyper's header
 /// values are slices of its 8-16 KiB read buffer, so keeping them as they are would keep that
 /// whole buffer alive for the life of the connection. The headers of the WebSocket handshake
 /// itself mean nothing once it is done and are left out.
-fn detach_headers(headers: &http::HeaderMap) -> http::HeaderMap {
+pub(crate) fn detach_headers(headers: &http::HeaderMap) -> http::HeaderMap {
     const HANDSHAKE: [header::HeaderName; 5] = [
         header::CONNECTION,
         header::UPGRADE,

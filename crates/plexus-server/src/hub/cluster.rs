@@ -16,14 +16,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use plexus_engine::NodeMessage;
+use plexus_engine::{NodeMessage, RawData};
 use plexus_protocol::{CloseCode, ErrorBody, ErrorCode, Payload};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 use super::join::JoinReply;
 use super::{Hub, HubError};
-use crate::conn::ConnectionHandle;
+use crate::conn::{ConnectionHandle, RawMessage};
 
 /// Requests to connections on other nodes this node waits for at once; more get
 /// `RATE_LIMITED`.
@@ -184,6 +184,17 @@ impl Hub {
             NodeMessage::Notify { conn, method, data } => {
                 if let Some(handle) = self.connection(&conn) {
                     let _ = handle.notify_raw(&method, data);
+                }
+            }
+            NodeMessage::Write { conn, message } => {
+                if let Some(handle) = self.connection(&conn) {
+                    let message = match message {
+                        RawData::Text(text) => RawMessage::text(text),
+                        RawData::Binary(bytes) => RawMessage::binary(bytes),
+                    };
+                    if let Err(e) = handle.send_message(message) {
+                        tracing::debug!(conn = %conn, error = %e, "a raw message from another node was not written");
+                    }
                 }
             }
             NodeMessage::Request {

@@ -108,9 +108,25 @@ fn send_each(
 ) -> Sent {
     let mut sent = Sent::default();
     let mut encoded: [Option<Bytes>; 2] = [None, None];
+    // What a raw socket piped to the channel gets, made once too.
+    let mut piped: Option<Option<crate::conn::RawMessage>> = None;
     for subscriber in state.subscribers.values() {
         // One being closed (a slow consumer, say) leaves the channel when its task ends.
         if subscriber.joining.is_some() || subscriber.conn.is_closing() || !include(subscriber) {
+            continue;
+        }
+        if subscriber.conn.raw_info().is_some() {
+            // Only publications reach a piped raw socket, through its queue (a binary one
+            // could not be written directly as the socket's text).
+            let Frame::Msg { data, .. } = frame else {
+                continue;
+            };
+            let message = piped.get_or_insert_with(|| super::pipe::piped(data));
+            if let Some(message) = message
+                && subscriber.conn.send_message(message.clone()).is_ok()
+            {
+                sent.queued += 1;
+            }
             continue;
         }
         let codec = subscriber.conn.codec();

@@ -32,6 +32,17 @@ pub(super) enum JoinReply {
 }
 
 impl Hub {
+    /// Pipes the raw socket `conn` to `channel`: its publications are written to it (see
+    /// `pipe::piped`), with the namespace's join permission checked.
+    pub(crate) async fn pipe(
+        &self,
+        conn: &ConnectionHandle,
+        channel: &str,
+    ) -> Result<(), HubError> {
+        self.join_as(conn, channel, None, None, JoinReply::Push, true)
+            .await
+    }
+
     pub(crate) async fn join(
         &self,
         conn: &ConnectionHandle,
@@ -175,6 +186,20 @@ impl Hub {
         let buffered = subscriber.joining.take().unwrap_or_default();
         let filter = subscriber.filter.clone();
         state.joining -= 1;
+        if conn.raw_info().is_some() {
+            // A piped raw socket: no reply, no history, only what was published meanwhile,
+            // queued under the channel's lock like the batch below.
+            let top = &page.position;
+            for publication in buffered {
+                if *publication.epoch == *top.epoch
+                    && publication.offset > top.offset
+                    && let Some(message) = super::pipe::piped(&publication.data)
+                {
+                    let _ = conn.send_message(message);
+                }
+            }
+            return Ok(());
+        }
 
         #[derive(Serialize)]
         struct JoinResult<'a> {

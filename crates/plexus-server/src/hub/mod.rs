@@ -25,6 +25,7 @@ mod follow;
 mod join;
 mod local;
 mod metered_engine;
+mod pipe;
 mod registry;
 mod remote_stream;
 mod sink;
@@ -33,18 +34,19 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plexus_engine::{Engine, EngineSink, NodeMessage};
+use plexus_engine::{Engine, EngineSink, NodeMessage, RawData};
 use plexus_protocol::{CloseCode, Codec, ErrorCode, IntoPayload, Payload, Position};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use error::{HubError, HubErrorKind};
 pub(crate) use follow::Followed;
+pub(crate) use pipe::publication_of;
 pub use plexus_engine::{Member, Publication};
 pub(crate) use remote_stream::RemoteStream;
 
 use crate::channel::{ChannelAction, ChannelOptions, Namespaces};
-use crate::conn::{ConnectionHandle, decode_answer};
+use crate::conn::{ConnectionHandle, RawMessage, decode_answer};
 use crate::error::shown;
 use cluster::Cluster;
 use join::JoinReply;
@@ -262,6 +264,26 @@ impl Hub {
                 conn: conn.to_owned(),
                 method: method.to_owned(),
                 data: data.clone(),
+            },
+        )
+        .await
+    }
+
+    /// Writes `message` to the raw socket `conn`, on this node or another one (where it
+    /// goes through the engine, which does not report back: `Ok` then means handed on).
+    /// A full outbound queue closes the socket with 4008 and fails; a protocol connection
+    /// takes no raw messages (`NOT_FOUND`).
+    pub async fn send(&self, conn: &str, message: RawMessage) -> Result<(), HubError> {
+        let message = &message;
+        self.on_connection(
+            conn,
+            |handle| async move { Ok(handle.send_message(message.clone())?) },
+            || NodeMessage::Write {
+                conn: conn.to_owned(),
+                message: match message.as_text() {
+                    Some(text) => RawData::Text(text.to_owned()),
+                    None => RawData::Binary(message.bytes().to_vec()),
+                },
             },
         )
         .await

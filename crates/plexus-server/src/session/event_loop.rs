@@ -197,6 +197,13 @@ impl Session {
                     self.calls.is_current(id, seq).then_some(bytes)
                 }
                 Outbound::Final { id, seq, bytes } => self.calls.finished(id, seq).then_some(bytes),
+                Outbound::Message { bytes, binary } => {
+                    // Never queued for a protocol connection (the hub refuses), but if it
+                    // were, it goes out as asked.
+                    self.wire.push_message(bytes, binary);
+                    written += 1;
+                    None
+                }
             };
             if let Some(bytes) = bytes.filter(|bytes| !bytes.is_empty()) {
                 self.wire.push(bytes);

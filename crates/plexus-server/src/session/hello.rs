@@ -3,10 +3,10 @@
 use plexus_protocol::{CloseCode, Frame};
 use tokio::time::Instant;
 
-use super::Session;
 use super::refresh::keep_credential_fresh;
+use super::{Session, SessionEnv};
 use crate::auth::{AuthRequest, Credential, CredentialSource};
-use crate::conn::{DisconnectReason, Inbound};
+use crate::conn::{CloseReason, ConnectionHandle, DisconnectReason, Inbound, Wire};
 
 impl Session {
     /// Waits for the client's `hello` and authenticates it. Nothing else is served before:
@@ -21,53 +21,14 @@ impl Session {
     }
 
     async fn await_hello(&mut self) -> Result<(), DisconnectReason> {
-        let deadline = Instant::now() + self.env.limits.handshake_timeout;
-        loop {
-            let frame = match tokio::time::timeout_at(deadline, self.wire.next_frame()).await {
-                Err(_) => {
-                    return Err(self
-                        .close(CloseCode::BAD_HANDSHAKE, "no hello in time")
-                        .await);
-                }
-                Ok(Err(e)) => return Err(self.wire.read_failed(e).await),
-                Ok(Ok(frame)) => frame,
-            };
-            let (payload, binary) = match Inbound::of(frame) {
-                Inbound::Message { payload, binary } => (payload, binary),
-                Inbound::Control => continue,
-                Inbound::PeerClosed(code) => return Err(self.wire.peer_closed(code).await),
-                Inbound::Ended(reason) => return Err(reason),
-            };
-            let decoded = if binary == self.codec().is_binary() {
-                self.codec().decode(payload).ok()
-            } else {
-                None
-            };
-            let Some(Frame::Hello { token, data }) = decoded else {
-                return Err(self.close(CloseCode::BAD_HANDSHAKE, "expected hello").await);
-            };
-            let credential = token
-                .filter(|token| !token.is_empty())
-                .map(|token| Credential::new(token, CredentialSource::Hello));
-            let request = AuthRequest::new(self.handle.headers())
-                .with_credential(credential.as_ref())
-                .with_remote(self.handle.remote_addr())
-                .with_hello_data(data.as_ref());
-            match self.env.authenticate(request).await {
-                Ok(principal) => {
-                    self.handle.set_principal(principal);
-                    return Ok(());
-                }
-                Err(e) => {
-                    self.write_frame(&Frame::Reject {
-                        error: e.to_error_body(),
-                    });
-                    self.drain().await?;
-                    let reason = e.close_reason();
-                    return Err(self.close(e.close_code(), reason).await);
-                }
-            }
-        }
+        await_hello(
+            &mut self.wire,
+            &self.handle,
+            &self.env,
+            BeforeHello::Close,
+            false,
+        )
+        .await
     }
 
     /// Sends `welcome`, then starts what runs beside an open session: the `on_connect` hook
@@ -76,12 +37,7 @@ impl Session {
         self.welcomed = true;
         // In a block of its own, so the frame is not kept for the life of the session.
         {
-            let welcome = Frame::Welcome {
-                conn: self.handle.id().to_owned(),
-                node: self.env.node.clone(),
-                heartbeat: self.env.limits.heartbeat_interval.as_millis() as u64,
-                user: self.handle.principal().user.clone(),
-            };
+            let welcome = welcome_frame(&self.handle, &self.env);
             self.write_frame(&welcome);
         }
         self.drain().await?;
@@ -92,5 +48,93 @@ impl Session {
             tokio::spawn(keep_credential_fresh(self.env.clone(), self.handle.clone()));
         }
         Ok(())
+    }
+}
+
+/// What a frame other than `hello` does while the server waits for the `hello`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BeforeHello {
+    /// Closes the connection with 4000 (a protocol connection).
+    Close,
+    /// Is dropped unread (a handshaked raw socket, whose client may send early).
+    Drop,
+}
+
+/// Waits for the client's `hello` and authenticates it, unless the connection's principal
+/// came with the upgrade (`authenticated`): then the `hello` only completes the handshake.
+/// A refused credential gets `reject` and close 4001 or 4003; no `hello` within the
+/// handshake timeout closes with 4000.
+pub(crate) async fn await_hello(
+    wire: &mut Wire,
+    handle: &ConnectionHandle,
+    env: &SessionEnv,
+    others: BeforeHello,
+    authenticated: bool,
+) -> Result<(), DisconnectReason> {
+    let deadline = Instant::now() + env.limits.handshake_timeout;
+    let codec = handle.codec();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, wire.next_frame()).await {
+            Err(_) => {
+                let reason = CloseReason::Borrowed("no hello in time");
+                return Err(wire.close(CloseCode::BAD_HANDSHAKE, reason).await);
+            }
+            Ok(Err(e)) => return Err(wire.read_failed(e).await),
+            Ok(Ok(frame)) => frame,
+        };
+        let (payload, binary) = match Inbound::of(frame) {
+            Inbound::Message { payload, binary } => (payload, binary),
+            Inbound::Control => continue,
+            Inbound::PeerClosed(code) => return Err(wire.peer_closed(code).await),
+            Inbound::Ended(reason) => return Err(reason),
+        };
+        let decoded = if binary == codec.is_binary() {
+            codec.decode(payload).ok()
+        } else {
+            None
+        };
+        let Some(Frame::Hello { token, data }) = decoded else {
+            if others == BeforeHello::Drop {
+                continue;
+            }
+            let reason = CloseReason::Borrowed("expected hello");
+            return Err(wire.close(CloseCode::BAD_HANDSHAKE, reason).await);
+        };
+        if authenticated {
+            return Ok(());
+        }
+        let credential = token
+            .filter(|token| !token.is_empty())
+            .map(|token| Credential::new(token, CredentialSource::Hello));
+        let request = AuthRequest::new(handle.headers())
+            .with_credential(credential.as_ref())
+            .with_remote(handle.remote_addr())
+            .with_hello_data(data.as_ref());
+        match env.authenticate(request).await {
+            Ok(principal) => {
+                handle.set_principal(principal);
+                return Ok(());
+            }
+            Err(e) => {
+                if let Ok(bytes) = codec.encode(&Frame::Reject {
+                    error: e.to_error_body(),
+                }) {
+                    wire.push(bytes);
+                }
+                wire.drain(handle).await?;
+                let reason = CloseReason::Borrowed(e.close_reason());
+                return Err(wire.close(e.close_code(), reason).await);
+            }
+        }
+    }
+}
+
+/// The `welcome` frame of a connection.
+pub(crate) fn welcome_frame(handle: &ConnectionHandle, env: &SessionEnv) -> Frame {
+    Frame::Welcome {
+        conn: handle.id().to_owned(),
+        node: env.node.clone(),
+        heartbeat: env.limits.heartbeat_interval.as_millis() as u64,
+        user: handle.principal().user.clone(),
     }
 }

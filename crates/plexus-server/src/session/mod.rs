@@ -42,6 +42,8 @@ use crate::relay::Relay;
 use crate::rpc::handler::BoxFuture;
 use crate::rpc::router::Router;
 
+pub(crate) use hello::{BeforeHello, await_hello, welcome_frame};
+
 use calls::Calls;
 use dispatch::BadFrames;
 
@@ -138,23 +140,14 @@ pub(crate) async fn run(
     let limits = &env.limits;
     let awaiting_hello = accepted.principal.is_none();
     let info = ConnectionInfo {
-        id: uuid::Uuid::now_v7().simple().to_string(),
+        id: new_connection_id(),
         codec: accepted.codec,
         remote: accepted.remote,
         headers: accepted.headers,
         query: accepted.query,
+        raw: None,
     };
-    let handle = ConnectionHandle::new(
-        info,
-        accepted.principal.unwrap_or_default(),
-        queue.clone(),
-        env.extensions.clone(),
-        HandleLimits {
-            max_calls: limits.max_in_flight,
-            call_timeout: limits.server_call_timeout,
-            max_subscriptions: limits.max_subscriptions,
-        },
-    );
+    let handle = open_connection(&env, info, accepted.principal, queue.clone());
     let now = Instant::now();
     let mut session = Session {
         wire: Wire::new(ws, queue, accepted.codec.is_binary()),
@@ -171,30 +164,67 @@ pub(crate) async fn run(
         publish_rate: limits.publish_rate.map(CallRateLimiter::new),
         _slot: accepted.slot,
     };
-    env.open.fetch_add(1, Ordering::Relaxed);
-    crate::metrics::server().connections_opened.increment(1);
-    crate::metrics::server().connections_open.increment(1.0);
-    env.hub.register(&handle);
     let span = tracing::debug_span!("conn", id = %handle.id(), remote = ?handle.remote_addr());
     let reason = tracing::Instrument::instrument(session.run(), span).await;
-    if let Some(relay) = &env.relay {
-        relay.connection_ended(&handle);
-    }
-    env.hub.unregister(&handle).await;
+    forget_connection(&env, &handle).await;
     session.finish(&reason);
     let welcomed = session.welcomed;
     // Gives the connection's place under the limits back before anyone hears it ended.
     drop(session);
-    env.open.fetch_sub(1, Ordering::Relaxed);
-    crate::metrics::server().connections_open.decrement(1.0);
-    crate::metrics::connection_closed(&reason);
-    tracing::debug!(conn = %handle.id(), ?reason, "connection ended");
+    count_closed(&env, &handle, &reason);
     if !welcomed {
         return;
     }
     if let Some(hook) = env.on_disconnect.clone() {
         tokio::spawn(hook(handle, reason));
     }
+}
+
+/// A new connection id: time-ordered, 32 hex digits.
+pub(crate) fn new_connection_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// The handle of a new connection, counted as open and reachable through the hub.
+pub(crate) fn open_connection(
+    env: &SessionEnv,
+    info: ConnectionInfo,
+    principal: Option<Principal>,
+    queue: Arc<OutboundQueue>,
+) -> ConnectionHandle {
+    let limits = &env.limits;
+    let handle = ConnectionHandle::new(
+        info,
+        principal.unwrap_or_default(),
+        queue,
+        env.extensions.clone(),
+        HandleLimits {
+            max_calls: limits.max_in_flight,
+            call_timeout: limits.server_call_timeout,
+            max_subscriptions: limits.max_subscriptions,
+        },
+    );
+    env.open.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::server().connections_opened.increment(1);
+    crate::metrics::server().connections_open.increment(1.0);
+    env.hub.register(&handle);
+    handle
+}
+
+/// Forgets a connection that ended: the relay's providers, the hub's registry and channels.
+pub(crate) async fn forget_connection(env: &SessionEnv, handle: &ConnectionHandle) {
+    if let Some(relay) = &env.relay {
+        relay.connection_ended(handle);
+    }
+    env.hub.unregister(handle).await;
+}
+
+/// Counts a connection as closed, once its place under the limits has been given back.
+pub(crate) fn count_closed(env: &SessionEnv, handle: &ConnectionHandle, reason: &DisconnectReason) {
+    env.open.fetch_sub(1, Ordering::Relaxed);
+    crate::metrics::server().connections_open.decrement(1.0);
+    crate::metrics::connection_closed(reason);
+    tracing::debug!(conn = %handle.id(), ?reason, "connection ended");
 }
 
 impl Session {
@@ -229,8 +259,7 @@ impl Session {
         self.calls.stop_all(shutdown);
         // Dropping the senders fails every call the server made to this client.
         self.handle.client_calls().clear();
-        self.handle.shared.gone.fire();
-        self.queue().close();
+        self.handle.mark_ended();
     }
 
     // ---- what the session writes ---------------------------------------------------------

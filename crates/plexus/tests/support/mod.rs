@@ -154,7 +154,7 @@ pub(crate) async fn start_with(builder: ServerBuilder) -> TestServer {
         .await
         .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
-    let app = server.route("/ws");
+    let app = server.route("/ws").merge(server.raw_routes());
     serve_app(server, listener, app, addr)
 }
 

@@ -34,6 +34,8 @@ pub(crate) enum Outbound {
     Final { id: u64, seq: u64, bytes: Bytes },
     /// Encoded frames to write as they are, in order.
     Batch(Vec<Bytes>),
+    /// A raw socket's message, written as a binary message when `binary`, else as text.
+    Message { bytes: Bytes, binary: bool },
 }
 
 /// Capacity kept after the queue empties; more is released.

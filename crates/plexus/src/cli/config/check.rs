@@ -16,7 +16,7 @@ pub(crate) fn check(path: &Path) -> Result<String, String> {
     let file = super::load(path)?;
     let builder = file.server_builder(file.endpoint(), None)?;
     file.engine.choose(None)?;
-    builder.try_build().map_err(|e| file.strict_error(&e))?;
+    builder.try_build().map_err(|e| file.build_error(&e))?;
     Ok(summary(&file, path))
 }
 

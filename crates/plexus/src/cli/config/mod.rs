@@ -103,6 +103,14 @@ impl<'de> Deserialize<'de> for RateSetting {
     }
 }
 
+/// One `[[pipe]]` table: foreign clients at `path` piped to channels of `namespace`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PipeFile {
+    pub(crate) path: String,
+    pub(crate) namespace: String,
+}
+
 /// What `plexus serve` limits unless the file says otherwise (the library has no rate
 /// limits and allows 10,000 connections per address by default).
 const SERVE_CALL_RATE: (u32, u32) = (500, 1000);
@@ -116,6 +124,9 @@ pub(crate) struct FileConfig {
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) path: Option<String>,
     pub(crate) echo_path: Option<String>,
+    /// Raw sockets piped to channels (`[[pipe]]` tables).
+    #[serde(default)]
+    pub(crate) pipe: Vec<PipeFile>,
     pub(crate) node_id: Option<String>,
     pub(crate) api_key: Option<String>,
     pub(crate) compression: Option<CompressionSetting>,
@@ -458,8 +469,16 @@ impl FileConfig {
         Ok(builder)
     }
 
+    /// The message for a refusal to build the server, in the file's terms.
+    pub(crate) fn build_error(&self, error: &plexus_server::BuildError) -> String {
+        match error {
+            plexus_server::BuildError::Strict(strict) => self.strict_error(strict),
+            other => other.to_string(),
+        }
+    }
+
     /// The message for a strict-mode refusal, in the file's terms.
-    pub(crate) fn strict_error(&self, error: &StrictModeError) -> String {
+    fn strict_error(&self, error: &StrictModeError) -> String {
         fn quoted(names: impl Iterator<Item = String>) -> String {
             names
                 .map(|name| format!("`{name}`"))

@@ -19,7 +19,7 @@ fn build(config: &FileConfig, jwt_secret: Option<&str>) -> Result<(), String> {
         .server_builder(config.endpoint(), jwt_secret)?
         .try_build()
         .map(drop)
-        .map_err(|e| config.strict_error(&e))
+        .map_err(|e| config.build_error(&e))
 }
 
 #[test]

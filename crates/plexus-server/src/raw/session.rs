@@ -1,0 +1,315 @@
+//! One raw socket's life: registration, the handshake of a handshaked socket, the
+//! `connected` event, the loop (messages in, queued messages out, heartbeats, close
+//! requests, the shutdown, an expiring credential), and exactly one `disconnected`.
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use plexus_protocol::CloseCode;
+use tokio::time::Instant;
+
+use super::endpoint::{RawKind, RawStart};
+use super::{RawConnection, RawHandler};
+use crate::conn::{
+    CloseReason, ConnectionHandle, DisconnectReason, Heartbeat, Inbound, Outbound, OutboundQueue,
+    QueueEvent, RawMessage, Socket, Wire, close_reason,
+};
+use crate::session::{
+    BeforeHello, SessionEnv, await_hello, count_closed, forget_connection, open_connection,
+    welcome_frame,
+};
+
+/// Serves one raw socket to its end with `handler`.
+pub(crate) async fn run<H: RawHandler>(
+    start: RawStart,
+    ws: Socket,
+    queue: Arc<OutboundQueue>,
+    handler: Arc<H>,
+) {
+    let RawStart {
+        env,
+        info,
+        principal,
+        slot,
+        kind,
+        permission,
+    } = start;
+    let authenticated = principal.is_some();
+    let handle = open_connection(&env, info, principal, queue.clone());
+    let conn = RawConnection::new(handle.clone(), env.hub.clone());
+    let mut session = RawSession {
+        wire: Wire::new(ws, queue, false),
+        handle: handle.clone(),
+        env: env.clone(),
+        last_seen: Instant::now(),
+        last_active: Instant::now(),
+    };
+    let span = tracing::debug_span!("raw", id = %handle.id(), path = conn.path());
+    let life = async {
+        if kind == RawKind::Handshaked {
+            session
+                .handshake(authenticated, permission.as_deref())
+                .await?;
+        }
+        if let Err(why) = handler.connected(&conn).await {
+            tracing::warn!(conn = %handle.id(), reason = %why, "the raw socket's handler refused the connection");
+            let reason = close_reason(why.into());
+            let closed = session.wire.close(CloseCode::TRY_AGAIN_LATER, reason).await;
+            return Err(closed);
+        }
+        Ok(session.serve(&*handler, &conn).await)
+    };
+    let (reason, taken) = match tracing::Instrument::instrument(life, span).await {
+        Ok(reason) => (reason, true),
+        Err(reason) => (reason, false),
+    };
+    forget_connection(&env, &handle).await;
+    handle.mark_ended();
+    // Gives the connection's place under the limits back before anyone hears it ended.
+    drop(slot);
+    count_closed(&env, &handle, &reason);
+    if taken {
+        handler.disconnected(&conn, &reason).await;
+    }
+}
+
+/// What the loop changes as it goes.
+struct RawSession {
+    wire: Wire,
+    handle: ConnectionHandle,
+    env: Arc<SessionEnv>,
+    /// When the peer was last heard from (any frame, pongs included).
+    last_seen: Instant,
+    /// When a data message last went either way (for the idle timeout).
+    last_active: Instant,
+}
+
+/// What a turn of the loop decided.
+enum Step {
+    Continue,
+    Deliver(RawMessage),
+    Close(CloseCode, &'static str),
+    PeerClosed(Option<u16>),
+    ReadFailed(yawc::WebSocketError),
+    Ended(DisconnectReason),
+}
+
+impl RawSession {
+    /// The plexus handshake: the client's `hello` (authenticated unless the upgrade was),
+    /// the endpoint's permission, then `welcome`.
+    async fn handshake(
+        &mut self,
+        authenticated: bool,
+        permission: Option<&str>,
+    ) -> Result<(), DisconnectReason> {
+        let (wire, handle, env) = (&mut self.wire, &self.handle, &self.env);
+        await_hello(wire, handle, env, BeforeHello::Drop, authenticated).await?;
+        let codec = handle.codec();
+        if let Some(permission) = permission
+            && !handle.with_principal(|p| p.can(permission))
+        {
+            let refusal = crate::auth::AuthError::forbidden(format!(
+                "the `{permission}` permission is needed for this endpoint"
+            ));
+            if let Ok(bytes) = codec.encode(&plexus_protocol::Frame::Reject {
+                error: refusal.to_error_body(),
+            }) {
+                wire.push(bytes);
+            }
+            wire.drain(handle).await?;
+            let reason = CloseReason::Borrowed(refusal.close_reason());
+            return Err(wire.close(refusal.close_code(), reason).await);
+        }
+        if let Ok(bytes) = codec.encode(&welcome_frame(handle, env)) {
+            wire.push(bytes);
+        }
+        wire.drain(handle).await
+    }
+
+    /// The loop, until the connection ends.
+    async fn serve<H: RawHandler>(
+        &mut self,
+        handler: &H,
+        conn: &RawConnection,
+    ) -> DisconnectReason {
+        let limits = &self.env.limits;
+        let mut heartbeat = Heartbeat::new(limits.heartbeat_interval);
+        let idle = limits.idle_timeout;
+        // A credential that expires closes the socket then: a raw peer cannot be asked
+        // for a fresh one.
+        let expiry = self.handle.principal().expires_at.map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            Instant::now() + left
+        });
+        self.handle.shared.queue.set_direct(true);
+        let mut kicked = true;
+        loop {
+            if std::mem::take(&mut kicked)
+                && let Some((code, reason)) = self.close_wanted()
+            {
+                return Box::pin(self.wire.close(code, reason)).await;
+            }
+            let idle_deadline = idle.map(|idle| self.last_active + idle);
+            let deadline = match (expiry, idle_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let step = tokio::select! {
+                biased;
+                event = std::future::poll_fn(|cx| self.handle.shared.queue.poll_event(cx)) => match event {
+                    QueueEvent::Item(out) => {
+                        self.outbound(out);
+                        Step::Continue
+                    }
+                    QueueEvent::Kick | QueueEvent::Closed => {
+                        kicked = true;
+                        Step::Continue
+                    }
+                },
+                frame = self.wire.next_frame() => match frame {
+                    Ok(frame) => self.inbound(frame),
+                    Err(e) => Step::ReadFailed(e),
+                },
+                () = std::future::poll_fn(|cx| heartbeat.poll_due(cx)) => {
+                    if self.last_seen.elapsed() >= heartbeat.interval() * 2 {
+                        Step::Close(CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                    } else {
+                        self.wire.push_ping();
+                        Step::Continue
+                    }
+                }
+                () = sleep_until_opt(deadline), if deadline.is_some() => {
+                    if expiry.is_some_and(|at| Instant::now() >= at) {
+                        Step::Close(CloseCode::NOT_AUTHORIZED, "credential expired")
+                    } else if self.handle.shared.queue.take_written_directly() {
+                        self.last_active = Instant::now();
+                        Step::Continue
+                    } else {
+                        Step::Close(CloseCode::NORMAL, "idle timeout")
+                    }
+                }
+            };
+            let step = match step {
+                Step::Deliver(message) => match self.deliver(handler, conn, message).await {
+                    Ok(again) => {
+                        kicked |= again;
+                        Step::Continue
+                    }
+                    Err(reason) => return reason,
+                },
+                step => step,
+            };
+            if self.wire.has_pending()
+                && let Err(reason) = self.wire.drain(&self.handle).await
+            {
+                return reason;
+            }
+            match step {
+                Step::Continue | Step::Deliver(_) => {}
+                Step::Close(code, reason) => {
+                    let reason = CloseReason::Borrowed(reason);
+                    return Box::pin(self.wire.close(code, reason)).await;
+                }
+                Step::PeerClosed(code) => return Box::pin(self.wire.peer_closed(code)).await,
+                Step::ReadFailed(e) => return Box::pin(self.wire.read_failed(e)).await,
+                Step::Ended(reason) => return self.wire.abandon(reason),
+            }
+        }
+    }
+
+    /// A close the connection was asked for, or the server's shutdown.
+    fn close_wanted(&self) -> Option<(CloseCode, CloseReason)> {
+        if let Some(requested) = self.handle.requested_close() {
+            return Some(requested);
+        }
+        self.env.is_shutting_down().then_some((
+            CloseCode::GOING_AWAY,
+            CloseReason::Borrowed("server shutting down"),
+        ))
+    }
+
+    /// What a frame read from the socket means.
+    fn inbound(&mut self, frame: yawc::Frame) -> Step {
+        self.last_seen = Instant::now();
+        match Inbound::of(frame) {
+            Inbound::Message { payload, binary } => {
+                self.last_active = self.last_seen;
+                let metrics = crate::metrics::server();
+                metrics.messages_received.increment(1);
+                metrics.bytes_received.increment(payload.len() as u64);
+                Step::Deliver(RawMessage::read(payload, binary))
+            }
+            Inbound::Control => Step::Continue,
+            Inbound::PeerClosed(code) => Step::PeerClosed(code),
+            Inbound::Ended(reason) => Step::Ended(reason),
+        }
+    }
+
+    /// Hands a message to the handler, writing what is queued meanwhile (so a handler
+    /// that waits for room in the queue is not waiting on itself). Returns whether a kick
+    /// came; a close request or the shutdown stops waiting for the handler, whose future is
+    /// then dropped.
+    async fn deliver<H: RawHandler>(
+        &mut self,
+        handler: &H,
+        conn: &RawConnection,
+        message: RawMessage,
+    ) -> Result<bool, DisconnectReason> {
+        let mut handling = pin!(handler.message(conn, message));
+        let mut kicked = false;
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut handling => return Ok(kicked),
+                event = std::future::poll_fn(|cx| self.handle.shared.queue.poll_event(cx)) => match event {
+                    QueueEvent::Item(out) => {
+                        self.outbound(out);
+                        self.wire.drain(&self.handle).await?;
+                    }
+                    QueueEvent::Kick | QueueEvent::Closed => {
+                        kicked = true;
+                        if self.close_wanted().is_some() {
+                            return Ok(true);
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Moves one queued message (and whatever else is queued, up to a batch) to the writer.
+    fn outbound(&mut self, first: Outbound) {
+        self.last_active = Instant::now();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(out) = next.take() {
+            match out {
+                Outbound::Message { bytes, binary } => self.wire.push_message(bytes, binary),
+                // A publication piped to this socket (always text).
+                Outbound::Frame(bytes) => self.wire.push_message(bytes, false),
+                Outbound::Batch(frames) => {
+                    for bytes in frames {
+                        self.wire.push_message(bytes, false);
+                    }
+                }
+                // Calls are refused on a raw socket: nothing of theirs is queued.
+                Outbound::Item { .. } | Outbound::Final { .. } => {}
+            }
+            taken += 1;
+            if taken < WRITE_BATCH {
+                next = self.handle.shared.queue.try_pop();
+            }
+        }
+    }
+}
+
+/// Messages written in one batch before the writer flushes and reads again.
+const WRITE_BATCH: usize = 64;
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

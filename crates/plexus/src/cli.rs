@@ -333,22 +333,13 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     if relay {
         builder = builder.relay(plexus_server::RelayConfig::default());
     }
-    if let Some(echo) = &echo_path {
-        // Open to every connection the server admits, as the protocol endpoint is.
-        builder = builder.raw(
-            plexus_server::RawEndpoint::foreign(echo)
-                .public()
-                .handler(Echo),
-        );
-    }
-    for (path, namespace) in &pipes {
-        let pipe = plexus_server::ChannelPipe::new(path, namespace);
-        // The namespace's permissions decide what a piped client may do.
-        let endpoint = plexus_server::RawEndpoint::foreign(path)
-            .public()
-            .handler(pipe);
-        builder = builder.raw(endpoint);
-    }
+    builder = with_raw_endpoints(
+        builder,
+        &path,
+        echo_path.as_deref(),
+        &pipes,
+        endpoint.limits.publish_rate,
+    )?;
     let server = builder
         .try_build()
         .map_err(|e| anyhow::anyhow!(file.build_error(&e)))?;
@@ -358,7 +349,6 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     let mut app = server
         .try_route(&path)
         .map_err(|e| anyhow::anyhow!("--path: {e}"))?;
-    ensure_distinct(&path, echo_path.as_deref(), &pipes)?;
     app = app.merge(server.raw_routes()).merge(server.health_routes());
     if let Some(metrics) = &metrics {
         app = app.merge(metrics::route(metrics.clone()));
@@ -434,6 +424,36 @@ fn parse_pipe(value: &str) -> Result<(String, String), String> {
             "expected PATH=NAMESPACE, e.g. '/pipe/*=demo', not `{value}`"
         )),
     }
+}
+
+/// Adds `serve`'s raw endpoints: the echo at `echo` and the pipes, beside the protocol at
+/// `path`. Also what `checkconfig` checks.
+pub(crate) fn with_raw_endpoints(
+    mut builder: plexus_server::ServerBuilder,
+    path: &str,
+    echo: Option<&str>,
+    pipes: &[(String, String)],
+    publish_rate: Option<plexus_server::RateLimit>,
+) -> anyhow::Result<plexus_server::ServerBuilder> {
+    ensure_distinct(path, echo, pipes)?;
+    if let Some(echo) = echo {
+        // Open to every connection the server admits, as the protocol endpoint is.
+        let endpoint = plexus_server::RawEndpoint::foreign(echo).public();
+        builder = builder.raw(endpoint.handler(Echo));
+    }
+    for (pipe_path, namespace) in pipes {
+        let pipe = plexus_server::ChannelPipe::new(pipe_path, namespace);
+        // The namespace's permissions decide what a piped client may do.
+        let mut endpoint = plexus_server::RawEndpoint::foreign(pipe_path)
+            .public()
+            .handler(pipe);
+        // What a piped client sends are publications: the publication rate applies.
+        if let Some(rate) = publish_rate {
+            endpoint = endpoint.message_rate(rate);
+        }
+        builder = builder.raw(endpoint);
+    }
+    Ok(builder)
 }
 
 /// Refuses a path given to two endpoints (axum would panic merging them).

@@ -881,3 +881,135 @@ async fn the_http_api_writes_to_a_raw_socket() {
     let (status, answer) = send(json!({"conn": conn.id, "data": "x", "type": "json"})).await;
     assert_eq!(status, 400, "{answer}");
 }
+
+/// A handler for the hard cases: `connected` sends 100 messages, waiting for room each time;
+/// `panic` panics; `bye` sends a last message and closes.
+struct Trouble {
+    seen: mpsc::UnboundedSender<Seen>,
+}
+
+impl RawHandler for Trouble {
+    async fn connected(&self, conn: &RawConnection) -> Result<(), String> {
+        for i in 0..100 {
+            conn.send_waiting(RawMessage::text(format!("scrollback {i}")))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn message(&self, conn: &RawConnection, message: RawMessage) {
+        match message.as_text() {
+            Some("panic") => panic!("a handler bug"),
+            Some("bye") => {
+                let _ = conn.send_text("last words");
+                conn.close(CloseCode::NORMAL, "done");
+            }
+            _ => {}
+        }
+    }
+
+    async fn disconnected(&self, conn: &RawConnection, reason: &DisconnectReason) {
+        let _ = self.seen.send(Seen::Disconnected {
+            handler: "trouble",
+            conn: conn.id().to_owned(),
+            reason: reason.clone(),
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_that_wait_panic_or_close_leave_nothing_behind() {
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let mut config = EndpointConfig::default();
+    config.limits.outbound_queue = 16;
+    let server = server_with(
+        vec![RawEndpoint::foreign("/t").handler(Trouble { seen: tx })],
+        config,
+    )
+    .await;
+    // `connected` waits for room in a queue of 16 while its 100 messages are written.
+    let mut ws = open_ok(server.addr, "/t").await;
+    for i in 0..100 {
+        assert_eq!(next_text(&mut ws).await, format!("scrollback {i}"));
+    }
+    // What was queued before a close goes out before the close frame.
+    ws.send(Message::text("bye")).await.expect("send");
+    assert_eq!(next_text(&mut ws).await, "last words");
+    assert_eq!(close_code(&mut ws).await, 1000);
+    // A panicking handler: 1011, `disconnected` still comes, nothing stays registered.
+    let mut ws = open_ok(server.addr, "/t").await;
+    for _ in 0..100 {
+        next_text(&mut ws).await;
+    }
+    ws.send(Message::text("panic")).await.expect("send");
+    assert_eq!(close_code(&mut ws).await, 1011);
+    for _ in 0..2 {
+        let Seen::Disconnected { reason, .. } = next_seen(&mut seen).await else {
+            panic!()
+        };
+        let DisconnectReason::ServerClosed(code, _) = reason else {
+            panic!("{reason:?}")
+        };
+        assert!(
+            code == CloseCode(1000) || code == CloseCode(1011),
+            "{code:?}"
+        );
+    }
+    support::wait_until("no connection left", || {
+        server.server.connection_count() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_over_its_message_rate_is_closed() {
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let rate = plexus_server::RateLimit::new(1, 3).expect("rate");
+    let server = server_with(
+        vec![
+            RawEndpoint::foreign("/r")
+                .message_rate(rate)
+                .handler(recorder("h", &tx)),
+        ],
+        EndpointConfig::default(),
+    )
+    .await;
+    let mut ws = open_ok(server.addr, "/r").await;
+    next_text(&mut ws).await;
+    for i in 0..10 {
+        if ws.send(Message::text(format!("{i}"))).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(close_code(&mut ws).await, 1008);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshaked_socket_reads_the_hello_token_only_where_declared() {
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let builder = Server::builder().authenticator(jwt_authenticator()).raw(
+        RawEndpoint::handshaked("/term")
+            .credentials([CredentialSource::Cookie])
+            .handler(recorder("h", &tx)),
+    );
+    let server = start_with(builder).await;
+    let (mut ws, _) = open(server.addr, "/term", &[]).await.expect("upgrade");
+    let hello = json!({"t": "hello", "token": token("alice", "", 600)});
+    ws.send(Message::text(hello.to_string()))
+        .await
+        .expect("send");
+    let reject: Value = serde_json::from_str(&next_text(&mut ws).await).expect("JSON");
+    assert_eq!(reject["t"], "reject", "{reject}");
+    assert_eq!(close_code(&mut ws).await, 4001);
+    // The declared cookie works.
+    let cookie = format!("plexus_token={}", token("alice", "", 600));
+    let (mut ws, _) = open(server.addr, "/term", &[("Cookie", &cookie)])
+        .await
+        .expect("upgrade");
+    ws.send(Message::text(r#"{"t":"hello"}"#))
+        .await
+        .expect("send");
+    let welcome: Value = serde_json::from_str(&next_text(&mut ws).await).expect("JSON");
+    assert_eq!(welcome["user"], "alice", "{welcome}");
+}

@@ -203,7 +203,14 @@ impl Wire {
         };
         let ws = &mut self.ws;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            // A read that ends at once: yawc closed the reading side and wrote its close.
+            // Getting ready to write sends the close yawc queued, if it did; then a read that
+            // ends at once says it closed the reading side, and no second close is due.
+            if std::future::poll_fn(|cx| ws.poll_ready_unpin(cx))
+                .await
+                .is_err()
+            {
+                return;
+            }
             let closed_by_yawc = matches!(ws.next_frame().now_or_never(), Some(Err(_)));
             if !closed_by_yawc {
                 let frame =

@@ -111,6 +111,8 @@ impl Server {
             slot: arrival.slot,
             kind: endpoint.kind,
             permission: served.permission.clone(),
+            hello_credential: endpoint.credentials.contains(&CredentialSource::Hello),
+            message_rate: endpoint.message_rate.or(self.inner.config.limits.call_rate),
         };
         self.start(upgrade, header, false, move |ws, queue| {
             handlers.serve(start, ws, queue)

@@ -59,6 +59,8 @@ pub struct RawEndpoint {
     /// Declared open to every connection (strict mode needs this or a permission).
     pub(crate) public: bool,
     pub(crate) subprotocols: Vec<String>,
+    /// `None`: the endpoint configuration's call rate.
+    pub(crate) message_rate: Option<crate::guard::RateLimit>,
     pub(crate) handlers: Option<Arc<dyn Serve>>,
 }
 
@@ -98,6 +100,7 @@ impl RawEndpoint {
             permission: None,
             public: false,
             subprotocols: Vec::new(),
+            message_rate: None,
             handlers: None,
         }
     }
@@ -140,6 +143,13 @@ impl RawEndpoint {
     /// needs of an endpoint without [`RawEndpoint::require`].
     pub fn public(mut self) -> Self {
         self.public = true;
+        self
+    }
+
+    /// How many messages per second a peer may send (default: the endpoint configuration's
+    /// `call_rate`, none unless set). A peer over it is closed with 1008.
+    pub fn message_rate(mut self, rate: crate::guard::RateLimit) -> Self {
+        self.message_rate = Some(rate);
         self
     }
 
@@ -192,6 +202,10 @@ pub(crate) struct RawStart {
     pub(crate) slot: ConnectionSlot,
     pub(crate) kind: RawKind,
     pub(crate) permission: Option<Arc<str>>,
+    /// Whether the `hello`'s token is read (a handshaked endpoint declaring it).
+    pub(crate) hello_credential: bool,
+    /// Messages per second the peer may send.
+    pub(crate) message_rate: Option<crate::guard::RateLimit>,
 }
 
 /// A pool of handlers of one type, behind a type the endpoint can hold.

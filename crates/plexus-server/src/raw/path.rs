@@ -9,7 +9,9 @@ pub enum EndpointError {
     #[error("`{0}`: an endpoint path starts with `/`")]
     NotAbsolute(String),
     /// A `*` anywhere but as the last segment, or a route parameter.
-    #[error("`{0}`: `*` may only end a path, as in `/prefix/*`, and `{{` `}}` are not allowed")]
+    #[error(
+        "`{0}`: `*` may only end a path, as in `/prefix/*`, and a parameter is written `{{name}}`"
+    )]
     BadWildcard(String),
     /// A prefix path on an endpoint that speaks plexus's handshake.
     #[error(
@@ -62,7 +64,9 @@ impl PathPattern {
             Some(base) => (base, true),
             None => (path, false),
         };
-        if base.contains(['*', '{', '}']) {
+        // `{name}` segments are the router's parameters and stay allowed; a catch-all
+        // (`{*rest}`) is what `/*` says, and `:name` is not a parameter in this router.
+        if base.contains('*') || base.split('/').any(|segment| segment.starts_with(':')) {
             return Err(EndpointError::BadWildcard(path.to_owned()));
         }
         Ok(if prefix {
@@ -121,7 +125,11 @@ mod tests {
             PathPattern::parse("ws"),
             Err(EndpointError::NotAbsolute(_))
         ));
-        for bad in ["/a*", "/*/b", "/a/{id}", "/a/*/*"] {
+        assert_eq!(
+            PathPattern::parse("/t/{tenant}/ws"),
+            Ok(PathPattern::Exact("/t/{tenant}/ws".into()))
+        );
+        for bad in ["/a*", "/*/b", "/a/{*rest}", "/a/*/*", "/a/:id"] {
             assert!(
                 matches!(PathPattern::parse(bad), Err(EndpointError::BadWildcard(_))),
                 "{bad}"

@@ -61,7 +61,7 @@ impl RawHandler for ChannelPipe {
             Ok(()) => {
                 conn.insert_extension(Piped(channel.into()));
             }
-            Err(e) => conn.close(CloseCode::POLICY, e.message().to_owned()),
+            Err(e) => conn.close(close_code(e.code().as_str()), e.message().to_owned()),
         }
         Ok(())
     }
@@ -76,16 +76,24 @@ impl RawHandler for ChannelPipe {
             .client_publish(conn.handle(), &channel, data)
             .await
         {
-            let code = match e.code().as_str() {
-                "FORBIDDEN" | "NOT_FOUND" | "VALIDATION_ERROR" | "TOO_LARGE" => CloseCode::POLICY,
-                _ => CloseCode::INTERNAL,
-            };
+            let code = close_code(e.code().as_str());
             tracing::debug!(conn = %conn.id(), %channel, error = %e, "a piped message was not published");
             conn.close(code, e.message().to_owned());
         }
     }
 
     async fn disconnected(&self, _conn: &RawConnection, _reason: &DisconnectReason) {}
+}
+
+/// A refusal (permissions, a bad name, a limit) is a policy close; anything else (the engine
+/// failed) an internal one.
+fn close_code(error: &str) -> CloseCode {
+    match error {
+        "FORBIDDEN" | "NOT_FOUND" | "VALIDATION_ERROR" | "TOO_LARGE" | "RATE_LIMITED" => {
+            CloseCode::POLICY
+        }
+        _ => CloseCode::INTERNAL,
+    }
 }
 
 #[cfg(test)]

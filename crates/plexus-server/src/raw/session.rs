@@ -2,9 +2,14 @@
 //! `connected` event, the loop (messages in, queued messages out, heartbeats, close
 //! requests, the shutdown, an expiring credential), and exactly one `disconnected`.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
+
+use futures_util::FutureExt;
 
 use plexus_protocol::CloseCode;
 use tokio::time::Instant;
@@ -15,9 +20,10 @@ use crate::conn::{
     CloseReason, ConnectionHandle, DisconnectReason, Heartbeat, Inbound, Outbound, OutboundQueue,
     QueueEvent, RawMessage, Socket, Wire, close_reason,
 };
+use crate::guard::CallRateLimiter;
 use crate::session::{
-    BeforeHello, SessionEnv, await_hello, count_closed, forget_connection, open_connection,
-    welcome_frame,
+    BeforeHello, HelloRules, SessionEnv, await_hello, count_closed, forget_connection,
+    open_connection, welcome_frame,
 };
 
 /// Serves one raw socket to its end with `handler`.
@@ -34,6 +40,8 @@ pub(crate) async fn run<H: RawHandler>(
         slot,
         kind,
         permission,
+        hello_credential,
+        message_rate,
     } = start;
     let authenticated = principal.is_some();
     let handle = open_connection(&env, info, principal, queue.clone());
@@ -44,34 +52,67 @@ pub(crate) async fn run<H: RawHandler>(
         env: env.clone(),
         last_seen: Instant::now(),
         last_active: Instant::now(),
+        rate: message_rate.map(CallRateLimiter::new),
     };
     let span = tracing::debug_span!("raw", id = %handle.id(), path = conn.path());
+    // Set once `connected` has taken the connection: `disconnected` is then owed.
+    let taken = AtomicBool::new(false);
     let life = async {
         if kind == RawKind::Handshaked {
-            session
-                .handshake(authenticated, permission.as_deref())
-                .await?;
+            let policy = HelloPolicy {
+                authenticated,
+                read_token: hello_credential,
+                permission: permission.as_deref(),
+            };
+            session.handshake(policy).await?;
         }
-        if let Err(why) = handler.connected(&conn).await {
-            tracing::warn!(conn = %handle.id(), reason = %why, "the raw socket's handler refused the connection");
-            let reason = close_reason(why.into());
-            let closed = session.wire.close(CloseCode::TRY_AGAIN_LATER, reason).await;
-            return Err(closed);
+        match session.while_writing(handler.connected(&conn)).await? {
+            Some(Ok(())) => taken.store(true, Ordering::Relaxed),
+            Some(Err(why)) => {
+                tracing::warn!(conn = %handle.id(), reason = %why, "the raw socket's handler refused the connection");
+                let reason = close_reason(why.into());
+                return Err(session.wire.close(CloseCode::TRY_AGAIN_LATER, reason).await);
+            }
+            // Closed (or the server shut down) while `connected` ran: it was dropped.
+            None => return Err(session.close_as_wanted().await),
         }
         Ok(session.serve(&*handler, &conn).await)
     };
-    let (reason, taken) = match tracing::Instrument::instrument(life, span).await {
-        Ok(reason) => (reason, true),
-        Err(reason) => (reason, false),
+    let reason = match AssertUnwindSafe(tracing::Instrument::instrument(life, span))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(reason) | Err(reason)) => reason,
+        Err(_) => {
+            tracing::error!(conn = %handle.id(), "a raw socket's handler panicked: closing it with 1011");
+            let reason = CloseReason::Borrowed("internal error");
+            session.wire.close(CloseCode::INTERNAL, reason).await
+        }
     };
     forget_connection(&env, &handle).await;
     handle.mark_ended();
+    drop(session);
     // Gives the connection's place under the limits back before anyone hears it ended.
     drop(slot);
     count_closed(&env, &handle, &reason);
-    if taken {
-        handler.disconnected(&conn, &reason).await;
+    if taken.load(Ordering::Relaxed)
+        && AssertUnwindSafe(handler.disconnected(&conn, &reason))
+            .catch_unwind()
+            .await
+            .is_err()
+    {
+        tracing::error!(conn = %handle.id(), "a raw socket's `disconnected` panicked");
     }
+}
+
+/// How a handshaked socket's `hello` is taken.
+struct HelloPolicy<'a> {
+    /// The upgrade request carried a valid credential.
+    authenticated: bool,
+    /// The endpoint reads a credential from the `hello`.
+    read_token: bool,
+    /// The endpoint's permission.
+    permission: Option<&'a str>,
 }
 
 /// What the loop changes as it goes.
@@ -83,6 +124,8 @@ struct RawSession {
     last_seen: Instant,
     /// When a data message last went either way (for the idle timeout).
     last_active: Instant,
+    /// Messages per second the peer may send.
+    rate: Option<CallRateLimiter>,
 }
 
 /// What a turn of the loop decided.
@@ -98,20 +141,24 @@ enum Step {
 impl RawSession {
     /// The plexus handshake: the client's `hello` (authenticated unless the upgrade was),
     /// the endpoint's permission, then `welcome`.
-    async fn handshake(
-        &mut self,
-        authenticated: bool,
-        permission: Option<&str>,
-    ) -> Result<(), DisconnectReason> {
+    async fn handshake(&mut self, policy: HelloPolicy<'_>) -> Result<(), DisconnectReason> {
         let (wire, handle, env) = (&mut self.wire, &self.handle, &self.env);
-        await_hello(wire, handle, env, BeforeHello::Drop, authenticated).await?;
+        let hello = HelloRules {
+            others: BeforeHello::Drop,
+            authenticated: policy.authenticated,
+            read_token: policy.read_token,
+        };
+        await_hello(wire, handle, env, hello).await?;
         let codec = handle.codec();
-        if let Some(permission) = permission
+        if let Some(permission) = policy.permission
             && !handle.with_principal(|p| p.can(permission))
         {
-            let refusal = crate::auth::AuthError::forbidden(format!(
-                "the `{permission}` permission is needed for this endpoint"
-            ));
+            let message = format!("the `{permission}` permission is needed for this endpoint");
+            let refusal = if handle.with_principal(|p| p.is_anonymous()) {
+                crate::auth::AuthError::not_authorized(message)
+            } else {
+                crate::auth::AuthError::forbidden(message)
+            };
             if let Ok(bytes) = codec.encode(&plexus_protocol::Frame::Reject {
                 error: refusal.to_error_body(),
             }) {
@@ -125,6 +172,52 @@ impl RawSession {
             wire.push(bytes);
         }
         wire.drain(handle).await
+    }
+
+    /// Runs a handler's future while writing what is queued meanwhile (so a handler that
+    /// waits for room in the queue is not waiting on itself). `None` when a close request
+    /// or the shutdown came first: the future is then dropped.
+    async fn while_writing<F: Future>(
+        &mut self,
+        future: F,
+    ) -> Result<Option<F::Output>, DisconnectReason> {
+        let mut future = pin!(future);
+        loop {
+            tokio::select! {
+                biased;
+                output = &mut future => return Ok(Some(output)),
+                event = std::future::poll_fn(|cx| self.handle.shared.queue.poll_event(cx)) => match event {
+                    QueueEvent::Item(out) => {
+                        self.outbound(out);
+                        self.wire.drain(&self.handle).await?;
+                    }
+                    QueueEvent::Kick | QueueEvent::Closed => {
+                        if self.close_wanted().is_some() {
+                            return Ok(None);
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Closes as asked (or for the shutdown), after what was queued before.
+    async fn close_as_wanted(&mut self) -> DisconnectReason {
+        let (code, reason) = self
+            .close_wanted()
+            .unwrap_or((CloseCode::NORMAL, CloseReason::Borrowed("")));
+        self.take_queued();
+        self.wire.close(code, reason).await
+    }
+
+    /// Moves every message queued so far to the writer, so that a close follows them.
+    fn take_queued(&mut self) {
+        for _ in 0..self.env.limits.outbound_queue.max(1) {
+            match self.handle.shared.queue.try_pop() {
+                Some(out) => self.outbound(out),
+                None => break,
+            }
+        }
     }
 
     /// The loop, until the connection ends.
@@ -145,10 +238,8 @@ impl RawSession {
         self.handle.shared.queue.set_direct(true);
         let mut kicked = true;
         loop {
-            if std::mem::take(&mut kicked)
-                && let Some((code, reason)) = self.close_wanted()
-            {
-                return Box::pin(self.wire.close(code, reason)).await;
+            if std::mem::take(&mut kicked) && self.close_wanted().is_some() {
+                return Box::pin(self.close_as_wanted()).await;
             }
             let idle_deadline = idle.map(|idle| self.last_active + idle);
             let deadline = match (expiry, idle_deadline) {
@@ -191,13 +282,16 @@ impl RawSession {
                 }
             };
             let step = match step {
-                Step::Deliver(message) => match self.deliver(handler, conn, message).await {
-                    Ok(again) => {
-                        kicked |= again;
-                        Step::Continue
+                Step::Deliver(message) => {
+                    match self.while_writing(handler.message(conn, message)).await {
+                        Ok(Some(())) => Step::Continue,
+                        Ok(None) => {
+                            kicked = true;
+                            Step::Continue
+                        }
+                        Err(reason) => return reason,
                     }
-                    Err(reason) => return reason,
-                },
+                }
                 step => step,
             };
             if self.wire.has_pending()
@@ -234,6 +328,10 @@ impl RawSession {
         self.last_seen = Instant::now();
         match Inbound::of(frame) {
             Inbound::Message { payload, binary } => {
+                if self.rate.as_ref().is_some_and(|rate| !rate.check()) {
+                    crate::metrics::server().call_rate_limited.increment(1);
+                    return Step::Close(CloseCode::POLICY, "message rate limit exceeded");
+                }
                 self.last_active = self.last_seen;
                 let metrics = crate::metrics::server();
                 metrics.messages_received.increment(1);
@@ -243,38 +341,6 @@ impl RawSession {
             Inbound::Control => Step::Continue,
             Inbound::PeerClosed(code) => Step::PeerClosed(code),
             Inbound::Ended(reason) => Step::Ended(reason),
-        }
-    }
-
-    /// Hands a message to the handler, writing what is queued meanwhile (so a handler
-    /// that waits for room in the queue is not waiting on itself). Returns whether a kick
-    /// came; a close request or the shutdown stops waiting for the handler, whose future is
-    /// then dropped.
-    async fn deliver<H: RawHandler>(
-        &mut self,
-        handler: &H,
-        conn: &RawConnection,
-        message: RawMessage,
-    ) -> Result<bool, DisconnectReason> {
-        let mut handling = pin!(handler.message(conn, message));
-        let mut kicked = false;
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut handling => return Ok(kicked),
-                event = std::future::poll_fn(|cx| self.handle.shared.queue.poll_event(cx)) => match event {
-                    QueueEvent::Item(out) => {
-                        self.outbound(out);
-                        self.wire.drain(&self.handle).await?;
-                    }
-                    QueueEvent::Kick | QueueEvent::Closed => {
-                        kicked = true;
-                        if self.close_wanted().is_some() {
-                            return Ok(true);
-                        }
-                    }
-                },
-            }
         }
     }
 

@@ -21,14 +21,12 @@ impl Session {
     }
 
     async fn await_hello(&mut self) -> Result<(), DisconnectReason> {
-        await_hello(
-            &mut self.wire,
-            &self.handle,
-            &self.env,
-            BeforeHello::Close,
-            false,
-        )
-        .await
+        let rules = HelloRules {
+            others: BeforeHello::Close,
+            authenticated: false,
+            read_token: true,
+        };
+        await_hello(&mut self.wire, &self.handle, &self.env, rules).await
     }
 
     /// Sends `welcome`, then starts what runs beside an open session: the `on_connect` hook
@@ -60,16 +58,24 @@ pub(crate) enum BeforeHello {
     Drop,
 }
 
-/// Waits for the client's `hello` and authenticates it, unless the connection's principal
-/// came with the upgrade (`authenticated`): then the `hello` only completes the handshake.
+/// How a `hello` is awaited.
+pub(crate) struct HelloRules {
+    pub(crate) others: BeforeHello,
+    /// The connection's principal came with the upgrade: the `hello` only completes the
+    /// handshake.
+    pub(crate) authenticated: bool,
+    /// Whether the `hello`'s token is a credential (an endpoint may not read it there).
+    pub(crate) read_token: bool,
+}
+
+/// Waits for the client's `hello` and authenticates it as `rules` say.
 /// A refused credential gets `reject` and close 4001 or 4003; no `hello` within the
 /// handshake timeout closes with 4000.
 pub(crate) async fn await_hello(
     wire: &mut Wire,
     handle: &ConnectionHandle,
     env: &SessionEnv,
-    others: BeforeHello,
-    authenticated: bool,
+    rules: HelloRules,
 ) -> Result<(), DisconnectReason> {
     let deadline = Instant::now() + env.limits.handshake_timeout;
     let codec = handle.codec();
@@ -94,17 +100,17 @@ pub(crate) async fn await_hello(
             None
         };
         let Some(Frame::Hello { token, data }) = decoded else {
-            if others == BeforeHello::Drop {
+            if rules.others == BeforeHello::Drop {
                 continue;
             }
             let reason = CloseReason::Borrowed("expected hello");
             return Err(wire.close(CloseCode::BAD_HANDSHAKE, reason).await);
         };
-        if authenticated {
+        if rules.authenticated {
             return Ok(());
         }
         let credential = token
-            .filter(|token| !token.is_empty())
+            .filter(|token| rules.read_token && !token.is_empty())
             .map(|token| Credential::new(token, CredentialSource::Hello));
         let request = AuthRequest::new(handle.headers())
             .with_credential(credential.as_ref())

@@ -11,11 +11,27 @@ use super::FileConfig;
 pub(crate) const EXAMPLE: &str = include_str!("../../../../../plexus.example.toml");
 
 /// Everything `serve` checks before it listens: the file (syntax, unknown keys, values),
-/// the key files it names, the engine URL, and strict mode. `Ok` with the file's summary.
+/// the key files it names, the engine URL, the raw endpoints' paths, and strict mode. `Ok` with the file's summary.
 pub(crate) fn check(path: &Path) -> Result<String, String> {
     let file = super::load(path)?;
-    let builder = file.server_builder(file.endpoint(), None)?;
+    let endpoint = file.endpoint();
+    let publish_rate = endpoint.limits.publish_rate;
+    let builder = file.server_builder(endpoint, None)?;
     file.engine.choose(None)?;
+    let pipes: Vec<(String, String)> = file
+        .pipe
+        .iter()
+        .map(|pipe| (pipe.path.clone(), pipe.namespace.clone()))
+        .collect();
+    let ws_path = file.path.as_deref().unwrap_or("/ws");
+    let builder = crate::cli::with_raw_endpoints(
+        builder,
+        ws_path,
+        file.echo_path.as_deref(),
+        &pipes,
+        publish_rate,
+    )
+    .map_err(|e| e.to_string())?;
     builder.try_build().map_err(|e| file.build_error(&e))?;
     Ok(summary(&file, path))
 }

@@ -19,7 +19,7 @@ pub(crate) use close::close_reason;
 pub use close::{CloseReason, DisconnectReason};
 pub use handle::ConnectionHandle;
 pub(crate) use handle::{ConnectionInfo, HandleLimits, RawInfo};
-pub(crate) use heartbeat::Heartbeat;
+pub(crate) use heartbeat::{Beat, Heartbeat, WRITE_BATCH, sleep_until_opt};
 pub use message::RawMessage;
 pub(crate) use queue::{Outbound, OutboundQueue, QueueEvent, SharedSocket};
 pub(crate) use signal::Signal;

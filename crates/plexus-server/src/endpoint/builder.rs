@@ -257,16 +257,16 @@ fn serve_raw(endpoints: Vec<RawEndpoint>, strict: bool) -> Result<Vec<ServedRaw>
     let mut routes = std::collections::HashSet::new();
     let mut served = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
-        let pattern = endpoint.check(strict)?;
+        let (pattern, handlers) = endpoint.check(strict)?;
         for route in pattern.routes() {
             if !routes.insert(route) {
                 return Err(EndpointError::Duplicate(endpoint.path.clone()));
             }
         }
         served.push(ServedRaw {
-            permission: endpoint.permission.as_deref().map(Arc::from),
             endpoint,
             pattern,
+            handlers,
         });
     }
     Ok(served)

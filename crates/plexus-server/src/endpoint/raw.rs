@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, header};
 use plexus_protocol::Codec;
 
 use super::Server;
@@ -15,13 +15,13 @@ use super::serve::LocalAddr;
 use super::upgrade::{Admitted, auth_refused, detach_headers};
 use crate::auth::{AuthError, CredentialSource};
 use crate::conn::{ConnectionInfo, RawInfo};
-use crate::raw::{PathPattern, RawEndpoint, RawKind, RawStart};
+use crate::raw::{PathPattern, RawEndpoint, RawKind, RawStart, Serve, refusal};
 
-/// A raw endpoint as the server holds it.
+/// A raw endpoint as the server holds it, checked.
 pub(crate) struct ServedRaw {
     pub(crate) endpoint: RawEndpoint,
     pub(crate) pattern: PathPattern,
-    pub(crate) permission: Option<Arc<str>>,
+    pub(crate) handlers: Arc<dyn Serve>,
 }
 
 impl Server {
@@ -63,8 +63,8 @@ impl Server {
                 offered.and_then(|o| agree(o, &endpoint.subprotocols)),
             ),
         };
-        let sources = upgrade_sources(&endpoint.credentials);
-        let Admitted { arrival, upgrade } = match self.admit(request, &sources).await {
+        // The upgrade reads the sources a request can carry (the `hello` is looked at later).
+        let Admitted { arrival, upgrade } = match self.admit(request, &endpoint.credentials).await {
             Ok(admitted) => admitted,
             Err(refused) => return refused,
         };
@@ -75,15 +75,9 @@ impl Server {
             );
             return auth_refused(&refusal);
         }
-        if let (Some(permission), Some(principal)) = (&served.permission, &arrival.principal)
-            && !principal.can(permission)
+        if let (Some(permission), Some(principal)) = (&endpoint.permission, &arrival.principal)
+            && let Some(refusal) = refusal(principal, permission)
         {
-            let message = format!("the `{permission}` permission is needed for this endpoint");
-            let refusal = if principal.is_anonymous() {
-                AuthError::not_authorized(message)
-            } else {
-                AuthError::forbidden(message)
-            };
             return auth_refused(&refusal);
         }
         let parts = &arrival.parts;
@@ -100,17 +94,14 @@ impl Server {
             })),
         };
         let header = subprotocol.and_then(|name| HeaderValue::from_str(&name).ok());
-        let Some(handlers) = endpoint.handlers.clone() else {
-            // `ServerBuilder::try_build` refuses an endpoint without handlers.
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-        };
+        let handlers = served.handlers.clone();
         let start = RawStart {
             env: self.inner.env.clone(),
             info,
             principal: arrival.principal,
             slot: arrival.slot,
             kind: endpoint.kind,
-            permission: served.permission.clone(),
+            permission: endpoint.permission.clone(),
             hello_credential: endpoint.credentials.contains(&CredentialSource::Hello),
             message_rate: endpoint.message_rate.or(self.inner.config.limits.call_rate),
         };
@@ -128,15 +119,6 @@ fn agree(offered: &str, spoken: &[String]) -> Option<String> {
         .map(str::trim)
         .find(|name| spoken.iter().any(|s| s == name))
         .map(str::to_owned)
-}
-
-/// The endpoint's credential sources that an upgrade request can carry.
-fn upgrade_sources(sources: &[CredentialSource]) -> Vec<CredentialSource> {
-    sources
-        .iter()
-        .copied()
-        .filter(|source| *source != CredentialSource::Hello)
-        .collect()
 }
 
 #[cfg(test)]

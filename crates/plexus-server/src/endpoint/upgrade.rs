@@ -91,16 +91,16 @@ impl Server {
         // extensions) holding a stand-in.
         let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             crate::metrics::handshake_failed(HandshakeFailure::BadUpgrade);
-            return Err(bad_upgrade());
+            return Err(bad_upgrade(StatusCode::BAD_REQUEST));
         };
         parts
             .extensions
             .insert(hyper::upgrade::on(http::Request::new(())));
         let upgrade = match yawc::IncomingUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(upgrade) => upgrade,
-            Err(_) => {
+            Err(status) => {
                 crate::metrics::handshake_failed(HandshakeFailure::BadUpgrade);
-                return Err(bad_upgrade());
+                return Err(bad_upgrade(status));
             }
         };
         // Against cross-site WebSocket hijacking: a browser page from another origin.
@@ -243,12 +243,8 @@ const UPGRADE_SOURCES: [CredentialSource; 3] = [
     CredentialSource::Query,
 ];
 
-fn bad_upgrade() -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        "expected a WebSocket upgrade request",
-    )
-        .into_response()
+fn bad_upgrade(status: StatusCode) -> Response {
+    (status, "expected a WebSocket upgrade request").into_response()
 }
 
 /// The HTTP answer to a credential refused at the upgrade: 401 or 403 with the reason.

@@ -55,7 +55,7 @@ pub struct RawEndpoint {
     pub(crate) path: String,
     pub(crate) kind: RawKind,
     pub(crate) credentials: Vec<CredentialSource>,
-    pub(crate) permission: Option<String>,
+    pub(crate) permission: Option<Arc<str>>,
     /// Declared open to every connection (strict mode needs this or a permission).
     pub(crate) public: bool,
     pub(crate) subprotocols: Vec<String>,
@@ -135,7 +135,7 @@ impl RawEndpoint {
     /// upgrade gets 401 (`NOT_AUTHORIZED`), with one that lacks it 403 (`FORBIDDEN`); a
     /// handshaked socket answers its `hello` with `reject` and closes with 4001 or 4003.
     pub fn require(mut self, permission: impl Into<String>) -> Self {
-        self.permission = Some(permission.into());
+        self.permission = Some(Arc::from(permission.into()));
         self
     }
 
@@ -171,25 +171,29 @@ impl RawEndpoint {
         self.kind
     }
 
-    /// The endpoint's path, or why it cannot be served.
-    pub(crate) fn check(&self, strict: bool) -> Result<PathPattern, EndpointError> {
-        if self.handlers.is_none() {
+    /// The endpoint's path and handlers, or why it cannot be served.
+    pub(crate) fn check(
+        &self,
+        strict: bool,
+    ) -> Result<(PathPattern, Arc<dyn Serve>), EndpointError> {
+        let Some(handlers) = self.handlers.clone() else {
             return Err(EndpointError::NoHandler(self.path.clone()));
-        }
+        };
         if strict && self.permission.is_none() && !self.public {
             return Err(EndpointError::Undeclared(self.path.clone()));
         }
-        match self.kind {
+        let pattern = match self.kind {
             RawKind::Foreign => {
                 if self.credentials.contains(&CredentialSource::Hello) {
                     return Err(EndpointError::HelloCredential(self.path.clone()));
                 }
-                PathPattern::parse(&self.path)
+                PathPattern::parse(&self.path)?
             }
             RawKind::Handshaked => {
-                PathPattern::exact(&self.path, self.kind.name()).map(PathPattern::Exact)
+                PathPattern::Exact(PathPattern::exact(&self.path, self.kind.name())?)
             }
-        }
+        };
+        Ok((pattern, handlers))
     }
 }
 

@@ -19,13 +19,29 @@ mod session;
 use std::future::Future;
 
 pub use connection::RawConnection;
-pub(crate) use endpoint::RawStart;
 pub use endpoint::{RawEndpoint, RawKind};
+pub(crate) use endpoint::{RawStart, Serve};
 pub use path::EndpointError;
 pub(crate) use path::PathPattern;
 pub use pipe::ChannelPipe;
 
+use crate::auth::AuthError;
 use crate::conn::{DisconnectReason, RawMessage};
+use crate::principal::Principal;
+
+/// Why `principal` may not use an endpoint that requires `permission`: `NOT_AUTHORIZED`
+/// for an anonymous one (a credential would help), `FORBIDDEN` otherwise.
+pub(crate) fn refusal(principal: &Principal, permission: &str) -> Option<AuthError> {
+    if principal.can(permission) {
+        return None;
+    }
+    let message = format!("the `{permission}` permission is needed for this endpoint");
+    Some(if principal.is_anonymous() {
+        AuthError::not_authorized(message)
+    } else {
+        AuthError::forbidden(message)
+    })
+}
 
 /// The application's side of a raw socket. A connection's events go to one handler (of a
 /// pool, chosen round-robin when the connection opens), in order: `connected` once, then

@@ -4,7 +4,7 @@
 use plexus_protocol::CloseCode;
 
 use super::{RawConnection, RawHandler};
-use crate::conn::{DisconnectReason, RawMessage};
+use crate::conn::RawMessage;
 use crate::hub::publication_of;
 
 /// Pipes each connection at `<base>/<name>` to the channel `<namespace>:<name>`: every text
@@ -81,8 +81,6 @@ impl RawHandler for ChannelPipe {
             conn.close(code, e.message().to_owned());
         }
     }
-
-    async fn disconnected(&self, _conn: &RawConnection, _reason: &DisconnectReason) {}
 }
 
 /// A refusal (permissions, a bad name, a limit) is a policy close; anything else (the engine

@@ -15,15 +15,17 @@ use plexus_protocol::CloseCode;
 use tokio::time::Instant;
 
 use super::endpoint::{RawKind, RawStart};
-use super::{RawConnection, RawHandler};
+use super::{RawConnection, RawHandler, refusal};
 use crate::conn::{
-    CloseReason, ConnectionHandle, DisconnectReason, Heartbeat, Inbound, Outbound, OutboundQueue,
-    QueueEvent, RawMessage, Socket, Wire, close_reason,
+    Beat, CloseReason, ConnectionHandle, DisconnectReason, Heartbeat, Inbound, Outbound,
+    OutboundQueue, QueueEvent, RawMessage, Socket, WRITE_BATCH, Wire, close_reason,
+    sleep_until_opt,
 };
 use crate::guard::CallRateLimiter;
+use crate::metrics::{HandshakeFailure, handshake_failed};
 use crate::session::{
     BeforeHello, HelloRules, SessionEnv, await_hello, count_closed, forget_connection,
-    open_connection, welcome_frame,
+    open_connection, reject, welcome_frame,
 };
 
 /// Serves one raw socket to its end with `handler`.
@@ -59,12 +61,15 @@ pub(crate) async fn run<H: RawHandler>(
     let taken = AtomicBool::new(false);
     let life = async {
         if kind == RawKind::Handshaked {
-            let policy = HelloPolicy {
+            let rules = HelloRules {
+                others: BeforeHello::Drop,
                 authenticated,
                 read_token: hello_credential,
-                permission: permission.as_deref(),
             };
-            session.handshake(policy).await?;
+            session
+                .handshake(rules, permission.as_deref())
+                .await
+                .inspect_err(|_| handshake_failed(HandshakeFailure::Hello))?;
         }
         match session.while_writing(handler.connected(&conn)).await? {
             Some(Ok(())) => taken.store(true, Ordering::Relaxed),
@@ -105,16 +110,6 @@ pub(crate) async fn run<H: RawHandler>(
     }
 }
 
-/// How a handshaked socket's `hello` is taken.
-struct HelloPolicy<'a> {
-    /// The upgrade request carried a valid credential.
-    authenticated: bool,
-    /// The endpoint reads a credential from the `hello`.
-    read_token: bool,
-    /// The endpoint's permission.
-    permission: Option<&'a str>,
-}
-
 /// What the loop changes as it goes.
 struct RawSession {
     wire: Wire,
@@ -139,36 +134,21 @@ enum Step {
 }
 
 impl RawSession {
-    /// The plexus handshake: the client's `hello` (authenticated unless the upgrade was),
-    /// the endpoint's permission, then `welcome`.
-    async fn handshake(&mut self, policy: HelloPolicy<'_>) -> Result<(), DisconnectReason> {
+    /// The plexus handshake: the client's `hello` as `rules` say, the endpoint's
+    /// `permission`, then `welcome`.
+    async fn handshake(
+        &mut self,
+        rules: HelloRules,
+        permission: Option<&str>,
+    ) -> Result<(), DisconnectReason> {
         let (wire, handle, env) = (&mut self.wire, &self.handle, &self.env);
-        let hello = HelloRules {
-            others: BeforeHello::Drop,
-            authenticated: policy.authenticated,
-            read_token: policy.read_token,
-        };
-        await_hello(wire, handle, env, hello).await?;
-        let codec = handle.codec();
-        if let Some(permission) = policy.permission
-            && !handle.with_principal(|p| p.can(permission))
+        await_hello(wire, handle, env, rules).await?;
+        if let Some(refusal) =
+            permission.and_then(|permission| handle.with_principal(|p| refusal(p, permission)))
         {
-            let message = format!("the `{permission}` permission is needed for this endpoint");
-            let refusal = if handle.with_principal(|p| p.is_anonymous()) {
-                crate::auth::AuthError::not_authorized(message)
-            } else {
-                crate::auth::AuthError::forbidden(message)
-            };
-            if let Ok(bytes) = codec.encode(&plexus_protocol::Frame::Reject {
-                error: refusal.to_error_body(),
-            }) {
-                wire.push(bytes);
-            }
-            wire.drain(handle).await?;
-            let reason = CloseReason::Borrowed(refusal.close_reason());
-            return Err(wire.close(refusal.close_code(), reason).await);
+            return Err(reject(wire, handle, &refusal).await);
         }
-        if let Ok(bytes) = codec.encode(&welcome_frame(handle, env)) {
+        if let Ok(bytes) = handle.codec().encode(&welcome_frame(handle, env)) {
             wire.push(bytes);
         }
         wire.drain(handle).await
@@ -262,14 +242,13 @@ impl RawSession {
                     Ok(frame) => self.inbound(frame),
                     Err(e) => Step::ReadFailed(e),
                 },
-                () = std::future::poll_fn(|cx| heartbeat.poll_due(cx)) => {
-                    if self.last_seen.elapsed() >= heartbeat.interval() * 2 {
-                        Step::Close(CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout")
-                    } else {
+                beat = std::future::poll_fn(|cx| heartbeat.poll_beat(cx, self.last_seen)) => match beat {
+                    Beat::Silent => Step::Close(CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout"),
+                    Beat::Ping => {
                         self.wire.push_ping();
                         Step::Continue
                     }
-                }
+                },
                 () = sleep_until_opt(deadline), if deadline.is_some() => {
                     if expiry.is_some_and(|at| Instant::now() >= at) {
                         Step::Close(CloseCode::NOT_AUTHORIZED, "credential expired")
@@ -352,30 +331,17 @@ impl RawSession {
         while let Some(out) = next.take() {
             match out {
                 Outbound::Message { bytes, binary } => self.wire.push_message(bytes, binary),
-                // A publication piped to this socket (always text).
-                Outbound::Frame(bytes) => self.wire.push_message(bytes, false),
-                Outbound::Batch(frames) => {
-                    for bytes in frames {
-                        self.wire.push_message(bytes, false);
-                    }
-                }
-                // Calls are refused on a raw socket: nothing of theirs is queued.
-                Outbound::Item { .. } | Outbound::Final { .. } => {}
+                // Protocol frames are refused for a raw socket (`ConnectionHandle::push`,
+                // calls; fan-out and joins send it `Message`s): none is queued.
+                Outbound::Frame(_)
+                | Outbound::Batch(_)
+                | Outbound::Item { .. }
+                | Outbound::Final { .. } => {}
             }
             taken += 1;
             if taken < WRITE_BATCH {
                 next = self.handle.shared.queue.try_pop();
             }
         }
-    }
-}
-
-/// Messages written in one batch before the writer flushes and reads again.
-const WRITE_BATCH: usize = 64;
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }

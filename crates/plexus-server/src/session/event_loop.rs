@@ -12,10 +12,10 @@ use plexus_protocol::CloseCode;
 use tokio::time::Instant;
 
 use super::Session;
-use crate::conn::{CloseReason, DisconnectReason, Heartbeat, Outbound, QueueEvent};
-
-/// Frames written in one batch before the writer flushes and looks at the socket again.
-const WRITE_BATCH: usize = 64;
+use crate::conn::{
+    Beat, CloseReason, DisconnectReason, Heartbeat, Outbound, QueueEvent, WRITE_BATCH,
+    sleep_until_opt,
+};
 
 /// What a turn of the loop decided.
 pub(super) enum Step {
@@ -71,14 +71,13 @@ impl Session {
                     Ok(frame) => self.inbound(frame),
                     Err(e) => Step::ReadFailed(e),
                 },
-                () = std::future::poll_fn(|cx| heartbeat.poll_due(cx)) => {
-                    if self.last_seen.elapsed() >= heartbeat.interval() * 2 {
-                        Step::Close(CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout")
-                    } else {
+                beat = std::future::poll_fn(|cx| heartbeat.poll_beat(cx, self.last_seen)) => match beat {
+                    Beat::Silent => Step::Close(CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout"),
+                    Beat::Ping => {
                         self.wire.push_ping();
                         Step::Continue
                     }
-                }
+                },
                 _ = sleep_until_opt(deadline), if deadline.is_some() => self.deadline_reached(),
             };
             if popped && self.handle.client_calls().len() > 1 {
@@ -225,12 +224,5 @@ impl Session {
                 None => break,
             }
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }

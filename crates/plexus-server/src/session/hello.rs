@@ -5,7 +5,7 @@ use tokio::time::Instant;
 
 use super::refresh::keep_credential_fresh;
 use super::{Session, SessionEnv};
-use crate::auth::{AuthRequest, Credential, CredentialSource};
+use crate::auth::{AuthError, AuthRequest, Credential, CredentialSource};
 use crate::conn::{CloseReason, ConnectionHandle, DisconnectReason, Inbound, Wire};
 
 impl Session {
@@ -121,18 +121,28 @@ pub(crate) async fn await_hello(
                 handle.set_principal(principal);
                 return Ok(());
             }
-            Err(e) => {
-                if let Ok(bytes) = codec.encode(&Frame::Reject {
-                    error: e.to_error_body(),
-                }) {
-                    wire.push(bytes);
-                }
-                wire.drain(handle).await?;
-                let reason = CloseReason::Borrowed(e.close_reason());
-                return Err(wire.close(e.close_code(), reason).await);
-            }
+            Err(e) => return Err(reject(wire, handle, &e).await),
         }
     }
+}
+
+/// Refuses a connection in its handshake: `reject` with the error, then the close code
+/// that goes with it (4001 or 4003).
+pub(crate) async fn reject(
+    wire: &mut Wire,
+    handle: &ConnectionHandle,
+    error: &AuthError,
+) -> DisconnectReason {
+    if let Ok(bytes) = handle.codec().encode(&Frame::Reject {
+        error: error.to_error_body(),
+    }) {
+        wire.push(bytes);
+    }
+    if let Err(reason) = wire.drain(handle).await {
+        return reason;
+    }
+    let reason = CloseReason::Borrowed(error.close_reason());
+    wire.close(error.close_code(), reason).await
 }
 
 /// The `welcome` frame of a connection.

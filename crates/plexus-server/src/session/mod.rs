@@ -42,7 +42,7 @@ use crate::relay::Relay;
 use crate::rpc::handler::BoxFuture;
 use crate::rpc::router::Router;
 
-pub(crate) use hello::{BeforeHello, HelloRules, await_hello, welcome_frame};
+pub(crate) use hello::{BeforeHello, HelloRules, await_hello, reject, welcome_frame};
 
 use calls::Calls;
 use dispatch::BadFrames;

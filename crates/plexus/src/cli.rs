@@ -306,10 +306,7 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
         .unwrap_or_else(|| "/ws".into());
     let echo_path = args.echo_path.or(file.echo_path.clone());
     let pipes = if args.pipe.is_empty() {
-        file.pipe
-            .iter()
-            .map(|pipe| (pipe.path.clone(), pipe.namespace.clone()))
-            .collect()
+        file.pipes()
     } else {
         args.pipe
     };
@@ -409,7 +406,7 @@ impl plexus_server::RawHandler for Echo {
         conn: &plexus_server::RawConnection,
         message: plexus_server::RawMessage,
     ) {
-        // A full queue closes the socket (4008): nothing to do here.
+        // Waits for room (the peer's reading paces it); fails only once the socket closed.
         let _ = conn.send_waiting(message).await;
     }
 }

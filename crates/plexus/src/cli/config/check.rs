@@ -11,18 +11,15 @@ use super::FileConfig;
 pub(crate) const EXAMPLE: &str = include_str!("../../../../../plexus.example.toml");
 
 /// Everything `serve` checks before it listens: the file (syntax, unknown keys, values),
-/// the key files it names, the engine URL, the raw endpoints' paths, and strict mode. `Ok` with the file's summary.
+/// the key files it names, the engine URL, the raw endpoints' paths, and strict mode. `Ok`
+/// with the file's summary.
 pub(crate) fn check(path: &Path) -> Result<String, String> {
     let file = super::load(path)?;
     let endpoint = file.endpoint();
     let publish_rate = endpoint.limits.publish_rate;
     let builder = file.server_builder(endpoint, None)?;
     file.engine.choose(None)?;
-    let pipes: Vec<(String, String)> = file
-        .pipe
-        .iter()
-        .map(|pipe| (pipe.path.clone(), pipe.namespace.clone()))
-        .collect();
+    let pipes = file.pipes();
     let ws_path = file.path.as_deref().unwrap_or("/ws");
     let builder = crate::cli::with_raw_endpoints(
         builder,

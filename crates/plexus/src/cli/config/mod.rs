@@ -469,6 +469,14 @@ impl FileConfig {
         Ok(builder)
     }
 
+    /// The `[[pipe]]` tables as `(path, namespace)` pairs, as `--pipe` gives them.
+    pub(crate) fn pipes(&self) -> Vec<(String, String)> {
+        self.pipe
+            .iter()
+            .map(|pipe| (pipe.path.clone(), pipe.namespace.clone()))
+            .collect()
+    }
+
     /// The message for a refusal to build the server, in the file's terms.
     pub(crate) fn build_error(&self, error: &plexus_server::BuildError) -> String {
         match error {

@@ -1013,3 +1013,68 @@ async fn a_handshaked_socket_reads_the_hello_token_only_where_declared() {
     let welcome: Value = serde_json::from_str(&next_text(&mut ws).await).expect("JSON");
     assert_eq!(welcome["user"], "alice", "{welcome}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_socket_passes_the_servers_doors_origin_and_connection_limits() {
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let mut config = EndpointConfig::default();
+    config.limits.max_connections_per_ip = 1;
+    let server = server_with(
+        vec![RawEndpoint::foreign("/raw").handler(recorder("h", &tx))],
+        config,
+    )
+    .await;
+    // A page from another site may not open it (cross-site WebSocket hijacking).
+    let refused = open(server.addr, "/raw", &[("Origin", "https://evil.example")]).await;
+    assert_eq!(refused.err(), Some(403));
+    let mut first = open_ok(server.addr, "/raw").await;
+    next_text(&mut first).await;
+    // The per-address limit counts raw sockets like any connection.
+    assert_eq!(open(server.addr, "/raw", &[]).await.err(), Some(429));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_socket_compresses_large_messages() {
+    use tokio::io::AsyncWriteExt;
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let mut config = EndpointConfig::default();
+    config.compression = plexus_server::Compression::On;
+    let server = server_with(
+        vec![RawEndpoint::foreign("/raw").handler(recorder("h", &tx))],
+        config,
+    )
+    .await;
+    let offer = (
+        "Sec-WebSocket-Extensions",
+        "permessage-deflate; client_max_window_bits",
+    );
+    let (mut socket, head, mut buf) = support::raw_upgrade_to(server.addr, "/raw", &[offer]).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let extensions = support::header(&head, "sec-websocket-extensions").unwrap_or_default();
+    assert!(extensions.contains("permessage-deflate"), "{extensions}");
+    // The greeting is small: sent as is.
+    let (first, payload) = within(
+        "greeting",
+        support::read_raw_frame_with_flags(&mut socket, &mut buf),
+    )
+    .await
+    .expect("a frame");
+    assert_eq!((first, payload.as_slice()), (0x81, &b"hello from h"[..]));
+    // 4,000 repeated characters come back compressed (RSV1), far smaller.
+    let text = "a".repeat(4000);
+    within(
+        "send",
+        socket.write_all(&support::masked_text(text.as_bytes())),
+    )
+    .await
+    .expect("write");
+    let (first, payload) = within(
+        "echo",
+        support::read_raw_frame_with_flags(&mut socket, &mut buf),
+    )
+    .await
+    .expect("a frame");
+    assert_eq!(first & 0x0f, 0x1, "a text frame");
+    assert_eq!(first & 0x40, 0x40, "RSV1: compressed");
+    assert!(payload.len() < 1000, "{} bytes", payload.len());
+}

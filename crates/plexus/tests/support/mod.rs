@@ -515,11 +515,20 @@ pub(crate) async fn raw_upgrade(
     addr: SocketAddr,
     extra: &[(&str, &str)],
 ) -> (TcpStream, String, Vec<u8>) {
+    raw_upgrade_to(addr, "/ws", extra).await
+}
+
+/// [`raw_upgrade`] to `path`.
+pub(crate) async fn raw_upgrade_to(
+    addr: SocketAddr,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (TcpStream, String, Vec<u8>) {
     let mut stream = within("tcp connect", TcpStream::connect(addr))
         .await
         .expect("tcp connect");
     let mut request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
     );
     for (name, value) in extra {

@@ -105,7 +105,8 @@ struct ServeArgs {
     /// Pipe foreign clients to channels (repeatable): PATH=NAMESPACE, e.g. '/pipe/*=demo'
     /// sends a client at /pipe/room1 to channel demo:room1. Each text message it sends is
     /// published there as a JSON string (binary as bytes), and each publication is written
-    /// to it as one message (a string as its text, any other value as its JSON text).
+    /// to it as one message (a string as its text, bytes as a binary message, any other
+    /// value as its JSON text).
     /// Replaces the file's [[pipe]] tables.
     #[arg(long, value_name = "PATH=NAMESPACE", value_parser = parse_pipe)]
     pipe: Vec<(String, String)>,

@@ -83,4 +83,5 @@ pub use raw::{ChannelPipe, EndpointError, RawConnection, RawEndpoint, RawHandler
 pub use relay::{ProviderEvent, ProviderInfo, Relay, RelayConfig};
 pub use rpc::context::{CallContext, CancelReason};
 pub use rpc::handler::{NotifyHandler, RequestHandler, StreamHandler};
+pub use rpc::pool::ProtocolHandler;
 pub use rpc::router::Router;

@@ -18,12 +18,14 @@ use crate::guard::ConnectionLimiter;
 use crate::hub::Hub;
 use crate::raw::{EndpointError, RawEndpoint};
 use crate::relay::{Relay, RelayConfig};
+use crate::rpc::pool::{HandlerPool, ProtocolHandler};
 use crate::rpc::router::Router;
 use crate::session::{ConnectHook, DisconnectHook, SessionEnv};
 
 /// Builds a [`Server`].
 pub struct ServerBuilder {
-    router: Router,
+    /// The router, or the pool of handlers, new connections are given to.
+    handlers: Option<HandlerPool>,
     config: EndpointConfig,
     node: Option<String>,
     extensions: http::Extensions,
@@ -37,6 +39,8 @@ pub struct ServerBuilder {
     strict: bool,
     relay: Option<RelayConfig>,
     raw: Vec<RawEndpoint>,
+    /// `pool` was given no handler.
+    empty_pool: bool,
 }
 
 /// Why [`ServerBuilder::try_build`] refused to build a server.
@@ -46,6 +50,9 @@ pub enum BuildError {
     /// Strict mode: a method or namespace lacks a permission declaration.
     #[error(transparent)]
     Strict(#[from] StrictModeError),
+    /// `ServerBuilder::pool` was given no handler.
+    #[error("the protocol endpoint's handler pool is empty: give it at least one handler")]
+    EmptyPool,
     /// An endpoint cannot be served as given.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
@@ -113,9 +120,21 @@ impl ServerBuilder {
         self
     }
 
-    /// The methods the server serves.
+    /// The methods the server serves. Replaces a router or pool given before.
     pub fn router(mut self, router: Router) -> Self {
-        self.router = router;
+        self.handlers = Some(HandlerPool::one(router));
+        self.empty_pool = false;
+        self
+    }
+
+    /// A pool of handlers in place of one router: each new connection goes to the next of
+    /// `handlers`, round-robin (connection 1 to the first, 2 to the second, ...), which
+    /// serves all of its calls with its router and may refuse it (see
+    /// [`ProtocolHandler`]). Replaces a router or pool given before; an empty pool cannot be
+    /// built.
+    pub fn pool<H: ProtocolHandler>(mut self, handlers: impl IntoIterator<Item = H>) -> Self {
+        self.handlers = HandlerPool::of(handlers);
+        self.empty_pool = self.handlers.is_none();
         self
     }
 
@@ -160,15 +179,25 @@ impl ServerBuilder {
         self
     }
 
-    /// The server; or, in strict mode, what lacks a permission declaration; or a raw
-    /// endpoint that cannot be served as given (a bad or doubled path, a prefix on a
-    /// handshaked socket, a foreign-client socket told to read the `hello`, no handler).
+    /// The server; or, in strict mode, what lacks a permission declaration (in any router of
+    /// a pool); or an empty pool; or a raw endpoint that cannot be served as given (a bad or
+    /// doubled path, a prefix on a handshaked socket, a foreign-client socket told to read
+    /// the `hello`, no handler).
     pub fn try_build(mut self) -> Result<Server, BuildError> {
+        if self.empty_pool {
+            return Err(BuildError::EmptyPool);
+        }
+        let handlers = self
+            .handlers
+            .take()
+            .unwrap_or_else(|| HandlerPool::one(Router::new()));
         if self.strict {
-            check_strict(&self.router, &self.namespaces)?;
+            for router in handlers.routers() {
+                check_strict(router, &self.namespaces)?;
+            }
         }
         let raw = serve_raw(std::mem::take(&mut self.raw), self.strict)?;
-        Ok(self.build_unchecked(raw))
+        Ok(self.build_unchecked(handlers, raw))
     }
 
     /// The server.
@@ -176,7 +205,8 @@ impl ServerBuilder {
     /// # Panics
     ///
     /// In strict mode, when a method or namespace lacks a permission declaration, and when
-    /// a raw endpoint cannot be served (use [`ServerBuilder::try_build`] to handle those).
+    /// a pool is empty or a raw endpoint cannot be served (use [`ServerBuilder::try_build`]
+    /// to handle those).
     pub fn build(self) -> Server {
         match self.try_build() {
             Ok(server) => server,
@@ -184,7 +214,7 @@ impl ServerBuilder {
         }
     }
 
-    fn build_unchecked(self, raw: Vec<ServedRaw>) -> Server {
+    fn build_unchecked(self, handlers: HandlerPool, raw: Vec<ServedRaw>) -> Server {
         let limits = &self.config.limits;
         let limiter = ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_ip);
         let node = self
@@ -206,7 +236,7 @@ impl ServerBuilder {
             relay.attach(&hub);
         }
         let env = SessionEnv {
-            router: self.router,
+            handlers,
             hub,
             admission,
             relay,
@@ -234,7 +264,7 @@ impl ServerBuilder {
 impl Default for ServerBuilder {
     fn default() -> Self {
         Self {
-            router: Router::new(),
+            handlers: None,
             config: EndpointConfig::default(),
             node: None,
             extensions: http::Extensions::new(),
@@ -248,6 +278,7 @@ impl Default for ServerBuilder {
             strict: false,
             relay: None,
             raw: Vec::new(),
+            empty_pool: false,
         }
     }
 }

@@ -192,7 +192,8 @@ impl Session {
     /// `Err` when it was answered: `FORBIDDEN`, `NOT_FOUND`, or `BAD_FRAME` when the method
     /// is of another kind than `sent` (`req`, `sub`, `ntf`) asks for.
     fn lookup(&mut self, id: Option<u64>, name: &str, sent: &str) -> Result<Allowed, Step> {
-        let Some((method, permission, meter)) = self.env.router.get_with_permission(name) else {
+        let Some((method, permission, meter)) = self.handler.router().get_with_permission(name)
+        else {
             let message = format!("unknown method `{}`", shown(name));
             crate::metrics::server()
                 .other_method()

@@ -1,12 +1,16 @@
-//! The handshake: the client's `hello` when it authenticates in band, then `welcome`.
+//! The handshake: the client's `hello` when it authenticates in band, the pool's handler
+//! taking the connection, then `welcome`.
 
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
 use plexus_protocol::{CloseCode, Frame};
 use tokio::time::Instant;
 
 use super::refresh::keep_credential_fresh;
 use super::{Session, SessionEnv};
 use crate::auth::{AuthError, AuthRequest, Credential, CredentialSource};
-use crate::conn::{CloseReason, ConnectionHandle, DisconnectReason, Inbound, Wire};
+use crate::conn::{CloseReason, ConnectionHandle, DisconnectReason, Inbound, Wire, close_reason};
 
 impl Session {
     /// Waits for the client's `hello` and authenticates it. Nothing else is served before:
@@ -27,6 +31,33 @@ impl Session {
             read_token: true,
         };
         await_hello(&mut self.wire, &self.handle, &self.env, rules).await
+    }
+
+    /// Asks the handler the pool gave this connection to take it: a refusal (or no answer
+    /// within the handshake timeout) closes the connection with 1013 and the reason, before
+    /// any `welcome`; a panic closes it with 1011.
+    pub(super) async fn handed_over(&mut self) -> Result<(), DisconnectReason> {
+        let timeout = self.env.limits.handshake_timeout;
+        let answer = AssertUnwindSafe(tokio::time::timeout(
+            timeout,
+            self.handler.connected(&self.handle),
+        ))
+        .catch_unwind()
+        .await;
+        let why = match answer {
+            Ok(Ok(Ok(()))) => return Ok(()),
+            Ok(Ok(Err(why))) => CloseReason::Owned(why),
+            Ok(Err(_)) => CloseReason::Borrowed("the handler did not take the connection in time"),
+            Err(_) => {
+                tracing::error!(conn = %self.handle.id(), "a pool handler's `connected` panicked: closing with 1011");
+                return Err(self.close(CloseCode::INTERNAL, "internal error").await);
+            }
+        };
+        tracing::warn!(conn = %self.handle.id(), reason = %why, "the pool's handler refused the connection");
+        Err(self
+            .wire
+            .close(CloseCode::TRY_AGAIN_LATER, close_reason(why))
+            .await)
     }
 
     /// Sends `welcome`, then starts what runs beside an open session: the `on_connect` hook

@@ -7,7 +7,8 @@
 //! limits, so data flows one way: socket → connection (`crate::conn`) → session → router /
 //! hub → engine.
 //!
-//! Files: `event_loop.rs` (the loop and its flags), `hello.rs` (the handshake),
+//! Files: `event_loop.rs` (the loop and its flags), `hello.rs` (the handshake and the
+//! handler that takes the connection),
 //! `dispatch.rs` (frames to calls), `calls.rs` (the in-flight table and the one way a call is
 //! spawned), `channels.rs` (channel frames to the hub), `relay.rs` (calls for the relay's
 //! providers), `refresh.rs` (`$refresh`).
@@ -23,9 +24,11 @@ mod relay;
 mod tests;
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use futures_util::FutureExt;
 use http::HeaderMap;
 use plexus_protocol::{Codec, ErrorBody, ErrorCode, Frame};
 use tokio::time::Instant;
@@ -40,7 +43,7 @@ use crate::hub::Hub;
 use crate::principal::Principal;
 use crate::relay::Relay;
 use crate::rpc::handler::BoxFuture;
-use crate::rpc::router::Router;
+use crate::rpc::pool::{HandlerPool, Member};
 
 pub(crate) use hello::{BeforeHello, HelloRules, await_hello, reject, welcome_frame};
 
@@ -55,8 +58,8 @@ pub(crate) type DisconnectHook =
 
 /// What a session needs from the server around it, shared by every session of a server.
 pub(crate) struct SessionEnv {
-    /// The methods.
-    pub(crate) router: Router,
+    /// The handlers new connections are given to in turn (one router, unless a pool).
+    pub(crate) handlers: HandlerPool,
     /// Channels and connections, on this node and beyond.
     pub(crate) hub: Hub,
     /// Who may connect (`None`: everyone, anonymously).
@@ -112,6 +115,8 @@ struct Session {
     wire: Wire,
     handle: ConnectionHandle,
     env: Arc<SessionEnv>,
+    /// The pool's handler that serves this connection's calls.
+    handler: Arc<dyn Member>,
     calls: Calls,
     bad_frames: BadFrames,
     /// When the client was last heard from (any frame).
@@ -153,6 +158,7 @@ pub(crate) async fn run(
         wire: Wire::new(ws, queue, accepted.codec.is_binary()),
         handle: handle.clone(),
         env: env.clone(),
+        handler: env.handlers.next(),
         calls: Calls::default(),
         bad_frames: BadFrames::default(),
         last_seen: now,
@@ -169,11 +175,20 @@ pub(crate) async fn run(
     forget_connection(&env, &handle).await;
     session.finish(&reason);
     let welcomed = session.welcomed;
+    let handler = session.handler.clone();
     // Gives the connection's place under the limits back before anyone hears it ended.
     drop(session);
     count_closed(&env, &handle, &reason);
     if !welcomed {
         return;
+    }
+    // The handler that took the connection hears of its end before the shutdown completes.
+    if AssertUnwindSafe(handler.disconnected(&handle, &reason))
+        .catch_unwind()
+        .await
+        .is_err()
+    {
+        tracing::error!(conn = %handle.id(), "a pool handler's `disconnected` panicked");
     }
     if let Some(hook) = env.on_disconnect.clone() {
         tokio::spawn(hook(handle, reason));
@@ -242,6 +257,9 @@ impl Session {
         if self.awaiting_hello
             && let Err(reason) = Box::pin(self.hello()).await
         {
+            return reason;
+        }
+        if let Err(reason) = self.handed_over().await {
             return reason;
         }
         if let Err(reason) = self.welcome().await {

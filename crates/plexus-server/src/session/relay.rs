@@ -15,7 +15,7 @@ use super::event_loop::Step;
 impl Session {
     /// Whether a call of `method` (pinned to `node`, maybe) goes to the relay.
     pub(super) fn relays(&self, method: &str, node: Option<&str>) -> bool {
-        self.env.relay.is_some() && (node.is_some() || !self.env.router.contains(method))
+        self.env.relay.is_some() && (node.is_some() || !self.handler.router().contains(method))
     }
 
     /// A relay built-in request (`$provide`, `$services`), if `method` is one and the

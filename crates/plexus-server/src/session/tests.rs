@@ -94,7 +94,7 @@ fn env(setup: Setup) -> (Arc<SessionEnv>, mpsc::UnboundedReceiver<Seen>) {
         })
     });
     let env = SessionEnv {
-        router: setup.router,
+        handlers: crate::rpc::pool::HandlerPool::one(setup.router),
         hub: Hub::new(Namespaces::new()),
         admission,
         relay: None,

@@ -74,6 +74,39 @@ async fn nothing_negotiated_without_an_offer() {
     assert_eq!(extensions, None);
 }
 
+#[tokio::test]
+async fn the_first_acceptable_offer_of_a_list_is_agreed_and_used() {
+    let server = server(Compression::On).await;
+    // A window of 8 bits cannot be honoured; the second offer can; the third is not needed.
+    let offers = "x-webkit-deflate-frame, permessage-deflate; server_max_window_bits=8, \
+                  permessage-deflate; server_no_context_takeover, permessage-deflate";
+    let (mut socket, head, mut buf) =
+        raw_upgrade(server.addr, &[("Sec-WebSocket-Extensions", offers)]).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let agreed = header(&head, "sec-websocket-extensions").expect("an agreed offer");
+    assert!(
+        agreed.starts_with("permessage-deflate") && agreed.contains("server_no_context_takeover"),
+        "{agreed}"
+    );
+    assert!(!agreed.contains(','), "one offer agreed: {agreed}");
+    within("welcome", read_raw_frame_with_flags(&mut socket, &mut buf))
+        .await
+        .expect("welcome");
+    let request = json!({"t": "req", "id": 1, "m": "sys.echo", "d": "a".repeat(4000)});
+    within(
+        "send",
+        socket.write_all(&masked_text(request.to_string().as_bytes())),
+    )
+    .await
+    .expect("write");
+    let (compressed, payload) = next_text_frame(&mut socket, &mut buf).await;
+    assert!(
+        compressed && payload.len() < 1000,
+        "{compressed} {}",
+        payload.len()
+    );
+}
+
 /// The next data frame the server sends, skipping pings: whether RSV1 (compressed) is set,
 /// and the payload as sent. Checks it is a final text frame.
 async fn next_text_frame(socket: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (bool, Vec<u8>) {

@@ -1,9 +1,12 @@
 //! The endpoint: the [`Server`] a user builds ([`ServerBuilder`], `builder.rs`), the HTTP
 //! upgrade that starts a session (`upgrade.rs`), `serve` with its own accept loop and a
-//! graceful shutdown (`serve.rs`), health checks (`health.rs`) and strict mode (`strict.rs`).
+//! graceful shutdown (`serve.rs`), health checks (`health.rs`), strict mode (`strict.rs`),
+//! raw socket routes (`raw.rs`) and the deflate offer the WebSocket layer is given
+//! (`offer.rs`).
 
 mod builder;
 mod health;
+mod offer;
 mod raw;
 mod serve;
 mod strict;

@@ -96,6 +96,9 @@ impl Server {
         parts
             .extensions
             .insert(hyper::upgrade::on(http::Request::new(())));
+        if self.inner.config.compression != crate::config::Compression::Off {
+            super::offer::narrow_deflate_offers(&mut parts.headers);
+        }
         let upgrade = match yawc::IncomingUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(upgrade) => upgrade,
             Err(status) => {

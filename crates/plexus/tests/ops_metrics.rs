@@ -1,7 +1,7 @@
 //! `/metrics` of a real `plexus serve` process after known traffic: connections opened and
 //! closed by code, calls by method and outcome with their latency, publications and
 //! deliveries by namespace, subscriptions, the kept history, handshake and credential refusals, messages and
-//! bytes; and `--metrics off` serves none.
+//! bytes; a raw echo socket counted like any connection; and `--metrics off` serves none.
 
 #[macro_use]
 mod support;
@@ -167,6 +167,46 @@ async fn metrics_follow_known_traffic() {
         1.0
     );
     assert_eq!(value(&samples, "plexus_subscriptions"), 1.0);
+    let _ = std::fs::remove_file(config);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_echo_socket_is_counted_like_any_connection() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (_server, _, addr, config) = serve(&["--echo-path", "/echo/*"]).await;
+    let (mut ws, _) = support::connect_ws_to(addr, "/echo/a", None)
+        .await
+        .expect("upgrade");
+    ws.send(Message::text("hello")).await.expect("send");
+    ws.send(Message::binary(vec![1, 2, 3])).await.expect("send");
+    for _ in 0..2 {
+        match within("the echo", ws.next()).await {
+            Some(Ok(Message::Text(_) | Message::Binary(_))) => {}
+            other => panic!("expected an echo, got {other:?}"),
+        }
+    }
+    let samples = samples(addr).await;
+    for (key, expected) in [
+        ("plexus_connections_open", 1.0),
+        ("plexus_connections_opened_total", 1.0),
+        ("plexus_messages_received_total", 2.0),
+        ("plexus_bytes_received_total", 8.0),
+    ] {
+        assert_eq!(value(&samples, key), expected, "{key}");
+    }
+    assert!(value(&samples, "plexus_messages_sent_total") >= 2.0);
+    let normal = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 1000.into(),
+        reason: "".into(),
+    };
+    ws.close(Some(normal)).await.expect("close");
+    let samples = until_value(addr, "plexus_connections_open", 0.0).await;
+    assert_eq!(
+        value(&samples, r#"plexus_connections_closed_total{code="1000"}"#),
+        1.0
+    );
     let _ = std::fs::remove_file(config);
 }
 

@@ -483,13 +483,19 @@ export class Client {
     }
   }
 
-  async #webSocket(): Promise<WebSocketConstructor> {
-    if (this.#options.WebSocket) return this.#options.WebSocket;
+  /**
+   * The WebSocket to open with, and whether it takes headers: any but the runtime's global
+   * one (which takes none, in browsers and Node 22+) is taken to be Node's `ws` or alike.
+   */
+  async #webSocket(): Promise<{ WS: WebSocketConstructor; takesHeaders: boolean }> {
     const global = (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (global) return global;
+    const given = this.#options.WebSocket;
+    if (given) return { WS: given, takesHeaders: given !== global };
+    if (global) return { WS: global, takesHeaders: false };
     const name = "ws"; // Node without a global WebSocket (before 22)
     try {
-      return ((await import(name)) as { default: WebSocketConstructor }).default;
+      const WS = ((await import(name)) as { default: WebSocketConstructor }).default;
+      return { WS, takesHeaders: true };
     } catch {
       throw new ConnectError("no WebSocket implementation: install the `ws` package");
     }
@@ -497,13 +503,13 @@ export class Client {
 
   /** One attempt: open, `hello`, `welcome` (or `reject`), within the connect timeout. */
   async #open(): Promise<Opened> {
-    const WS = await this.#webSocket();
+    const { WS, takesHeaders } = await this.#webSocket();
     const token = this.#options.credentials
       ? ((await this.#options.credentials()) ?? undefined)
       : this.#options.token;
     if (this.#closing) throw new ConnectError("closed by the application");
     let url = this.url;
-    const tokenIn = this.#options.tokenIn ?? "hello";
+    const tokenIn = this.#options.tokenIn ?? (takesHeaders ? "header" : "hello");
     let hello: Frame | undefined = { t: "hello" };
     let headers: Record<string, string> | undefined;
     if (token !== undefined && tokenIn === "query") {

@@ -112,8 +112,10 @@ export function openSocket(
     };
     ws.onclose = (event) => {
       if (refused !== undefined) {
-        const status = refused === 4001 ? 401 : 403;
-        return fail(new ConnectError(`the upgrade was refused with HTTP ${status}`, refused));
+        // The same error a refusal in band carries, so callers need not tell the two apart.
+        const [status, code] = refused === 4001 ? [401, "NOT_AUTHORIZED"] : [403, "FORBIDDEN"];
+        const message = `the upgrade was refused with HTTP ${status}`;
+        return fail(new ConnectError(message, refused, { code, message }));
       }
       const reason = rejectReason?.message ?? event.reason;
       fail(new ConnectError(`connection closed (${event.code}) ${reason}`.trim(), event.code, rejectReason));

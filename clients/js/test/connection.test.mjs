@@ -6,7 +6,9 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { test } from "node:test";
 
-import { Client } from "../dist/index.js";
+import WebSocket from "ws";
+
+import { Client, connect } from "../dist/index.js";
 import { connectTo, options, plexusBinary, startServer, until, within } from "./helpers.mjs";
 
 const SECRET = "a-js-test-secret-of-at-least-32-bytes";
@@ -126,6 +128,37 @@ test("under Node the credential can go in a header; a refused one is HTTP 401, w
   const inQuery = await connectTo(server.url, { token: token("in-the-query"), tokenIn: "query" });
   assert.equal(await inQuery.request("sys.echo", "by query"), "by query");
   inQuery.close();
+});
+
+test("by default the credential goes in a header where the WebSocket takes one, else in the hello", async (t) => {
+  const server = await startServer({ args: ["--jwt-secret", SECRET] });
+  t.after(() => server.stop());
+  const opened = [];
+  class Recording extends WebSocket {
+    constructor(url, protocols, options) {
+      opened.push({ url, headers: options?.headers });
+      super(url, protocols, options);
+    }
+  }
+  // Node's `ws`, passed: a header.
+  const inHeader = await connect(server.url, { WebSocket: Recording, token: token("header") });
+  assert.equal(await inHeader.request("sys.echo", "h"), "h");
+  inHeader.close();
+  assert.match(opened[0].headers?.authorization ?? "", /^Bearer /);
+  // The runtime's global WebSocket (a browser's, say): no header, the hello carries it.
+  const saved = globalThis.WebSocket;
+  globalThis.WebSocket = Recording;
+  try {
+    const inHello = await connect(server.url, { token: token("hello") });
+    assert.equal(await inHello.request("sys.echo", "w"), "w");
+    inHello.close();
+  } finally {
+    if (saved === undefined) delete globalThis.WebSocket;
+    else globalThis.WebSocket = saved;
+  }
+  assert.equal(opened.length, 2);
+  assert.equal(opened[1].headers, undefined);
+  assert.doesNotMatch(opened[1].url, /token=/);
 });
 
 test("a header credential with a WebSocket that takes no headers is refused at once", () => {

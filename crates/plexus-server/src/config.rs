@@ -32,8 +32,9 @@ pub struct Limits {
     /// connection is closed with 4008 (slow consumer). Default 1,024.
     pub outbound_queue: usize,
     /// Time allowed for the WebSocket upgrade to complete after the HTTP request was
-    /// accepted, and then for the client's `hello` when it authenticates in band (else
-    /// close 4000). Default 10 s.
+    /// accepted, then for the client's `hello` when it authenticates in band (else close
+    /// 4000), then for a pool's handler to take the connection (else close 1013). Default
+    /// 10 s.
     pub handshake_timeout: Duration,
     /// Close (1000) a connection after this long without application traffic: no frame from
     /// the client, none pushed to it, and no call in progress either way. Default: none.

@@ -1,8 +1,9 @@
 //! End-to-end: a protocol endpoint served by a pool of handlers. Connections go to the
-//! handlers in turn and keep theirs for every call and their end; a handler that refuses
-//! closes the connection with 1013 before any `welcome` (and the Rust client comes back to
-//! the next one); strict mode looks at every handler's router; the shutdown waits for every
-//! `disconnected`.
+//! handlers in turn and keep theirs for every call and their end; a handler that refuses,
+//! or does not answer in time, closes the connection with 1013 before any `welcome` (and the
+//! Rust client comes back to the next one); one that panics closes it with 1011; a handler
+//! sees who authenticated in the `hello`; the shutdown does not wait for a handler still
+//! deciding and waits for every `disconnected`; strict mode looks at every handler's router.
 
 mod support;
 
@@ -22,18 +23,27 @@ use tokio_tungstenite::tungstenite::Message;
 /// What a handler of the pool saw.
 #[derive(Debug)]
 enum Seen {
-    Connected { handler: &'static str, conn: String },
-    Disconnected { handler: &'static str, conn: String },
+    Connected {
+        handler: &'static str,
+        conn: String,
+        user: Option<String>,
+    },
+    Disconnected {
+        handler: &'static str,
+        conn: String,
+    },
 }
 
-/// A handler answering `who` with its name, reporting its events, and refusing every
-/// connection when `refuse` (or panicking when `panic`).
+/// A handler answering `who` with its name and reporting its events; when told, it
+/// refuses every connection, panics, never answers, or takes its time to hear of an end.
 struct Named {
     name: &'static str,
     router: Router,
     seen: mpsc::UnboundedSender<Seen>,
     refuse: bool,
     panic: bool,
+    stall: bool,
+    slow_end: bool,
 }
 
 fn named(name: &'static str, seen: &mpsc::UnboundedSender<Seen>) -> Named {
@@ -45,6 +55,8 @@ fn named(name: &'static str, seen: &mpsc::UnboundedSender<Seen>) -> Named {
         seen: seen.clone(),
         refuse: false,
         panic: false,
+        stall: false,
+        slow_end: false,
     }
 }
 
@@ -55,17 +67,24 @@ impl ProtocolHandler for Named {
 
     async fn connected(&self, conn: &ConnectionHandle) -> Result<(), String> {
         assert!(!self.panic, "{} cannot take anyone", self.name);
+        if self.stall {
+            std::future::pending::<()>().await;
+        }
         if self.refuse {
             return Err(format!("{} is full", self.name));
         }
         let _ = self.seen.send(Seen::Connected {
             handler: self.name,
             conn: conn.id().to_owned(),
+            user: conn.principal().user.clone(),
         });
         Ok(())
     }
 
     async fn disconnected(&self, conn: &ConnectionHandle, _reason: &DisconnectReason) {
+        if self.slow_end {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let _ = self.seen.send(Seen::Disconnected {
             handler: self.name,
             conn: conn.id().to_owned(),
@@ -108,7 +127,7 @@ async fn connections_go_to_the_handlers_in_turn_and_keep_theirs() {
     let mut handler_of = HashMap::new();
     for expected in ["h1", "h2", "h3", "h1"] {
         match recv(&mut seen, "connected").await {
-            Seen::Connected { handler, conn } => {
+            Seen::Connected { handler, conn, .. } => {
                 assert_eq!(handler, expected);
                 handler_of.insert(conn, handler);
             }
@@ -214,7 +233,11 @@ async fn a_handler_that_panics_closes_with_1011_and_the_server_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shutdown_waits_for_every_disconnected() {
     let (tx, mut seen) = mpsc::unbounded_channel();
-    let mut server = pool_server(vec![named("h1", &tx), named("h2", &tx)]).await;
+    let slow = |name| Named {
+        slow_end: true,
+        ..named(name, &tx)
+    };
+    let mut server = pool_server(vec![slow("h1"), slow("h2")]).await;
     let mut clients = Vec::new();
     for _ in 0..4 {
         clients.push(RawClient::connect(server.addr, None).await);
@@ -230,7 +253,7 @@ async fn the_shutdown_waits_for_every_disconnected() {
         .served(Duration::from_secs(10))
         .await
         .expect("served");
-    // `serve` returned: every connection's `disconnected` has run.
+    // `serve` returned: every connection's `disconnected` has run (each takes 100 ms).
     let mut ended = 0;
     while let Ok(event) = seen.try_recv() {
         assert!(matches!(event, Seen::Disconnected { .. }), "{event:?}");
@@ -271,4 +294,67 @@ fn strict_mode_looks_at_every_handler_and_an_empty_pool_is_refused() {
             .try_build()
             .is_ok()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_does_not_answer_in_time_is_a_refusal() {
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let stalled = Named {
+        stall: true,
+        ..named("h1", &tx)
+    };
+    let mut config = support::config();
+    config.limits.handshake_timeout = Duration::from_millis(300);
+    let server = start_with(Server::builder().pool([stalled]).config(config)).await;
+    let (code, reason) = refused(&server).await;
+    assert_eq!(code, 1013);
+    assert!(reason.contains("in time"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_does_not_wait_for_a_handler_deciding() {
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let stalled = Named {
+        stall: true,
+        ..named("h1", &tx)
+    };
+    // Ten seconds to decide; the shutdown comes first and closes with 1001, no welcome.
+    let mut server = pool_server(vec![stalled]).await;
+    let (mut ws, _) = connect_ws(server.addr, None).await.expect("upgrade");
+    support::wait_until("the connection to be counted", || {
+        server.server.connection_count() == 1
+    })
+    .await;
+    server.trigger_shutdown();
+    match within("the close", ws.next()).await {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected close 1001 in place of the welcome, got {other:?}"),
+    }
+    server.served(Duration::from_secs(5)).await.expect("served");
+    assert!(
+        seen.try_recv().is_err(),
+        "a connection not taken is not heard of"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_knows_who_authenticated_in_the_hello() {
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let builder = Server::builder()
+        .authenticator(support::jwt_authenticator())
+        .pool([named("h1", &tx)]);
+    let server = start_with(builder).await;
+    let (mut ws, _) = connect_ws(server.addr, None).await.expect("upgrade");
+    let hello = json!({"t": "hello", "token": support::token("ada", "", 60)});
+    futures_util::SinkExt::send(&mut ws, Message::text(hello.to_string()))
+        .await
+        .expect("hello");
+    match recv(&mut seen, "connected").await {
+        Seen::Connected { user, .. } => assert_eq!(user.as_deref(), Some("ada")),
+        other => panic!("{other:?}"),
+    }
+    match within("the welcome", ws.next()).await {
+        Some(Ok(Message::Text(text))) => assert!(text.contains("\"welcome\""), "{text}"),
+        other => panic!("expected the welcome, got {other:?}"),
+    }
 }

@@ -25,7 +25,7 @@ use crate::session::{ConnectHook, DisconnectHook, SessionEnv};
 /// Builds a [`Server`].
 pub struct ServerBuilder {
     /// The router, or the pool of handlers, new connections are given to.
-    handlers: Option<HandlerPool>,
+    handlers: Handlers,
     config: EndpointConfig,
     node: Option<String>,
     extensions: http::Extensions,
@@ -39,8 +39,15 @@ pub struct ServerBuilder {
     strict: bool,
     relay: Option<RelayConfig>,
     raw: Vec<RawEndpoint>,
-    /// `pool` was given no handler.
-    empty_pool: bool,
+}
+
+/// What the builder was told to serve the protocol endpoint with.
+enum Handlers {
+    /// Nothing: an empty router.
+    Unset,
+    Given(HandlerPool),
+    /// `pool` with no handler, which cannot be built.
+    EmptyPool,
 }
 
 /// Why [`ServerBuilder::try_build`] refused to build a server.
@@ -113,8 +120,8 @@ impl ServerBuilder {
     }
 
     /// Makes the server a relay: connections may provide services (`$provide`), and a call
-    /// of `<Service>.<method>` the router does not serve (or that pins a provider with
-    /// `node`) goes to a provider of that service. `$services` and `$watch` show them.
+    /// of `<Service>.<method>` the connection's router does not serve (or that pins a
+    /// provider with `node`) goes to a provider of that service. `$services` and `$watch` show them.
     pub fn relay(mut self, config: RelayConfig) -> Self {
         self.relay = Some(config);
         self
@@ -122,8 +129,7 @@ impl ServerBuilder {
 
     /// The methods the server serves. Replaces a router or pool given before.
     pub fn router(mut self, router: Router) -> Self {
-        self.handlers = Some(HandlerPool::one(router));
-        self.empty_pool = false;
+        self.handlers = Handlers::Given(HandlerPool::one(router));
         self
     }
 
@@ -133,8 +139,7 @@ impl ServerBuilder {
     /// [`ProtocolHandler`]). Replaces a router or pool given before; an empty pool cannot be
     /// built.
     pub fn pool<H: ProtocolHandler>(mut self, handlers: impl IntoIterator<Item = H>) -> Self {
-        self.handlers = HandlerPool::of(handlers);
-        self.empty_pool = self.handlers.is_none();
+        self.handlers = HandlerPool::of(handlers).map_or(Handlers::EmptyPool, Handlers::Given);
         self
     }
 
@@ -184,13 +189,11 @@ impl ServerBuilder {
     /// doubled path, a prefix on a handshaked socket, a foreign-client socket told to read
     /// the `hello`, no handler).
     pub fn try_build(mut self) -> Result<Server, BuildError> {
-        if self.empty_pool {
-            return Err(BuildError::EmptyPool);
-        }
-        let handlers = self
-            .handlers
-            .take()
-            .unwrap_or_else(|| HandlerPool::one(Router::new()));
+        let handlers = match std::mem::replace(&mut self.handlers, Handlers::Unset) {
+            Handlers::Unset => HandlerPool::one(Router::new()),
+            Handlers::Given(pool) => pool,
+            Handlers::EmptyPool => return Err(BuildError::EmptyPool),
+        };
         if self.strict {
             for router in handlers.routers() {
                 check_strict(router, &self.namespaces)?;
@@ -264,7 +267,7 @@ impl ServerBuilder {
 impl Default for ServerBuilder {
     fn default() -> Self {
         Self {
-            handlers: None,
+            handlers: Handlers::Unset,
             config: EndpointConfig::default(),
             node: None,
             extensions: http::Extensions::new(),
@@ -278,7 +281,6 @@ impl Default for ServerBuilder {
             strict: false,
             relay: None,
             raw: Vec::new(),
-            empty_pool: false,
         }
     }
 }

@@ -293,13 +293,7 @@ impl RawSession {
 
     /// A close the connection was asked for, or the server's shutdown.
     fn close_wanted(&self) -> Option<(CloseCode, CloseReason)> {
-        if let Some(requested) = self.handle.requested_close() {
-            return Some(requested);
-        }
-        self.env.is_shutting_down().then_some((
-            CloseCode::GOING_AWAY,
-            CloseReason::Borrowed("server shutting down"),
-        ))
+        self.env.close_wanted(&self.handle)
     }
 
     /// What a frame read from the socket means.

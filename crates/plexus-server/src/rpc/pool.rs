@@ -11,10 +11,13 @@ use crate::conn::{ConnectionHandle, DisconnectReason};
 
 /// One handler of a protocol endpoint's pool (`ServerBuilder::pool`): the methods it serves
 /// and, optionally, whether it takes a connection and what it does when one ends. A
-/// [`Router`] is one, taking every connection.
+/// [`Router`] is one, taking every connection; so is an `Arc` of one, for an application
+/// that keeps its handlers (to read their state) as well as giving them to the pool.
 ///
 /// ```
-/// use plexus_server::{ConnectionHandle, ProtocolHandler, Router, RpcError, Server};
+/// use plexus_server::{
+///     ConnectionHandle, DisconnectReason, ProtocolHandler, Router, RpcError, Server,
+/// };
 /// use std::sync::atomic::{AtomicUsize, Ordering};
 ///
 /// /// One shard of a game: at most 100 players, each player's calls go to its shard.
@@ -38,7 +41,7 @@ use crate::conn::{ConnectionHandle, DisconnectReason};
 ///         }
 ///     }
 ///
-///     async fn disconnected(&self, _conn: &ConnectionHandle, _reason: &plexus_server::DisconnectReason) {
+///     async fn disconnected(&self, _conn: &ConnectionHandle, _reason: &DisconnectReason) {
 ///         self.players.fetch_sub(1, Ordering::Relaxed);
 ///     }
 /// }
@@ -59,8 +62,12 @@ pub trait ProtocolHandler: Send + Sync + 'static {
     /// it: the connection is closed at once with 1013 (try again later) and the reason,
     /// which is also logged; no `welcome` is sent and no other event follows. Nothing of
     /// the connection is served until this returns (to call the client once it is open,
-    /// use `ServerBuilder::on_connect`); one that does not return within the handshake
-    /// timeout refuses the connection.
+    /// use `ServerBuilder::on_connect`).
+    ///
+    /// The future is dropped where it stands, and the connection closed without
+    /// `disconnected`, when it has not finished within the handshake timeout (closed with
+    /// 1013), or when a close is requested or the server shuts down meanwhile: undo there
+    /// what it did before its last `.await` (a guard's `Drop` does).
     fn connected(
         &self,
         conn: &ConnectionHandle,
@@ -69,8 +76,9 @@ pub trait ProtocolHandler: Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// A connection this handler took has ended, for `reason`. Called once for each, before
-    /// a shutdown completes.
+    /// A connection this handler took has ended, for `reason`. Called once for each, in the
+    /// connection's task: `Server::wait_closed` waits for it (`Server::serve` waits up to
+    /// its close deadline), so keep it short.
     fn disconnected(
         &self,
         conn: &ConnectionHandle,
@@ -84,6 +92,27 @@ pub trait ProtocolHandler: Send + Sync + 'static {
 impl ProtocolHandler for Router {
     fn router(&self) -> &Router {
         self
+    }
+}
+
+impl<H: ProtocolHandler> ProtocolHandler for Arc<H> {
+    fn router(&self) -> &Router {
+        H::router(self)
+    }
+
+    fn connected(
+        &self,
+        conn: &ConnectionHandle,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        H::connected(self, conn)
+    }
+
+    fn disconnected(
+        &self,
+        conn: &ConnectionHandle,
+        reason: &DisconnectReason,
+    ) -> impl Future<Output = ()> + Send {
+        H::disconnected(self, conn, reason)
     }
 }
 

@@ -2,6 +2,7 @@
 //! taking the connection, then `welcome`.
 
 use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 
 use futures_util::FutureExt;
 use plexus_protocol::{CloseCode, Frame};
@@ -35,23 +36,40 @@ impl Session {
 
     /// Asks the handler the pool gave this connection to take it: a refusal (or no answer
     /// within the handshake timeout) closes the connection with 1013 and the reason, before
-    /// any `welcome`; a panic closes it with 1011.
-    pub(super) async fn handed_over(&mut self) -> Result<(), DisconnectReason> {
+    /// any `welcome`; a panic closes it with 1011. A close request or the shutdown meanwhile
+    /// drops the handler's future and closes as asked.
+    pub(super) async fn hand_over(&mut self) -> Result<(), DisconnectReason> {
         let timeout = self.env.limits.handshake_timeout;
-        let answer = AssertUnwindSafe(tokio::time::timeout(
-            timeout,
-            self.handler.connected(&self.handle),
-        ))
-        .catch_unwind()
-        .await;
-        let why = match answer {
-            Ok(Ok(Ok(()))) => return Ok(()),
-            Ok(Ok(Err(why))) => CloseReason::Owned(why),
-            Ok(Err(_)) => CloseReason::Borrowed("the handler did not take the connection in time"),
-            Err(_) => {
+        let outcome = {
+            let taking = AssertUnwindSafe(tokio::time::timeout(
+                timeout,
+                self.handler.connected(&self.handle),
+            ))
+            .catch_unwind();
+            let mut taking = pin!(taking);
+            loop {
+                tokio::select! {
+                    biased;
+                    answer = &mut taking => break Ok(answer),
+                    () = std::future::poll_fn(|cx| self.handle.shared.queue.poll_kick(cx)) => {
+                        if let Some(wanted) = self.env.close_wanted(&self.handle) {
+                            break Err(wanted);
+                        }
+                    }
+                }
+            }
+        };
+        let why = match outcome {
+            Ok(Ok(Ok(Ok(())))) => return Ok(()),
+            Ok(Ok(Ok(Err(why)))) => CloseReason::Owned(why),
+            Ok(Ok(Err(_))) => {
+                CloseReason::Borrowed("the handler did not take the connection in time")
+            }
+            Ok(Err(_)) => {
                 tracing::error!(conn = %self.handle.id(), "a pool handler's `connected` panicked: closing with 1011");
                 return Err(self.close(CloseCode::INTERNAL, "internal error").await);
             }
+            Err((code, reason)) => return Err(self.wire.close(code, reason).await),
         };
         tracing::warn!(conn = %self.handle.id(), reason = %why, "the pool's handler refused the connection");
         Err(self

@@ -1,11 +1,11 @@
 //! The session layer: one connection's life above its socket.
 //!
 //! A session greets the client (`hello`/`welcome`), owns the table of the client's calls in
-//! flight, turns each frame into a call on the router or the hub, answers the server's
-//! calls to the client, keeps the credential fresh, and closes. It reaches the rest of the
-//! server only through [`SessionEnv`]: the router, the hub, the admission policy and the
-//! limits, so data flows one way: socket → connection (`crate::conn`) → session → router /
-//! hub → engine.
+//! flight, turns each frame into a call on its handler's router or the hub, answers the
+//! server's calls to the client, keeps the credential fresh, and closes. It reaches the
+//! rest of the server only through [`SessionEnv`]: the handlers, the hub, the admission
+//! policy and the limits, so data flows one way: socket → connection (`crate::conn`) →
+//! session → router / hub → engine.
 //!
 //! Files: `event_loop.rs` (the loop and its flags), `hello.rs` (the handshake and the
 //! handler that takes the connection),
@@ -64,8 +64,8 @@ pub(crate) struct SessionEnv {
     pub(crate) hub: Hub,
     /// Who may connect (`None`: everyone, anonymously).
     pub(crate) admission: Option<Arc<Admission>>,
-    /// The relay, when this server is one: calls the router does not serve go to its
-    /// providers.
+    /// The relay, when this server is one: calls the connection's router does not serve go
+    /// to its providers.
     pub(crate) relay: Option<Relay>,
     pub(crate) limits: Limits,
     /// This node's id, sent in `welcome`.
@@ -83,6 +83,21 @@ pub(crate) struct SessionEnv {
 impl SessionEnv {
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Why `handle`'s connection should close now, if it should: a close requested through
+    /// its handle, or the server's shutdown.
+    pub(crate) fn close_wanted(
+        &self,
+        handle: &ConnectionHandle,
+    ) -> Option<(plexus_protocol::CloseCode, crate::conn::CloseReason)> {
+        if let Some(requested) = handle.requested_close() {
+            return Some(requested);
+        }
+        self.is_shutting_down().then_some((
+            plexus_protocol::CloseCode::GOING_AWAY,
+            crate::conn::CloseReason::Borrowed("server shutting down"),
+        ))
     }
 
     /// Authenticates a credential (from the upgrade, a `hello` or a refresh) and checks the
@@ -259,7 +274,7 @@ impl Session {
         {
             return reason;
         }
-        if let Err(reason) = self.handed_over().await {
+        if let Err(reason) = self.hand_over().await {
             return reason;
         }
         if let Err(reason) = self.welcome().await {

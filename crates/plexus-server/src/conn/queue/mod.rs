@@ -229,6 +229,20 @@ impl OutboundQueue {
         Poll::Pending
     }
 
+    /// Ready on a kick or the end, leaving queued items where they are (for a connection
+    /// that may not write yet). Only the connection task calls this.
+    pub(crate) fn poll_kick(&self, cx: &mut Context<'_>) -> Poll<()> {
+        for attempt in 0..2 {
+            if self.kicked.swap(false, Ordering::AcqRel) || self.closed.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            if attempt == 0 {
+                self.consumer.register(cx.waker());
+            }
+        }
+        Poll::Pending
+    }
+
     /// Waits for the next item; `None` once closed (kicks are skipped).
     #[cfg(test)]
     pub(crate) async fn pop(&self) -> Option<Outbound> {

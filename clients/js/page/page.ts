@@ -1,6 +1,6 @@
 // The page `plexus serve` shows at `/`: a dashboard read from the server's own `/metrics`
-// (what an operator's Prometheus reads too) and a demo chat on `demo:chat`, built on the
-// TypeScript client.
+// (what an operator's Prometheus reads too) and `/health/cluster` (the live nodes), and a
+// demo chat on `demo:chat`, built on the TypeScript client.
 
 import { connect, type Client, type Member, type Subscription } from "../src/index.js";
 
@@ -69,9 +69,29 @@ async function refresh(): Promise<void> {
   previous = { at, sums };
 }
 
+interface Cluster {
+  node: string;
+  nodes: { node: string; relay: boolean; started_at: number }[];
+}
+
+/** The live nodes of the cluster, this one marked. */
+async function refreshNodes(): Promise<void> {
+  const response = await fetch("/health/cluster");
+  if (!response.ok) return;
+  const cluster = (await response.json()) as Cluster;
+  const chips = cluster.nodes.map((node) => {
+    const chip = document.createElement("span");
+    chip.className = node.node === cluster.node ? "node self" : "node";
+    chip.textContent = node.relay ? `${node.node} (relay)` : node.node;
+    chip.title = `up since ${new Date(node.started_at).toLocaleString()}`;
+    return chip;
+  });
+  $("nodes").replaceChildren(...chips);
+}
+
 // One poll at a time, a second apart: answers never arrive out of order.
 async function poll(): Promise<void> {
-  await refresh().catch(() => {});
+  await Promise.all([refresh().catch(() => {}), refreshNodes().catch(() => {})]);
   setTimeout(() => void poll(), 1000);
 }
 void poll();

@@ -1,7 +1,8 @@
 // The page `plexus serve` shows at `/`, in real headless Chromium (Debian's `chromium`, driven
 // by playwright-core; nothing downloaded): two tabs chat, a tab whose connection is cut comes
 // back and shows what it missed, a stream in the page is cancelled by an AbortSignal and the
-// server sees it, and the dashboard's numbers move. Screenshots go to test-output/.
+// server sees it, and the dashboard's numbers move and list the node. Screenshots go to
+// test-output/.
 
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync } from "node:fs";
@@ -114,6 +115,12 @@ test("the dashboard's numbers move", async () => {
   await page.waitForFunction(() => Number(document.querySelector("#calls").textContent) > 0, null, {
     timeout: 5000,
   });
+  // The node list: this server, marked as the one the page came from.
+  const nodes = await page.waitForFunction(() => document.querySelector("#nodes .self")?.textContent, null, {
+    timeout: 5000,
+  });
+  const cluster = await (await fetch(`${server.http}/health/cluster`)).json();
+  assert.equal(await nodes.jsonValue(), cluster.node);
   await page.screenshot({ path: `${out}dashboard.png` });
   await other.close();
   await page.close();

@@ -73,7 +73,7 @@ pub use guard::{
     AllowedOrigin, CallRateLimiter, ConnectionLimiter, ConnectionSlot, InvalidOrigin,
     InvalidRateLimit, LimitRefusal, OriginPolicy, RateLimit,
 };
-pub use hub::{History, Hub, HubError, HubErrorKind, Member, Publication};
+pub use hub::{History, Hub, HubError, HubErrorKind, Member, NodeInfo, Publication};
 pub use plexus_engine as engine;
 pub use plexus_engine::{Engine, MemoryEngine};
 pub use plexus_protocol as protocol;

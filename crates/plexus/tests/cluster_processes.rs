@@ -2,8 +2,9 @@
 //! NATS:
 //! publications through any node reach every subscriber once and in order, a client that
 //! moves (or whose node is killed) recovers what it missed on another node, presence spans
-//! the nodes and forgets a killed node's members, connections are reached from any node, and
-//! a broker that restarts is told to the clients and healed.
+//! the nodes and forgets a killed node's members, connections are reached from any node, a
+//! broker that restarts is told to the clients and healed, and every node lists the live
+//! nodes at `/health/cluster`.
 
 #[macro_use]
 mod support;
@@ -598,7 +599,52 @@ async fn a_wrong_or_unreachable_engine_stops_the_start_with_its_name() {
     assert!(stderr.contains(&url), "{stderr}");
 }
 
+/// The node ids `/health/cluster` of node `n` lists, once they are `expected`.
+async fn nodes_until(cluster: &Cluster, n: usize, expected: &[&str]) -> Value {
+    within(&format!("/health/cluster to list {expected:?}"), async {
+        loop {
+            let (status, body) =
+                http(cluster.node(n).addr, "GET", "/health/cluster", None, None).await;
+            assert_eq!(status, 200, "{body}");
+            let listed: Vec<&str> = body["nodes"]
+                .as_array()
+                .expect("a list of nodes")
+                .iter()
+                .filter_map(|node| node["node"].as_str())
+                .collect();
+            if listed == expected {
+                break body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+async fn the_nodes_of_the_cluster_are_listed_and_leave_when_they_stop_or_die(kind: Kind) {
+    let mut cluster = Cluster::start(kind, 3).await;
+    let body = nodes_until(&cluster, 2, &["n1", "n2", "n3"]).await;
+    assert_eq!(body["node"], "n3");
+    assert_eq!(body["nodes"][0]["relay"], false);
+    assert!(
+        body["nodes"][0]["started_at"].as_u64().unwrap_or(0) > 0,
+        "{body}"
+    );
+    // Killed: its presence lapses within the TTL (1 s).
+    cluster.kill(0).await;
+    nodes_until(&cluster, 2, &["n2", "n3"]).await;
+    // Stopped (SIGTERM): off the list too.
+    let pid = cluster.node(1).proc.id().expect("a pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    nodes_until(&cluster, 2, &["n3"]).await;
+}
+
 broker_tests!(
+    the_nodes_of_the_cluster_are_listed_and_leave_when_they_stop_or_die,
     a_publication_through_any_node_reaches_every_subscriber_once_in_order,
     a_client_that_moves_to_another_node_gets_exactly_what_it_missed,
     a_killed_nodes_clients_recover_elsewhere_and_its_members_leave,

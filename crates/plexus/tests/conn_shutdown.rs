@@ -192,6 +192,43 @@ async fn upgrade_after_shutdown_is_503() {
     side_task.abort();
 }
 
+/// A server lists itself among the nodes (`/health/cluster`) once it has started, and takes
+/// itself off the list when it shuts down (on the memory engine nothing else would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_is_listed_among_the_nodes_until_it_shuts_down() {
+    let server = Server::builder().node_id("lone").build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = server.route("/ws").merge(server.health_routes());
+    let served = serve_app(server.clone(), listener, app, addr);
+    let body = within("the node to list itself", async {
+        loop {
+            let (status, body) = http(addr, "GET", "/health/cluster", None, None).await;
+            assert_eq!(status, 200, "{body}");
+            if body["nodes"]
+                .as_array()
+                .is_some_and(|nodes| !nodes.is_empty())
+            {
+                break body;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(body["node"], "lone");
+    assert_eq!(body["nodes"][0]["node"], "lone", "{body}");
+    server.shutdown();
+    within("the node to leave the list", async {
+        while !server.hub().nodes().await.expect("nodes").is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    drop(served);
+}
+
 /// `/health/ready` says `draining` (503) from the shutdown until the server stops, while
 /// `/health/live` stays 200, calls in flight go on and new upgrades get 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

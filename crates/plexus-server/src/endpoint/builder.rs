@@ -15,7 +15,7 @@ use crate::channel::Namespaces;
 use crate::config::EndpointConfig;
 use crate::conn::{ConnectionHandle, DisconnectReason};
 use crate::guard::ConnectionLimiter;
-use crate::hub::Hub;
+use crate::hub::{Hub, NodeInfo};
 use crate::raw::{EndpointError, RawEndpoint};
 use crate::relay::{Relay, RelayConfig};
 use crate::rpc::pool::{HandlerPool, ProtocolHandler};
@@ -234,6 +234,11 @@ impl ServerBuilder {
             })
         });
         let hub = Hub::with_engine(self.namespaces, engine, &node);
+        let shutdown = CancellationToken::new();
+        hub.announce_node(
+            NodeInfo::starting(&node, self.relay.is_some()),
+            shutdown.clone(),
+        );
         let relay = self.relay.map(Relay::new);
         if let Some(relay) = &relay {
             relay.attach(&hub);
@@ -255,7 +260,7 @@ impl ServerBuilder {
             inner: Arc::new(ServerInner {
                 env: Arc::new(env),
                 config: self.config,
-                shutdown: CancellationToken::new(),
+                shutdown,
                 tasks: TaskTracker::new(),
                 limiter,
                 raw,

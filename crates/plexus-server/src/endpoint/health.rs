@@ -1,6 +1,6 @@
 //! Health checks for orchestrators and load balancers: `/health/live` (the process serves
-//! HTTP) and `/health/ready` (it takes new connections: not draining, and its engine has its
-//! link to the broker).
+//! HTTP), `/health/ready` (it takes new connections: not draining, and its engine has its
+//! link to the broker) and `/health/cluster` (the live nodes this one sees).
 
 use axum::Json;
 use axum::extract::State;
@@ -47,12 +47,15 @@ impl Server {
     /// An axum router serving `GET /health/live` (200 while the server runs, draining
     /// included) and `GET /health/ready` (200 when [`Readiness::Ready`], 503 otherwise), each
     /// with a JSON body `{"status", "node", "connections"}` (`status`: `ready`, `draining` or
-    /// `engine_unavailable`). Unauthenticated: merge it on a port only
-    /// your infrastructure reaches if the node id and connection count are private.
+    /// `engine_unavailable`), and `GET /health/cluster`: `{"node", "nodes": [{"node",
+    /// "relay", "started_at"}]}`, the live nodes of the cluster (see `Hub::nodes`), or 503
+    /// with `{"node", "error"}` while the engine cannot say. Unauthenticated: merge it on a
+    /// port only your infrastructure reaches if node ids and connection counts are private.
     pub fn health_routes(&self) -> axum::Router {
         axum::Router::new()
             .route("/health/live", get(live))
             .route("/health/ready", get(ready))
+            .route("/health/cluster", get(cluster))
             .with_state(self.clone())
     }
 
@@ -76,4 +79,15 @@ async fn ready(State(server): State<Server>) -> Response {
         _ => StatusCode::SERVICE_UNAVAILABLE,
     };
     (code, server.status(readiness)).into_response()
+}
+
+async fn cluster(State(server): State<Server>) -> Response {
+    let node = server.node_id();
+    match server.hub().nodes().await {
+        Ok(nodes) => Json(serde_json::json!({ "node": node, "nodes": nodes })).into_response(),
+        Err(e) => {
+            let body = serde_json::json!({ "node": node, "error": e.to_string() });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
 }

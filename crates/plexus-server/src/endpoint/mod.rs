@@ -120,6 +120,13 @@ impl Server {
         self.inner.env.shutting_down.store(true, Ordering::Release);
         self.inner.shutdown.cancel();
         self.inner.env.hub.kick_all();
+        // Off the list of nodes now, rather than when its presence lapses.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let hub = self.inner.env.hub.clone();
+            self.inner
+                .tasks
+                .spawn_on(async move { hub.withdraw_node().await }, &runtime);
+        }
     }
 
     /// Completes once every connection has ended after [`Server::shutdown`].

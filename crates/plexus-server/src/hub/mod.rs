@@ -14,7 +14,8 @@
 //! - `builtins.rs`: `$presence` and `$history`;
 //! - `sink.rs`: what the engine hands to this node;
 //! - `filter.rs`: delivery filters;
-//! - `metered_engine.rs`: the engine with its operations counted.
+//! - `metered_engine.rs`: the engine with its operations counted;
+//! - `nodes.rs`: the live nodes of the cluster, each announced by itself.
 
 mod builtins;
 mod cluster;
@@ -25,6 +26,7 @@ mod follow;
 mod join;
 mod local;
 mod metered_engine;
+mod nodes;
 mod pipe;
 mod registry;
 mod remote_stream;
@@ -41,6 +43,7 @@ use serde::de::DeserializeOwned;
 
 pub use error::{HubError, HubErrorKind};
 pub(crate) use follow::Followed;
+pub use nodes::NodeInfo;
 pub(crate) use pipe::publication_of;
 pub use plexus_engine::{Member, Publication};
 pub(crate) use remote_stream::RemoteStream;

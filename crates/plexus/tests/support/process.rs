@@ -77,6 +77,11 @@ impl Proc {
             .expect("plexus runs")
     }
 
+    /// The process id, while it runs.
+    pub(crate) fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// SIGKILL: the process dies without a close frame; the kernel closes its sockets.
     pub(crate) async fn kill(mut self) {
         self.child.kill().await.expect("kill -9");

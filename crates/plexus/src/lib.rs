@@ -28,7 +28,7 @@
 //! | feature | default | what |
 //! | --- | --- | --- |
 //! | `server` | yes | [`server`] (`plexus-server`): router, connections, hub, auth, axum endpoint; and [`sys`], the built-in `sys.*` methods |
-//! | `client` | yes | [`client`] (`plexus-client`): the reconnecting Rust client |
+//! | `client` | yes | [`client`] (`plexus-client`): the reconnecting Rust client; with `server`, [`contract`](mod@contract): APIs declared once as traits |
 //! | `testing` | no | [`testing`]: a test kit for applications (your server in the test's process, clients connected to it, bounded waits) |
 //! | `cli` | no | the `plexus` command (`serve`, `call`, `sub`, `pub`, `token`, ...), with its own dependencies (clap, toml, anyhow, tracing-subscriber) |
 //!
@@ -52,6 +52,12 @@ pub mod sys;
 
 #[cfg(feature = "testing")]
 pub mod testing;
+
+#[cfg(all(feature = "server", feature = "client"))]
+pub mod contract;
+/// Declares a contract: see the [`contract`](mod@contract) module.
+#[cfg(all(feature = "server", feature = "client"))]
+pub use plexus_macros::contract;
 
 #[cfg(feature = "client")]
 pub use plexus_client as client;

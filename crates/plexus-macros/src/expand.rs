@@ -1,0 +1,206 @@
+//! What `#[contract]` writes: the trait with `Send` futures, `<Trait>Contract` (its name, its
+//! methods, a router of an implementation) and `<Trait>Client` (typed calls over a client).
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::ItemTrait;
+use syn::spanned::Spanned;
+
+use crate::model::{Access, Contract, Kind, Method};
+
+pub(crate) fn expand(item: &ItemTrait, contract: &Contract) -> TokenStream {
+    let vis = &item.vis;
+    let ident = &item.ident;
+    let attrs = &item.attrs;
+    let supertraits = &item.supertraits;
+    let plus = (!supertraits.is_empty()).then(|| quote!(+));
+    let name = &contract.name;
+    let contract_ident = format_ident!("{ident}Contract");
+    let client_ident = format_ident!("{ident}Client");
+    let private = quote!(::plexus::contract::__private);
+
+    let trait_methods = contract.methods.iter().map(trait_method);
+    let registrations = contract.methods.iter().map(|m| registration(m, &private));
+    let infos = contract.methods.iter().map(|m| {
+        let wire = &m.wire;
+        let kind = match m.kind {
+            Kind::Request => quote!(Request),
+            Kind::Notification => quote!(Notification),
+            Kind::Stream => quote!(Stream),
+        };
+        quote!(::plexus::contract::MethodInfo {
+            name: #wire,
+            kind: ::plexus::contract::MethodKind::#kind,
+        })
+    });
+    let calls = contract.methods.iter().map(|m| client_method(m, &private));
+    let contract_doc = format!(
+        "The `{name}` contract of [`{ident}`]: its name, its methods, and a router serving an \
+         implementation."
+    );
+    let client_doc =
+        format!("Typed calls of the `{name}` contract ([`{ident}`]) over a `plexus::Client`.");
+
+    quote! {
+        #(#attrs)*
+        #vis trait #ident: #supertraits #plus ::core::marker::Send + ::core::marker::Sync + 'static {
+            #(#trait_methods)*
+        }
+
+        #[doc = #contract_doc]
+        #[derive(Clone, Copy, Debug)]
+        #vis struct #contract_ident;
+
+        impl #contract_ident {
+            /// The contract's name: the prefix of its methods' names on the wire.
+            pub const NAME: &'static str = #name;
+
+            /// Its methods: names on the wire and kinds.
+            pub const METHODS: &'static [::plexus::contract::MethodInfo] = &[#(#infos),*];
+
+            /// A router serving every method of the contract with `implementation`; merge it
+            /// with others (`Router::merge`: a name served twice stops the start, naming it).
+            pub fn router<T: #ident>(implementation: T) -> #private::Router {
+                let implementation = #private::Arc::new(implementation);
+                let router = #private::Router::new();
+                #(#registrations)*
+                router
+            }
+        }
+
+        #[doc = #client_doc]
+        #[derive(Clone, Debug)]
+        #vis struct #client_ident {
+            client: #private::Client,
+        }
+
+        impl #client_ident {
+            /// Typed calls over `client` (a clone shares its connection).
+            pub fn new(client: #private::Client) -> Self {
+                Self { client }
+            }
+
+            /// The client the calls go through.
+            pub fn client(&self) -> &#private::Client {
+                &self.client
+            }
+
+            #(#calls)*
+        }
+    }
+}
+
+/// The method as the trait declares it: a `Send` future, so that a router can run it.
+fn trait_method(method: &Method) -> TokenStream {
+    let Method {
+        ident,
+        context,
+        param,
+        output,
+        attrs,
+        ..
+    } = method;
+    let context = context.as_ref().map(|(name, ty)| quote!(, #name: #ty));
+    let param = param.as_ref().map(|(name, ty)| quote!(, #name: #ty));
+    quote! {
+        #(#attrs)*
+        fn #ident(&self #context #param)
+            -> impl ::core::future::Future<Output = #output> + ::core::marker::Send;
+    }
+}
+
+/// The method registered on the router, with its declared access.
+fn registration(method: &Method, private: &TokenStream) -> TokenStream {
+    let Method {
+        ident, wire, param, ..
+    } = method;
+    let register = match method.kind {
+        Kind::Request => quote!(request),
+        Kind::Notification => quote!(notify),
+        Kind::Stream => quote!(stream),
+    };
+    let (mut pattern, call) = match param {
+        Some((_, ty)) => (quote!(params: #ty), quote!(params)),
+        None => (quote!(_: ()), quote!()),
+    };
+    let call = match &method.context {
+        Some((_, ty)) => {
+            pattern = quote!(context: #ty, #pattern);
+            quote!(implementation.#ident(context, #call))
+        }
+        None => quote!(implementation.#ident(#call)),
+    };
+    let access = match &method.access {
+        Access::Undeclared => quote!(),
+        Access::Public => quote!(.public()),
+        Access::Requires(permission) => quote!(.requires(#permission)),
+    };
+    // Says at the error type itself, not inside the macro's code, when it cannot become an
+    // `RpcError`.
+    let error_check = method.error.as_ref().map(|error| {
+        quote_spanned! {error.span()=>
+            #private::error_into_rpc_error::<#error>();
+        }
+    });
+    quote! {
+        #error_check
+        let router = {
+            let implementation = #private::Arc::clone(&implementation);
+            router.#register(#wire, move |#pattern| {
+                let implementation = #private::Arc::clone(&implementation);
+                async move { #call.await }
+            })
+        } #access;
+    }
+}
+
+/// The typed call on the client stub.
+fn client_method(method: &Method, private: &TokenStream) -> TokenStream {
+    let Method {
+        ident,
+        wire,
+        param,
+        value,
+        attrs,
+        ..
+    } = method;
+    let (arg, params) = match param {
+        Some((name, ty)) => (quote!(, #name: &#ty), quote!(#name)),
+        None => (quote!(), quote!(&())),
+    };
+    match method.kind {
+        Kind::Request => {
+            let doc =
+                format!("Requests `{wire}`; `.await` it for the answer (or set options first).");
+            quote! {
+                #(#attrs)*
+                #[doc = #doc]
+                pub fn #ident(&self #arg) -> #private::Request<'_, #value> {
+                    self.client.request(#wire, #params)
+                }
+            }
+        }
+        Kind::Notification => {
+            let doc = format!("Notifies `{wire}` (no answer comes back).");
+            quote! {
+                #(#attrs)*
+                #[doc = #doc]
+                pub async fn #ident(&self #arg) -> ::core::result::Result<(), #private::CallError> {
+                    self.client.notify(#wire, #params).await
+                }
+            }
+        }
+        Kind::Stream => {
+            let doc = format!(
+                "Opens the stream `{wire}`; `.await` it for its items (dropping it cancels)."
+            );
+            quote! {
+                #(#attrs)*
+                #[doc = #doc]
+                pub fn #ident(&self #arg) -> #private::StreamRequest<'_, #value> {
+                    self.client.stream(#wire, #params)
+                }
+            }
+        }
+    }
+}

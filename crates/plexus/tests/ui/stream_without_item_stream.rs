@@ -1,0 +1,9 @@
+use plexus::{RpcError, contract};
+
+#[contract]
+trait Chat {
+    #[stream]
+    async fn lines(&self) -> Result<Vec<String>, RpcError>;
+}
+
+fn main() {}

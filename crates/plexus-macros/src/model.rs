@@ -129,6 +129,15 @@ impl Method {
     fn read(method: &TraitItemFn, contract: &str) -> syn::Result<Self> {
         let sig = &method.sig;
         let ident = sig.ident.clone();
+        if ident == "new" || ident == "client" {
+            return Err(syn::Error::new(
+                ident.span(),
+                format!(
+                    "`{ident}` is taken by the typed client's own method: name it otherwise, \
+                     and keep its name on the wire with #[rename = \"{ident}\"]"
+                ),
+            ));
+        }
         if sig.asyncness.is_none() {
             return Err(syn::Error::new(
                 sig.fn_token.span(),

@@ -1,5 +1,7 @@
 //! What `#[contract]` writes: the trait with `Send` futures, `<Trait>Contract` (its name, its
-//! methods, a router of an implementation) and `<Trait>Client` (typed calls over a client).
+//! methods, a server router and a client router of an implementation), `<Trait>Client`
+//! (typed calls over a client) and `<Trait>Connection` (typed calls the server makes on a
+//! client).
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
@@ -20,7 +22,10 @@ pub(crate) fn expand(item: &ItemTrait, contract: &Contract) -> TokenStream {
     let private = quote!(::plexus::contract::__private);
 
     let trait_methods = contract.methods.iter().map(trait_method);
-    let registrations = contract.methods.iter().map(|m| registration(m, &private));
+    let registrations = contract
+        .methods
+        .iter()
+        .map(|m| registration(m, &private, false));
     let infos = contract.methods.iter().map(|m| {
         let wire = &m.wire;
         let kind = match m.kind {
@@ -34,6 +39,38 @@ pub(crate) fn expand(item: &ItemTrait, contract: &Contract) -> TokenStream {
         })
     });
     let calls = contract.methods.iter().map(|m| client_method(m, &private));
+    let connection_ident = format_ident!("{ident}Connection");
+    let connection_calls = contract
+        .methods
+        .iter()
+        .map(|m| connection_method(m, &private));
+    let connection_doc = format!(
+        "Typed calls of the `{name}` contract ([`{ident}`]) that the server makes on a client \
+         through its `ConnectionHandle` (the client serves it with \
+         `{contract_ident}::client_router`)."
+    );
+    // A client can serve the contract only when no method needs the server's CallContext.
+    let client_router = contract
+        .methods
+        .iter()
+        .all(|m| m.context.is_none())
+        .then(|| {
+            let registrations = contract
+                .methods
+                .iter()
+                .map(|m| registration(m, &private, true));
+            quote! {
+                /// A client router serving every method of the contract with
+                /// `implementation`, for a contract the server calls on its clients
+                /// (`ClientOptions::router`).
+                pub fn client_router<T: #ident>(implementation: T) -> #private::ClientRouter {
+                    let implementation = #private::Arc::new(implementation);
+                    let router = #private::ClientRouter::new();
+                    #(#registrations)*
+                    router
+                }
+            }
+        });
     let contract_doc = format!(
         "The `{name}` contract of [`{ident}`]: its name, its methods, and a router serving an \
          implementation."
@@ -66,6 +103,28 @@ pub(crate) fn expand(item: &ItemTrait, contract: &Contract) -> TokenStream {
                 #(#registrations)*
                 router
             }
+
+            #client_router
+        }
+
+        #[doc = #connection_doc]
+        #[derive(Clone, Debug)]
+        #vis struct #connection_ident {
+            conn: #private::ConnectionHandle,
+        }
+
+        impl #connection_ident {
+            /// Typed calls on the client of `conn`.
+            pub fn new(conn: #private::ConnectionHandle) -> Self {
+                Self { conn }
+            }
+
+            /// The connection the calls go to.
+            pub fn conn(&self) -> &#private::ConnectionHandle {
+                &self.conn
+            }
+
+            #(#connection_calls)*
         }
 
         #[doc = #client_doc]
@@ -109,8 +168,9 @@ fn trait_method(method: &Method) -> TokenStream {
     }
 }
 
-/// The method registered on the router, with its declared access.
-fn registration(method: &Method, private: &TokenStream) -> TokenStream {
+/// The method registered on the router (the client's when `on_client`), with its declared
+/// access (a client router has none: the server is the only caller).
+fn registration(method: &Method, private: &TokenStream, on_client: bool) -> TokenStream {
     let Method {
         ident, wire, param, ..
     } = method;
@@ -131,6 +191,7 @@ fn registration(method: &Method, private: &TokenStream) -> TokenStream {
         None => quote!(implementation.#ident(#call)),
     };
     let access = match &method.access {
+        _ if on_client => quote!(),
         Access::Undeclared => quote!(),
         Access::Public => quote!(.public()),
         Access::Requires(permission) => quote!(.requires(#permission)),
@@ -199,6 +260,58 @@ fn client_method(method: &Method, private: &TokenStream) -> TokenStream {
                 #[doc = #doc]
                 pub fn #ident(&self #arg) -> #private::StreamRequest<'_, #value> {
                     self.client.stream(#wire, #params)
+                }
+            }
+        }
+    }
+}
+
+/// The typed call the server makes on a client.
+fn connection_method(method: &Method, private: &TokenStream) -> TokenStream {
+    let Method {
+        ident,
+        wire,
+        param,
+        value,
+        attrs,
+        ..
+    } = method;
+    let (arg, params) = match param {
+        Some((name, ty)) => (quote!(, #name: &#ty), quote!(#name)),
+        None => (quote!(), quote!(&())),
+    };
+    match method.kind {
+        Kind::Request => {
+            let doc = format!(
+                "Requests `{wire}` of the client, waiting up to the endpoint's server-call timeout."
+            );
+            quote! {
+                #(#attrs)*
+                #[doc = #doc]
+                pub async fn #ident(&self #arg) -> ::core::result::Result<#value, #private::ServerCallError> {
+                    self.conn.request(#wire, #params).await
+                }
+            }
+        }
+        Kind::Notification => {
+            let doc = format!("Notifies `{wire}` to the client.");
+            quote! {
+                #(#attrs)*
+                #[doc = #doc]
+                pub fn #ident(&self #arg) -> ::core::result::Result<(), #private::ServerCallError> {
+                    self.conn.notify(#wire, #params)
+                }
+            }
+        }
+        Kind::Stream => {
+            let doc = format!("Opens the stream `{wire}` on the client (dropping it cancels).");
+            quote! {
+                #(#attrs)*
+                #[doc = #doc]
+                pub async fn #ident(&self #arg)
+                    -> ::core::result::Result<#private::ClientStream<#value>, #private::ServerCallError>
+                {
+                    self.conn.stream(#wire, #params).await
                 }
             }
         }

@@ -9,7 +9,11 @@
 //!   returns the client's `Request` (set a timeout, then `.await` its answer), a
 //!   notification is sent, a stream returns the client's `StreamRequest` (dropping the
 //!   stream cancels it);
-//! - `<Trait>Contract::NAME` and `METHODS` (names on the wire and kinds).
+//! - `<Trait>Contract::NAME` and `METHODS` (names on the wire and kinds);
+//! - for a contract the server calls on its clients: `<Trait>Contract::client_router`
+//!   (a `plexus::client::Router` the client serves it with; there when no method takes a
+//!   `CallContext`) and `<Trait>Connection::new(conn)`, typed calls through a server-side
+//!   [`ConnectionHandle`](crate::ConnectionHandle).
 //!
 //! A method is a request (`-> Result<T, E>`, `E` into [`RpcError`](crate::RpcError): its code
 //! and data reach the caller), a `#[notification]` (returns nothing), or a `#[stream]`
@@ -99,8 +103,8 @@ pub enum MethodKind {
 /// What the code `#[contract]` writes uses; not for use by hand.
 #[doc(hidden)]
 pub mod __private {
-    pub use plexus_client::{CallError, Client, Request, StreamRequest};
-    pub use plexus_server::Router;
+    pub use plexus_client::{CallError, Client, Request, Router as ClientRouter, StreamRequest};
+    pub use plexus_server::{CallError as ServerCallError, ClientStream, ConnectionHandle, Router};
     pub use std::sync::Arc;
 
     /// Fails to compile, at the type, when a method's error cannot become an `RpcError`.

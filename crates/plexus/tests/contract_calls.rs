@@ -2,7 +2,8 @@
 //! called through their typed client stubs over real sockets: every kind of method, typed
 //! application errors with their code and data, a stream cancelled by dropping it, a
 //! timeout that cancels on the server, two contracts on one connection, the call's context,
-//! declared permissions under strict mode, and a name served twice refused at start.
+//! declared permissions under strict mode, a name served twice refused at start, and a
+//! contract the server calls on its clients (served by the client's router).
 
 mod support;
 
@@ -302,4 +303,62 @@ fn a_name_served_twice_stops_the_start_naming_it() {
             .merge(PresenceContract::router(Counter))
     });
     assert!(other.is_err());
+}
+
+/// What the server asks of its clients.
+#[contract]
+trait Device {
+    /// "Are you there?"
+    async fn are_you_there(&self) -> Result<bool, RpcError>;
+
+    #[notification]
+    async fn new_message(&self, line: Line);
+
+    #[stream]
+    async fn readings(&self, count: u32) -> Result<ItemStream<u32>, RpcError>;
+}
+
+struct Phone {
+    messages: mpsc::UnboundedSender<Line>,
+}
+
+impl Device for Phone {
+    async fn are_you_there(&self) -> Result<bool, RpcError> {
+        Ok(true)
+    }
+
+    async fn new_message(&self, line: Line) {
+        let _ = self.messages.send(line);
+    }
+
+    async fn readings(&self, count: u32) -> Result<ItemStream<u32>, RpcError> {
+        Ok(Box::pin(futures_util::stream::iter((1..=count).map(Ok))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_calls_a_contract_its_client_serves() {
+    let (builder, mut conns) = support::with_connect_hook(Server::builder());
+    let server = start_with(builder).await;
+    let (messages, mut received) = mpsc::unbounded_channel();
+    let url = format!("ws://{}/ws", server.addr);
+    let options =
+        ClientOptions::default().router(DeviceContract::client_router(Phone { messages }));
+    let _client = plexus::connect(&url, options).await.expect("connect");
+    let device = DeviceConnection::new(recv(&mut conns, "the connection").await);
+    assert!(device.are_you_there().await.expect("an answer"));
+    let line = Line {
+        room: "r".into(),
+        text: "for you".into(),
+    };
+    device.new_message(&line).expect("sent");
+    assert_eq!(recv(&mut received, "the notification").await, line);
+    let readings: Vec<u32> = device
+        .readings(&3)
+        .await
+        .expect("open")
+        .map(|reading| reading.expect("a reading"))
+        .collect()
+        .await;
+    assert_eq!(readings, [1, 2, 3]);
 }

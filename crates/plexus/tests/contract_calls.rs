@@ -2,8 +2,9 @@
 //! called through their typed client stubs over real sockets: every kind of method, typed
 //! application errors with their code and data, a stream cancelled by dropping it, a
 //! timeout that cancels on the server, two contracts on one connection, the call's context,
-//! declared permissions under strict mode, a name served twice refused at start, and a
-//! contract the server calls on its clients (served by the client's router).
+//! declared permissions under strict mode, a name served twice refused at start, a contract
+//! the server calls on its clients (served by the client's router), and one provided through
+//! a relay by two provider processes' clients, called round-robin and pinned to a node.
 
 mod support;
 
@@ -361,4 +362,54 @@ async fn the_server_calls_a_contract_its_client_serves() {
         .collect()
         .await;
     assert_eq!(readings, [1, 2, 3]);
+}
+
+/// A service provided through a relay.
+#[contract]
+trait Greeting {
+    async fn hello(&self, name: String) -> Result<String, RpcError>;
+}
+
+struct Greeter(&'static str);
+
+impl Greeting for Greeter {
+    async fn hello(&self, name: String) -> Result<String, RpcError> {
+        Ok(format!("hello {name}, from {}", self.0))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contract_provided_through_a_relay_is_called_by_its_typed_client() {
+    let relay = start_with(Server::builder().relay(plexus::server::RelayConfig::default())).await;
+    let url = format!("ws://{}/ws", relay.addr);
+    let mut providers = Vec::new();
+    for node in ["a", "b"] {
+        let options = ClientOptions::default()
+            .router(GreetingContract::client_router(Greeter(node)))
+            .provide(node, [GreetingContract::NAME]);
+        providers.push(plexus::connect(&url, options).await.expect("a provider"));
+    }
+    let caller = plexus::connect(&url, ClientOptions::default())
+        .await
+        .expect("the caller");
+    let mut watch = caller.watch_services().await.expect("watch");
+    support::within("both providers", async {
+        while watch.nodes_of("Greeting").len() < 2 {
+            watch.next().await.expect("watch open").expect("an event");
+        }
+    })
+    .await;
+    let greeting = GreetingClient::new(caller);
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        answers.push(greeting.hello(&"ada".to_owned()).await.expect("an answer"));
+    }
+    answers.sort();
+    assert_eq!(answers, ["hello ada, from a", "hello ada, from b"]);
+    let pinned = greeting
+        .hello(&"bo".to_owned())
+        .node("b")
+        .await
+        .expect("pinned");
+    assert_eq!(pinned, "hello bo, from b");
 }

@@ -229,6 +229,9 @@ fn client_method(method: &Method, private: &TokenStream) -> TokenStream {
         Some((name, ty)) => (quote!(, #name: &#ty), quote!(#name)),
         None => (quote!(), quote!(&())),
     };
+    let timeout = method
+        .timeout_ms
+        .map(|ms| quote!(.timeout(::core::time::Duration::from_millis(#ms))));
     match method.kind {
         Kind::Request => {
             let doc =
@@ -237,7 +240,7 @@ fn client_method(method: &Method, private: &TokenStream) -> TokenStream {
                 #(#attrs)*
                 #[doc = #doc]
                 pub fn #ident(&self #arg) -> #private::Request<'_, #value> {
-                    self.client.request(#wire, #params)
+                    self.client.request(#wire, #params) #timeout
                 }
             }
         }
@@ -259,7 +262,7 @@ fn client_method(method: &Method, private: &TokenStream) -> TokenStream {
                 #(#attrs)*
                 #[doc = #doc]
                 pub fn #ident(&self #arg) -> #private::StreamRequest<'_, #value> {
-                    self.client.stream(#wire, #params)
+                    self.client.stream(#wire, #params) #timeout
                 }
             }
         }
@@ -285,11 +288,19 @@ fn connection_method(method: &Method, private: &TokenStream) -> TokenStream {
             let doc = format!(
                 "Requests `{wire}` of the client, waiting up to the endpoint's server-call timeout."
             );
+            let call = match method.timeout_ms {
+                Some(ms) => quote! {
+                    self.conn
+                        .request_timeout(#wire, #params, ::core::time::Duration::from_millis(#ms))
+                        .await
+                },
+                None => quote!(self.conn.request(#wire, #params).await),
+            };
             quote! {
                 #(#attrs)*
                 #[doc = #doc]
                 pub async fn #ident(&self #arg) -> ::core::result::Result<#value, #private::ServerCallError> {
-                    self.conn.request(#wire, #params).await
+                    #call
                 }
             }
         }

@@ -42,6 +42,8 @@ pub(crate) struct Method {
     /// A request's or a stream's error type (`E` of its `Result`).
     pub(crate) error: Option<Type>,
     pub(crate) access: Access,
+    /// A deadline of its own, in milliseconds (`#[timeout_ms = N]`), for callers' stubs.
+    pub(crate) timeout_ms: Option<u64>,
     /// Attributes the macro does not read (docs, `deprecated`), kept on both sides.
     pub(crate) attrs: Vec<Attribute>,
 }
@@ -60,7 +62,7 @@ const OWN: [&str; 6] = [
     "public",
     "requires",
     "rename",
-    "name",
+    "timeout_ms",
 ];
 
 /// `item` with the macro's own attributes taken off its methods (for a trait that failed to
@@ -217,6 +219,7 @@ impl Method {
         let mut kind = Kind::Request;
         let mut access = Access::Undeclared;
         let mut wire = format!("{contract}.{ident}");
+        let mut timeout_ms = None;
         let mut attrs = Vec::new();
         for attr in &method.attrs {
             let path = attr.path();
@@ -239,6 +242,22 @@ impl Method {
             } else if path.is_ident("requires") {
                 let permission: LitStr = attr.parse_args()?;
                 set_access(&mut access, Access::Requires(permission), attr.span())?;
+            } else if path.is_ident("timeout_ms") {
+                let value = &attr.meta.require_name_value()?.value;
+                let millis = match value {
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Int(millis),
+                        ..
+                    }) => millis.base10_parse::<u64>().ok().filter(|ms| *ms > 0),
+                    _ => None,
+                };
+                let Some(millis) = millis else {
+                    return Err(syn::Error::new(
+                        value.span(),
+                        "#[timeout_ms = N] takes a number of milliseconds above 0",
+                    ));
+                };
+                timeout_ms = Some(millis);
             } else if path.is_ident("rename") {
                 let value = &attr.meta.require_name_value()?.value;
                 let syn::Expr::Lit(syn::ExprLit {
@@ -316,6 +335,7 @@ impl Method {
             value,
             error,
             access,
+            timeout_ms,
             attrs,
         })
     }

@@ -76,6 +76,11 @@ trait Chat {
     /// Only for admins.
     #[requires("chat:admin")]
     async fn purge(&self) -> Result<(), RpcError>;
+
+    /// Like `sleepFor`, with a deadline of its own on callers' stubs.
+    #[public]
+    #[timeout_ms = 100]
+    async fn nap(&self, millis: u64) -> Result<(), RpcError>;
 }
 
 /// Presence, a second contract on the same connection.
@@ -160,6 +165,10 @@ impl Chat for Room {
 
     async fn purge(&self) -> Result<(), RpcError> {
         Ok(())
+    }
+
+    async fn nap(&self, millis: u64) -> Result<(), RpcError> {
+        self.sleep(millis).await
     }
 }
 
@@ -268,6 +277,10 @@ async fn dropping_a_stream_cancels_it_and_a_timeout_cancels_the_call() {
     assert_eq!(*error.code(), ErrorCode::TIMEOUT);
     assert_eq!(recv(&mut seen, "the cancel").await, Seen::SleepCancelled);
     chat.sleep(&1).await.expect("a short one answers");
+    // A method's own deadline (#[timeout_ms = 100]) needs nothing of the caller.
+    let error = chat.nap(&60_000).await.expect_err("its deadline");
+    assert_eq!(*error.code(), ErrorCode::TIMEOUT);
+    assert_eq!(recv(&mut seen, "the cancel").await, Seen::SleepCancelled);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

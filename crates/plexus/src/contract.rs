@@ -19,8 +19,9 @@
 //! and data reach the caller), a `#[notification]` (returns nothing), or a `#[stream]`
 //! (`-> Result<ItemStream<T>, E>`). It takes `&self`, optionally the call's
 //! [`CallContext`](crate::CallContext) first (the caller does not send it), and one parameter
-//! at most (several go in a struct). `#[public]` or `#[requires("permission")]` declare who may call it (strict
-//! mode needs one); other attributes (docs, `#[deprecated]`) are kept on both sides.
+//! at most (several go in a struct). `#[public]` or `#[requires("permission")]` declare who
+//! may call it (strict mode needs one); `#[timeout_ms = N]` gives it a deadline of its own on
+//! callers' stubs; other attributes (docs, `#[deprecated]`) are kept on both sides.
 //!
 //! ```
 //! use plexus::contract::ItemStream;

@@ -484,13 +484,14 @@ export class Client {
   }
 
   /**
-   * The WebSocket to open with, and whether it takes headers: any but the runtime's global
-   * one (which takes none, in browsers and Node 22+) is taken to be Node's `ws` or alike.
+   * The WebSocket to open with, and whether it takes headers: Node's `ws` does (known by its
+   * `terminate`, which browsers' WebSocket lacks; subclasses included); the global one of
+   * browsers and Node 22+, and anything else, are not trusted to.
    */
   async #webSocket(): Promise<{ WS: WebSocketConstructor; takesHeaders: boolean }> {
     const global = (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     const given = this.#options.WebSocket;
-    if (given) return { WS: given, takesHeaders: given !== global };
+    if (given) return { WS: given, takesHeaders: typeof given.prototype?.terminate === "function" };
     if (global) return { WS: global, takesHeaders: false };
     const name = "ws"; // Node without a global WebSocket (before 22)
     try {

@@ -25,9 +25,8 @@ export interface ClientOptions {
    * an `Authorization: Bearer` header. A header needs a WebSocket that takes headers, as
    * Node's `ws` does (pass it as `WebSocket` where a global one exists: browsers and Node
    * 22+ cannot send headers); a token a header cannot carry, or `helloData`, sends it in
-   * `hello` instead. Default: a header where the WebSocket takes one (the `ws` the client
-   * loads under Node 20, or any `WebSocket` passed other than the runtime's global one),
-   * else the `hello`.
+   * `hello` instead. Default: a header where the WebSocket takes one (Node's `ws`, loaded by
+   * the client under Node 20 or passed as `WebSocket`), else the `hello`.
    */
   tokenIn?: "hello" | "query" | "header";
   /** Application data for the server's authenticator (the `hello` frame's `data`). */

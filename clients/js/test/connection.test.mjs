@@ -145,9 +145,14 @@ test("by default the credential goes in a header where the WebSocket takes one, 
   assert.equal(await inHeader.request("sys.echo", "h"), "h");
   inHeader.close();
   assert.match(opened[0].headers?.authorization ?? "", /^Bearer /);
-  // The runtime's global WebSocket (a browser's, say): no header, the hello carries it.
+  // A WebSocket that is not `ws` (a browser's, a wrapper): no header, the hello carries it.
   const saved = globalThis.WebSocket;
-  globalThis.WebSocket = Recording;
+  globalThis.WebSocket = class Browserish {
+    constructor(url, protocols, options) {
+      opened.push({ url, headers: options?.headers });
+      return new WebSocket(url, protocols);
+    }
+  };
   try {
     const inHello = await connect(server.url, { token: token("hello") });
     assert.equal(await inHello.request("sys.echo", "w"), "w");

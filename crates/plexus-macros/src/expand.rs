@@ -63,7 +63,8 @@ pub(crate) fn expand(item: &ItemTrait, contract: &Contract) -> TokenStream {
                 /// A client router serving every method of the contract with
                 /// `implementation`, for a contract the server calls on its clients
                 /// (`ClientOptions::router`).
-                pub fn client_router<T: #ident>(implementation: T) -> #private::ClientRouter {
+                #[allow(deprecated)] // a deprecated method is still served
+                pub fn client_router(implementation: impl #ident) -> #private::ClientRouter {
                     let implementation = #private::Arc::new(implementation);
                     let router = #private::ClientRouter::new();
                     #(#registrations)*
@@ -97,7 +98,8 @@ pub(crate) fn expand(item: &ItemTrait, contract: &Contract) -> TokenStream {
 
             /// A router serving every method of the contract with `implementation`; merge it
             /// with others (`Router::merge`: a name served twice stops the start, naming it).
-            pub fn router<T: #ident>(implementation: T) -> #private::Router {
+            #[allow(deprecated)] // a deprecated method is still served
+            pub fn router(implementation: impl #ident) -> #private::Router {
                 let implementation = #private::Arc::new(implementation);
                 let router = #private::Router::new();
                 #(#registrations)*

@@ -19,7 +19,7 @@ pub fn contract(args: TokenStream, item: TokenStream) -> TokenStream {
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("name") {
             let value: syn::LitStr = meta.value()?.parse()?;
-            name = Some(value.value());
+            name = Some((value.value(), value.span()));
             Ok(())
         } else {
             Err(meta.error("#[contract] takes `name = \"...\"` (the prefix on the wire) only"))

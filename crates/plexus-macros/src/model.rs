@@ -2,6 +2,9 @@
 //! act on, each pointing at the method (or attribute) at fault.
 
 use proc_macro2::Span;
+use proc_macro2::{TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{
     Attribute, FnArg, GenericArgument, Ident, ItemTrait, LitStr, PathArguments, ReturnType,
@@ -80,14 +83,26 @@ pub(crate) fn without_own_attributes(mut item: ItemTrait) -> ItemTrait {
 
 impl Contract {
     /// Reads `item`, named `name` on the wire (the trait's name unless given).
-    pub(crate) fn read(item: &ItemTrait, name: Option<String>) -> syn::Result<Self> {
-        if !item.generics.params.is_empty() {
+    pub(crate) fn read(item: &ItemTrait, name: Option<(String, Span)>) -> syn::Result<Self> {
+        if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
             return Err(syn::Error::new(
                 item.generics.span(),
                 "a contract cannot be generic: its methods' types are the wire format",
             ));
         }
-        let name = name.unwrap_or_else(|| item.ident.to_string());
+        if let Some(unsafety) = item.unsafety {
+            return Err(syn::Error::new(
+                unsafety.span(),
+                "a contract is not an unsafe trait",
+            ));
+        }
+        let name = match name {
+            Some((name, span)) => {
+                check_wire_name(&name, span)?;
+                name
+            }
+            None => item.ident.unraw().to_string(),
+        };
         let mut methods: Vec<Method> = Vec::new();
         let mut errors: Option<syn::Error> = None;
         for entry in &item.items {
@@ -131,11 +146,14 @@ impl Method {
     fn read(method: &TraitItemFn, contract: &str) -> syn::Result<Self> {
         let sig = &method.sig;
         let ident = sig.ident.clone();
-        if ident == "new" || ident == "client" {
+        if ["new", "client", "conn", "clone"]
+            .iter()
+            .any(|taken| ident == taken)
+        {
             return Err(syn::Error::new(
                 ident.span(),
                 format!(
-                    "`{ident}` is taken by the typed client's own method: name it otherwise, \
+                    "`{ident}` is taken by the typed stubs' own methods: name it otherwise, \
                      and keep its name on the wire with #[rename = \"{ident}\"]"
                 ),
             ));
@@ -188,6 +206,12 @@ impl Method {
             };
             typed.push((name.ident.clone(), (*arg.ty).clone()));
         }
+        for (_, ty) in &typed {
+            owned(ty)?;
+        }
+        if let ReturnType::Type(_, ty) = &sig.output {
+            owned(ty)?;
+        }
         let mut typed = typed.into_iter().peekable();
         let context = typed.next_if(|(_, ty)| is_context(ty));
         let param = typed.next();
@@ -218,7 +242,8 @@ impl Method {
 
         let mut kind = Kind::Request;
         let mut access = Access::Undeclared;
-        let mut wire = format!("{contract}.{ident}");
+        let mut wire = format!("{contract}.{}", ident.unraw());
+        let mut renamed = false;
         let mut timeout_ms = None;
         let mut attrs = Vec::new();
         for attr in &method.attrs {
@@ -241,6 +266,12 @@ impl Method {
                 set_access(&mut access, Access::Public, attr.span())?;
             } else if path.is_ident("requires") {
                 let permission: LitStr = attr.parse_args()?;
+                if permission.value().trim().is_empty() {
+                    return Err(syn::Error::new(
+                        permission.span(),
+                        "#[requires(\"...\")] names a permission",
+                    ));
+                }
                 set_access(&mut access, Access::Requires(permission), attr.span())?;
             } else if path.is_ident("timeout_ms") {
                 let value = &attr.meta.require_name_value()?.value;
@@ -270,6 +301,10 @@ impl Method {
                         "#[rename = \"name\"] takes a string",
                     ));
                 };
+                if std::mem::replace(&mut renamed, true) {
+                    return Err(syn::Error::new(attr.span(), "one #[rename] per method"));
+                }
+                check_wire_name(&name.value(), name.span())?;
                 wire = format!("{contract}.{}", name.value());
             } else {
                 attrs.push(attr.clone());
@@ -396,4 +431,46 @@ fn result_ok(ty: &Type) -> Option<&Type> {
 /// `T` of `ItemStream<T>` (or `ItemStream<T, E>`).
 fn stream_item(ty: &Type) -> Option<&Type> {
     generic_of(ty, "ItemStream")
+}
+
+/// Refuses a wire name the server could not serve: empty, with spaces, or reserved (`$`).
+fn check_wire_name(name: &str, span: Span) -> syn::Result<()> {
+    if name.is_empty() || name.starts_with('$') || name.chars().any(char::is_whitespace) {
+        return Err(syn::Error::new(
+            span,
+            "a name on the wire is not empty, has no spaces, and does not start with `$` \
+             (reserved for the protocol's own)",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a type that borrows or hides what it is: values cross the wire, so they are
+/// owned (`DeserializeOwned`) and named.
+fn owned(ty: &Type) -> syn::Result<()> {
+    fn walk(tokens: TokenStream) -> Option<TokenTree> {
+        for token in tokens {
+            match &token {
+                TokenTree::Punct(p) if p.as_char() == '&' || p.as_char() == '\'' => {
+                    return Some(token);
+                }
+                TokenTree::Ident(i) if i == "impl" || i == "dyn" => return Some(token),
+                TokenTree::Group(g) => {
+                    if let Some(found) = walk(g.stream()) {
+                        return Some(found);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+    match walk(ty.to_token_stream()) {
+        Some(found) => Err(syn::Error::new(
+            found.span(),
+            "values cross the wire: parameter and result types are owned and named (no \
+             references, lifetimes, `impl` or `dyn`: `String`, not `&str`)",
+        )),
+        None => Ok(()),
+    }
 }

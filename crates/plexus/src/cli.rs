@@ -383,7 +383,9 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     if api_key.is_some() {
         tracing::info!("HTTP API on http://{local}/api");
     }
-    tracing::info!("health checks on http://{local}/health/live and /health/ready");
+    tracing::info!(
+        "health checks on http://{local}/health/live, /health/ready and /health/cluster"
+    );
     if metrics.is_some() {
         tracing::info!("Prometheus metrics on http://{local}/metrics");
     }

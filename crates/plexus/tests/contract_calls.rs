@@ -81,6 +81,15 @@ trait Chat {
     #[public]
     #[timeout_ms = 100]
     async fn nap(&self, millis: u64) -> Result<(), RpcError>;
+
+    /// An old name, still served (a deprecated method compiles without warnings here).
+    #[public]
+    #[deprecated = "use send"]
+    async fn post(&self, line: Line) -> Result<Sent, ChatError>;
+
+    /// A raw identifier: `Chat.type` on the wire.
+    #[public]
+    async fn r#type(&self) -> Result<String, RpcError>;
 }
 
 /// Presence, a second contract on the same connection.
@@ -170,6 +179,14 @@ impl Chat for Room {
     async fn nap(&self, millis: u64) -> Result<(), RpcError> {
         self.sleep(millis).await
     }
+
+    async fn post(&self, line: Line) -> Result<Sent, ChatError> {
+        self.send(line).await
+    }
+
+    async fn r#type(&self) -> Result<String, RpcError> {
+        Ok("chat".into())
+    }
 }
 
 struct Counter;
@@ -236,6 +253,8 @@ async fn every_kind_of_method_over_one_connection_with_two_contracts() {
         }]
     );
     assert_eq!(ChatContract::NAME, "Chat");
+    assert_eq!(chat.r#type().await.expect("type"), "chat");
+    assert!(ChatContract::METHODS.iter().any(|m| m.name == "Chat.type"));
     assert!(
         ChatContract::METHODS
             .iter()

@@ -235,7 +235,7 @@ impl ServerBuilder {
         });
         let hub = Hub::with_engine(self.namespaces, engine, &node);
         let shutdown = CancellationToken::new();
-        hub.announce_node(
+        let announcing = hub.announce_node(
             NodeInfo::starting(&node, self.relay.is_some()),
             shutdown.clone(),
         );
@@ -261,6 +261,8 @@ impl ServerBuilder {
                 env: Arc::new(env),
                 config: self.config,
                 shutdown,
+                announcing: std::sync::Mutex::new(announcing),
+                nodes: tokio::sync::Mutex::new(None),
                 tasks: TaskTracker::new(),
                 limiter,
                 raw,

@@ -48,8 +48,9 @@ impl Server {
     /// included) and `GET /health/ready` (200 when [`Readiness::Ready`], 503 otherwise), each
     /// with a JSON body `{"status", "node", "connections"}` (`status`: `ready`, `draining` or
     /// `engine_unavailable`), and `GET /health/cluster`: `{"node", "nodes": [{"node",
-    /// "relay", "started_at"}]}`, the live nodes of the cluster (see `Hub::nodes`), or 503
-    /// with `{"node", "error"}` while the engine cannot say. Unauthenticated: merge it on a
+    /// "relay", "started_at"}]}`, the live nodes of the cluster (see `Hub::nodes`; read from
+    /// the engine at most once a second), or 503 with `{"node", "error"}` while the engine
+    /// cannot say. Unauthenticated: merge it on a
     /// port only your infrastructure reaches if node ids and connection counts are private.
     pub fn health_routes(&self) -> axum::Router {
         axum::Router::new()
@@ -81,13 +82,32 @@ async fn ready(State(server): State<Server>) -> Response {
     (code, server.status(readiness)).into_response()
 }
 
+/// How long `/health/cluster` answers from what it last read: however often it is asked,
+/// the engine is asked at most once per this.
+const NODES_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn cluster(State(server): State<Server>) -> Response {
     let node = server.node_id();
-    match server.hub().nodes().await {
-        Ok(nodes) => Json(serde_json::json!({ "node": node, "nodes": nodes })).into_response(),
-        Err(e) => {
-            let body = serde_json::json!({ "node": node, "error": e.to_string() });
-            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-        }
-    }
+    // One reader at a time: the others wait for its answer and share it.
+    let mut cached = server.inner.nodes.lock().await;
+    let now = tokio::time::Instant::now();
+    let fresh = cached
+        .as_ref()
+        .filter(|(at, _)| now.duration_since(*at) < NODES_FRESH);
+    let nodes = match fresh {
+        Some((_, nodes)) => nodes.clone(),
+        None => match server.hub().nodes().await {
+            Ok(nodes) => {
+                *cached = Some((now, nodes.clone()));
+                nodes
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the nodes");
+                let body =
+                    serde_json::json!({ "node": node, "error": "the engine cannot say now" });
+                return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+            }
+        },
+    };
+    Json(serde_json::json!({ "node": node, "nodes": nodes })).into_response()
 }

@@ -43,6 +43,17 @@ struct ServerInner {
     limiter: ConnectionLimiter,
     /// The raw socket endpoints (see `Server::raw_routes`).
     raw: Vec<raw::ServedRaw>,
+    /// The task announcing this node among the nodes, until it is done.
+    announcing: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The nodes `/health/cluster` last read from the engine, and when.
+    nodes: tokio::sync::Mutex<Option<(tokio::time::Instant, Vec<crate::hub::NodeInfo>)>>,
+}
+
+impl Drop for ServerInner {
+    fn drop(&mut self) {
+        // A server dropped without a shutdown stops announcing itself.
+        self.shutdown.cancel();
+    }
 }
 
 /// A plexus server: a router of methods and an endpoint configuration. Cheap to clone.
@@ -120,12 +131,18 @@ impl Server {
         self.inner.env.shutting_down.store(true, Ordering::Release);
         self.inner.shutdown.cancel();
         self.inner.env.hub.kick_all();
-        // Off the list of nodes now, rather than when its presence lapses.
+        // Off the list of nodes now, rather than when its presence lapses: once the
+        // announcement has stopped, so that it cannot come after.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let hub = self.inner.env.hub.clone();
-            self.inner
-                .tasks
-                .spawn_on(async move { hub.withdraw_node().await }, &runtime);
+            let announcing = self.inner.announcing.lock().ok().and_then(|mut a| a.take());
+            let withdraw = async move {
+                if let Some(announcing) = announcing {
+                    let _ = announcing.await;
+                }
+                hub.withdraw_node().await;
+            };
+            self.inner.tasks.spawn_on(withdraw, &runtime);
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use plexus_engine::Member;
 use plexus_protocol::{Codec, Payload};
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Hub, HubError};
@@ -23,8 +24,10 @@ pub struct NodeInfo {
     /// The node's id.
     pub node: String,
     /// Whether the node is a relay.
+    #[serde(default)]
     pub relay: bool,
     /// When it started, in milliseconds since the Unix epoch.
+    #[serde(default)]
     pub started_at: u64,
 }
 
@@ -44,8 +47,9 @@ impl NodeInfo {
 
 impl Hub {
     /// The live nodes of the cluster, this one included once it has announced itself
-    /// (just after it starts), sorted by id. A node that dies leaves the list within the
-    /// engine's presence TTL.
+    /// (just after it is built, when built within a tokio runtime), sorted by id. A node
+    /// that dies leaves the list within the engine's presence TTL (Redis, NATS; the memory
+    /// engine has none: a peer dropped without `Server::shutdown` stays listed).
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, HubError> {
         let members = self.members_of(NODES).await?;
         let mut nodes: Vec<NodeInfo> = members
@@ -57,11 +61,16 @@ impl Hub {
     }
 
     /// Announces this node in the background, again each second while the engine refuses,
-    /// until it is done or `stop` is cancelled. Needs a tokio runtime.
-    pub(crate) fn announce_node(&self, info: NodeInfo, stop: CancellationToken) {
+    /// until it is done or `stop` is cancelled (then nothing more is added). Needs a tokio
+    /// runtime.
+    pub(crate) fn announce_node(
+        &self,
+        info: NodeInfo,
+        stop: CancellationToken,
+    ) -> Option<JoinHandle<()>> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("without a tokio runtime, this node is not listed among the nodes");
-            return;
+            return None;
         };
         let member = Member {
             user: None,
@@ -69,22 +78,24 @@ impl Hub {
             info: Payload::encode(Codec::Json, &info).ok(),
         };
         let hub = self.clone();
-        runtime.spawn(async move {
+        Some(runtime.spawn(async move {
             loop {
                 let announced = tokio::select! {
-                    announced = hub.add_member_to(NODES, &member) => announced,
+                    biased;
                     () = stop.cancelled() => return,
+                    announced = hub.add_member_to(NODES, &member) => announced,
                 };
                 match announced {
                     Ok(()) => return,
                     Err(e) => tracing::warn!(error = %e, "cannot announce this node; retrying"),
                 }
                 tokio::select! {
-                    () = tokio::time::sleep(RETRY) => {}
+                    biased;
                     () = stop.cancelled() => return,
+                    () = tokio::time::sleep(RETRY) => {}
                 }
             }
-        });
+        }))
     }
 
     /// Takes this node off the list now, rather than when its presence lapses (which it

@@ -217,6 +217,14 @@ fn registration(method: &Method, private: &TokenStream, on_client: bool) -> Toke
     }
 }
 
+/// A stub's parameter (taken by reference) and what it sends (`&()` for none: `null`).
+fn call_args(param: &Option<(syn::Ident, syn::Type)>) -> (TokenStream, TokenStream) {
+    match param {
+        Some((name, ty)) => (quote!(, #name: &#ty), quote!(#name)),
+        None => (quote!(), quote!(&())),
+    }
+}
+
 /// The typed call on the client stub.
 fn client_method(method: &Method, private: &TokenStream) -> TokenStream {
     let Method {
@@ -227,10 +235,7 @@ fn client_method(method: &Method, private: &TokenStream) -> TokenStream {
         attrs,
         ..
     } = method;
-    let (arg, params) = match param {
-        Some((name, ty)) => (quote!(, #name: &#ty), quote!(#name)),
-        None => (quote!(), quote!(&())),
-    };
+    let (arg, params) = call_args(param);
     let timeout = method
         .timeout_ms
         .map(|ms| quote!(.timeout(::core::time::Duration::from_millis(#ms))));
@@ -281,10 +286,7 @@ fn connection_method(method: &Method, private: &TokenStream) -> TokenStream {
         attrs,
         ..
     } = method;
-    let (arg, params) = match param {
-        Some((name, ty)) => (quote!(, #name: &#ty), quote!(#name)),
-        None => (quote!(), quote!(&())),
-    };
+    let (arg, params) = call_args(param);
     match method.kind {
         Kind::Request => {
             let doc = format!(

@@ -92,14 +92,7 @@ async fn the_first_acceptable_offer_of_a_list_is_agreed_and_used() {
     within("welcome", read_raw_frame_with_flags(&mut socket, &mut buf))
         .await
         .expect("welcome");
-    let request = json!({"t": "req", "id": 1, "m": "sys.echo", "d": "a".repeat(4000)});
-    within(
-        "send",
-        socket.write_all(&masked_text(request.to_string().as_bytes())),
-    )
-    .await
-    .expect("write");
-    let (compressed, payload) = next_text_frame(&mut socket, &mut buf).await;
+    let (compressed, payload) = echo_on(&mut socket, &mut buf, 4000).await;
     assert!(
         compressed && payload.len() < 1000,
         "{compressed} {}",
@@ -125,6 +118,23 @@ async fn next_text_frame(socket: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) 
     }
 }
 
+/// Sends an uncompressed `sys.echo` of `size` characters on an upgraded socket; the reply
+/// frame's RSV1 bit and payload.
+async fn echo_on(
+    socket: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    size: usize,
+) -> (bool, Vec<u8>) {
+    let request = json!({"t": "req", "id": 1, "m": "sys.echo", "d": "a".repeat(size)});
+    within(
+        "send",
+        socket.write_all(&masked_text(request.to_string().as_bytes())),
+    )
+    .await
+    .expect("write");
+    next_text_frame(socket, buf).await
+}
+
 /// Sends an uncompressed `sys.echo` of `size` characters on a raw upgraded socket and
 /// returns the RSV1 bit and length of the reply frame.
 async fn echo_frame(compression: Compression, size: usize) -> (bool, usize) {
@@ -139,14 +149,7 @@ async fn echo_frame(compression: Compression, size: usize) -> (bool, usize) {
     let welcome: Value = serde_json::from_slice(&payload).expect("json");
     assert_eq!(welcome["t"], "welcome");
 
-    let request = json!({"t": "req", "id": 1, "m": "sys.echo", "d": "a".repeat(size)});
-    within(
-        "send",
-        socket.write_all(&masked_text(request.to_string().as_bytes())),
-    )
-    .await
-    .expect("write");
-    let (compressed, payload) = next_text_frame(&mut socket, &mut buf).await;
+    let (compressed, payload) = echo_on(&mut socket, &mut buf, size).await;
     (compressed, payload.len())
 }
 

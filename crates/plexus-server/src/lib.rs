@@ -66,7 +66,7 @@ pub use config::{Compression, EndpointConfig, Limits};
 pub use conn::{ClientStream, CloseReason, ConnectionHandle, DisconnectReason, RawMessage};
 pub use endpoint::{
     BuildError, DEFAULT_AUTH_COOKIE, Readiness, Server, ServerBuilder, StrictModeError,
-    check_strict,
+    check_strict, random_node_id,
 };
 pub use error::{CallError, RpcError};
 pub use guard::{

@@ -317,15 +317,20 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     let mut builder = file
         .server_builder(endpoint.clone(), args.jwt_secret.as_deref())
         .map_err(anyhow::Error::msg)?;
-    if let Some(node) = args.node_id.or(file.node_id.clone()) {
-        builder = builder.node_id(node);
-    }
+    let node = args
+        .node_id
+        .or(file.node_id.clone())
+        .unwrap_or_else(plexus_server::random_node_id);
+    builder = builder.node_id(&node);
     let choice = file
         .engine
         .choose(args.engine.as_deref())
         .map_err(anyhow::Error::msg)?;
     let cluster = engine::ClusterEngine::connect(choice).await?;
     if let Some(cluster) = &cluster {
+        // Before the server is built: a built server announces itself among the nodes, and
+        // a second process given a live node's id must not.
+        cluster.claim_node(&node).await?;
         builder = builder.engine(cluster.engine());
     }
     if relay {
@@ -341,9 +346,6 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     let server = builder
         .try_build()
         .map_err(|e| anyhow::anyhow!(file.build_error(&e)))?;
-    if let Some(cluster) = &cluster {
-        cluster.claim_node(server.node_id()).await?;
-    }
     let mut app = server
         .try_route(&path)
         .map_err(|e| anyhow::anyhow!("--path: {e}"))?;

@@ -50,6 +50,12 @@ enum Handlers {
     EmptyPool,
 }
 
+/// A random node id, 12 hex digits: what a server is called unless given an id
+/// (`ServerBuilder::node_id`).
+pub fn random_node_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
 /// Why [`ServerBuilder::try_build`] refused to build a server.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -220,9 +226,7 @@ impl ServerBuilder {
     fn build_unchecked(self, handlers: HandlerPool, raw: Vec<ServedRaw>) -> Server {
         let limits = &self.config.limits;
         let limiter = ConnectionLimiter::new(limits.max_connections, limits.max_connections_per_ip);
-        let node = self
-            .node
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+        let node = self.node.unwrap_or_else(random_node_id);
         let engine = self
             .engine
             .unwrap_or_else(|| Arc::new(plexus_engine::MemoryEngine::new()));

@@ -21,7 +21,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use builder::{BuildError, ServerBuilder};
+pub use builder::{BuildError, ServerBuilder, random_node_id};
 pub use health::Readiness;
 pub use strict::{StrictModeError, check_strict};
 

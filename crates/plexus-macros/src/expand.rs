@@ -289,9 +289,13 @@ fn connection_method(method: &Method, private: &TokenStream) -> TokenStream {
     let (arg, params) = call_args(param);
     match method.kind {
         Kind::Request => {
-            let doc = format!(
-                "Requests `{wire}` of the client, waiting up to the endpoint's server-call timeout."
-            );
+            let doc = match method.timeout_ms {
+                Some(ms) => format!("Requests `{wire}` of the client, waiting up to {ms} ms."),
+                None => format!(
+                    "Requests `{wire}` of the client, waiting up to the endpoint's server-call \
+                     timeout."
+                ),
+            };
             let call = match method.timeout_ms {
                 Some(ms) => quote! {
                     self.conn

@@ -21,7 +21,8 @@
 //! [`CallContext`](crate::CallContext) first (the caller does not send it), and one parameter
 //! at most (several go in a struct). `#[public]` or `#[requires("permission")]` declare who
 //! may call it (strict mode needs one); `#[timeout_ms = N]` gives it a deadline of its own on
-//! callers' stubs; other attributes (docs, `#[deprecated]`) are kept on both sides.
+//! callers' stubs (not on a stream the server opens on a client); other attributes (docs,
+//! `#[deprecated]`) are kept on both sides.
 //!
 //! ```
 //! use plexus::contract::ItemStream;

@@ -1,7 +1,6 @@
 //! [`RawEndpoint`]: a raw socket's path, kind, options and handlers.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::path::{EndpointError, PathPattern};
 use super::{RawHandler, session};
@@ -10,6 +9,7 @@ use crate::conn::{ConnectionInfo, OutboundQueue, Socket};
 use crate::guard::ConnectionSlot;
 use crate::principal::Principal;
 use crate::rpc::handler::BoxFuture;
+use crate::rpc::pool::RoundRobin;
 use crate::session::SessionEnv;
 
 /// The two kinds of raw socket.
@@ -113,13 +113,8 @@ impl RawEndpoint {
     /// Each new connection goes to the next of `handlers`, round-robin (connection 1 to
     /// the first, 2 to the second, ...), and all its events to that one.
     pub fn pool<H: RawHandler>(mut self, handlers: impl IntoIterator<Item = H>) -> Self {
-        let members: Vec<Arc<H>> = handlers.into_iter().map(Arc::new).collect();
-        self.handlers = (!members.is_empty()).then(|| {
-            Arc::new(Pool {
-                members,
-                next: AtomicUsize::new(0),
-            }) as Arc<dyn Serve>
-        });
+        self.handlers = RoundRobin::of(handlers.into_iter().map(Arc::new))
+            .map(|pool| Arc::new(pool) as Arc<dyn Serve>);
         self
     }
 
@@ -218,14 +213,8 @@ pub(crate) trait Serve: Send + Sync {
     fn serve(&self, start: RawStart, ws: Socket, queue: Arc<OutboundQueue>) -> BoxFuture<()>;
 }
 
-struct Pool<H> {
-    members: Vec<Arc<H>>,
-    next: AtomicUsize,
-}
-
-impl<H: RawHandler> Serve for Pool<H> {
+impl<H: RawHandler> Serve for RoundRobin<Arc<H>> {
     fn serve(&self, start: RawStart, ws: Socket, queue: Arc<OutboundQueue>) -> BoxFuture<()> {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.members.len();
-        Box::pin(session::run(start, ws, queue, self.members[turn].clone()))
+        Box::pin(session::run(start, ws, queue, self.next().clone()))
     }
 }

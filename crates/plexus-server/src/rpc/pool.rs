@@ -147,41 +147,59 @@ impl<H: ProtocolHandler> Member for H {
     }
 }
 
-/// The handlers of the protocol endpoint, taken in turn by new connections.
-pub(crate) struct HandlerPool {
-    members: Vec<Arc<dyn Member>>,
+/// Members taken in turn: the first, the second, ..., the first again. The one rotation of
+/// the protocol endpoint's pool and of a raw endpoint's.
+pub(crate) struct RoundRobin<T> {
+    members: Vec<T>,
     next: AtomicUsize,
 }
 
-impl HandlerPool {
-    /// A pool of `handlers`; `None` when there are none.
-    pub(crate) fn of<H: ProtocolHandler>(handlers: impl IntoIterator<Item = H>) -> Option<Self> {
-        let members: Vec<Arc<dyn Member>> = handlers
-            .into_iter()
-            .map(|handler| Arc::new(handler) as Arc<dyn Member>)
-            .collect();
+impl<T> RoundRobin<T> {
+    /// A rotation of `members`; `None` when there are none.
+    pub(crate) fn of(members: impl IntoIterator<Item = T>) -> Option<Self> {
+        let members: Vec<T> = members.into_iter().collect();
         (!members.is_empty()).then(|| Self {
             members,
             next: AtomicUsize::new(0),
         })
     }
 
+    /// The member whose turn it is.
+    pub(crate) fn next(&self) -> &T {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.members.len();
+        &self.members[turn]
+    }
+
+    /// Every member, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.members.iter()
+    }
+}
+
+/// The handlers of the protocol endpoint, taken in turn by new connections.
+pub(crate) struct HandlerPool(RoundRobin<Arc<dyn Member>>);
+
+impl HandlerPool {
+    /// A pool of `handlers`; `None` when there are none.
+    pub(crate) fn of<H: ProtocolHandler>(handlers: impl IntoIterator<Item = H>) -> Option<Self> {
+        let members = handlers
+            .into_iter()
+            .map(|handler| Arc::new(handler) as Arc<dyn Member>);
+        RoundRobin::of(members).map(Self)
+    }
+
     /// A pool of one handler, which takes every connection.
     pub(crate) fn one<H: ProtocolHandler>(handler: H) -> Self {
-        Self {
-            members: vec![Arc::new(handler)],
-            next: AtomicUsize::new(0),
-        }
+        Self::of([handler]).expect("one handler")
     }
 
     /// The handler for the next connection (connection 1 to the first, 2 to the second...).
     pub(crate) fn next(&self) -> Arc<dyn Member> {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.members.len();
-        self.members[turn].clone()
+        self.0.next().clone()
     }
 
     /// Every handler's router.
     pub(crate) fn routers(&self) -> impl Iterator<Item = &Router> {
-        self.members.iter().map(|member| member.router())
+        self.0.iter().map(|member| member.router())
     }
 }

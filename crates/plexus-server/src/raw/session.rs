@@ -215,7 +215,6 @@ impl RawSession {
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
             Instant::now() + left
         });
-        self.handle.shared.queue.set_direct(true);
         let mut kicked = true;
         loop {
             if std::mem::take(&mut kicked) && self.close_wanted().is_some() {
@@ -250,11 +249,10 @@ impl RawSession {
                     }
                 },
                 () = sleep_until_opt(deadline), if deadline.is_some() => {
+                    // Nothing is written to a raw socket directly (every message goes through
+                    // its queue), so the deadline passing is idleness.
                     if expiry.is_some_and(|at| Instant::now() >= at) {
                         Step::Close(CloseCode::NOT_AUTHORIZED, "credential expired")
-                    } else if self.handle.shared.queue.take_written_directly() {
-                        self.last_active = Instant::now();
-                        Step::Continue
                     } else {
                         Step::Close(CloseCode::NORMAL, "idle timeout")
                     }

@@ -69,13 +69,16 @@ pub fn credential_from_request(
     query: Option<&str>,
     cookie_name: &str,
 ) -> Option<Credential> {
-    const ALL: [CredentialSource; 3] = [
-        CredentialSource::Header,
-        CredentialSource::Cookie,
-        CredentialSource::Query,
-    ];
-    credential_from_sources(headers, query, cookie_name, &ALL)
+    credential_from_sources(headers, query, cookie_name, &REQUEST_SOURCES)
 }
+
+/// The places of a credential an HTTP request can carry, in the order they are looked at
+/// (the `hello` is looked at later, in band).
+pub(crate) const REQUEST_SOURCES: [CredentialSource; 3] = [
+    CredentialSource::Header,
+    CredentialSource::Cookie,
+    CredentialSource::Query,
+];
 
 /// [`credential_from_request`] looking only at `sources` (in its order, whatever theirs).
 pub(crate) fn credential_from_sources(

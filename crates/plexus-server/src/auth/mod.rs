@@ -26,8 +26,8 @@ mod credential;
 pub mod jwt;
 
 pub(crate) use admission::Admission;
-pub(crate) use credential::credential_from_sources;
 pub use credential::{Credential, CredentialSource, MAX_CREDENTIAL_LEN, credential_from_request};
+pub(crate) use credential::{REQUEST_SOURCES, credential_from_sources};
 pub use jwt::{JwtAuthenticator, JwtConfig, JwtConfigError};
 
 /// Why a connection was refused.

@@ -11,7 +11,9 @@ use http::{HeaderValue, StatusCode, header};
 use plexus_protocol::Codec;
 
 use super::Server;
-use crate::auth::{AuthError, AuthRequest, CredentialSource, credential_from_sources};
+use crate::auth::{
+    AuthError, AuthRequest, CredentialSource, REQUEST_SOURCES, credential_from_sources,
+};
 use crate::conn::{OutboundQueue, SharedSocket, Socket};
 use crate::guard::ConnectionSlot;
 use crate::metrics::HandshakeFailure;
@@ -51,7 +53,7 @@ impl Server {
             .and_then(|v| v.to_str().ok());
         // No subprotocol offered, none answered: JSON.
         let chosen = offered.and_then(|list| Codec::negotiate(Some(list)));
-        let Admitted { arrival, upgrade } = match self.admit(request, &UPGRADE_SOURCES).await {
+        let Admitted { arrival, upgrade } = match self.admit(request, &REQUEST_SOURCES).await {
             Ok(admitted) => admitted,
             Err(refused) => return refused,
         };
@@ -237,14 +239,6 @@ impl Server {
         response.map(axum::body::Body::new)
     }
 }
-
-/// Where a protocol connection's credential may be in its upgrade request (the `hello` is
-/// looked at later, in band).
-const UPGRADE_SOURCES: [CredentialSource; 3] = [
-    CredentialSource::Header,
-    CredentialSource::Cookie,
-    CredentialSource::Query,
-];
 
 fn bad_upgrade(status: StatusCode) -> Response {
     (status, "expected a WebSocket upgrade request").into_response()

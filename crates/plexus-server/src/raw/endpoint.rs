@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::path::{EndpointError, PathPattern};
 use super::{RawHandler, session};
-use crate::auth::CredentialSource;
+use crate::auth::{CredentialSource, REQUEST_SOURCES};
 use crate::conn::{ConnectionInfo, OutboundQueue, Socket};
 use crate::guard::ConnectionSlot;
 use crate::principal::Principal;
@@ -85,11 +85,7 @@ impl RawEndpoint {
     }
 
     fn new(path: String, kind: RawKind) -> Self {
-        let mut credentials = vec![
-            CredentialSource::Header,
-            CredentialSource::Cookie,
-            CredentialSource::Query,
-        ];
+        let mut credentials = REQUEST_SOURCES.to_vec();
         if kind == RawKind::Handshaked {
             credentials.push(CredentialSource::Hello);
         }
@@ -148,9 +144,10 @@ impl RawEndpoint {
         self
     }
 
-    /// The subprotocols this endpoint speaks, in its order of preference: the first one the
-    /// client offers (in the client's order) is agreed. None offered or none in common: the
-    /// upgrade goes on without one.
+    /// The subprotocols a foreign-client endpoint speaks: the first the client offers (in
+    /// the client's order) that is in this list is agreed. None offered or none in common:
+    /// the upgrade goes on without one. A handshaked endpoint ignores the list: it agrees on
+    /// plexus's codec for its handshake.
     pub fn subprotocols<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.subprotocols = names.into_iter().map(Into::into).collect();
         self

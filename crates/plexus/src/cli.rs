@@ -458,7 +458,8 @@ pub(crate) fn with_raw_endpoints(
     Ok(builder)
 }
 
-/// Refuses a path given to two endpoints (axum would panic merging them).
+/// Refuses a raw socket at the root or at the protocol endpoint's path (axum would panic
+/// merging the latter). Paths of the HTTP API, health checks and page are not checked here.
 fn ensure_distinct(
     path: &str,
     echo: Option<&str>,

@@ -39,6 +39,8 @@ pub(crate) fn expand(item: &ItemTrait, contract: &Contract) -> TokenStream {
         })
     });
     let calls = contract.methods.iter().map(|m| client_method(m, &private));
+    let method_schemas = contract.methods.iter().map(|m| method_schema(m, &private));
+    let description = option_str(doc_text(attrs).as_deref());
     let connection_ident = format_ident!("{ident}Connection");
     let connection_calls = contract
         .methods
@@ -96,14 +98,32 @@ pub(crate) fn expand(item: &ItemTrait, contract: &Contract) -> TokenStream {
             /// Its methods: names on the wire and kinds.
             pub const METHODS: &'static [::plexus::contract::MethodInfo] = &[#(#infos),*];
 
-            /// A router serving every method of the contract with `implementation`; merge it
-            /// with others (`Router::merge`: a name served twice stops the start, naming it).
+            /// A router serving every method of the contract with `implementation`, listing
+            /// the contract in `$contracts`; merge it with others (`Router::merge`: a name
+            /// served twice stops the start, naming it).
             #[allow(deprecated)] // a deprecated method is still served
             pub fn router(implementation: impl #ident) -> #private::Router {
                 let implementation = #private::Arc::new(implementation);
                 let router = #private::Router::new();
                 #(#registrations)*
-                router
+                router.describe(Self::schema())
+            }
+
+            /// The contract as `$contracts` lists it, served by the server: its methods,
+            /// kinds and the JSON Schemas of their parameters and results.
+            pub fn schema() -> ::plexus::contract::ContractSchema {
+                let mut generator = #private::schema_generator();
+                let methods = ::std::vec![#(#method_schemas),*];
+                #private::contract_schema(#name, #description, methods, generator)
+            }
+
+            /// [`schema`](Self::schema) for a contract the server calls on its clients: give
+            /// it to `Router::describe` so that `$contracts` lists it too.
+            pub fn client_schema() -> ::plexus::contract::ContractSchema {
+                ::plexus::contract::ContractSchema {
+                    served_by: ::plexus::contract::ServedBy::Client,
+                    ..Self::schema()
+                }
             }
 
             #client_router
@@ -334,5 +354,73 @@ fn connection_method(method: &Method, private: &TokenStream) -> TokenStream {
                 }
             }
         }
+    }
+}
+
+/// The method's entry in the contract's schema; a type without `JsonSchema` fails to compile
+/// at the type.
+fn method_schema(method: &Method, private: &TokenStream) -> TokenStream {
+    let wire = &method.wire;
+    let kind = match method.kind {
+        Kind::Request => quote!(Request),
+        Kind::Notification => quote!(Notification),
+        Kind::Stream => quote!(Stream),
+    };
+    let schema_of = |ty: &syn::Type| {
+        quote_spanned! {ty.span()=>
+            ::core::option::Option::Some(#private::schema_of::<#ty>(&mut generator))
+        }
+    };
+    let none = quote!(::core::option::Option::None);
+    let params = method
+        .param
+        .as_ref()
+        .map_or(none.clone(), |(_, ty)| schema_of(ty));
+    let result = method.value.as_ref().map_or(none.clone(), schema_of);
+    let timeout = match method.timeout_ms {
+        Some(ms) => quote!(::core::option::Option::Some(#ms)),
+        None => none,
+    };
+    let description = option_str(doc_text(&method.attrs).as_deref());
+    let deprecated = method.attrs.iter().any(|a| a.path().is_ident("deprecated"));
+    quote! {
+        ::plexus::contract::MethodSchema {
+            name: ::std::string::String::from(#wire),
+            kind: ::plexus::contract::MethodKind::#kind,
+            description: #description,
+            params: #params,
+            result: #result,
+            timeout_ms: #timeout,
+            deprecated: #deprecated,
+        }
+    }
+}
+
+/// The text of `attrs`' doc comments, one line each, trimmed; `None` without any.
+fn doc_text(attrs: &[syn::Attribute]) -> Option<String> {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .filter_map(|a| match &a.meta {
+            syn::Meta::NameValue(syn::MetaNameValue {
+                value:
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(text),
+                        ..
+                    }),
+                ..
+            }) => Some(text.value().trim().to_owned()),
+            _ => None,
+        })
+        .collect();
+    let text = lines.join("\n").trim().to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
+/// `Some(String::from(text))` or `None`, as code.
+fn option_str(text: Option<&str>) -> TokenStream {
+    match text {
+        Some(text) => quote!(::core::option::Option::Some(::std::string::String::from(#text))),
+        None => quote!(::core::option::Option::None),
     }
 }

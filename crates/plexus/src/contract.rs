@@ -27,9 +27,10 @@
 //! ```
 //! use plexus::contract::ItemStream;
 //! use plexus::{RpcError, contract};
+//! use schemars::JsonSchema;
 //! use serde::{Deserialize, Serialize};
 //!
-//! #[derive(Serialize, Deserialize)]
+//! #[derive(Serialize, Deserialize, JsonSchema)]
 //! pub struct Line {
 //!     pub text: String,
 //! }
@@ -90,17 +91,7 @@ pub struct MethodInfo {
     pub kind: MethodKind,
 }
 
-/// What a contract method is on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum MethodKind {
-    /// `req`, answered with `res` or `err`.
-    Request,
-    /// `ntf`, not answered.
-    Notification,
-    /// `sub`, answered with `item`s and an `end` (or `err`).
-    Stream,
-}
+pub use plexus_server::{ContractSchema, MethodKind, MethodSchema, ServedBy};
 
 /// What the code `#[contract]` writes uses; not for use by hand.
 #[doc(hidden)]
@@ -111,4 +102,34 @@ pub mod __private {
 
     /// Fails to compile, at the type, when a method's error cannot become an `RpcError`.
     pub fn error_into_rpc_error<E: Into<crate::RpcError>>() {}
+
+    /// The generator of one contract's schemas (JSON Schema 2020-12; named types go to
+    /// `$defs`).
+    pub fn schema_generator() -> schemars::SchemaGenerator {
+        schemars::generate::SchemaSettings::draft2020_12().into_generator()
+    }
+
+    /// `T`'s schema, named types referred to (fails to compile, at the type, without
+    /// `JsonSchema`).
+    pub fn schema_of<T: schemars::JsonSchema>(
+        generator: &mut schemars::SchemaGenerator,
+    ) -> serde_json::Value {
+        generator.subschema_for::<T>().to_value()
+    }
+
+    /// The contract's schema, served by the server, with the named types `generator` met.
+    pub fn contract_schema(
+        name: &str,
+        description: Option<String>,
+        methods: Vec<super::MethodSchema>,
+        mut generator: schemars::SchemaGenerator,
+    ) -> super::ContractSchema {
+        super::ContractSchema {
+            name: name.to_owned(),
+            served_by: super::ServedBy::Server,
+            description,
+            methods,
+            definitions: generator.take_definitions(true),
+        }
+    }
 }

@@ -58,6 +58,11 @@ pub mod contract;
 /// Declares a contract: see the [`contract`](mod@contract) module.
 #[cfg(all(feature = "server", feature = "client"))]
 pub use plexus_macros::contract;
+/// The JSON Schema derive that contracts' types need (`#[derive(JsonSchema)]`), for
+/// applications that do not depend on `schemars` themselves
+/// (`#[schemars(crate = "plexus::schemars")]` on each type then).
+#[cfg(all(feature = "server", feature = "client"))]
+pub use schemars;
 
 #[cfg(feature = "client")]
 pub use plexus_client as client;

@@ -14,18 +14,19 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use plexus::contract::{ItemStream, MethodInfo, MethodKind};
 use plexus::{CallContext, ClientOptions, ErrorCode, Router, RpcError, Server, contract};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use support::{TestServer, recv, start_with};
 use tokio::sync::mpsc;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 struct Line {
     room: String,
     text: String,
 }
 
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 struct Sent {
     number: u64,
 }
@@ -394,6 +395,100 @@ async fn the_server_calls_a_contract_its_client_serves() {
         .collect()
         .await;
     assert_eq!(readings, [1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_lists_its_contracts_with_their_json_schemas() {
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let room = Room {
+        seen: tx,
+        sent: Mutex::new(0),
+    };
+    let router = ChatContract::router(room)
+        .merge(PresenceContract::router(Counter))
+        .describe(DeviceContract::client_schema());
+    let server = start_with(
+        Server::builder()
+            .router(router)
+            .authenticator(support::jwt_authenticator()),
+    )
+    .await;
+    let url = format!("ws://{}/ws", server.addr);
+    let as_user = |scope: &str| ClientOptions::default().token(support::token("ada", scope, 600));
+    let client = plexus::connect(&url, as_user("")).await.expect("connect");
+    let listed: Vec<Value> = client.request("$contracts", &Value::Null).await.expect("$contracts");
+    let names: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().expect("name"),
+                c["served_by"].as_str().expect("side"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("Chat", "server"),
+            ("presence", "server"),
+            ("Device", "client")
+        ]
+    );
+    let chat = &listed[0];
+    let method = |name: &str| -> &Value {
+        chat["methods"]
+            .as_array()
+            .expect("methods")
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{name} listed"))
+    };
+    // Without `chat:admin`, the caller is not shown `purge`.
+    assert!(
+        chat["methods"]
+            .as_array()
+            .expect("methods")
+            .iter()
+            .all(|m| m["name"] != "Chat.purge")
+    );
+    assert_eq!(chat["description"], "A chat room.");
+    let send = method("Chat.send");
+    assert_eq!(send["kind"], "request");
+    assert_eq!(send["description"], "Posts a line.");
+    assert_eq!(send["params"], json!({"$ref": "#/$defs/Line"}));
+    assert_eq!(send["result"], json!({"$ref": "#/$defs/Sent"}));
+    let line = &chat["$defs"]["Line"];
+    assert_eq!(line["type"], "object");
+    assert_eq!(line["properties"]["text"]["type"], "string");
+    assert_eq!(line["required"], json!(["room", "text"]));
+    assert_eq!(method("Chat.typing")["kind"], "notification");
+    assert_eq!(method("Chat.typing")["params"]["type"], "string");
+    assert!(method("Chat.typing").get("result").is_none());
+    assert_eq!(method("Chat.lines")["kind"], "stream");
+    assert_eq!(
+        method("Chat.lines")["result"],
+        json!({"$ref": "#/$defs/Line"})
+    );
+    // No parameter: none listed (the caller sends null).
+    assert!(method("Chat.type").get("params").is_none());
+    assert_eq!(method("Chat.nap")["timeout_ms"], 100);
+    assert_eq!(method("Chat.post")["deprecated"], true);
+    assert!(method("Chat.send").get("deprecated").is_none());
+    // The Rust side reads the same document.
+    let typed: Vec<plexus::contract::ContractSchema> =
+        client.request("$contracts", &Value::Null).await.expect("typed");
+    let mut expected = ChatContract::schema();
+    expected.methods.retain(|m| m.name != "Chat.purge");
+    assert_eq!(typed[0], expected);
+    assert_eq!(typed[2], DeviceContract::client_schema());
+
+    // An admin is.
+    let admin = plexus::connect(&url, as_user("chat:admin"))
+        .await
+        .expect("connect");
+    let typed: Vec<plexus::contract::ContractSchema> =
+        admin.request("$contracts", &Value::Null).await.expect("typed");
+    assert_eq!(typed[0], ChatContract::schema());
 }
 
 /// A service provided through a relay.

@@ -4,3 +4,4 @@ pub(crate) mod context;
 pub(crate) mod handler;
 pub(crate) mod pool;
 pub(crate) mod router;
+pub(crate) mod schema;

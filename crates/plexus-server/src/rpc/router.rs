@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use super::handler::{
     BoxStream, CallParts, NotifyHandler, Reply, RequestHandler, Started, StreamHandler,
 };
+use super::schema::{ContractSchema, ServedBy};
 use crate::metrics::MethodMeter;
 use crate::principal::Principal;
 use plexus_protocol::ErrorBody;
@@ -159,6 +160,8 @@ pub struct Router {
     last: Option<Arc<str>>,
     /// `requires_all` rules, longest prefix first (exact names before patterns).
     rules: Vec<Rule>,
+    /// The contracts `$contracts` lists.
+    contracts: Vec<Arc<ContractSchema>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -318,8 +321,56 @@ impl Router {
         for rule in other.rules {
             self.add_rule(rule, false);
         }
+        for contract in other.contracts {
+            self.add_contract(contract);
+        }
         self.last = None;
         self
+    }
+
+    /// Lists `contract` in the answers to `$contracts` (a router made by
+    /// `<Trait>Contract::router` lists its own; describe here a contract the server calls on
+    /// its clients, `<Trait>Contract::client_schema()`). Each connection sees the methods
+    /// of server-served contracts it may call. Panics if a contract of that name and side is
+    /// described already.
+    pub fn describe(mut self, contract: ContractSchema) -> Self {
+        self.add_contract(Arc::new(contract));
+        self
+    }
+
+    fn add_contract(&mut self, contract: Arc<ContractSchema>) {
+        if self
+            .contracts
+            .iter()
+            .any(|c| c.name == contract.name && c.served_by == contract.served_by)
+        {
+            panic!("contract {:?} described twice", contract.name);
+        }
+        self.contracts.push(contract);
+    }
+
+    /// The contracts as `principal` sees them: of those the server serves, only the methods
+    /// it may call (a contract with none is left out).
+    pub(crate) fn contracts_for(&self, principal: &Principal) -> Vec<ContractSchema> {
+        self.contracts
+            .iter()
+            .filter_map(|contract| {
+                let mut visible = ContractSchema::clone(contract);
+                if visible.served_by == ServedBy::Server {
+                    visible.methods.retain(|method| {
+                        self.methods
+                            .get_key_value(method.name.as_str())
+                            .is_some_and(|(name, entry)| {
+                                self.effective(name, &entry.permission).allows(principal)
+                            })
+                    });
+                    if visible.methods.is_empty() {
+                        return None;
+                    }
+                }
+                Some(visible)
+            })
+            .collect()
     }
 
     /// Whether a method of that name is registered.

@@ -241,6 +241,16 @@ impl Session {
             return Step::Continue;
         }
         if method.starts_with('$') {
+            if method == "$contracts" {
+                let contracts = self
+                    .handle
+                    .with_principal(|principal| self.handler.router().contracts_for(principal));
+                let reply = Payload::encode(self.codec(), &contracts).map_err(|e| {
+                    ErrorBody::new(ErrorCode::INTERNAL, format!("cannot encode: {e}"))
+                });
+                self.reply(id, reply);
+                return Step::Continue;
+            }
             if self.relay_builtin(id, &method, &data) {
                 return Step::Continue;
             }

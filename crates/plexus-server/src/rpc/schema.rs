@@ -1,0 +1,70 @@
+//! What `$contracts` answers: the contracts a router serves (and those the server calls on its
+//! clients), their methods, kinds and JSON Schemas, for code generators and tools.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// One contract, as `$contracts` lists it. `#[plexus::contract]` writes it
+/// (`<Trait>Contract::schema()`); a router built by `<Trait>Contract::router` carries it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContractSchema {
+    /// The contract's name: the prefix of its methods' names on the wire.
+    pub name: String,
+    /// Who serves it: the server (clients call it) or the clients (the server calls them).
+    pub served_by: ServedBy,
+    /// Its documentation, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Its methods, in the order the contract declares them.
+    pub methods: Vec<MethodSchema>,
+    /// The named types the methods' schemas refer to (`{"$ref": "#/$defs/<name>"}`).
+    #[serde(default, rename = "$defs", skip_serializing_if = "Map::is_empty")]
+    pub definitions: Map<String, Value>,
+}
+
+/// Who serves a contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServedBy {
+    /// The server: clients call its methods.
+    Server,
+    /// The clients: the server calls them on a connection.
+    Client,
+}
+
+/// One method of a contract.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MethodSchema {
+    /// Its name on the wire: `<Contract>.<method>`.
+    pub name: String,
+    /// What it is.
+    pub kind: MethodKind,
+    /// Its documentation, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The JSON Schema of its parameter; absent when it takes none (`null` is sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
+    /// A request's result, or a stream's items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Its own deadline for callers, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Whether it is deprecated.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deprecated: bool,
+}
+
+/// What a contract method is on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum MethodKind {
+    /// `req`, answered with `res` or `err`.
+    Request,
+    /// `ntf`, not answered.
+    Notification,
+    /// `sub`, answered with `item`s and an `end` (or `err`).
+    Stream,
+}

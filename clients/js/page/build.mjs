@@ -1,7 +1,7 @@
-// Builds the script of the page `plexus serve` shows at `/` into crates/plexus/assets, where
-// the binary embeds it beside the page's HTML (written there by hand): page.ts bundled with
-// the client and minified.
-// `node page/build.mjs --check` fails when the committed assets differ from a fresh build.
+// Builds the scripts of the pages the repository's binaries embed beside their HTML (written
+// by hand), each bundled with the client and minified: the page `plexus serve` shows at `/`
+// (page.ts, into crates/plexus/assets) and the chat example's (examples/chat/web/chat.ts).
+// `node page/build.mjs --check` fails when the committed scripts differ from a fresh build.
 
 import { readFileSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -9,11 +9,23 @@ import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 
 const here = (path) => fileURLToPath(new URL(path, import.meta.url));
-const assets = here("../../../crates/plexus/assets/");
+const root = here("../../../");
+
+/** Each committed script (its path from the repository's root) and its source. */
+const scripts = {
+  "crates/plexus/assets/plexus-page.js": here("./page.ts"),
+  "examples/chat/web/chat.js": here("../../../examples/chat/web/chat.ts"),
+};
 
 export async function bundle() {
+  const built = {};
+  for (const [path, source] of Object.entries(scripts)) built[path] = await bundleOne(source);
+  return built;
+}
+
+async function bundleOne(source) {
   const result = await build({
-    entryPoints: [here("./page.ts")],
+    entryPoints: [source],
     bundle: true,
     minify: true,
     format: "esm",
@@ -22,7 +34,7 @@ export async function bundle() {
     write: false,
     legalComments: "none",
   });
-  return { "plexus-page.js": result.outputFiles[0].text };
+  return result.outputFiles[0].text;
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
@@ -33,13 +45,13 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     if (check) {
       let current = "";
       try {
-        current = readFileSync(assets + name, "utf8");
+        current = readFileSync(root + name, "utf8");
       } catch {}
       if (current !== text) {
-        console.error(`crates/plexus/assets/${name} is not what page/ builds: run npm run build:page`);
+        console.error(`${name} is not what page/build.mjs builds: run npm run build:page`);
         stale = true;
       }
-    } else writeFileSync(assets + name, text);
+    } else writeFileSync(root + name, text);
   }
   if (stale) process.exit(1);
 }

@@ -7,6 +7,7 @@ import { type JoinOptions, type Member, Subscription } from "./channel.js";
 import { ConnectError, type ErrorBody, PlexusError } from "./errors.js";
 import { type Codec, type Frame, json, msgpack, type Position, type Wire } from "./frames.js";
 import {
+  type CallContext,
   type Handlers,
   Incoming,
   type NotificationHandler,
@@ -18,6 +19,7 @@ import type { CallOptions, ClientOptions, StreamOptions } from "./options.js";
 import { type ProviderInfo, type ServiceWatchItem, waitForService } from "./mesh.js";
 import { type ServerChannelEvent, ServerChannels } from "./server-channels.js";
 import { CallStream } from "./stream.js";
+import { type Contract, type ContractImplementation, type ContractStub, type MethodTypes, stub } from "./contract.js";
 
 /** Where the client stands. */
 export type Status = "connecting" | "connected" | "reconnecting" | "closed";
@@ -164,6 +166,34 @@ export class Client {
   /** Serves streams `method` the server opens: each item the iterable yields is sent. */
   handleStream(method: string, handler: StreamHandler): this {
     this.#handlers.streams.set(method, handler);
+    return this;
+  }
+
+  /**
+   * Typed calls of a contract the server serves, from the descriptor `plexus codegen ts`
+   * generates: `client.contract(Chat).send({ text: "hi" })` type-checks the params and the
+   * result. A method's own timeout is its calls' default.
+   */
+  contract<M extends { [method: string]: MethodTypes }>(contract: Contract<M, "server">): ContractStub<M> {
+    return stub(this, contract);
+  }
+
+  /**
+   * Serves a contract the server calls on this client, one typed handler per method (a
+   * request's handler answers, a stream's yields its items).
+   */
+  serve<M extends { [method: string]: MethodTypes }>(
+    contract: Contract<M, "client">,
+    implementation: ContractImplementation<M>,
+  ): this {
+    for (const [key, { name, kind }] of Object.entries(contract.methods) as [string, Contract["methods"][string]][]) {
+      const handler = (implementation as unknown as Record<string, (params: unknown, ctx: CallContext) => never>)[key];
+      if (typeof handler !== "function") throw new TypeError(`${contract.name}: no handler for \`${key}\``);
+      const bound = handler.bind(implementation);
+      if (kind === "request") this.handle(name, bound);
+      else if (kind === "notification") this.onNotification(name, bound);
+      else this.handleStream(name, bound);
+    }
     return this;
   }
 

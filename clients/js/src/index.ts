@@ -15,3 +15,4 @@ export type { ErrorBody, ErrorCode } from "./errors.js";
 export type { MessagePack, Position } from "./frames.js";
 export type { CallContext, NotificationHandler, RequestHandler, StreamHandler } from "./incoming.js";
 export { CallStream } from "./stream.js";
+export type { Contract, ContractImplementation, ContractStub, MethodKind, MethodTypes } from "./contract.js";

@@ -1,5 +1,6 @@
-// The page the `plexus` binary embeds (crates/plexus/assets) is what clients/js/page builds
-// today: a change to the page or the client without `npm run build:page` fails here.
+// The page scripts the binaries embed (the `plexus` page in crates/plexus/assets, the chat
+// example's in examples/chat/web) are what clients/js/page/build.mjs builds today: a change to
+// a page or the client without `npm run build:page` fails here.
 
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -7,10 +8,10 @@ import { test } from "node:test";
 
 import { bundle } from "../page/build.mjs";
 
-test("the embedded page is the one page/ builds", async () => {
+test("the embedded pages are the ones page/build.mjs builds", async () => {
   const built = await bundle();
   for (const [name, text] of Object.entries(built)) {
-    const embedded = readFileSync(new URL(`../../../crates/plexus/assets/${name}`, import.meta.url), "utf8");
-    assert.ok(embedded === text, `crates/plexus/assets/${name} is stale: run npm run build:page in clients/js`);
+    const embedded = readFileSync(new URL(`../../../${name}`, import.meta.url), "utf8");
+    assert.ok(embedded === text, `${name} is stale: run npm run build:page in clients/js`);
   }
 });

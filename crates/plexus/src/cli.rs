@@ -11,6 +11,7 @@ use plexus_server::Compression;
 mod bench;
 mod call;
 mod channels;
+mod codegen;
 mod config;
 mod engine;
 mod metrics;
@@ -68,6 +69,9 @@ enum Command {
     Sub(channels::SubArgs),
     /// Publish JSON to CHANNEL and print its position.
     Pub(channels::PubArgs),
+    /// Generate code from a server's contracts: `plexus codegen ts URL -o contracts.ts`.
+    #[command(subcommand)]
+    Codegen(codegen::CodegenCommand),
     /// Print an HS256 token (JWT) for the user --sub, signed with the server's JWT --secret.
     Token(token::TokenArgs),
     /// Load a plexus server and measure it (closed-loop calls, fan-out, held connections),
@@ -217,6 +221,7 @@ pub(crate) fn main() -> ExitCode {
             Command::Sub(args) => channels::sub(args).await,
             Command::Pub(args) => channels::publish(args).await,
             Command::Token(args) => token::token(args),
+            Command::Codegen(command) => codegen::codegen(command).await,
             Command::Bench(args) => bench::bench(args).await,
             Command::Checkconfig { file } => match config::check::check(&file) {
                 Ok(summary) => {

@@ -91,7 +91,10 @@ pub struct MethodInfo {
     pub kind: MethodKind,
 }
 
+mod typescript;
+
 pub use plexus_server::{ContractSchema, MethodKind, MethodSchema, ServedBy};
+pub use typescript::{TypescriptError, typescript};
 
 /// What the code `#[contract]` writes uses; not for use by hand.
 #[doc(hidden)]

@@ -204,6 +204,7 @@ fn help_texts_name_every_command() {
         "sub",
         "pub",
         "token",
+        "codegen",
         "checkconfig",
         "genconfig",
         "--log-format",

@@ -416,7 +416,10 @@ async fn the_server_lists_its_contracts_with_their_json_schemas() {
     let url = format!("ws://{}/ws", server.addr);
     let as_user = |scope: &str| ClientOptions::default().token(support::token("ada", scope, 600));
     let client = plexus::connect(&url, as_user("")).await.expect("connect");
-    let listed: Vec<Value> = client.request("$contracts", &Value::Null).await.expect("$contracts");
+    let listed: Vec<Value> = client
+        .request("$contracts", &Value::Null)
+        .await
+        .expect("$contracts");
     let names: Vec<(&str, &str)> = listed
         .iter()
         .map(|c| {
@@ -475,8 +478,10 @@ async fn the_server_lists_its_contracts_with_their_json_schemas() {
     assert_eq!(method("Chat.post")["deprecated"], true);
     assert!(method("Chat.send").get("deprecated").is_none());
     // The Rust side reads the same document.
-    let typed: Vec<plexus::contract::ContractSchema> =
-        client.request("$contracts", &Value::Null).await.expect("typed");
+    let typed: Vec<plexus::contract::ContractSchema> = client
+        .request("$contracts", &Value::Null)
+        .await
+        .expect("typed");
     let mut expected = ChatContract::schema();
     expected.methods.retain(|m| m.name != "Chat.purge");
     assert_eq!(typed[0], expected);
@@ -486,8 +491,10 @@ async fn the_server_lists_its_contracts_with_their_json_schemas() {
     let admin = plexus::connect(&url, as_user("chat:admin"))
         .await
         .expect("connect");
-    let typed: Vec<plexus::contract::ContractSchema> =
-        admin.request("$contracts", &Value::Null).await.expect("typed");
+    let typed: Vec<plexus::contract::ContractSchema> = admin
+        .request("$contracts", &Value::Null)
+        .await
+        .expect("typed");
     assert_eq!(typed[0], ChatContract::schema());
 }
 

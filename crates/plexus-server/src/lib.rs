@@ -85,4 +85,4 @@ pub use rpc::context::{CallContext, CancelReason};
 pub use rpc::handler::{NotifyHandler, RequestHandler, StreamHandler};
 pub use rpc::pool::ProtocolHandler;
 pub use rpc::router::Router;
-pub use rpc::schema::{ContractSchema, MethodKind, MethodSchema, ServedBy};
+pub use rpc::schema::{ContractSchema, MethodKind, MethodSchema, ServedBy, definition_name};

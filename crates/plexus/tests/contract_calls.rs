@@ -26,6 +26,12 @@ struct Line {
     text: String,
 }
 
+/// What `purge` answers (a type only an admin's methods use).
+#[derive(Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+struct Purged {
+    lines: u64,
+}
+
 #[derive(Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 struct Sent {
     number: u64,
@@ -76,7 +82,7 @@ trait Chat {
 
     /// Only for admins.
     #[requires("chat:admin")]
-    async fn purge(&self) -> Result<(), RpcError>;
+    async fn purge(&self) -> Result<Purged, RpcError>;
 
     /// Like `sleepFor`, with a deadline of its own on callers' stubs.
     #[public]
@@ -173,8 +179,8 @@ impl Chat for Room {
         Ok(())
     }
 
-    async fn purge(&self) -> Result<(), RpcError> {
-        Ok(())
+    async fn purge(&self) -> Result<Purged, RpcError> {
+        Ok(Purged { lines: 0 })
     }
 
     async fn nap(&self, millis: u64) -> Result<(), RpcError> {
@@ -483,7 +489,10 @@ async fn the_server_lists_its_contracts_with_their_json_schemas() {
         .await
         .expect("typed");
     let mut expected = ChatContract::schema();
-    expected.methods.retain(|m| m.name != "Chat.purge");
+    expected.retain_methods(|m| m.name != "Chat.purge");
+    // Nor the types only `purge` uses.
+    assert!(typed[0].definitions.get("Purged").is_none());
+    assert!(typed[0].definitions.get("Line").is_some());
     assert_eq!(typed[0], expected);
     assert_eq!(typed[2], DeviceContract::client_schema());
 
@@ -496,6 +505,7 @@ async fn the_server_lists_its_contracts_with_their_json_schemas() {
         .await
         .expect("typed");
     assert_eq!(typed[0], ChatContract::schema());
+    assert!(typed[0].definitions.get("Purged").is_some());
 }
 
 /// A service provided through a relay.

@@ -350,14 +350,15 @@ impl Router {
     }
 
     /// The contracts as `principal` sees them: of those the server serves, only the methods
-    /// it may call (a contract with none is left out).
+    /// it may call and the types they use (a contract with none is left out).
     pub(crate) fn contracts_for(&self, principal: &Principal) -> Vec<ContractSchema> {
         self.contracts
             .iter()
             .filter_map(|contract| {
                 let mut visible = ContractSchema::clone(contract);
                 if visible.served_by == ServedBy::Server {
-                    visible.methods.retain(|method| {
+                    // What a caller may not call is not shown, nor the types only it uses.
+                    visible.retain_methods(|method| {
                         self.methods
                             .get_key_value(method.name.as_str())
                             .is_some_and(|(name, entry)| {

@@ -1,6 +1,8 @@
 //! What `$contracts` answers: the contracts a router serves (and those the server calls on its
 //! clients), their methods, kinds and JSON Schemas, for code generators and tools.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -20,6 +22,60 @@ pub struct ContractSchema {
     /// The named types the methods' schemas refer to (`{"$ref": "#/$defs/<name>"}`).
     #[serde(default, rename = "$defs", skip_serializing_if = "Map::is_empty")]
     pub definitions: Map<String, Value>,
+}
+
+impl ContractSchema {
+    /// Keeps the methods `keep` accepts, and only the definitions they still refer to.
+    pub fn retain_methods(&mut self, keep: impl FnMut(&MethodSchema) -> bool) {
+        self.methods.retain(keep);
+        let roots = self
+            .methods
+            .iter()
+            .flat_map(|m| m.params.iter().chain(&m.result));
+        let reachable = self.reachable(roots);
+        self.definitions.retain(|name, _| reachable.contains(name));
+    }
+
+    /// The definitions `roots` refer to, directly or through other definitions.
+    pub fn reachable<'a>(&self, roots: impl IntoIterator<Item = &'a Value>) -> BTreeSet<String> {
+        let mut found = BTreeSet::new();
+        let mut pending: Vec<String> = Vec::new();
+        for root in roots {
+            references(root, &mut pending);
+        }
+        while let Some(name) = pending.pop() {
+            if let Some(schema) = self.definitions.get(&name)
+                && found.insert(name)
+            {
+                references(schema, &mut pending);
+            }
+        }
+        found
+    }
+}
+
+/// The definition a `$ref` names: `#/$defs/<name>`, percent-decoded and with JSON Pointer's
+/// escapes undone (as schemars writes it); `None` for a reference elsewhere.
+pub fn definition_name(reference: &str) -> Option<String> {
+    let name = reference.strip_prefix("#/$defs/")?;
+    let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+    Some(name.replace("~1", "/").replace("~0", "~"))
+}
+
+/// Adds the definitions `schema` refers to itself.
+fn references(schema: &Value, out: &mut Vec<String>) {
+    match schema {
+        Value::Object(object) => {
+            for (key, value) in object {
+                match (key.as_str(), value) {
+                    ("$ref", Value::String(reference)) => out.extend(definition_name(reference)),
+                    _ => references(value, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| references(item, out)),
+        _ => {}
+    }
 }
 
 /// Who serves a contract.

@@ -112,6 +112,7 @@ pub(crate) fn expand(item: &ItemTrait, contract: &Contract) -> TokenStream {
             /// The contract as `$contracts` lists it, served by the server: its methods,
             /// kinds and the JSON Schemas of their parameters and results.
             pub fn schema() -> ::plexus::contract::ContractSchema {
+                #[allow(unused_mut)] // unused by a contract without typed values
                 let mut generator = #private::schema_generator();
                 let methods = ::std::vec![#(#method_schemas),*];
                 #private::contract_schema(#name, #description, methods, generator)

@@ -93,7 +93,7 @@ pub struct MethodInfo {
 
 mod typescript;
 
-pub use plexus_server::{ContractSchema, MethodKind, MethodSchema, ServedBy};
+pub use plexus_server::{ContractSchema, MethodKind, MethodSchema, ServedBy, definition_name};
 pub use typescript::{TypescriptError, typescript};
 
 /// What the code `#[contract]` writes uses; not for use by hand.

@@ -8,12 +8,12 @@
 //! else becomes `unknown`, so that the generated code compiles and never claims more than the
 //! schema says.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
 
 use serde_json::{Map, Value};
 
-use super::{ContractSchema, MethodKind, ServedBy};
+use super::{ContractSchema, MethodKind, ServedBy, definition_name};
 
 /// Why contracts cannot become TypeScript.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,33 +27,20 @@ impl std::fmt::Display for TypescriptError {
 
 impl std::error::Error for TypescriptError {}
 
+/// A contract's named types: `$defs` names to TypeScript identifiers.
+type Scope = HashMap<String, String>;
+
 /// The TypeScript module for `contracts`: one declaration per named type, and one exported
-/// `Contract` descriptor per contract (its name in PascalCase: `chat` → `Chat`), importing the client's
-/// types from `client_module` (`"@plexus/client"` for the npm package).
+/// `Contract` descriptor per contract (its name in PascalCase: `chat` → `Chat`), importing the
+/// client's types from `client_module` (`"@plexus/client"` for the npm package).
 ///
-/// Fails when two contracts define a type of the same name differently, or two contracts
-/// would take the same name in TypeScript.
+/// A type two contracts define alike is declared once; two different types of one name (a
+/// generic's instances, two modules' `Message`) are told apart by the contract's name
+/// (`MailMessage`). Fails when two contracts would take the same name in TypeScript.
 pub fn typescript(
     contracts: &[ContractSchema],
     client_module: &str,
 ) -> Result<String, TypescriptError> {
-    let mut definitions: BTreeMap<String, (&Value, &str)> = BTreeMap::new();
-    for contract in contracts {
-        for (name, schema) in &contract.definitions {
-            match definitions.get(name) {
-                Some((known, by)) if *known != schema => {
-                    return Err(TypescriptError(format!(
-                        "type `{name}` is defined differently by contracts `{by}` and `{}`",
-                        contract.name
-                    )));
-                }
-                Some(_) => {}
-                None => {
-                    definitions.insert(name.clone(), (schema, &contract.name));
-                }
-            }
-        }
-    }
     let mut exported: BTreeMap<String, &str> = BTreeMap::new();
     for contract in contracts {
         let ident = descriptor_name(&contract.name);
@@ -63,6 +50,44 @@ pub fn typescript(
                 contract.name
             )));
         }
+    }
+    // Each named type gets an identifier of its own; one defined alike by several contracts
+    // is shared.
+    let mut taken: HashSet<String> = RESERVED.iter().map(|r| (*r).to_owned()).collect();
+    let mut shared: HashMap<(&str, String), String> = HashMap::new();
+    let mut declarations: Vec<(String, &Value, usize)> = Vec::new();
+    let mut scopes: Vec<Scope> = Vec::new();
+    for (index, contract) in contracts.iter().enumerate() {
+        let mut scope = Scope::new();
+        let mut names: Vec<&String> = contract.definitions.keys().collect();
+        names.sort();
+        for name in names {
+            let schema = &contract.definitions[name];
+            // Alike only when every type it leads to is alike too.
+            let closure: BTreeMap<String, &Value> = contract
+                .reachable([schema])
+                .into_iter()
+                .filter_map(|n| contract.definitions.get(&n).map(|s| (n, s)))
+                .collect();
+            let key = (
+                name.as_str(),
+                format!(
+                    "{schema}{}",
+                    serde_json::to_string(&closure).unwrap_or_default()
+                ),
+            );
+            let ident = match shared.get(&key) {
+                Some(ident) => ident.clone(),
+                None => {
+                    let ident = claim(&mut taken, &identifier(name), &contract.name);
+                    shared.insert(key, ident.clone());
+                    declarations.push((ident.clone(), schema, index));
+                    ident
+                }
+            };
+            scope.insert(name.clone(), ident);
+        }
+        scopes.push(scope);
     }
 
     let mut out = String::new();
@@ -75,20 +100,94 @@ pub fn typescript(
         "import type * as plexus_client from {};",
         literal(client_module)
     );
-    for (name, (schema, _)) in &definitions {
+    declarations.sort_by(|a, b| a.0.cmp(&b.0));
+    for (ident, schema, index) in declarations {
         out.push('\n');
-        declaration(&mut out, name, schema);
+        declaration(&mut out, &ident, schema, &scopes[index]);
     }
-    for contract in contracts {
+    for (contract, scope) in contracts.iter().zip(&scopes) {
         out.push('\n');
-        descriptor(&mut out, contract);
+        descriptor(&mut out, contract, scope);
     }
     Ok(out)
 }
 
+/// Names a declaration may not take: TypeScript's own types and keywords, and the client's
+/// namespace.
+const RESERVED: &[&str] = &[
+    "any",
+    "bigint",
+    "boolean",
+    "never",
+    "null",
+    "number",
+    "object",
+    "string",
+    "symbol",
+    "undefined",
+    "unknown",
+    "void",
+    "await",
+    "break",
+    "case",
+    "catch",
+    "class",
+    "const",
+    "continue",
+    "debugger",
+    "default",
+    "delete",
+    "do",
+    "else",
+    "enum",
+    "export",
+    "extends",
+    "false",
+    "finally",
+    "for",
+    "function",
+    "if",
+    "implements",
+    "import",
+    "in",
+    "instanceof",
+    "interface",
+    "let",
+    "new",
+    "package",
+    "private",
+    "protected",
+    "public",
+    "return",
+    "static",
+    "super",
+    "switch",
+    "this",
+    "throw",
+    "true",
+    "try",
+    "typeof",
+    "var",
+    "while",
+    "with",
+    "yield",
+    "plexus_client",
+];
+
+/// `base`, or the contract's name before it, or a number after it: the first not taken.
+fn claim(taken: &mut HashSet<String>, base: &str, contract: &str) -> String {
+    let prefixed = format!("{}{base}", descriptor_name(contract));
+    let ident = [base.to_owned(), prefixed.clone()]
+        .into_iter()
+        .chain((2..).map(|n| format!("{prefixed}{n}")))
+        .find(|candidate| !taken.contains(candidate))
+        .expect("an endless supply of names");
+    taken.insert(ident.clone());
+    ident
+}
+
 /// `export interface Name {…}` for an object, else `export type Name = …;`.
-fn declaration(out: &mut String, name: &str, schema: &Value) {
-    let ident = identifier(name);
+fn declaration(out: &mut String, ident: &str, schema: &Value, scope: &Scope) {
     doc(out, "", schema.get("description").and_then(Value::as_str));
     let is_plain_object = schema.get("type").and_then(Value::as_str) == Some("object")
         && schema.get("properties").is_some()
@@ -99,15 +198,20 @@ fn declaration(out: &mut String, name: &str, schema: &Value) {
                     .get(*k)
                     .is_some_and(|v| v.is_array() || v.is_object())
             });
-    if is_plain_object {
-        let _ = writeln!(out, "export interface {ident} {}", object(schema, 0));
-    } else {
-        let _ = writeln!(out, "export type {ident} = {};", ts_type(schema, 0));
+    let ts = Ts { scope };
+    match schema {
+        Value::Object(object) if is_plain_object => {
+            let _ = writeln!(out, "export interface {ident} {}", ts.object(object, 0));
+        }
+        _ => {
+            let _ = writeln!(out, "export type {ident} = {};", ts.of(schema, 0));
+        }
     }
 }
 
 /// `export const Name: plexus_client.Contract<{…}, "server"> = {…};`
-fn descriptor(out: &mut String, contract: &ContractSchema) {
+fn descriptor(out: &mut String, contract: &ContractSchema, scope: &Scope) {
+    let ts = Ts { scope };
     let ident = descriptor_name(&contract.name);
     let side = match contract.served_by {
         ServedBy::Server => "server",
@@ -116,7 +220,7 @@ fn descriptor(out: &mut String, contract: &ContractSchema) {
     doc(out, "", contract.description.as_deref());
     let _ = writeln!(out, "export const {ident}: plexus_client.Contract<{{");
     let prefix = format!("{}.", contract.name);
-    let key = |wire: &str| property_key(wire.strip_prefix(&prefix).unwrap_or(wire));
+    let short = |wire: &'_ str| wire.strip_prefix(&prefix).unwrap_or(wire).to_owned();
     for method in &contract.methods {
         let description = method.description.as_deref();
         if method.deprecated {
@@ -128,16 +232,20 @@ fn descriptor(out: &mut String, contract: &ContractSchema) {
         let params = method
             .params
             .as_ref()
-            .map_or_else(|| "void".to_owned(), |p| ts_type(p, 2));
+            .map_or_else(|| "void".to_owned(), |p| ts.of(p, 2));
         let kind = kind_name(method.kind);
         let _ = write!(
             out,
             "  {}: {{ kind: {}; params: {params}",
-            key(&method.name),
+            property_key(&short(&method.name)),
             literal(kind)
         );
-        if let Some(result) = &method.result {
-            let _ = write!(out, "; result: {}", ts_type(result, 2));
+        if method.kind != MethodKind::Notification {
+            let result = method
+                .result
+                .as_ref()
+                .map_or_else(|| "unknown".to_owned(), |r| ts.of(r, 2));
+            let _ = write!(out, "; result: {result}");
         }
         out.push_str(" };\n");
     }
@@ -149,7 +257,7 @@ fn descriptor(out: &mut String, contract: &ContractSchema) {
         let _ = write!(
             out,
             "    {}: {{ kind: {}, name: {}",
-            key(&method.name),
+            value_key(&short(&method.name)),
             literal(kind_name(method.kind)),
             literal(&method.name)
         );
@@ -184,155 +292,161 @@ fn doc(out: &mut String, indent: &str, text: Option<&str>) {
     let _ = writeln!(out, "{indent} */");
 }
 
-/// The TypeScript type of `schema`; `depth` is the indentation level of the line it is on.
-fn ts_type(schema: &Value, depth: usize) -> String {
-    let schema = match schema {
-        Value::Bool(true) => return "unknown".into(),
-        Value::Bool(false) => return "never".into(),
-        Value::Object(schema) => schema,
-        _ => return "unknown".into(),
-    };
-    let mut parts: Vec<String> = Vec::new();
-    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
-        parts.push(
-            reference
-                .strip_prefix("#/$defs/")
-                .map_or_else(|| "unknown".to_owned(), identifier),
-        );
-    } else if let Some(value) = schema.get("const") {
-        parts.push(value_literal(value));
-    } else if let Some(values) = schema.get("enum").and_then(Value::as_array) {
-        parts.push(union(values.iter().map(value_literal).collect()));
-    } else if let Some(types) = schema.get("type") {
-        let names: Vec<&str> = match types {
-            Value::String(one) => vec![one.as_str()],
-            Value::Array(many) => many.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
+/// Schemas to TypeScript types, with `$ref`s resolved in one contract's scope.
+struct Ts<'a> {
+    scope: &'a Scope,
+}
+
+impl Ts<'_> {
+    /// The TypeScript type of `schema`; `depth` is the indentation of the line it is on.
+    fn of(&self, schema: &Value, depth: usize) -> String {
+        let schema = match schema {
+            Value::Bool(true) => return "unknown".into(),
+            Value::Bool(false) => return "never".into(),
+            Value::Object(schema) => schema,
+            _ => return "unknown".into(),
         };
-        parts.push(union(
-            names
+        let mut parts: Vec<String> = Vec::new();
+        if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+            parts.push(self.reference(reference));
+        } else if let Some(value) = schema.get("const") {
+            parts.push(value_literal(value));
+        } else if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+            parts.push(group(values.iter().map(value_literal).collect(), " | "));
+        } else if let Some(types) = schema.get("type") {
+            let names: Vec<&str> = match types {
+                Value::String(one) => vec![one.as_str()],
+                Value::Array(many) => many.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            let types = names
                 .into_iter()
-                .map(|name| of_type(name, schema, depth))
-                .collect(),
-        ));
-    }
-    for (keyword, join) in [("oneOf", " | "), ("anyOf", " | "), ("allOf", " & ")] {
-        if let Some(alternatives) = schema.get(keyword).and_then(Value::as_array) {
-            let types: Vec<String> = alternatives.iter().map(|s| ts_type(s, depth)).collect();
-            parts.push(group(&types, join));
+                .map(|name| self.of_type(name, schema, depth))
+                .collect();
+            parts.push(group(types, " | "));
         }
-    }
-    match parts.len() {
-        0 => "unknown".into(),
-        1 => parts.remove(0),
-        _ => group(&parts, " & "),
-    }
-}
-
-/// The type of one JSON Schema `type` name in `schema`.
-fn of_type(name: &str, schema: &Map<String, Value>, depth: usize) -> String {
-    match name {
-        "string" => "string".into(),
-        "integer" | "number" => "number".into(),
-        "boolean" => "boolean".into(),
-        "null" => "null".into(),
-        "array" => {
-            if let Some(items) = schema.get("prefixItems").and_then(Value::as_array) {
-                let items: Vec<String> = items.iter().map(|s| ts_type(s, depth)).collect();
-                format!("[{}]", items.join(", "))
-            } else {
-                let item = schema
-                    .get("items")
-                    .map_or("unknown".into(), |s| ts_type(s, depth));
-                format!("Array<{item}>")
+        for (keyword, join) in [("oneOf", " | "), ("anyOf", " | "), ("allOf", " & ")] {
+            if let Some(alternatives) = schema.get(keyword).and_then(Value::as_array) {
+                let types = alternatives.iter().map(|s| self.of(s, depth)).collect();
+                parts.push(group(types, join));
             }
         }
-        "object" => {
-            let map = schema
-                .get("additionalProperties")
-                .filter(|s| s.is_object())
-                .map(|s| format!("{{ [key: string]: {} }}", ts_type(s, depth)));
-            match (schema.get("properties").is_some(), map) {
-                (true, Some(map)) => format!("{} & {map}", object_of(schema, depth)),
-                (true, None) => object_of(schema, depth),
-                (false, Some(map)) => map,
-                (false, None) => "{ [key: string]: unknown }".into(),
-            }
+        match parts.len() {
+            0 => "unknown".into(),
+            1 => parts.remove(0),
+            _ => group(parts, " & "),
         }
-        _ => "unknown".into(),
     }
-}
 
-fn object(schema: &Value, depth: usize) -> String {
-    match schema {
-        Value::Object(schema) => object_of(schema, depth),
-        _ => "{}".into(),
+    /// A named type (`#/$defs/<name>`); `unknown` for anything else.
+    fn reference(&self, reference: &str) -> String {
+        definition_name(reference)
+            .and_then(|name| self.scope.get(&name).cloned())
+            .unwrap_or_else(|| "unknown".into())
     }
-}
 
-/// `{ a: T; b?: U }`, one property a line.
-fn object_of(schema: &Map<String, Value>, depth: usize) -> String {
-    let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
-        return "{}".into();
-    };
-    if properties.is_empty() {
-        return "{}".into();
+    /// The type of one JSON Schema `type` name in `schema`.
+    fn of_type(&self, name: &str, schema: &Map<String, Value>, depth: usize) -> String {
+        match name {
+            "string" => "string".into(),
+            "integer" | "number" => "number".into(),
+            "boolean" => "boolean".into(),
+            "null" => "null".into(),
+            "array" => {
+                if let Some(items) = schema.get("prefixItems").and_then(Value::as_array) {
+                    let items: Vec<String> = items.iter().map(|s| self.of(s, depth)).collect();
+                    format!("[{}]", items.join(", "))
+                } else {
+                    let item = schema
+                        .get("items")
+                        .map_or("unknown".into(), |s| self.of(s, depth));
+                    if item.contains(" | ") || item.contains(" & ") {
+                        format!("({item})[]")
+                    } else {
+                        format!("{item}[]")
+                    }
+                }
+            }
+            "object" => {
+                let map = schema
+                    .get("additionalProperties")
+                    .filter(|s| s.is_object())
+                    .map(|s| format!("{{ [key: string]: {} }}", self.of(s, depth)));
+                match (schema.get("properties").is_some(), map) {
+                    (true, Some(map)) => format!("{} & {map}", self.object(schema, depth)),
+                    (true, None) => self.object(schema, depth),
+                    (false, Some(map)) => map,
+                    (false, None) => "{ [key: string]: unknown }".into(),
+                }
+            }
+            _ => "unknown".into(),
+        }
     }
-    let required: Vec<&str> = schema
-        .get("required")
-        .and_then(Value::as_array)
-        .map(|r| r.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let indent = "  ".repeat(depth + 1);
-    let mut out = String::from("{\n");
-    for (name, property) in properties {
-        doc(
-            &mut out,
-            &indent,
-            property.get("description").and_then(Value::as_str),
-        );
-        let optional = if required.contains(&name.as_str()) {
-            ""
-        } else {
-            "?"
+
+    /// `{ a: T; b?: U }`, one property a line, in the order of their names.
+    fn object(&self, schema: &Map<String, Value>, depth: usize) -> String {
+        let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+            return "{}".into();
         };
-        let _ = writeln!(
-            out,
-            "{indent}{}{optional}: {};",
-            property_key(name),
-            ts_type(property, depth + 1)
-        );
-    }
-    let _ = write!(out, "{}}}", "  ".repeat(depth));
-    out
-}
-
-/// Types joined by `|`, each in parentheses where it has operators of its own.
-fn union(types: Vec<String>) -> String {
-    group(&types, " | ")
-}
-
-fn group(types: &[String], join: &str) -> String {
-    let mut unique: Vec<&String> = Vec::new();
-    for t in types {
-        if !unique.contains(&t) {
-            unique.push(t);
+        if properties.is_empty() {
+            return "{}".into();
         }
-    }
-    if unique.len() == 1 {
-        return unique[0].clone();
-    }
-    unique
-        .iter()
-        .map(|t| {
-            if t.contains(" | ") || t.contains(" & ") {
-                format!("({t})")
+        let required: HashSet<&str> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut names: Vec<&String> = properties.keys().collect();
+        names.sort();
+        let indent = "  ".repeat(depth + 1);
+        let mut out = String::from("{\n");
+        for name in names {
+            let property = &properties[name];
+            doc(
+                &mut out,
+                &indent,
+                property.get("description").and_then(Value::as_str),
+            );
+            let optional = if required.contains(name.as_str()) {
+                ""
             } else {
-                (*t).clone()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(join)
+                "?"
+            };
+            let _ = writeln!(
+                out,
+                "{indent}{}{optional}: {};",
+                property_key(name),
+                self.of(property, depth + 1)
+            );
+        }
+        let _ = write!(out, "{}}}", "  ".repeat(depth));
+        out
+    }
+}
+
+/// Types joined by `join` (`never` for none), each once, in parentheses where it has
+/// operators of its own.
+fn group(types: Vec<String>, join: &str) -> String {
+    let mut seen = HashSet::new();
+    let unique: Vec<String> = types
+        .into_iter()
+        .filter(|t| seen.insert(t.clone()))
+        .collect();
+    match unique.len() {
+        0 => "never".into(),
+        1 => unique.into_iter().next().unwrap_or_default(),
+        _ => unique
+            .into_iter()
+            .map(|t| {
+                if t.contains(" | ") || t.contains(" & ") {
+                    format!("({t})")
+                } else {
+                    t
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(join),
+    }
 }
 
 /// A JSON value as a TypeScript literal type.
@@ -348,12 +462,21 @@ fn literal(text: &str) -> String {
     Value::String(text.to_owned()).to_string()
 }
 
-/// `name` as an object key: bare when it is an identifier, quoted otherwise.
+/// `name` as a key of a type: bare when it is an identifier, quoted otherwise.
 fn property_key(name: &str) -> String {
     if is_identifier(name) {
         name.to_owned()
     } else {
         literal(name)
+    }
+}
+
+/// `name` as a key of an object literal, where `__proto__:` would set the prototype.
+fn value_key(name: &str) -> String {
+    if name == "__proto__" {
+        format!("[{}]", literal(name))
+    } else {
+        property_key(name)
     }
 }
 
@@ -379,7 +502,12 @@ fn descriptor_name(name: &str) -> String {
                 .chain(chars)
         })
         .collect();
-    identifier(&pascal)
+    let ident = identifier(&pascal);
+    if RESERVED.contains(&ident.as_str()) {
+        format!("{ident}_")
+    } else {
+        ident
+    }
 }
 
 /// `name` as a TypeScript identifier: other characters become `_`, a leading digit gets one.
@@ -418,12 +546,21 @@ mod tests {
         /// An optional number. Says `*/` in its doc.
         maybe: Option<u32>,
         list: Vec<String>,
+        options: Vec<Option<u8>>,
         pair: (bool, f64),
         map: HashMap<String, u8>,
         #[serde(rename = "odd-name")]
         odd: String,
         tagged: Tagged,
         plain: Plain,
+        tree: Tree,
+        strings: Page<String>,
+        numbers: Page<u32>,
+        meters: Meters,
+        unit: Unit,
+        #[serde(flatten)]
+        extra: Extra,
+        array: Array,
     }
 
     #[derive(Serialize, JsonSchema)]
@@ -441,20 +578,60 @@ mod tests {
         Wrapped(i64),
     }
 
+    /// Recursive.
+    #[derive(Serialize, JsonSchema)]
+    struct Tree {
+        children: Vec<Tree>,
+    }
+
+    /// Generic: one named type per instance.
+    #[derive(Serialize, JsonSchema)]
+    struct Page<T> {
+        items: Vec<T>,
+    }
+
+    #[derive(Serialize, JsonSchema)]
+    struct Meters(f64);
+
+    #[derive(Serialize, JsonSchema)]
+    struct Unit;
+
+    #[derive(Serialize, JsonSchema)]
+    struct Extra {
+        flattened: bool,
+    }
+
+    /// A name TypeScript's own types would shadow, were it not told apart.
+    #[derive(Serialize, JsonSchema)]
+    struct Array {
+        length: String,
+    }
+
     fn contract(name: &str, generator: &mut schemars::SchemaGenerator) -> ContractSchema {
         ContractSchema {
             name: name.into(),
             served_by: ServedBy::Server,
             description: None,
-            methods: vec![MethodSchema {
-                name: format!("{name}.get"),
-                kind: MethodKind::Request,
-                description: None,
-                params: None,
-                result: Some(generator.subschema_for::<Shapes>().to_value()),
-                timeout_ms: Some(250),
-                deprecated: true,
-            }],
+            methods: vec![
+                MethodSchema {
+                    name: format!("{name}.get"),
+                    kind: MethodKind::Request,
+                    description: None,
+                    params: None,
+                    result: Some(generator.subschema_for::<Shapes>().to_value()),
+                    timeout_ms: Some(250),
+                    deprecated: true,
+                },
+                MethodSchema {
+                    name: format!("{name}.__proto__"),
+                    kind: MethodKind::Stream,
+                    description: None,
+                    params: Some(generator.subschema_for::<Option<Tree>>().to_value()),
+                    result: None,
+                    timeout_ms: None,
+                    deprecated: false,
+                },
+            ],
             definitions: generator.take_definitions(true),
         }
     }
@@ -463,20 +640,36 @@ mod tests {
         schemars::generate::SchemaSettings::draft2020_12().into_generator()
     }
 
+    /// The module the TypeScript suite compiles (`clients/js/test/contracts/shapes.ts`).
+    const FIXTURE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../clients/js/test/contracts/shapes.ts"
+    );
+
     #[test]
     fn serde_shapes_become_their_typescript_types() {
-        let module = typescript(&[contract("shapes.v2", &mut generator())], "@plexus/client")
-            .expect("generated");
+        let module = typescript(
+            &[contract("shapes.v2", &mut generator())],
+            "../../src/index.js",
+        )
+        .expect("generated");
         for expected in [
-            "import type * as plexus_client from \"@plexus/client\";",
+            "import type * as plexus_client from \"../../src/index.js\";",
             "export interface Shapes {",
             "  maybe?: number | null;",
             "Says `*\\/` in its doc.",
-            "  list: Array<string>;",
+            "  list: string[];",
+            "  options: (number | null)[];",
             "  pair: [boolean, number];",
             "  map: { [key: string]: number };",
             "  \"odd-name\": string;",
             "  tagged: Tagged;",
+            "  tree: Tree;",
+            "  children: Tree[];",
+            "  flattened: boolean;",
+            "  meters: Meters;",
+            "export type Meters = number;",
+            "export type Unit = null;",
             "export type Plain = \"Unit\" | {",
             "  Wrapped: number;",
             "export type Tagged = {",
@@ -484,34 +677,58 @@ mod tests {
             "  type: \"empty\";",
             "export const ShapesV2: plexus_client.Contract<{",
             "  /**\n   * @deprecated\n   */\n  get: { kind: \"request\"; params: void; result: Shapes };",
+            "  __proto__: { kind: \"stream\"; params: Tree | null; result: unknown };",
             "}, \"server\"> = {",
             "  name: \"shapes.v2\",",
             "    get: { kind: \"request\", name: \"shapes.v2.get\", timeout: 250 },",
+            "    [\"__proto__\"]: { kind: \"stream\", name: \"shapes.v2.__proto__\" },",
         ] {
             assert!(module.contains(expected), "{expected:?} not in:\n{module}");
         }
+        // Every named type is declared once and under the name its references use.
+        for name in ["Array", "Page", "Page2"] {
+            assert!(
+                module.contains(&format!("export interface {name} {{")),
+                "{name}: {module}"
+            );
+        }
+        if std::env::var_os("UPDATE_CONTRACTS").is_some() {
+            std::fs::write(FIXTURE, &module).expect("write the fixture");
+        }
+        let fixture = std::fs::read_to_string(FIXTURE).unwrap_or_default();
+        assert!(
+            fixture == module,
+            "clients/js/test/contracts/shapes.ts is stale: UPDATE_CONTRACTS=1 cargo test -p plexus \
+             --lib typescript"
+        );
     }
 
     #[test]
-    fn what_the_schema_does_not_say_is_unknown() {
-        assert_eq!(ts_type(&json!(true), 0), "unknown");
-        assert_eq!(ts_type(&json!({}), 0), "unknown");
-        assert_eq!(ts_type(&json!({"$ref": "https://elsewhere"}), 0), "unknown");
+    fn references_resolve_in_their_contracts_scope_and_the_rest_is_unknown() {
+        let scope: Scope = [("A b".to_owned(), "A_b".to_owned())].into();
+        let ts = Ts { scope: &scope };
+        assert_eq!(ts.of(&json!(true), 0), "unknown");
+        assert_eq!(ts.of(&json!({}), 0), "unknown");
+        assert_eq!(ts.of(&json!({"$ref": "https://elsewhere"}), 0), "unknown");
+        assert_eq!(ts.of(&json!({"$ref": "#/$defs/Missing"}), 0), "unknown");
         assert_eq!(
-            ts_type(&json!({"type": "object"}), 0),
+            ts.of(&json!({"type": "object"}), 0),
             "{ [key: string]: unknown }"
         );
         assert_eq!(
-            ts_type(&json!({"type": ["string", "null"]}), 0),
+            ts.of(&json!({"type": ["string", "null"]}), 0),
             "string | null"
         );
         assert_eq!(
-            ts_type(&json!({"enum": [1, "a", null]}), 0),
+            ts.of(&json!({"enum": [1, "a", null, 1]}), 0),
             "1 | \"a\" | null"
         );
+        assert_eq!(ts.of(&json!({"enum": []}), 0), "never");
+        assert_eq!(ts.of(&json!({"oneOf": []}), 0), "never");
+        // schemars percent-encodes names in references.
         assert_eq!(
-            ts_type(
-                &json!({"anyOf": [{"$ref": "#/$defs/A b"}, {"type": "null"}]}),
+            ts.of(
+                &json!({"anyOf": [{"$ref": "#/$defs/A%20b"}, {"type": "null"}]}),
                 0
             ),
             "A_b | null"
@@ -519,7 +736,7 @@ mod tests {
     }
 
     #[test]
-    fn two_contracts_may_share_a_type_but_not_define_it_twice() {
+    fn contracts_share_a_type_defined_alike_and_tell_apart_two_of_one_name() {
         let one = contract("one", &mut generator());
         let two = contract("two", &mut generator());
         let module = typescript(&[one.clone(), two.clone()], "c").expect("shared");
@@ -528,11 +745,13 @@ mod tests {
         let mut other = two;
         other
             .definitions
-            .insert("Shapes".into(), json!({"type": "string"}));
-        let error = typescript(&[one.clone(), other], "c").expect_err("redefined");
-        assert_eq!(
-            error.to_string(),
-            "type `Shapes` is defined differently by contracts `one` and `two`"
+            .insert("Tree".into(), json!({"type": "string"}));
+        let module = typescript(&[one.clone(), other], "c").expect("told apart");
+        assert!(module.contains("export interface Tree {"), "{module}");
+        assert!(module.contains("export type TwoTree = string;"), "{module}");
+        assert!(
+            module.contains("__proto__: { kind: \"stream\"; params: TwoTree | null;"),
+            "{module}"
         );
         let same_name = ContractSchema {
             name: "One".into(),

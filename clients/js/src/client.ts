@@ -180,19 +180,27 @@ export class Client {
 
   /**
    * Serves a contract the server calls on this client, one typed handler per method (a
-   * request's handler answers, a stream's yields its items).
+   * request's handler answers, a stream's yields its items). Throws, serving none of them,
+   * on a method already served (by another contract or a handler): never a silent override.
    */
   serve<M extends { [method: string]: MethodTypes }>(
     contract: Contract<M, "client">,
     implementation: ContractImplementation<M>,
   ): this {
-    for (const [key, { name, kind }] of Object.entries(contract.methods) as [string, Contract["methods"][string]][]) {
+    const { requests, notifications, streams } = this.#handlers;
+    const served = Object.entries(contract.methods).map(([key, method]) => {
+      const { name, kind } = method as Contract["methods"][string];
       const handler = (implementation as unknown as Record<string, (params: unknown, ctx: CallContext) => never>)[key];
       if (typeof handler !== "function") throw new TypeError(`${contract.name}: no handler for \`${key}\``);
-      const bound = handler.bind(implementation);
-      if (kind === "request") this.handle(name, bound);
-      else if (kind === "notification") this.onNotification(name, bound);
-      else this.handleStream(name, bound);
+      if (requests.has(name) || notifications.has(name) || streams.has(name)) {
+        throw new Error(`\`${name}\` is served already: two contracts (or a handler) serve it`);
+      }
+      return { name, kind, handler: handler.bind(implementation) };
+    });
+    for (const { name, kind, handler } of served) {
+      if (kind === "request") this.handle(name, handler);
+      else if (kind === "notification") this.onNotification(name, handler);
+      else this.handleStream(name, handler);
     }
     return this;
   }

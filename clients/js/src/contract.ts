@@ -60,18 +60,22 @@ export interface Caller {
   stream(method: string, params: unknown, options: StreamOptions): CallStream<unknown>;
 }
 
-/** Builds the stub of `contract` over `caller`; a method's own timeout is its default. */
+/**
+ * Builds the stub of `contract` over `caller`. A request's own timeout (the contract's
+ * `timeout_ms`) is its default; streams have none (end one with a signal).
+ */
 export function stub<M extends { [method: string]: MethodTypes }>(
   caller: Caller,
   contract: Contract<M, "server">,
 ): ContractStub<M> {
-  const calls: Record<string, unknown> = {};
+  // No prototype: a method named `__proto__` is a method like any other.
+  const calls: Record<string, unknown> = Object.create(null);
   for (const [key, method] of Object.entries(contract.methods) as [string, Contract["methods"][string]][]) {
     const { name, kind, timeout } = method;
     calls[key] =
       kind === "request"
         ? (params: unknown, options: CallOptions = {}) =>
-            caller.request(name, params, timeout === undefined ? options : { timeout, ...options })
+            caller.request(name, params, { ...options, timeout: options.timeout ?? timeout })
         : kind === "notification"
           ? (params: unknown, options = {}) => caller.notify(name, params, options)
           : (params: unknown, options: StreamOptions = {}) => caller.stream(name, params, options);

@@ -78,9 +78,9 @@ pub trait Chat {
     #[public]
     async fn typing(&self, ctx: CallContext);
 
-    /// Asks every member whether it is there (`areYouThere`, 2 s to answer).
+    /// Asks every member whether it is there (`areYouThere`, 2 s to answer); for members.
     #[public]
-    async fn who(&self) -> Result<Vec<Presence>, RpcError>;
+    async fn who(&self, ctx: CallContext) -> Result<Vec<Presence>, ChatError>;
 
     /// The messages after number `after`, oldest first, then the stream ends.
     #[stream]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use plexus::client::Status as ConnStatus;
-use plexus::{Client, ClientOptions, RpcError, Server};
+use plexus::{Client, ClientOptions, ErrorCode, RpcError, Server};
 use plexus_example_chat::contracts::{
     ChatClient, Member, MemberContract, Message, Post, ReadUpTo, Status,
 };
@@ -79,6 +79,33 @@ impl Member for Terminal {
     }
 }
 
+/// Takes the seat; `again` (after a reconnect), waiting while the name is still held by this
+/// member's previous connection, until the server sees that it is gone.
+async fn join(chat: &ChatClient, name: &str, again: bool) -> bool {
+    let mut wait = Duration::from_millis(250);
+    loop {
+        match chat.join(&name.to_owned()).await {
+            Ok(recent) => {
+                for m in recent {
+                    println!("#{} {}: {}", m.id, m.from, m.text);
+                }
+                eprintln!("joined as {name}");
+                return true;
+            }
+            Err(e)
+                if again && *e.code() == ErrorCode::CONFLICT && wait < Duration::from_secs(30) =>
+            {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => {
+                eprintln!("cannot join: {e}");
+                return false;
+            }
+        }
+    }
+}
+
 async fn client(url: &str, name: &str) -> anyhow::Result<()> {
     let options = ClientOptions::default().router(MemberContract::client_router(Terminal));
     let client: Client = plexus::connect(url, options).await?;
@@ -88,17 +115,10 @@ async fn client(url: &str, name: &str) -> anyhow::Result<()> {
         let (chat, name) = (chat.clone(), name.to_owned());
         let mut status = client.status();
         tokio::spawn(async move {
+            let mut joined = false;
             loop {
                 if *status.borrow_and_update() == ConnStatus::Connected {
-                    match chat.join(&name).await {
-                        Ok(recent) => {
-                            for m in recent {
-                                println!("#{} {}: {}", m.id, m.from, m.text);
-                            }
-                            eprintln!("joined as {name}");
-                        }
-                        Err(e) => eprintln!("cannot join: {e}"),
-                    }
+                    joined = join(&chat, &name, joined).await || joined;
                 }
                 if status.changed().await.is_err() {
                     return;

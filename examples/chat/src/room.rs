@@ -91,10 +91,12 @@ impl Chat for Room {
         if !state.members.contains_key(&id) && state.members.len() >= MAX_MEMBERS {
             return Err(ChatError::RoomFull);
         }
+        // Joining again (another name) keeps how far the member has read.
+        let read_up_to = state.members.get(&id).map_or(0, |seat| seat.read_up_to);
         let seat = Seat {
             name,
             member: MemberConnection::new(conn.clone()),
-            read_up_to: 0,
+            read_up_to,
         };
         if state.members.insert(id.clone(), seat).is_none() {
             self.count.send_replace(state.members.len());
@@ -162,13 +164,19 @@ impl Chat for Room {
         }
     }
 
-    async fn who(&self) -> Result<Vec<Presence>, RpcError> {
-        let members: Vec<(String, MemberConnection)> = self
-            .state()
-            .members
-            .values()
-            .map(|seat| (seat.name.clone(), seat.member.clone()))
-            .collect();
+    async fn who(&self, ctx: CallContext) -> Result<Vec<Presence>, ChatError> {
+        let members: Vec<(String, MemberConnection)> = {
+            let state = self.state();
+            // Each `who` asks every member: only members may start one.
+            if !state.members.contains_key(ctx.connection_id()) {
+                return Err(ChatError::NotJoined);
+            }
+            state
+                .members
+                .values()
+                .map(|seat| (seat.name.clone(), seat.member.clone()))
+                .collect()
+        };
         let asked = members.into_iter().map(|(name, member)| async move {
             // `areYouThere` has a deadline of its own (2 s): silence is an answer too.
             let status = member.are_you_there().await.unwrap_or(Status::Silent);

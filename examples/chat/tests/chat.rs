@@ -87,6 +87,8 @@ async fn two_members_talk_through_the_contracts_both_ways() {
         .await
         .expect_err("not joined");
     assert_eq!(*error.code(), ErrorCode::FORBIDDEN);
+    let error = ada.who().await.expect_err("not joined");
+    assert_eq!(*error.code(), ErrorCode::FORBIDDEN);
 
     assert!(ada.join(&"ada".to_owned()).await.expect("join").is_empty());
     bob.join(&"bob".to_owned()).await.expect("join");

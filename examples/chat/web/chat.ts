@@ -1,7 +1,7 @@
 // The chat page: the TypeScript client with the contracts generated from the server
 // (contracts.ts: `plexus codegen ts`), so every call, handler and answer here is type-checked.
 
-import { connect, type Client } from "../../../clients/js/src/index.js";
+import { connect, type Client, PlexusError } from "../../../clients/js/src/index.js";
 import { Chat, type Message, Member } from "./contracts.js";
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -51,8 +51,24 @@ async function markRead(): Promise<void> {
   $("unread").textContent = unread > 0 ? `${unread} unread` : "";
 }
 
+/**
+ * Joins as `name`, waiting while the name is still held: after a reconnect, by this page's
+ * previous connection until the server sees that it is gone.
+ */
+async function takeSeat(name: string): Promise<Message[]> {
+  for (let wait = 250; ; wait *= 2) {
+    try {
+      return await chat.join(name);
+    } catch (error) {
+      if (!(error instanceof PlexusError && error.code === "CONFLICT" && me === name && wait < 30_000)) throw error;
+      await new Promise((wake) => setTimeout(wake, wait));
+    }
+  }
+}
+
 async function join(name: string): Promise<void> {
-  const recent = await chat.join(name);
+  name = name.trim();
+  const recent = await takeSeat(name);
   me = name;
   recent.forEach(show);
   // What was said while this page was away (a reconnect), beyond the last 50.
@@ -83,7 +99,13 @@ $<HTMLFormElement>("compose").addEventListener("submit", (event) => {
     .catch(failed);
 });
 
-$("text").addEventListener("input", () => chat.typing());
+// The others are told at most every 2 s.
+let typingSent = 0;
+$("text").addEventListener("input", () => {
+  if (Date.now() - typingSent < 2000) return;
+  typingSent = Date.now();
+  chat.typing();
+});
 
 $("who-button").addEventListener("click", () => {
   chat

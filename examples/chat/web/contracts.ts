@@ -65,7 +65,7 @@ export const Chat: plexus_client.Contract<{
   /**
    * Enters the room as `name`; answers the messages so far (the last 50).
    */
-  join: { kind: "request"; params: string; result: Array<Message> };
+  join: { kind: "request"; params: string; result: Message[] };
   /**
    * Posts a message; answers it as every member receives it (`newMessage`).
    */
@@ -79,9 +79,9 @@ export const Chat: plexus_client.Contract<{
    */
   typing: { kind: "notification"; params: void };
   /**
-   * Asks every member whether it is there (`areYouThere`, 2 s to answer).
+   * Asks every member whether it is there (`areYouThere`, 2 s to answer); for members.
    */
-  who: { kind: "request"; params: void; result: Array<Presence> };
+  who: { kind: "request"; params: void; result: Presence[] };
   /**
    * The messages after number `after`, oldest first, then the stream ends.
    */

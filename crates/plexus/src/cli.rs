@@ -463,17 +463,23 @@ pub(crate) fn with_raw_endpoints(
     Ok(builder)
 }
 
-/// Refuses a raw socket at the root or at the protocol endpoint's path (axum would panic
-/// merging the latter). Paths of the HTTP API, health checks and page are not checked here.
+/// The HTTP routes `serve` may add beside its WebSocket endpoints (health checks, metrics,
+/// the page and its script, the HTTP API): no socket may take one (axum would panic merging
+/// them, or one would hide the other).
+const HTTP_ROUTES: [&str; 5] = ["/health/*", "/metrics", "/", "/plexus-page.js", "/api/*"];
+
+/// Refuses a raw socket at the root or at the protocol endpoint's path, and any socket at
+/// one of [`HTTP_ROUTES`].
 fn ensure_distinct(
     path: &str,
     echo: Option<&str>,
     pipes: &[(String, String)],
 ) -> anyhow::Result<()> {
-    let raw = echo
+    let raw: Vec<&str> = echo
         .into_iter()
-        .chain(pipes.iter().map(|(p, _)| p.as_str()));
-    for other in raw {
+        .chain(pipes.iter().map(|(p, _)| p.as_str()))
+        .collect();
+    for other in &raw {
         let base = other.strip_suffix("/*").unwrap_or(other);
         anyhow::ensure!(
             !base.is_empty() && base != "/",
@@ -481,11 +487,37 @@ fn ensure_distinct(
              give it a path of its own, such as /echo/*"
         );
         anyhow::ensure!(
-            base != path,
+            !overlap(other, path),
             "`{other}` is also the protocol endpoint's path (--path {path}): give it another"
         );
     }
+    // Two raw sockets at one path: the server refuses to build (EndpointError::Duplicate).
+    for socket in std::iter::once(&path).chain(&raw) {
+        if let Some(route) = HTTP_ROUTES.iter().find(|route| overlap(socket, route)) {
+            anyhow::bail!(
+                "`{socket}` would take `{route}`, one of plexus serve's HTTP routes \
+                 ({}): give the socket another path",
+                HTTP_ROUTES.join(", ")
+            );
+        }
+    }
     Ok(())
+}
+
+/// Whether two paths (exact, or a prefix ending in `/*`) can match one request path.
+fn overlap(a: &str, b: &str) -> bool {
+    let within = |exact: &str, prefix: &str| {
+        exact == prefix
+            || exact
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    match (a.strip_suffix("/*"), b.strip_suffix("/*")) {
+        (None, None) => a == b,
+        (Some(prefix), None) => within(b, prefix),
+        (None, Some(prefix)) => within(a, prefix),
+        (Some(x), Some(y)) => within(x, y) || within(y, x),
+    }
 }
 
 /// Ctrl-C or SIGTERM.

@@ -169,6 +169,23 @@ async fn serve_refuses_raw_paths_it_cannot_serve() {
         stderr.contains("is also the protocol endpoint's path"),
         "{stderr}"
     );
+    // A socket at one of serve's own HTTP routes is refused, naming it (it used to panic).
+    for (flag, socket, route) in [
+        ("--echo-path", "/metrics", "/metrics"),
+        ("--path", "/health/live", "/health/*"),
+        ("--pipe", "/api/*=demo", "/api/*"),
+        ("--echo-path", "/plexus-page.js", "/plexus-page.js"),
+    ] {
+        let (status, stderr) =
+            Proc::run(&["serve", "--listen", "127.0.0.1:0", flag, socket], bound).await;
+        assert_eq!(status.code(), Some(1), "{flag} {socket}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "would take `{route}`, one of plexus serve's HTTP routes"
+            )),
+            "{stderr}"
+        );
+    }
     let (status, stderr) = Proc::run(
         &["serve", "--listen", "127.0.0.1:0", "--path", "/ws/*"],
         bound,

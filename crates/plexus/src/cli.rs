@@ -104,6 +104,7 @@ struct ServeArgs {
     /// Also serve a raw WebSocket echo at this path (exact, or a prefix such as /echo/*):
     /// every message comes back as it was sent. A foreign-client raw socket like any
     /// other: authentication (on the upgrade request), origins, limits and metrics apply.
+    /// Not at one of serve's HTTP routes (/health/*, /metrics, /, /plexus-page.js, /api/*).
     #[arg(long)]
     echo_path: Option<String>,
     /// Pipe foreign clients to channels (repeatable): PATH=NAMESPACE, e.g. '/pipe/*=demo'

@@ -14,7 +14,9 @@
 # (three nodes on one redis-server or nats-server, fan-out only), floor (bare
 # tokio-tungstenite) and node-ws (Node.js `ws`). Cases: rpc-c50 (50 closed-loop connections), fan-N-max (N
 # subscribers, as fast as a window of 8 undelivered messages allows), fan-N-rateR (R
-# messages/s), conns-N (N idle connections). Results go to bench/results/DATE/:
+# messages/s), conns-N (N idle connections), conns-scale (as many idle connections as the
+# open-file limit allows, up to 100,000). The reconnect storm is
+# bench/storm.sh. Results go to bench/results/DATE/:
 # results.jsonl, table.md, commands.log, meta.txt, server-*.log. Only 127.0.0.1 is ever a
 # target, and every generator run ends by itself (--max-runtime).
 set -euo pipefail
@@ -26,7 +28,7 @@ cd "$ROOT"
 
 REPS=3 PEERS= CASES= OUT= PIN=1 REPORT=
 RPC_SECS=10 FAN_SECS=6 FAN_SUBS="1000 5000" FAN_WINDOW=8 FAN_DELIVERIES=10000
-CONNS_N=10000 CONNS_HOLD=5 WARMUP=2 PAD=0 BASE_PORT=19400
+CONNS_N=10000 CONNS_HOLD=5 WARMUP=2 PAD=0 BASE_PORT=19400 SCALE_WANT=100000
 while [ $# -gt 0 ]; do
   case $1 in
     --reps) REPS=$2; shift 2 ;;
@@ -36,7 +38,7 @@ while [ $# -gt 0 ]; do
     --no-pin) PIN=0; shift ;;
     --report) REPORT=$2; shift 2 ;;
     --quick) REPS=1 RPC_SECS=3 FAN_SECS=3 FAN_SUBS="200 1000" CONNS_N=2000 CONNS_HOLD=2 WARMUP=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -61,6 +63,15 @@ for n in $FAN_SUBS; do
 done
 ALL="$ALL conns-$(short "$CONNS_N")"
 SCENARIO[conns-$(short "$CONNS_N")]=conns ARGS[conns-$(short "$CONNS_N")]="-n $CONNS_N --hold $CONNS_HOLD"
+# The scale case: as many idle connections as this machine's open-file limit lets one
+# process hold, up to 100,000 (the server and the generator hold one file each per
+# connection, each process under its own limit). The limit is raised as far as it may be;
+# where it is capped the case is smaller and the run says so.
+ulimit -n "$((SCALE_WANT + 1000))" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+SCALE_N=$(( $(ulimit -n) - 1000 ))
+[ "$SCALE_N" -gt "$SCALE_WANT" ] && SCALE_N=$SCALE_WANT
+ALL="$ALL conns-scale"
+SCENARIO[conns-scale]=conns ARGS[conns-scale]="-n $SCALE_N --hold $CONNS_HOLD"
 CASES=${CASES:-$ALL}
 for c in $CASES; do
   [ -n "${SCENARIO[$c]:-}" ] || { echo "unknown case $c (known: $ALL)" >&2; exit 2; }
@@ -83,7 +94,11 @@ log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$LOG" >&2; }
   echo "machine: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo)"
   echo "pinning: server ${PIN_SERVER[*]:-none}, generator ${PIN_GEN[*]:-none}"
   echo "reps $REPS; rpc ${RPC_SECS}s; fan-out ${FAN_SECS}s, window $FAN_WINDOW; conns $CONNS_N held ${CONNS_HOLD}s; warm-up ${WARMUP}s; pad $PAD"
+  echo "conns-scale: $SCALE_N connections (open files: $(ulimit -n); wanted $((SCALE_WANT + 1000)))"
 } >"$OUT/meta.txt"
+if [ "$SCALE_N" -lt "$SCALE_WANT" ] && [[ " $CASES " == *" conns-scale "* ]]; then
+  log "conns-scale is capped at $SCALE_N connections: open files are limited to $(ulimit -n) per process here"
+fi
 
 # A spec is sourced in a subshell: its variables and functions never leak between peers.
 load_spec() {

@@ -1,5 +1,5 @@
-//! CPU time of the server under test, of the generator and of the machine, from `/proc`:
-//! per operation, the steadiest figure on a shared machine.
+//! CPU time and memory of the server under test, of the generator and of the machine, from
+//! `/proc`: per operation, the steadiest figure on a shared machine.
 
 use std::fs;
 use std::time::Instant;
@@ -122,13 +122,27 @@ impl Window {
 }
 
 /// Resident memory of process `pid`, in KiB.
-pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The most resident memory process `pid` has had, in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(key))?
         .split_whitespace()
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// Nanoseconds on CPU of every thread of process `pid` so far.
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    process_ns(&pid.to_string())
 }

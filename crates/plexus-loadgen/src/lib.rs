@@ -14,7 +14,7 @@
 
 pub mod connect;
 pub mod conns;
-mod cpu;
+pub mod cpu;
 pub mod fanout;
 pub mod progress;
 pub mod record;

@@ -1,7 +1,7 @@
 //! `plexus bench` against a real `plexus serve`: the calls and publications it made are the
 //! ones the server itself counted, the report shows percentiles and a histogram, a credential reaches
 //! every connection, and what the server would refuse (or a target off this machine) stops
-//! the run before any load.
+//! the run before any load; a reconnect storm across a server restart loses nothing.
 
 #[macro_use]
 mod support;
@@ -250,4 +250,110 @@ async fn what_would_be_refused_stops_the_run_before_any_load() {
     let tls = bench_refused(&["rpc", "--url", "wss://127.0.0.1:8787/ws"]).await;
     assert!(tls.contains("only ws://"), "{tls}");
     let _ = std::fs::remove_file(config);
+}
+
+/// The storm over real processes: a `plexus serve` on a redis-server of the test's own,
+/// killed (`kill -9`) and started again by the cut command, while the Rust clients
+/// subscribed to one channel reconnect and recover. Nothing may be lost or delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_loses_nothing_across_a_server_restart() {
+    let redis = plexus_redis::testing::RedisServer::start().await;
+    let dir = std::env::temp_dir().join(format!("plexus-storm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("plexus.toml");
+    std::fs::write(
+        &config,
+        format!("{CONFIG}history_size = 1000\nhistory_ttl = \"10m\"\n"),
+    )
+    .expect("config");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let pid_file = dir.join("server.pid");
+    // Starts the server in the background, its pid in the file; its output to a log, so
+    // that nothing holds the bench's stdout open.
+    let start = format!(
+        "{bin} serve --listen 127.0.0.1:{port} --config {config} --engine {engine} \
+         </dev/null >>{log} 2>&1 &\necho $! >{pids}\n",
+        bin = support::process::BIN,
+        config = config.display(),
+        engine = redis.url(),
+        log = dir.join("server.log").display(),
+        pids = pid_file.display(),
+    );
+    let start_script = dir.join("start.sh");
+    std::fs::write(&start_script, &start).expect("start.sh");
+    let cut = dir.join("cut.sh");
+    std::fs::write(
+        &cut,
+        format!(
+            "pid=$(cat {pids})\nkill -KILL $pid\nwhile kill -0 $pid 2>/dev/null; do sleep 0.01; done\n{start}",
+            pids = pid_file.display()
+        ),
+    )
+    .expect("cut.sh");
+    let started = std::process::Command::new("sh")
+        .arg(&start_script)
+        .status()
+        .expect("start");
+    assert!(started.success());
+    // The server is a process of its own: wait (boundedly) until it listens.
+    within("the server to listen", async {
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let figures = {
+        let args = [
+            "bench",
+            "storm",
+            "--url",
+            &url,
+            "-n",
+            "40",
+            "--rate",
+            "20",
+            "--before",
+            "1s",
+            "--after",
+            "1s",
+            "--cut",
+            &format!("sh {}", cut.display()),
+            "--server-pid-file",
+            &pid_file.display().to_string(),
+        ]
+        .map(str::to_owned);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = Proc::output(&args, BOUND).await;
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let _ = std::process::Command::new("sh")
+            .args(["-c", &format!("kill -KILL $(cat {})", pid_file.display())])
+            .status();
+        assert!(output.status.success(), "{stderr}");
+        serde_json::from_slice::<Value>(&output.stdout).expect("JSON figures")
+    };
+    assert_eq!(figures["subscribers"], 40, "{figures}");
+    assert_eq!(figures["not_back"], 0, "{figures}");
+    assert_eq!(figures["resubscribed_unrecovered"], 0, "{figures}");
+    assert_eq!(figures["deliveries_lost"], 0, "{figures}");
+    assert_eq!(figures["duplicates_offset"], 0, "{figures}");
+    assert_eq!(figures["duplicates_seq"], 0, "{figures}");
+    assert!(figures["published"].as_u64() > Some(5), "{figures}");
+    // Every subscriber got every publication: the expected count is theirs.
+    let [first, last] = [0, 1].map(|i| figures["offsets"][i].as_u64().expect("offsets"));
+    assert_eq!(
+        figures["deliveries_expected"],
+        40 * (last - first + 1),
+        "{figures}"
+    );
+    assert!(figures["all_back_ms"].as_u64().is_some(), "{figures}");
+    assert!(
+        figures["server_peak_rss_mib"].as_f64() > Some(0.0),
+        "{figures}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

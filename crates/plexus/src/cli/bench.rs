@@ -19,6 +19,7 @@ use serde_json::Value;
 use super::parse_duration;
 
 mod report;
+mod storm;
 
 /// Arguments of `plexus bench`.
 #[derive(Args, Debug)]
@@ -38,6 +39,11 @@ enum Scenario {
     /// Open N connections and hold them: set-up rate and latency, and with --server-pid the
     /// server's memory and CPU per connection.
     Conns(ConnsArgs),
+    /// A reconnect storm: N Rust clients subscribed to one channel while a publisher
+    /// publishes; --cut drops them all at once (restart the server on a Redis or NATS
+    /// engine, so that history survives); how long until every client is back, the server's
+    /// CPU and memory meanwhile, publications lost and delivered twice.
+    Storm(StormArgs),
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +140,36 @@ struct ConnsArgs {
     hold: Duration,
 }
 
+#[derive(Args, Debug)]
+struct StormArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Subscribers (each a real Rust client: its backoff, jitter and recovery)
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    subscribers: usize,
+    /// The channel; its namespace must keep history (history_size ≥ rate × the outage) and
+    /// let these clients join and publish [default: a new `bench:storm-…` channel]
+    #[arg(long)]
+    channel: Option<String>,
+    /// Publications per second, before, during and after the storm
+    #[arg(long, default_value_t = 100.0, value_parser = parse_rate)]
+    rate: f64,
+    /// The shell command that drops every connection at once, e.g. a script that kills the
+    /// server and starts it again
+    #[arg(long)]
+    cut: String,
+    /// A file where the cut command leaves the server's (new) process id: its CPU and peak
+    /// memory during the storm are reported
+    #[arg(long)]
+    server_pid_file: Option<String>,
+    /// Publishing before the cut
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    before: Duration,
+    /// Publishing once every client is back
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    after: Duration,
+}
+
 /// The frames of plexus's JSON protocol that the load is made of.
 const WELCOME: &str = r#"expect:"t":"welcome""#;
 const REPLY: &str = r#""id":{seq},"#;
@@ -149,6 +185,7 @@ impl BenchArgs {
             Scenario::Rpc(a) => &a.common,
             Scenario::Fanout(a) => &a.common,
             Scenario::Conns(a) => &a.common,
+            Scenario::Storm(a) => &a.common,
         }
     }
 }
@@ -167,7 +204,11 @@ pub(crate) async fn bench(args: BenchArgs) -> ExitCode {
         Scenario::Rpc(_) => "rpc",
         Scenario::Fanout(_) => "fanout",
         Scenario::Conns(_) => "conns",
+        Scenario::Storm(_) => "storm",
     };
+    if let Scenario::Storm(storm) = &args.scenario {
+        return run_storm(storm).await;
+    }
     let outcome = tokio::time::timeout(common.max_runtime, run(&args.scenario)).await;
     let record = match outcome {
         Ok(Ok(record)) => record,
@@ -268,6 +309,7 @@ async fn run(scenario: &Scenario) -> anyhow::Result<Record> {
             bar.finish();
             record
         }
+        Scenario::Storm(_) => unreachable!("the storm runs on its own"),
         Scenario::Conns(args) => {
             preflight(&args.common, async |_| Ok(())).await?;
             let run = conns::Conns {
@@ -281,6 +323,49 @@ async fn run(scenario: &Scenario) -> anyhow::Result<Record> {
             let record = run.run().await;
             bar.finish();
             record
+        }
+    }
+}
+
+/// The storm, printed as one JSON object (its figures are its own, not a load's).
+async fn run_storm(args: &StormArgs) -> ExitCode {
+    let channel = args.channel.clone().unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.subsec_nanos());
+        format!("bench:storm-{:08x}", nanos ^ std::process::id())
+    });
+    let storm = storm::Storm {
+        url: args.common.url.clone(),
+        token: args.common.token.clone(),
+        subscribers: args.subscribers,
+        channel,
+        rate: args.rate.max(0.01),
+        before: args.before,
+        after: args.after,
+        cut: args.cut.clone(),
+        server_pid_file: args.server_pid_file.clone(),
+    };
+    let outcome = async {
+        // Loopback only, unless told otherwise, as every scenario.
+        target(&args.common).await?;
+        storm.run().await
+    };
+    match tokio::time::timeout(args.common.max_runtime, outcome).await {
+        Ok(Ok(figures)) => {
+            println!("{figures}");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!(
+                "error: --max-runtime of {:?} reached; stopped",
+                args.common.max_runtime
+            );
+            ExitCode::FAILURE
         }
     }
 }

@@ -67,9 +67,13 @@ SCENARIO[conns-$(short "$CONNS_N")]=conns ARGS[conns-$(short "$CONNS_N")]="-n $C
 # process hold, up to 100,000 (the server and the generator hold one file each per
 # connection, each process under its own limit). The limit is raised as far as it may be;
 # where it is capped the case is smaller and the run says so.
-ulimit -n "$((SCALE_WANT + 1000))" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-SCALE_N=$(( $(ulimit -n) - 1000 ))
-[ "$SCALE_N" -gt "$SCALE_WANT" ] && SCALE_N=$SCALE_WANT
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((SCALE_WANT + 1000)) ]; then
+  ulimit -n "$((SCALE_WANT + 1000))" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+fi
+SCALE_N=$SCALE_WANT
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((SCALE_WANT + 1000)) ]; then
+  SCALE_N=$(( $(ulimit -n) > 1100 ? $(ulimit -n) - 1000 : 100 ))
+fi
 ALL="$ALL conns-scale"
 SCENARIO[conns-scale]=conns ARGS[conns-scale]="-n $SCALE_N --hold $CONNS_HOLD"
 CASES=${CASES:-$ALL}

@@ -24,18 +24,29 @@ while [ $# -gt 0 ]; do
     *) echo "usage: bench/storm.sh [-n N] [--rate R] [--reps K] [--port P]" >&2; exit 2 ;;
   esac
 done
-command -v redis-server >/dev/null || { echo "storm.sh needs redis-server" >&2; exit 1; }
+for tool in redis-server curl; do
+  command -v "$tool" >/dev/null || { echo "storm.sh needs $tool" >&2; exit 1; }
+done
 want=$((n + 1000))
-ulimit -n "$want" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$want" ]; then
+  ulimit -n "$want" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+fi
 have=$(ulimit -n)
-if [ "$have" -lt "$want" ]; then
-  echo "storm.sh: open files capped at $have (wanted $want): at most ~$((have - 1000)) subscribers" >&2
+if [ "$have" != unlimited ] && [ "$have" -lt "$want" ]; then
+  echo "storm.sh: open files are capped at $have per process here (wanted $want)" >&2
+  exit 1
 fi
 
 target=${CARGO_TARGET_DIR:-$repo/target}
 cargo build --release -q -p plexus --features cli --bin plexus
 bin=$target/release/plexus
 work=$(mktemp -d)
+cleanup() {
+  [ -f "$work/server.pid" ] && kill -KILL "$(cat "$work/server.pid")" 2>/dev/null || true
+  [ -f "$work/redis.pid" ] && kill "$(cat "$work/redis.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 broker_port=$((port + 100))
 redis-server --port "$broker_port" --bind 127.0.0.1 --save "" --appendonly no \
   --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log"
@@ -66,19 +77,12 @@ start() {
   echo "storm.sh: the server did not start (see $work/server.log)" >&2
   return 1
 }
-cleanup() {
-  [ -f "$work/server.pid" ] && kill -KILL "$(cat "$work/server.pid")" 2>/dev/null || true
-  [ -f "$work/redis.pid" ] && kill "$(cat "$work/redis.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 # The cut: kill -9, start again. The clients see their sockets close and reconnect to a
 # port that refuses them until the new process listens.
 cat >"$work/cut.sh" <<CUT
 #!/usr/bin/env bash
 kill -KILL "\$(cat "$work/server.pid")"
-while kill -0 "\$(cat "$work/server.pid")" 2>/dev/null; do sleep 0.01; done
+for _ in \$(seq 500); do kill -0 "\$(cat "$work/server.pid")" 2>/dev/null || break; sleep 0.01; done
 RUST_LOG=warn setsid "$bin" serve --listen "127.0.0.1:$port" --config "$work/plexus.toml" \\
   --engine "redis://127.0.0.1:$broker_port" >>"$work/server.log" 2>&1 &
 echo \$! >"$work/server.pid"

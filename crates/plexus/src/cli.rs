@@ -104,7 +104,7 @@ struct ServeArgs {
     /// Also serve a raw WebSocket echo at this path (exact, or a prefix such as /echo/*):
     /// every message comes back as it was sent. A foreign-client raw socket like any
     /// other: authentication (on the upgrade request), origins, limits and metrics apply.
-    /// Not at one of serve's HTTP routes (/health/*, /metrics, /, /plexus-page.js, /api/*).
+    /// Not at one of serve's HTTP routes (/health/…, /metrics, /, /plexus-page.js, /api/…).
     #[arg(long)]
     echo_path: Option<String>,
     /// Pipe foreign clients to channels (repeatable): PATH=NAMESPACE, e.g. '/pipe/*=demo'
@@ -342,12 +342,17 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     if relay {
         builder = builder.relay(plexus_server::RelayConfig::default());
     }
+    let page_on = match args.page {
+        Some(switch) => switch == Switch::On,
+        None => file.page.unwrap_or(true),
+    };
     builder = with_raw_endpoints(
         builder,
         &path,
         echo_path.as_deref(),
         &pipes,
         endpoint.limits.publish_rate,
+        &http_routes(metrics.is_some(), page_on, api_key.is_some()),
     )?;
     let server = builder
         .try_build()
@@ -359,10 +364,6 @@ async fn serve(args: ServeArgs, relay: bool) -> anyhow::Result<()> {
     if let Some(metrics) = &metrics {
         app = app.merge(metrics::route(metrics.clone()));
     }
-    let page_on = match args.page {
-        Some(switch) => switch == Switch::On,
-        None => file.page.unwrap_or(true),
-    };
     if page_on {
         app = app.merge(page::routes(&path));
     }
@@ -442,8 +443,9 @@ pub(crate) fn with_raw_endpoints(
     echo: Option<&str>,
     pipes: &[(String, String)],
     publish_rate: Option<plexus_server::RateLimit>,
+    http_routes: &[&str],
 ) -> anyhow::Result<plexus_server::ServerBuilder> {
-    ensure_distinct(path, echo, pipes)?;
+    ensure_distinct(path, echo, pipes, http_routes)?;
     if let Some(echo) = echo {
         // Open to every connection the server admits, as the protocol endpoint is.
         let endpoint = plexus_server::RawEndpoint::foreign(echo).public();
@@ -464,17 +466,40 @@ pub(crate) fn with_raw_endpoints(
     Ok(builder)
 }
 
-/// The HTTP routes `serve` may add beside its WebSocket endpoints (health checks, metrics,
-/// the page and its script, the HTTP API): no socket may take one (axum would panic merging
-/// them, or one would hide the other).
-const HTTP_ROUTES: [&str; 5] = ["/health/*", "/metrics", "/", "/plexus-page.js", "/api/*"];
+/// The HTTP routes `serve` adds beside its WebSocket endpoints, as their routers register
+/// them (`health_routes`, `metrics::route`, `page::routes`, `api_routes`): a socket at one of
+/// them would make axum panic merging the routers.
+pub(crate) fn http_routes(metrics: bool, page: bool, api: bool) -> Vec<&'static str> {
+    let mut routes = vec!["/health/live", "/health/ready", "/health/cluster"];
+    if metrics {
+        routes.push("/metrics");
+    }
+    if page {
+        routes.extend(["/", "/plexus-page.js"]);
+    }
+    if api {
+        routes.extend([
+            "/api/publish",
+            "/api/broadcast",
+            "/api/channels",
+            "/api/presence",
+            "/api/disconnect",
+            "/api/subscribe",
+            "/api/unsubscribe",
+            "/api/send",
+        ]);
+    }
+    routes
+}
 
 /// Refuses a raw socket at the root or at the protocol endpoint's path, and any socket at
-/// one of [`HTTP_ROUTES`].
+/// one of `http_routes` (an exact path, or a prefix's own path: `/metrics/*` serves
+/// `/metrics` too).
 fn ensure_distinct(
     path: &str,
     echo: Option<&str>,
     pipes: &[(String, String)],
+    http_routes: &[&str],
 ) -> anyhow::Result<()> {
     let raw: Vec<&str> = echo
         .into_iter()
@@ -488,37 +513,21 @@ fn ensure_distinct(
              give it a path of its own, such as /echo/*"
         );
         anyhow::ensure!(
-            !overlap(other, path),
+            base != path,
             "`{other}` is also the protocol endpoint's path (--path {path}): give it another"
         );
     }
-    // Two raw sockets at one path: the server refuses to build (EndpointError::Duplicate).
     for socket in std::iter::once(&path).chain(&raw) {
-        if let Some(route) = HTTP_ROUTES.iter().find(|route| overlap(socket, route)) {
+        let base = socket.strip_suffix("/*").unwrap_or(socket);
+        if http_routes.contains(&base) {
             anyhow::bail!(
-                "`{socket}` would take `{route}`, one of plexus serve's HTTP routes \
+                "`{socket}` would take `{base}`, one of plexus serve's HTTP routes here \
                  ({}): give the socket another path",
-                HTTP_ROUTES.join(", ")
+                http_routes.join(", ")
             );
         }
     }
     Ok(())
-}
-
-/// Whether two paths (exact, or a prefix ending in `/*`) can match one request path.
-fn overlap(a: &str, b: &str) -> bool {
-    let within = |exact: &str, prefix: &str| {
-        exact == prefix
-            || exact
-                .strip_prefix(prefix)
-                .is_some_and(|rest| rest.starts_with('/'))
-    };
-    match (a.strip_suffix("/*"), b.strip_suffix("/*")) {
-        (None, None) => a == b,
-        (Some(prefix), None) => within(b, prefix),
-        (None, Some(prefix)) => within(a, prefix),
-        (Some(x), Some(y)) => within(x, y) || within(y, x),
-    }
 }
 
 /// Ctrl-C or SIGTERM.

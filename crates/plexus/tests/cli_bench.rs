@@ -288,11 +288,23 @@ async fn a_reconnect_storm_loses_nothing_across_a_server_restart() {
     std::fs::write(
         &cut,
         format!(
-            "pid=$(cat {pids})\nkill -KILL $pid\nwhile kill -0 $pid 2>/dev/null; do sleep 0.01; done\n{start}",
+            "pid=$(cat {pids})\nkill -KILL $pid\n\
+             for _ in $(seq 500); do kill -0 $pid 2>/dev/null || break; sleep 0.01; done\n{start}",
             pids = pid_file.display()
         ),
     )
     .expect("cut.sh");
+    // Whatever happens, the server of the moment is killed and the files go.
+    struct Cleanup(std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("sh")
+                .args(["-c", &format!("kill -KILL $(cat {})", self.0.display())])
+                .status();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _cleanup = Cleanup(pid_file.clone(), dir.clone());
     let started = std::process::Command::new("sh")
         .arg(&start_script)
         .status()
@@ -325,14 +337,14 @@ async fn a_reconnect_storm_loses_nothing_across_a_server_restart() {
             &format!("sh {}", cut.display()),
             "--server-pid-file",
             &pid_file.display().to_string(),
+            // Within the test's own bound, so that a failure shows its figures.
+            "--max-runtime",
+            "45s",
         ]
         .map(str::to_owned);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let output = Proc::output(&args, BOUND).await;
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        let _ = std::process::Command::new("sh")
-            .args(["-c", &format!("kill -KILL $(cat {})", pid_file.display())])
-            .status();
         assert!(output.status.success(), "{stderr}");
         serde_json::from_slice::<Value>(&output.stdout).expect("JSON figures")
     };

@@ -20,6 +20,7 @@ const OPENING: usize = 256;
 /// The longest wait for every client to be back, and for the deliveries to drain.
 const BACK_WITHIN: Duration = Duration::from_secs(60);
 const DRAIN_WITHIN: Duration = Duration::from_secs(20);
+const CUT_WITHIN: Duration = Duration::from_secs(30);
 
 /// What the storm is made of.
 pub(crate) struct Storm {
@@ -55,28 +56,39 @@ struct Tally {
     lagged: u64,
 }
 
-/// A growable set of small numbers.
+/// A set of numbers from the first one inserted on, at most [`Bits::SPAN`] of them (a run
+/// publishes far fewer): what falls outside is not kept, and [`Bits::insert`] says so.
 #[derive(Default)]
-struct Bits(Vec<u64>);
+struct Bits {
+    base: Option<u64>,
+    words: Vec<u64>,
+}
 
 impl Bits {
-    /// Inserts `n`; false when it was there already.
-    fn insert(&mut self, n: u64) -> bool {
-        let (word, bit) = ((n / 64) as usize, n % 64);
-        if self.0.len() <= word {
-            self.0.resize(word + 1, 0);
+    const SPAN: u64 = 1 << 24;
+
+    /// Inserts `n`: `Some(false)` when it was there already, `None` when out of range.
+    fn insert(&mut self, n: u64) -> Option<bool> {
+        let base = *self.base.get_or_insert(n);
+        let at = n.checked_sub(base).filter(|at| *at < Self::SPAN)?;
+        let (word, bit) = ((at / 64) as usize, at % 64);
+        if self.words.len() <= word {
+            self.words.resize(word + 1, 0);
         }
-        let seen = self.0[word] & (1 << bit) != 0;
-        self.0[word] |= 1 << bit;
-        !seen
+        let seen = self.words[word] & (1 << bit) != 0;
+        self.words[word] |= 1 << bit;
+        Some(!seen)
     }
 
+    /// How many of `from..=to` are in.
     fn count_in(&self, from: u64, to: u64) -> u64 {
-        (from..=to)
+        let Some(base) = self.base else { return 0 };
+        (from.max(base)..=to)
             .filter(|n| {
-                self.0
-                    .get((n / 64) as usize)
-                    .is_some_and(|w| w & (1 << (n % 64)) != 0)
+                let at = n - base;
+                self.words
+                    .get((at / 64) as usize)
+                    .is_some_and(|w| w & (1 << (at % 64)) != 0)
             })
             .count() as u64
     }
@@ -147,19 +159,26 @@ impl Storm {
         ));
         let publishing_since = Instant::now();
         tokio::time::sleep(self.before).await;
+        anyhow::ensure!(
+            acked.2.load(Ordering::Acquire) > 0,
+            "no publication was accepted before the cut (can these clients publish to {}?)",
+            self.channel
+        );
 
         // The cut.
         eprintln!("cutting: {}", self.cut);
         shared.cut_at.set(Instant::now()).ok();
-        let cut = self.cut.clone();
-        let status = tokio::task::spawn_blocking(move || {
-            std::process::Command::new("sh")
-                .args(["-c", &cut])
-                .stdin(Stdio::null())
-                .status()
-        })
-        .await?
-        .context("cannot run the cut command")?;
+        let mut cut = tokio::process::Command::new("sh")
+            .args(["-c", &self.cut])
+            .stdin(Stdio::null())
+            // Its output must not hold the figures' stdout open.
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot run the cut command")?;
+        let status = tokio::time::timeout(CUT_WITHIN, cut.wait())
+            .await
+            .context("the cut command did not finish within 30 s")??;
         anyhow::ensure!(status.success(), "the cut command failed: {status}");
         let cut_at = *shared.cut_at.get().expect("set");
         let pid = match &self.server_pid_file {
@@ -187,7 +206,8 @@ impl Storm {
             if let (Some(pid), Some((at, ns))) = (pid, sample)
                 && let Some(now_ns) = cpu::cpu_ns(pid)
             {
-                let pct = (now_ns - ns) as f64 / at.elapsed().as_nanos() as f64 * 100.0;
+                // A thread that ended takes its time with it: never below zero.
+                let pct = now_ns.saturating_sub(ns) as f64 / at.elapsed().as_nanos() as f64 * 100.0;
                 peak_cpu_pct = peak_cpu_pct.max(pct);
                 sample = Some((Instant::now(), now_ns));
             }
@@ -217,9 +237,7 @@ impl Storm {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let peak_rss_kib = pid.and_then(cpu::peak_rss_kib);
-        for client in &clients {
-            client.close().await;
-        }
+        futures_util::future::join_all(clients.iter().map(Client::close)).await;
         publisher.close().await;
 
         let mut backs: Vec<u64> = Vec::with_capacity(n);
@@ -280,16 +298,17 @@ struct Seq {
 /// One subscriber: what it is delivered, until the run stops.
 async fn listen(index: usize, mut subscription: Subscription, shared: Arc<Shared>) -> Tally {
     let mut tally = Tally::default();
+    let mut lag_rejoin = false;
     // It ends when the run closes the client.
     loop {
         let event = subscription.next().await;
         match event {
             Some(ChannelEvent::Publication(publication)) => {
-                if !tally.offsets.insert(publication.offset) {
+                if tally.offsets.insert(publication.offset) == Some(false) {
                     tally.duplicate_offsets += 1;
                 }
                 if let Ok(Seq { seq }) = publication.decode::<Seq>()
-                    && !tally.seqs.insert(seq)
+                    && tally.seqs.insert(seq) == Some(false)
                 {
                     tally.duplicate_seqs += 1;
                 }
@@ -299,14 +318,20 @@ async fn listen(index: usize, mut subscription: Subscription, shared: Arc<Shared
                 if !recovered {
                     tally.unrecovered += 1;
                 }
+                // The join that follows a lag is not the reconnect.
+                let after_lag = std::mem::take(&mut lag_rejoin);
                 if let Some(cut) = shared.cut_at.get()
                     && tally.back_after.is_none()
+                    && !after_lag
                 {
                     tally.back_after = Some(cut.elapsed());
                     shared.back.fetch_add(1, Ordering::AcqRel);
                 }
             }
-            Some(ChannelEvent::Lagged { .. }) => tally.lagged += 1,
+            Some(ChannelEvent::Lagged { .. }) => {
+                tally.lagged += 1;
+                lag_rejoin = true;
+            }
             Some(_) => {}
             None => return tally,
         }

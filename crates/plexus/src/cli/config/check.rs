@@ -27,6 +27,11 @@ pub(crate) fn check(path: &Path) -> Result<String, String> {
         file.echo_path.as_deref(),
         &pipes,
         publish_rate,
+        &crate::cli::http_routes(
+            file.metrics.unwrap_or(true),
+            file.page.unwrap_or(true),
+            file.api_key.is_some(),
+        ),
     )
     .map_err(|e| e.to_string())?;
     builder.try_build().map_err(|e| file.build_error(&e))?;

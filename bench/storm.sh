@@ -93,6 +93,9 @@ for rep in $(seq "$reps"); do
   start
   timeout 300 "$bin" bench storm --url "ws://127.0.0.1:$port/ws" -n "$n" --rate "$rate" \
     --cut "$work/cut.sh" --server-pid-file "$work/server.pid" --max-runtime 280s
-  kill -KILL "$(cat "$work/server.pid")" 2>/dev/null || true
+  pid=$(cat "$work/server.pid")
+  kill -KILL "$pid" 2>/dev/null || true
+  # Gone, so that the next one can listen on the port.
+  for _ in $(seq 500); do kill -0 "$pid" 2>/dev/null || break; sleep 0.01; done
   echo "storm.sh: rep $rep done" >&2
 done

@@ -28,11 +28,7 @@ pub(crate) fn expand(item: &ItemTrait, contract: &Contract) -> TokenStream {
         .map(|m| registration(m, &private, false));
     let infos = contract.methods.iter().map(|m| {
         let wire = &m.wire;
-        let kind = match m.kind {
-            Kind::Request => quote!(Request),
-            Kind::Notification => quote!(Notification),
-            Kind::Stream => quote!(Stream),
-        };
+        let kind = kind_variant(m.kind);
         quote!(::plexus::contract::MethodInfo {
             name: #wire,
             kind: ::plexus::contract::MethodKind::#kind,
@@ -362,11 +358,7 @@ fn connection_method(method: &Method, private: &TokenStream) -> TokenStream {
 /// at the type.
 fn method_schema(method: &Method, private: &TokenStream) -> TokenStream {
     let wire = &method.wire;
-    let kind = match method.kind {
-        Kind::Request => quote!(Request),
-        Kind::Notification => quote!(Notification),
-        Kind::Stream => quote!(Stream),
-    };
+    let kind = kind_variant(method.kind);
     let schema_of = |ty: &syn::Type| {
         quote_spanned! {ty.span()=>
             ::core::option::Option::Some(#private::schema_of::<#ty>(&mut generator))
@@ -423,5 +415,14 @@ fn option_str(text: Option<&str>) -> TokenStream {
     match text {
         Some(text) => quote!(::core::option::Option::Some(::std::string::String::from(#text))),
         None => quote!(::core::option::Option::None),
+    }
+}
+
+/// The `plexus::contract::MethodKind` variant of `kind`.
+fn kind_variant(kind: Kind) -> TokenStream {
+    match kind {
+        Kind::Request => quote!(Request),
+        Kind::Notification => quote!(Notification),
+        Kind::Stream => quote!(Stream),
     }
 }

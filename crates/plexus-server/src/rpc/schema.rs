@@ -88,6 +88,16 @@ pub enum ServedBy {
     Client,
 }
 
+impl ServedBy {
+    /// Its name in `$contracts`: `server` or `client`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Server => "server",
+            Self::Client => "client",
+        }
+    }
+}
+
 /// One method of a contract.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MethodSchema {
@@ -123,4 +133,34 @@ pub enum MethodKind {
     Notification,
     /// `sub`, answered with `item`s and an `end` (or `err`).
     Stream,
+}
+
+impl MethodKind {
+    /// Its name in `$contracts`: `request`, `notification` or `stream`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Notification => "notification",
+            Self::Stream => "stream",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_names_are_the_wires() {
+        for kind in [
+            MethodKind::Request,
+            MethodKind::Notification,
+            MethodKind::Stream,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        for side in [ServedBy::Server, ServedBy::Client] {
+            assert_eq!(serde_json::to_value(side).unwrap(), side.as_str());
+        }
+    }
 }

@@ -13,7 +13,7 @@ use std::fmt::Write;
 
 use serde_json::{Map, Value};
 
-use super::{ContractSchema, MethodKind, ServedBy, definition_name};
+use super::{ContractSchema, MethodKind, definition_name};
 
 /// Why contracts cannot become TypeScript.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,10 +213,7 @@ fn declaration(out: &mut String, ident: &str, schema: &Value, scope: &Scope) {
 fn descriptor(out: &mut String, contract: &ContractSchema, scope: &Scope) {
     let ts = Ts { scope };
     let ident = descriptor_name(&contract.name);
-    let side = match contract.served_by {
-        ServedBy::Server => "server",
-        ServedBy::Client => "client",
-    };
+    let side = contract.served_by.as_str();
     doc(out, "", contract.description.as_deref());
     let _ = writeln!(out, "export const {ident}: plexus_client.Contract<{{");
     let prefix = format!("{}.", contract.name);
@@ -233,7 +230,7 @@ fn descriptor(out: &mut String, contract: &ContractSchema, scope: &Scope) {
             .params
             .as_ref()
             .map_or_else(|| "void".to_owned(), |p| ts.of(p, 2));
-        let kind = kind_name(method.kind);
+        let kind = method.kind.as_str();
         let _ = write!(
             out,
             "  {}: {{ kind: {}; params: {params}",
@@ -258,7 +255,7 @@ fn descriptor(out: &mut String, contract: &ContractSchema, scope: &Scope) {
             out,
             "    {}: {{ kind: {}, name: {}",
             value_key(&short(&method.name)),
-            literal(kind_name(method.kind)),
+            literal(method.kind.as_str()),
             literal(&method.name)
         );
         if let Some(ms) = method.timeout_ms {
@@ -267,15 +264,6 @@ fn descriptor(out: &mut String, contract: &ContractSchema, scope: &Scope) {
         out.push_str(" },\n");
     }
     out.push_str("  },\n};\n");
-}
-
-fn kind_name(kind: MethodKind) -> &'static str {
-    match kind {
-        MethodKind::Request => "request",
-        MethodKind::Notification => "notification",
-        MethodKind::Stream => "stream",
-        _ => "unknown",
-    }
 }
 
 /// A JSDoc comment of `text`, if any, indented by `indent`.
@@ -502,12 +490,8 @@ fn descriptor_name(name: &str) -> String {
                 .chain(chars)
         })
         .collect();
-    let ident = identifier(&pascal);
-    if RESERVED.contains(&ident.as_str()) {
-        format!("{ident}_")
-    } else {
-        ident
-    }
+    // Capitalized, so never one of the (lowercase) reserved names.
+    identifier(&pascal)
 }
 
 /// `name` as a TypeScript identifier: other characters become `_`, a leading digit gets one.
@@ -537,7 +521,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::contract::MethodSchema;
+    use crate::contract::{MethodSchema, ServedBy};
 
     /// What serde puts on the wire for each shape, as schemars describes it.
     #[derive(Serialize, JsonSchema)]

@@ -4,13 +4,14 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Output;
+use std::time::Duration;
 
 use plexus::{RpcError, Server, contract};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-const BIN: &str = env!("CARGO_BIN_EXE_plexus");
+use support::process::Proc;
 
 /// A note.
 #[derive(Serialize, Deserialize, JsonSchema)]
@@ -40,11 +41,10 @@ impl Notes for Book {
     }
 }
 
-/// Runs the binary off the runtime's threads.
+/// `plexus ARGS`, to its end (within a bound).
 async fn plexus(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || Command::new(BIN).args(args).output().expect("run"))
-        .await
-        .expect("joined")
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::output(&args, Duration::from_secs(60)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,24 +143,18 @@ impl Storm {
 
         // The publisher, at the rate, throughout.
         let publisher = plexus_client::connect(&self.url, options()).await?;
-        let acked = Arc::new((
-            AtomicU64::new(u64::MAX),
-            AtomicU64::new(0),
-            AtomicU64::new(0),
-        ));
-        let failed = Arc::new(AtomicU64::new(0));
+        let published = Arc::new(Published::default());
         let publishing = tokio::spawn(publish(
             publisher.clone(),
             self.channel.clone(),
             self.rate,
-            acked.clone(),
-            failed.clone(),
+            published.clone(),
             shared.clone(),
         ));
         let publishing_since = Instant::now();
         tokio::time::sleep(self.before).await;
         anyhow::ensure!(
-            acked.2.load(Ordering::Acquire) > 0,
+            published.count.load(Ordering::Acquire) > 0,
             "no publication was accepted before the cut (can these clients publish to {}?)",
             self.channel
         );
@@ -224,9 +218,9 @@ impl Storm {
         let _ = publishing.await;
         let published_for = publishing_since.elapsed();
         let (first, last, count) = (
-            acked.0.load(Ordering::Acquire),
-            acked.1.load(Ordering::Acquire),
-            acked.2.load(Ordering::Acquire),
+            published.first.load(Ordering::Acquire),
+            published.last.load(Ordering::Acquire),
+            published.count.load(Ordering::Acquire),
         );
         anyhow::ensure!(count > 0, "no publication was accepted");
         // Until every subscriber has the last publication (or the wait ends).
@@ -276,7 +270,7 @@ impl Storm {
             "published": count,
             // Below `rate` when the machine cannot deliver rate × subscribers a second.
             "published_per_s": (count as f64 / published_for.as_secs_f64() * 10.0).round() / 10.0,
-            "publish_failed": failed.load(Ordering::Acquire),
+            "publish_failed": published.failed.load(Ordering::Acquire),
             "offsets": [first, last],
             "deliveries_expected": expected,
             "deliveries_lost": expected.saturating_sub(delivered),
@@ -338,14 +332,33 @@ async fn listen(index: usize, mut subscription: Subscription, shared: Arc<Shared
     }
 }
 
-/// Publishes `{"seq": n}` at `rate` until the run stops; each accepted publication's offset
-/// goes into `acked` (first, last, count).
+/// What the publisher's publications became.
+struct Published {
+    /// The offsets of the first and last accepted, and how many were.
+    first: AtomicU64,
+    last: AtomicU64,
+    count: AtomicU64,
+    /// Refused or unanswered within a second (the server down): never published.
+    failed: AtomicU64,
+}
+
+impl Default for Published {
+    fn default() -> Self {
+        Self {
+            first: AtomicU64::new(u64::MAX),
+            last: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Publishes `{"seq": n}` at `rate` until the run stops, counting into `published`.
 async fn publish(
     client: Client,
     channel: String,
     rate: f64,
-    acked: Arc<(AtomicU64, AtomicU64, AtomicU64)>,
-    failed: Arc<AtomicU64>,
+    published: Arc<Published>,
     shared: Arc<Shared>,
 ) {
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.01)));
@@ -356,12 +369,7 @@ async fn publish(
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
-        let (client, channel, acked, failed) = (
-            client.clone(),
-            channel.clone(),
-            acked.clone(),
-            failed.clone(),
-        );
+        let (client, channel, published) = (client.clone(), channel.clone(), published.clone());
         in_flight.spawn(async move {
             let sent = client
                 .publish(&channel, &json!({ "seq": seq }))
@@ -369,12 +377,12 @@ async fn publish(
                 .await;
             match sent {
                 Ok(position) => {
-                    acked.0.fetch_min(position.offset, Ordering::AcqRel);
-                    acked.1.fetch_max(position.offset, Ordering::AcqRel);
-                    acked.2.fetch_add(1, Ordering::AcqRel);
+                    published.first.fetch_min(position.offset, Ordering::AcqRel);
+                    published.last.fetch_max(position.offset, Ordering::AcqRel);
+                    published.count.fetch_add(1, Ordering::AcqRel);
                 }
                 Err(_) => {
-                    failed.fetch_add(1, Ordering::AcqRel);
+                    published.failed.fetch_add(1, Ordering::AcqRel);
                 }
             }
         });

@@ -14,7 +14,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { build } from "esbuild";
 import { chromium } from "playwright-core";
 
-import { connectTo, within } from "./helpers.mjs";
+import { connectTo, startServer, within } from "./helpers.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "../../..");
@@ -94,6 +94,26 @@ test("a program that uses them wrong fails to compile at each misuse, and only t
     found.set(Number(line), code);
   }
   assert.deepEqual(found, expected, run.stdout);
+});
+
+test("a request's own timeout is its stub's default, and the caller's own timeout wins", async () => {
+  const server = await startServer();
+  const client = await connectTo(server.url);
+  try {
+    // As `plexus codegen ts` writes a method with `#[timeout_ms = 100]`.
+    const Sys = {
+      name: "sys",
+      servedBy: "server",
+      methods: { sleep: { kind: "request", name: "sys.sleep", timeout: 100 } },
+    };
+    const sys = client.contract(Sys);
+    await assert.rejects(sys.sleep({ ms: 1000 }), (e) => e.code === "TIMEOUT");
+    assert.deepEqual(await sys.sleep({ ms: 300 }, { timeout: 5000 }), { slept: 300 });
+    assert.deepEqual(await sys.sleep({ ms: 1 }), { slept: 1 });
+  } finally {
+    client.close();
+    await server.stop();
+  }
 });
 
 /** A Node member: the typed `Member` handlers record what the server calls. */

@@ -208,6 +208,7 @@ impl Server {
             None => usize::MAX,
         };
         let on_upgrade = pending.on_upgrade;
+        let tasks = self.inner.tasks.clone();
         self.inner.tasks.spawn(async move {
             let upgraded = match tokio::time::timeout(handshake_timeout, on_upgrade).await {
                 Ok(Ok(upgraded)) => upgraded,
@@ -232,7 +233,10 @@ impl Server {
                 extensions.as_deref(),
                 options,
             ) {
-                Ok(ws) => run(ws, queue).await,
+                // A task of its own, not awaited here: this one's room (the upgrade's timer,
+                // `run` and what it captured) would otherwise stay with the connection for
+                // its whole life.
+                Ok(ws) => drop(tasks.spawn(run(ws, queue))),
                 Err(e) => tracing::debug!(error = %e, "cannot set up the agreed extensions"),
             }
         });

@@ -24,17 +24,20 @@ use crate::conn::{
 use crate::guard::CallRateLimiter;
 use crate::metrics::{HandshakeFailure, handshake_failed};
 use crate::session::{
-    BeforeHello, HelloRules, SessionEnv, await_hello, count_closed, forget_connection,
-    open_connection, reject, welcome_frame,
+    BeforeHello, HelloRules, SessionEnv, await_hello, count_closed, forget_connection, new_handle,
+    register_connection, reject, welcome_frame,
 };
 
 /// Serves one raw socket to its end with `handler`.
-pub(crate) async fn run<H: RawHandler>(
+///
+/// Not an `async fn`, so that the future holds the session once and not its arguments
+/// beside it (see `session::run`).
+pub(crate) fn run<H: RawHandler>(
     start: RawStart,
     ws: Socket,
     queue: Arc<OutboundQueue>,
     handler: Arc<H>,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let RawStart {
         env,
         info,
@@ -46,8 +49,7 @@ pub(crate) async fn run<H: RawHandler>(
         message_rate,
     } = start;
     let authenticated = principal.is_some();
-    let handle = open_connection(&env, info, principal, queue.clone());
-    let conn = RawConnection::new(handle.clone(), env.hub.clone());
+    let handle = new_handle(&env, info, principal, queue.clone());
     let mut session = RawSession {
         wire: Wire::new(ws, queue, false),
         handle: handle.clone(),
@@ -56,57 +58,61 @@ pub(crate) async fn run<H: RawHandler>(
         last_active: Instant::now(),
         rate: message_rate.map(CallRateLimiter::new),
     };
-    let span = tracing::debug_span!("raw", id = %handle.id(), path = conn.path());
-    // Set once `connected` has taken the connection: `disconnected` is then owed.
-    let taken = AtomicBool::new(false);
-    let life = async {
-        if kind == RawKind::Handshaked {
-            let rules = HelloRules {
-                others: BeforeHello::Drop,
-                authenticated,
-                read_token: hello_credential,
-            };
-            session
-                .handshake(rules, permission.as_deref())
-                .await
-                .inspect_err(|_| handshake_failed(HandshakeFailure::Hello))?;
-        }
-        match session.while_writing(handler.connected(&conn)).await? {
-            Some(Ok(())) => taken.store(true, Ordering::Relaxed),
-            Some(Err(why)) => {
-                tracing::warn!(conn = %handle.id(), reason = %why, "the raw socket's handler refused the connection");
-                let reason = close_reason(why.into());
-                return Err(session.wire.close(CloseCode::TRY_AGAIN_LATER, reason).await);
+    async move {
+        register_connection(&env, &handle);
+        let conn = RawConnection::new(handle.clone(), env.hub.clone());
+        let span = tracing::debug_span!("raw", id = %handle.id(), path = conn.path());
+        // Set once `connected` has taken the connection: `disconnected` is then owed.
+        let taken = AtomicBool::new(false);
+        let life = async {
+            if kind == RawKind::Handshaked {
+                let rules = HelloRules {
+                    others: BeforeHello::Drop,
+                    authenticated,
+                    read_token: hello_credential,
+                };
+                session
+                    .handshake(rules, permission.as_deref())
+                    .await
+                    .inspect_err(|_| handshake_failed(HandshakeFailure::Hello))?;
             }
-            // Closed (or the server shut down) while `connected` ran: it was dropped.
-            None => return Err(session.close_as_wanted().await),
-        }
-        Ok(session.serve(&*handler, &conn).await)
-    };
-    let reason = match AssertUnwindSafe(tracing::Instrument::instrument(life, span))
-        .catch_unwind()
-        .await
-    {
-        Ok(Ok(reason) | Err(reason)) => reason,
-        Err(_) => {
-            tracing::error!(conn = %handle.id(), "a raw socket's handler panicked: closing it with 1011");
-            let reason = CloseReason::Borrowed("internal error");
-            session.wire.close(CloseCode::INTERNAL, reason).await
-        }
-    };
-    forget_connection(&env, &handle).await;
-    handle.mark_ended();
-    drop(session);
-    // Gives the connection's place under the limits back before anyone hears it ended.
-    drop(slot);
-    count_closed(&env, &handle, &reason);
-    if taken.load(Ordering::Relaxed)
-        && AssertUnwindSafe(handler.disconnected(&conn, &reason))
+            match session.while_writing(handler.connected(&conn)).await? {
+                Some(Ok(())) => taken.store(true, Ordering::Relaxed),
+                Some(Err(why)) => {
+                    tracing::warn!(conn = %handle.id(), reason = %why, "the raw socket's handler refused the connection");
+                    let reason = close_reason(why.into());
+                    return Err(session.wire.close(CloseCode::TRY_AGAIN_LATER, reason).await);
+                }
+                // Closed (or the server shut down) while `connected` ran: it was dropped.
+                None => return Err(session.close_as_wanted().await),
+            }
+            Ok(session.serve(&*handler, &conn).await)
+        };
+        let reason = match AssertUnwindSafe(tracing::Instrument::instrument(life, span))
             .catch_unwind()
             .await
-            .is_err()
-    {
-        tracing::error!(conn = %handle.id(), "a raw socket's `disconnected` panicked");
+        {
+            Ok(Ok(reason) | Err(reason)) => reason,
+            Err(_) => {
+                tracing::error!(conn = %handle.id(), "a raw socket's handler panicked: closing it with 1011");
+                let reason = CloseReason::Borrowed("internal error");
+                session.wire.close(CloseCode::INTERNAL, reason).await
+            }
+        };
+        forget_connection(&env, &handle).await;
+        handle.mark_ended();
+        drop(session);
+        // Gives the connection's place under the limits back before anyone hears it ended.
+        drop(slot);
+        count_closed(&env, &handle, &reason);
+        if taken.load(Ordering::Relaxed)
+            && AssertUnwindSafe(handler.disconnected(&conn, &reason))
+                .catch_unwind()
+                .await
+                .is_err()
+        {
+            tracing::error!(conn = %handle.id(), "a raw socket's `disconnected` panicked");
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Every branch only changes state and queues frames on the [`Wire`](crate::conn::Wire);
 //! one place (`drain`) writes them and flushes. That keeps this future, which lives as long
-//! as the connection, near 3 KiB, and the rare endings (close handshakes, read errors) are
+//! as the connection, under 2 KiB, and the rare endings (close handshakes, read errors) are
 //! boxed so they take no room in it.
 
 use std::sync::atomic::Ordering;

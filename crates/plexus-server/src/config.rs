@@ -99,7 +99,9 @@ pub struct EndpointConfig {
     /// Initial capacity of each connection's socket read buffer. Smaller saves memory on
     /// idle connections; it grows for large messages (and shrinks back). Default 512 bytes.
     pub read_buffer: usize,
-    /// Initial capacity of each connection's socket write buffer; grows as needed. Default 512 bytes.
+    /// Initial capacity of each connection's socket write buffer; grows as needed. Default 0:
+    /// allocated on the first write (the `welcome`), sized to it, so that an idle connection
+    /// keeps no more than its largest message needed.
     pub write_buffer: usize,
     /// Which `Origin`s may open a connection (against cross-site WebSocket hijacking);
     /// others get HTTP 403. Default: the same origin as the `Host`, or localhost.
@@ -113,7 +115,7 @@ impl Default for EndpointConfig {
             compression: Compression::default(),
             compression_threshold: 256,
             read_buffer: 512,
-            write_buffer: 512,
+            write_buffer: 0,
             origins: OriginPolicy::default(),
         }
     }

@@ -72,7 +72,9 @@ impl Wire {
         Self {
             ws,
             queue,
-            out: VecDeque::new(),
+            // Room for one frame (the `welcome`): grown from empty it would hold room for
+            // four, kept for the life of an idle connection.
+            out: VecDeque::with_capacity(1),
             binary,
         }
     }

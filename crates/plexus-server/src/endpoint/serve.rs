@@ -42,6 +42,12 @@ impl Server {
         });
         let header_timeout = self.inner.config.limits.handshake_timeout;
         let http = TaskTracker::new();
+        // A socket accepted on a listener bound to one address has that address: asking
+        // the kernel (`getsockname`) is needed only behind a wildcard bind.
+        let bound = listener
+            .local_addr()
+            .ok()
+            .filter(|addr| !addr.ip().is_unspecified());
         // Set once the WebSocket connections have ended after the shutdown (or their time is
         // up): then HTTP stops too.
         let stopped = CancellationToken::new();
@@ -76,7 +82,7 @@ impl Server {
                 _ = stopped.cancelled() => break,
             };
             let _ = stream.set_nodelay(true);
-            let local = stream.local_addr().ok();
+            let local = bound.or_else(|| stream.local_addr().ok());
             let stopped = stopped.clone();
             http.spawn(http_connection(
                 stream,

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -73,6 +73,17 @@ pub(crate) struct ConnShared {
     pub(crate) subscriptions: Subscriptions,
 }
 
+/// `principal` behind an `Arc`: anonymous connections share one (a server may hold many,
+/// and each would otherwise keep an allocation of its own).
+fn shared_principal(principal: Principal) -> Arc<Principal> {
+    static ANONYMOUS: LazyLock<Arc<Principal>> = LazyLock::new(|| Arc::new(Principal::anonymous()));
+    if principal == Principal::anonymous() {
+        ANONYMOUS.clone()
+    } else {
+        Arc::new(principal)
+    }
+}
+
 /// A cloneable handle to one connection, usable from any task.
 #[derive(Clone)]
 pub struct ConnectionHandle {
@@ -99,7 +110,7 @@ impl ConnectionHandle {
         Self {
             shared: Arc::new(ConnShared {
                 info,
-                principal: RwLock::new(Arc::new(principal)),
+                principal: RwLock::new(shared_principal(principal)),
                 principal_changed: AtomicBool::new(false),
                 extensions,
                 local: Mutex::new(http::Extensions::new()),
@@ -187,7 +198,7 @@ impl ConnectionHandle {
             .shared
             .principal
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(principal);
+            .unwrap_or_else(|p| p.into_inner()) = shared_principal(principal);
         self.shared.principal_changed.store(true, Ordering::Release);
         self.shared.queue.kick();
     }

@@ -367,5 +367,6 @@ async fn a_reconnect_storm_loses_nothing_across_a_server_restart() {
         figures["server_peak_rss_mib"].as_f64() > Some(0.0),
         "{figures}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    // `_cleanup` kills the server and removes the files (its pid file first: removing the
+    // folder here left the restarted server running).
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Where an idle connection's bytes go: heaptrack's peak-memory stacks of a server holding N
 connections, grouped by the first frames that are not the allocator's own, per connection.
+The total includes what the server holds whatever its connections (small beside N of them).
 
     breakdown.py STACKS N [DEPTH]
 
@@ -38,7 +39,8 @@ def main():
     stacks = []
     for line in open(path):
         frames, _, cost = line.rstrip("\n").rpartition(" ")
-        frames = [re.sub(r" \([^)]*\)$", "", f) for f in frames.split(";")]
+        # heaptrack ends every frame with `;`: the last piece is empty.
+        frames = [re.sub(r" \([^)]*\)$", "", f) for f in frames.split(";") if f]
         stacks.append((frames, int(cost)))
     names = sorted({f for frames, _ in stacks for f in frames})
     demangled = subprocess.run(

@@ -8,7 +8,7 @@
 # Needs heaptrack and c++filt (Debian: apt-get install heaptrack binutils). The per-
 # connection RSS the generator reports is printed too: the heap figure leaves out what the
 # allocator holds but has not handed out. Only 127.0.0.1 is a target; the generator ends by
-# itself.
+# itself, and the server is stopped whatever happens.
 set -euo pipefail
 BENCH=$(cd "$(dirname "$0")/.." && pwd)
 ROOT=$(cd "$BENCH/.." && pwd)
@@ -26,6 +26,12 @@ done
 for tool in heaptrack heaptrack_print c++filt; do
   command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install heaptrack binutils)" >&2; exit 1; }
 done
+# Both processes hold a descriptor per connection.
+ulimit -n "$((N + 1000))" 2>/dev/null || true
+if [ "$(ulimit -n)" -lt "$((N + 100))" ]; then
+  echo "open files are limited to $(ulimit -n) here: use -n $(($(ulimit -n) - 100)) or less" >&2
+  exit 1
+fi
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 cd "$ROOT"
@@ -36,25 +42,37 @@ RUST_LOG=warn heaptrack -o "$OUT/heap" "$TARGET/release/plexus" serve \
   --listen "127.0.0.1:$PORT" --config "$BENCH/plexus-bench.toml" >"$OUT/serve.log" 2>&1 &
 HEAPTRACK=$!
 PID=
+stop() {
+  [ -n "$PID" ] && kill -TERM "$PID" 2>/dev/null
+  wait "$HEAPTRACK" 2>/dev/null || true
+}
+trap stop EXIT
+healthy=
 for _ in $(seq 100); do
   PID=$(pgrep -P "$HEAPTRACK" -f "release/plexus serve" || true)
-  [ -n "$PID" ] && curl -sf "http://127.0.0.1:$PORT/health/live" >/dev/null && break
+  if [ -n "$PID" ] && curl -sf "http://127.0.0.1:$PORT/health/live" >/dev/null; then
+    healthy=1
+    break
+  fi
   sleep 0.1
 done
-[ -n "$PID" ] || { echo "plexus serve did not start (see $OUT/serve.log)" >&2; kill "$HEAPTRACK"; exit 1; }
+[ -n "$healthy" ] || { echo "plexus serve did not start (see $OUT/serve.log)" >&2; exit 1; }
 "$TARGET/release/plexus-loadgen" conns --url "ws://127.0.0.1:$PORT/ws" --handshake 'expect:"welcome"' \
   -n "$N" --hold 2 --server-pid "$PID" --max-runtime 120 >"$OUT/conns.json"
-kill -TERM "$PID"
-wait "$HEAPTRACK" || true
-heaptrack_print -f "$OUT/heap.zst" --print-peaks 0 --print-allocators 0 --print-temporary 0 \
-  --print-leaks 0 --print-histogram 0 --print-massif 0 -s 0 \
-  --print-flamegraph "$OUT/stacks.txt" --flamegraph-cost-type peak >/dev/null
-python3 - "$OUT/conns.json" <<'PY'
+stop
+trap - EXIT
+HEAP=$(ls "$OUT"/heap.*)
+heaptrack_print -f "$HEAP" --print-peaks 0 --print-allocators 0 --print-temporary 0 \
+  --print-leaks 0 --print-flamegraph "$OUT/stacks.txt" --flamegraph-cost-type peak >/dev/null
+HELD=$(python3 - "$OUT/conns.json" <<'PY'
 import json, sys
 record = json.load(open(sys.argv[1]))
 print(f"RSS {record['rss_kib_per_conn']} KiB per connection, server CPU "
       f"{record['server_cpu_us_per_op']} us per connection set up "
-      f"({record['connections']} held, {record['connect_failed']} failed)")
+      f"({record['connections']} held, {record['connect_failed']} failed)", file=sys.stderr)
+print(record["connections"])
 PY
-python3 "$BENCH/memory/breakdown.py" "$OUT/stacks.txt" "$N" "$DEPTH"
+)
+[ "$HELD" -gt 0 ] || { echo "no connection was held" >&2; exit 1; }
+python3 "$BENCH/memory/breakdown.py" "$OUT/stacks.txt" "$HELD" "$DEPTH"
 echo "(files in $OUT)"

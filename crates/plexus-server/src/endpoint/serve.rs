@@ -43,11 +43,12 @@ impl Server {
         let header_timeout = self.inner.config.limits.handshake_timeout;
         let http = TaskTracker::new();
         // A socket accepted on a listener bound to one address has that address: asking
-        // the kernel (`getsockname`) is needed only behind a wildcard bind.
+        // the kernel (`getsockname`) is needed only behind a wildcard bind (`[::ffff:0.0.0.0]`
+        // too).
         let bound = listener
             .local_addr()
             .ok()
-            .filter(|addr| !addr.ip().is_unspecified());
+            .filter(|addr| !addr.ip().to_canonical().is_unspecified());
         // Set once the WebSocket connections have ended after the shutdown (or their time is
         // up): then HTTP stops too.
         let stopped = CancellationToken::new();

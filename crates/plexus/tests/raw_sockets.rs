@@ -839,21 +839,29 @@ async fn a_raw_socket_is_reached_from_another_node_on_nats() {
     reached_from_another_node(Backend::Nats).await;
 }
 
+/// A server whose raw endpoint `/raw` records into `tx`, with `app` made of its routes,
+/// served on a listener bound to `bind`; the address to dial (on 127.0.0.1 under a wildcard).
+async fn raw_server_bound(
+    bind: &str,
+    tx: &mpsc::UnboundedSender<Seen>,
+    app: impl FnOnce(&Server) -> axum::Router,
+) -> (support::TestServer, SocketAddr) {
+    let server = Server::builder()
+        .raw(RawEndpoint::foreign("/raw").handler(recorder("h", tx)))
+        .build();
+    let listener = tokio::net::TcpListener::bind(bind).await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let app = app(&server);
+    (support::serve_app(server, listener, app, addr), addr)
+}
+
 /// Behind a wildcard bind the listener's address says nothing of a connection's: the
 /// server asks the kernel for each socket's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_on_a_wildcard_listener_knows_its_own_local_address() {
     let (tx, mut seen) = mpsc::unbounded_channel();
-    let server = Server::builder()
-        .raw(RawEndpoint::foreign("/raw").handler(recorder("h", &tx)))
-        .build();
-    let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let app = server.raw_routes();
-    let _server = support::serve_app(server, listener, app, addr);
+    let (_server, addr) = raw_server_bound("0.0.0.0:0", &tx, Server::raw_routes).await;
     let mut ws = open_ok(addr, "/raw").await;
     next_text(&mut ws).await;
     let Seen::Connected { conn, .. } = next_seen(&mut seen).await else {
@@ -865,15 +873,10 @@ async fn a_connection_on_a_wildcard_listener_knows_its_own_local_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_api_writes_to_a_raw_socket() {
     let (tx, mut seen) = mpsc::unbounded_channel();
-    let server = Server::builder()
-        .raw(RawEndpoint::foreign("/raw").handler(recorder("h", &tx)))
-        .build();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let app = server.raw_routes().merge(server.api_routes("k"));
-    let _server = support::serve_app(server, listener, app, addr);
+    let (_server, addr) = raw_server_bound("127.0.0.1:0", &tx, |server| {
+        server.raw_routes().merge(server.api_routes("k"))
+    })
+    .await;
     let mut ws = open_ok(addr, "/raw").await;
     next_text(&mut ws).await;
     let Seen::Connected { conn, .. } = next_seen(&mut seen).await else {

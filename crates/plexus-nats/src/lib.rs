@@ -7,7 +7,8 @@
 //! - stream `<p>-publications`, subjects `<p>.in.>`: the kept publications of `<ch>` under
 //!   `<p>.in.<ch>`, at most [`NatsOptions::max_history`] per channel, each carrying its epoch
 //!   and offset in headers; the stream **republishes** each message it keeps to
-//!   `<p>.ch.<ch>`, in stream order, which is what watching nodes subscribe to;
+//!   `<p>.ch.<ch>`, which is what watching nodes subscribe to (servers before 2.12 can swap
+//!   two republished messages: each node puts them back in offset order);
 //! - stream `<p>-presence`, subjects `<p>.pr.>`: one message per member (`<p>.pr.<ch>.<conn>`)
 //!   with a deadline its node keeps renewing, or a tombstone; node-id leases likewise;
 //! - core subject `<p>.ch.<ch>` also carries presence changes (a header tells them apart),
@@ -28,6 +29,7 @@
 
 mod envelope;
 mod listener;
+mod order;
 mod presence;
 mod read;
 mod subjects;
@@ -544,6 +546,7 @@ impl Engine for NatsEngine {
         let listener = Listener::new(
             shared.client.clone(),
             shared.subjects.clone(),
+            shared.publications.clone(),
             shared.instance,
             sink,
             shared.presence_channels.clone(),

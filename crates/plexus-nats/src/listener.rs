@@ -3,9 +3,10 @@
 //!
 //! One task owns the watch counts and takes watch and unwatch commands in the order the calls
 //! were made. A channel's first watch subscribes to its live subject (where the stream
-//! republishes each kept publication, in stream order, and where presence changes go) and
-//! completes once the server confirmed it with a flush: from then on nothing can be missed.
-//! Each watched channel has a small task that hands its messages to the sink. When the link
+//! republishes each kept publication, and where presence changes go) and completes once the
+//! server confirmed it with a flush and the channel's last kept offset was read: from then
+//! on nothing can be missed. Each watched channel has a small task that hands its messages
+//! to the sink, publications in offset order. When the link
 //! drops (or the client had to drop messages of a slow subscription), every watched channel is
 //! reported interrupted: core NATS does not replay what was sent meanwhile, so the hub makes
 //! its subscribers join again with recovery from the stream. The client reconnects and
@@ -17,6 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::connection::State;
+use async_nats::jetstream::stream::Stream;
 use async_nats::{Client, Event, Subscriber};
 use futures_util::StreamExt;
 use plexus_engine::{EngineError, EngineSink, Member, NodeMessage, Publication};
@@ -26,6 +28,8 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::envelope::{self, Stored};
+use crate::order::InOrder;
+use crate::read;
 use crate::subjects::Subjects;
 
 /// How long a subscription may take to be confirmed before the link counts as broken.
@@ -51,6 +55,8 @@ struct Watched {
 pub(crate) struct Listener {
     client: Client,
     subjects: Subjects,
+    /// The stream of kept publications: where a watched channel stands when its watch begins.
+    publications: Stream,
     instance: Uuid,
     sink: Arc<dyn EngineSink>,
     presence_channels: PresenceChannels,
@@ -63,6 +69,7 @@ impl Listener {
     pub(crate) fn new(
         client: Client,
         subjects: Subjects,
+        publications: Stream,
         instance: Uuid,
         sink: Arc<dyn EngineSink>,
         presence_channels: PresenceChannels,
@@ -71,6 +78,7 @@ impl Listener {
         Self {
             client,
             subjects,
+            publications,
             instance,
             sink,
             presence_channels,
@@ -178,9 +186,11 @@ impl Listener {
             }
             Err(_) => return Err(EngineError::unavailable("NATS is unavailable: no answer")),
         };
+        let order = self.in_order(&channel).await;
         let forwarder = tokio::spawn(forward(
             subscriber,
             channel.clone(),
+            order,
             self.sink.clone(),
             self.presence_channels.clone(),
         ));
@@ -193,16 +203,46 @@ impl Listener {
         );
         Ok(())
     }
+
+    /// Where a channel's live publications start, read once its subscription is live: what
+    /// was kept by then is history. Unreadable, the first publication is taken as it comes.
+    async fn in_order(&self, channel: &str) -> InOrder {
+        let subject = self.subjects.stored(channel);
+        match read::last(&self.publications, &subject).await {
+            Ok(last) => InOrder::new(
+                last.as_ref()
+                    .and_then(|m| Stored::read(&m.headers))
+                    .map(|stored| (stored.epoch, stored.offset)),
+            ),
+            Err(e) => {
+                tracing::debug!(error = %e, channel, "where the channel stands is unknown");
+                InOrder::unknown()
+            }
+        }
+    }
 }
 
-/// Hands one channel's messages to the sink, in the order they came.
+/// Hands one channel's messages to the sink: presence changes in the order they came,
+/// publications in offset order (see [`crate::order`]).
 async fn forward(
     mut subscriber: Subscriber,
     channel: Arc<str>,
+    mut order: InOrder,
     sink: Arc<dyn EngineSink>,
     presence_channels: PresenceChannels,
 ) {
-    while let Some(message) = subscriber.next().await {
+    loop {
+        let message = match order.deadline() {
+            Some(deadline) => tokio::select! {
+                message = subscriber.next() => message,
+                () = tokio::time::sleep_until(deadline) => {
+                    report_gap(&channel, &sink, &mut order);
+                    continue;
+                }
+            },
+            None => subscriber.next().await,
+        };
+        let Some(message) = message else { break };
         let Some(headers) = &message.headers else {
             continue;
         };
@@ -224,16 +264,31 @@ async fn forward(
             }
             continue;
         }
-        match Stored::read(headers) {
-            // A channel's anchor (offset 0, made when it was first read) is no publication.
-            Some(stored) if stored.offset == 0 => {}
-            Some(stored) => sink.publication(&Publication {
-                channel: channel.clone(),
-                epoch: stored.epoch.as_str().into(),
-                offset: stored.offset,
-                data: stored.payload(message.payload.clone()),
-            }),
-            None => tracing::warn!("unreadable publication"),
+        let Some(stored) = Stored::read(headers) else {
+            tracing::warn!("unreadable publication");
+            continue;
+        };
+        let publication = || Publication {
+            channel: channel.clone(),
+            epoch: stored.epoch.as_str().into(),
+            offset: stored.offset,
+            data: stored.payload(message.payload.clone()),
+        };
+        let accepted = order.accept(&stored.epoch, stored.offset, publication, |p| {
+            sink.publication(p)
+        });
+        if accepted.is_err() {
+            report_gap(&channel, &sink, &mut order);
         }
     }
+}
+
+/// A publication of `channel` never came: its subscribers must recover from the stream.
+fn report_gap(channel: &str, sink: &Arc<dyn EngineSink>, order: &mut InOrder) {
+    tracing::warn!(
+        channel,
+        "a publication never reached this node: the channel's subscribers must join again"
+    );
+    order.reset();
+    sink.interrupted(channel);
 }

@@ -53,7 +53,7 @@ impl Subjects {
     }
 
     /// Where watching nodes get a channel's publications (republished by the stream once
-    /// kept, in stream order) and its presence changes.
+    /// kept) and its presence changes.
     pub(crate) fn live(&self, channel: &str) -> String {
         format!("{}.ch.{}", self.prefix, token(channel))
     }

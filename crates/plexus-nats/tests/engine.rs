@@ -1,5 +1,6 @@
 //! What the NATS engine promises beyond the shared contract: epochs that outlive a node and
-//! change only when NATS lost the history, a broken link reported and healed, presence that
+//! change only when NATS lost the history, a broken link reported and healed, republished
+//! publications put back in order and a lost one reported, presence that
 //! outlives no node, node ids held by one live process, and clear errors at start.
 
 use std::sync::Arc;
@@ -129,6 +130,71 @@ async fn a_broken_link_is_reported_and_healed() {
             .any(|s| matches!(s, Seen::Publication(ch, _, 1, d) if ch == "live" && d == "7"))
     })
     .await;
+}
+
+/// Sends what the stream would republish for `(epoch, offset)` of channel `room`, straight to
+/// its live subject: how a server that swaps or loses republished copies looks to a node.
+async fn republish(client: &async_nats::Client, epoch: &str, offset: u64) {
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("room");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Plexus-Epoch", epoch);
+    headers.insert("Plexus-Offset", offset.to_string().as_str());
+    headers.insert("Plexus-Codec", "j");
+    client
+        .publish_with_headers(
+            format!("plexus.ch.{token}"),
+            headers,
+            offset.to_string().into(),
+        )
+        .await
+        .expect("publish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_republishes_reach_the_sink_in_order_and_a_lost_one_is_reported() {
+    let nats = NatsServer::start().await;
+    let (engine, sink) = started(NatsOptions::new(nats.url()), "a").await;
+    let first = engine
+        .publish("room", data(1), &keep(10))
+        .await
+        .expect("publish");
+    engine.watch("room").await.expect("watch");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let epoch = first.epoch.as_str();
+    // Offset 1 was kept before the watch: history, not live.
+    for offset in [3, 1, 2, 4] {
+        republish(&client, epoch, offset).await;
+    }
+    client.flush().await.expect("flush");
+    sink.wait_for("three publications", |_| sink.offsets("room").len() >= 3)
+        .await;
+    assert_eq!(
+        sink.offsets("room"),
+        [2, 3, 4],
+        "in offset order, once each"
+    );
+
+    // Offset 5 never comes: 6 waits for it, then the channel is reported interrupted.
+    republish(&client, epoch, 6).await;
+    client.flush().await.expect("flush");
+    let seen = sink
+        .wait_for("the interruption", |seen| {
+            seen.contains(&Seen::Interrupted("room".into()))
+        })
+        .await;
+    assert_eq!(
+        sink.offsets("room"),
+        [2, 3, 4],
+        "nothing past the gap: {seen:?}"
+    );
+    // After the gap the next publication is taken as it comes.
+    republish(&client, epoch, 7).await;
+    sink.wait_for("the publication after the gap", |_| {
+        sink.offsets("room").len() >= 4
+    })
+    .await;
+    assert_eq!(sink.offsets("room"), [2, 3, 4, 7]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

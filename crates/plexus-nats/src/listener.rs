@@ -35,6 +35,10 @@ use crate::subjects::Subjects;
 /// How long a subscription may take to be confirmed before the link counts as broken.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a first watch waits to read where the channel stands (it holds up every other
+/// watch meanwhile).
+const READ_LAST_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A request to the listener task.
 pub(crate) enum Command {
     /// One more watch of a channel; answered once it is live (or failed: then not counted).
@@ -205,17 +209,28 @@ impl Listener {
     }
 
     /// Where a channel's live publications start, read once its subscription is live: what
-    /// was kept by then is history. Unreadable, the first publication is taken as it comes.
+    /// was kept by then is history. Not read while the streams may be missing (the server
+    /// came back and no call has made them again yet) or when the read is slow: then the
+    /// first publication is taken as it comes.
     async fn in_order(&self, channel: &str) -> InOrder {
+        if !self.streams_ok.load(Ordering::Acquire) {
+            return InOrder::unknown();
+        }
         let subject = self.subjects.stored(channel);
-        match read::last(&self.publications, &subject).await {
-            Ok(last) => InOrder::new(
+        let read =
+            tokio::time::timeout(READ_LAST_TIMEOUT, read::last(&self.publications, &subject));
+        match read.await {
+            Ok(Ok(last)) => InOrder::new(
                 last.as_ref()
                     .and_then(|m| Stored::read(&m.headers))
                     .map(|stored| (stored.epoch, stored.offset)),
             ),
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, channel, "where the channel stands is unknown");
+                InOrder::unknown()
+            }
+            Err(_) => {
+                tracing::debug!(channel, "reading where the channel stands timed out");
                 InOrder::unknown()
             }
         }

@@ -267,8 +267,9 @@ pub(crate) async fn forget_connection(env: &SessionEnv, handle: &ConnectionHandl
 /// Counts a connection as closed, once its place under the limits has been given back.
 pub(crate) fn count_closed(env: &SessionEnv, handle: &ConnectionHandle, reason: &DisconnectReason) {
     env.open.fetch_sub(1, Ordering::Relaxed);
-    crate::metrics::server().connections_open.decrement(1.0);
+    // Counted closed before it stops counting as open: a scrape that sees it gone sees why.
     crate::metrics::connection_closed(reason);
+    crate::metrics::server().connections_open.decrement(1.0);
     tracing::debug!(conn = %handle.id(), ?reason, "connection ended");
 }
 

@@ -475,7 +475,49 @@ async fn a_cancel_racing_the_start_still_reaches_the_provider(codec: Codec) {
         .await;
 }
 
+async fn a_provider_that_does_not_answer_in_time_is_cancelled(codec: Codec) {
+    let server = start_with(
+        Server::builder()
+            .router(sys())
+            .relay(RelayConfig::default().call_timeout(std::time::Duration::from_millis(300))),
+    )
+    .await;
+    let mut p = provider(&server, codec, "p", &["Slow"]).await;
+    let mut caller = RawClient::connect(server.addr, Some(codec)).await;
+    caller
+        .send_json(json!({"t": "req", "id": 5, "m": "Slow.wait", "d": null}))
+        .await;
+    let (id, _, _) = relayed(&mut p, "req").await;
+    let err = caller.recv_json().await;
+    assert_eq!(
+        (err["id"].clone(), err["e"]["code"].clone()),
+        (json!(5), json!("TIMEOUT")),
+        "{err}"
+    );
+    assert_eq!(p.recv_json().await, json!({"t": "cancel", "id": id}));
+    // An answer after the timeout reaches nobody.
+    p.send_json(json!({"t": "res", "id": id, "d": "late"}))
+        .await;
+    caller
+        .expect_silence(std::time::Duration::from_millis(100))
+        .await;
+    // Nor does the timeout hurry anyone else: a call answered in time is answered.
+    caller
+        .send_json(json!({"t": "req", "id": 6, "m": "Slow.wait", "d": null}))
+        .await;
+    answer(&mut p, "p", 1).await;
+    assert_eq!(caller.recv_json().await["t"], "res");
+    // A caller that disconnects with a request waiting cancels it.
+    caller
+        .send_json(json!({"t": "req", "id": 7, "m": "Slow.wait", "d": null}))
+        .await;
+    let (id, _, _) = relayed(&mut p, "req").await;
+    drop(caller);
+    assert_eq!(p.recv_json().await, json!({"t": "cancel", "id": id}));
+}
+
 codec_tests!(
+    a_provider_that_does_not_answer_in_time_is_cancelled,
     a_cancel_racing_the_start_still_reaches_the_provider,
     a_server_that_does_not_relay_answers_not_found,
     providing_needs_the_permission_when_auth_is_on,

@@ -1,11 +1,12 @@
 //! Calls the server makes to the client ([`ConnectionHandle::request`],
-//! [`ConnectionHandle::stream`]): the table of those waiting for an answer, and the stream
-//! their items arrive on. The connection's session routes the client's answers here.
+//! [`ConnectionHandle::stream`]) and requests other connections make of it through the
+//! relay ([`ConnectionHandle::forward`]): the table of those waiting for an answer, and the
+//! stream their items arrive on. The connection's session routes the client's answers here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
 use super::ConnectionHandle;
+use super::forwarded::Forwarded;
 use super::queue::Outbound;
 use crate::error::CallError;
 
@@ -32,40 +34,68 @@ enum Pending {
     Stream(mpsc::Sender<StreamEvent>),
 }
 
+/// The calls waiting for the client.
+#[derive(Default)]
+struct Table {
+    pending: HashMap<u64, Pending>,
+    /// Requests forwarded from other connections, by id: in the order they came, which is
+    /// the order of their deadlines (a relay gives them all the same timeout). Made at the
+    /// first (a relay's providers only), so that other connections pay one pointer, not a
+    /// map's 24 bytes.
+    #[allow(clippy::box_collection)]
+    forwarded: Option<Box<BTreeMap<u64, Forwarded>>>,
+}
+
+impl Table {
+    fn len(&self) -> usize {
+        self.pending.len() + self.forwarded.as_ref().map_or(0, |f| f.len())
+    }
+
+    fn forwarded(&mut self) -> &mut BTreeMap<u64, Forwarded> {
+        self.forwarded.get_or_insert_default()
+    }
+
+    fn take_forwarded(&mut self, id: u64) -> Option<Forwarded> {
+        self.forwarded.as_mut()?.remove(&id)
+    }
+}
+
 /// The locked table; records its size when unlocked.
 struct Locked<'a> {
-    map: MutexGuard<'a, HashMap<u64, Pending>>,
-    waiting: &'a AtomicUsize,
+    table: MutexGuard<'a, Table>,
+    waiting: &'a AtomicU32,
 }
 
 impl Deref for Locked<'_> {
-    type Target = HashMap<u64, Pending>;
+    type Target = Table;
 
     fn deref(&self) -> &Self::Target {
-        &self.map
+        &self.table
     }
 }
 
 impl DerefMut for Locked<'_> {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.map
+        &mut self.table
     }
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        self.waiting.store(self.map.len(), Ordering::Relaxed);
+        // At most `max`, a `u32`.
+        let len = u32::try_from(self.table.len()).unwrap_or(u32::MAX);
+        self.waiting.store(len, Ordering::Relaxed);
     }
 }
 
 /// The calls the server has in flight to one client, bounded.
 pub(crate) struct ClientCalls {
-    pending: Mutex<HashMap<u64, Pending>>,
-    /// `pending.len()`, kept by [`Locked`] on every unlock, so that the session loop can ask
-    /// "several calls waiting?" on each write without taking the lock.
-    waiting: AtomicUsize,
+    table: Mutex<Table>,
+    /// How many calls wait, kept by [`Locked`] on every unlock, so that the session loop can
+    /// ask "several calls waiting?" on each write without taking the lock.
+    waiting: AtomicU32,
     next_id: AtomicU64,
-    max: usize,
+    max: u32,
     /// Default timeout of a request.
     timeout: Duration,
 }
@@ -73,17 +103,17 @@ pub(crate) struct ClientCalls {
 impl ClientCalls {
     pub(crate) fn new(max: usize, timeout: Duration) -> Self {
         Self {
-            pending: Mutex::new(HashMap::new()),
-            waiting: AtomicUsize::new(0),
+            table: Mutex::new(Table::default()),
+            waiting: AtomicU32::new(0),
             next_id: AtomicU64::new(1),
-            max,
+            max: u32::try_from(max).unwrap_or(u32::MAX),
             timeout,
         }
     }
 
     fn lock(&self) -> Locked<'_> {
         Locked {
-            map: self.pending.lock().unwrap_or_else(|p| p.into_inner()),
+            table: self.table.lock().unwrap_or_else(|p| p.into_inner()),
             waiting: &self.waiting,
         }
     }
@@ -95,31 +125,84 @@ impl ClientCalls {
 
     /// How many calls wait for the client (without taking the table's lock).
     pub(crate) fn len(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+        self.waiting.load(Ordering::Relaxed) as usize
     }
 
-    /// Fails every call waiting (their senders are dropped): the connection ended.
+    /// Fails every call waiting (their senders are dropped; forwarded requests are answered
+    /// with the provider gone). Called once the connection is marked ended: a call
+    /// registered after that sees it under the same lock and is refused.
     pub(crate) fn clear(&self) {
-        let pending = std::mem::take(&mut *self.lock());
+        let (pending, forwarded) = {
+            let mut table = self.lock();
+            (std::mem::take(&mut table.pending), table.forwarded.take())
+        };
         drop(pending);
+        for call in forwarded.into_iter().flat_map(|f| f.into_values()) {
+            call.provider_gone();
+        }
     }
 
     /// Routes the client's answer (`res` or `err`) to call `id`.
     pub(crate) fn answer(&self, id: u64, answer: Result<Payload, ErrorBody>) {
-        match self.lock().remove(&id) {
+        let mut table = self.lock();
+        match table.pending.remove(&id) {
             Some(Pending::Request(tx)) => {
                 let _ = tx.send(answer);
             }
             Some(Pending::Stream(tx)) => {
                 let _ = tx.try_send(answer.map(Some));
             }
-            None => {}
+            None => {
+                let forwarded = table.take_forwarded(id);
+                drop(table);
+                if let Some(call) = forwarded {
+                    call.answer(answer);
+                }
+            }
         }
+    }
+
+    /// When the oldest forwarded request times out, if any waits.
+    pub(crate) fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        if self.is_empty() {
+            return None;
+        }
+        let table = self.lock();
+        let oldest = table.forwarded.as_ref()?.values().next();
+        oldest.map(|call| call.deadline)
+    }
+
+    /// Takes the forwarded requests whose deadline passed; their ids here, for `cancel`.
+    pub(crate) fn expire(&self, now: tokio::time::Instant) -> Vec<u64> {
+        let mut expired = Vec::new();
+        {
+            let mut table = self.lock();
+            while let Some(entry) = table.forwarded().first_entry() {
+                if entry.get().deadline > now {
+                    break;
+                }
+                expired.push(entry.remove_entry());
+            }
+        }
+        expired
+            .into_iter()
+            .map(|(id, call)| {
+                call.timed_out();
+                id
+            })
+            .collect()
+    }
+
+    /// Takes back forwarded request `id` (its caller stopped waiting): `None` when it was
+    /// answered (or ended) already.
+    pub(crate) fn withdraw(&self, id: u64) -> Option<Forwarded> {
+        self.lock().take_forwarded(id)
     }
 
     /// Routes an `item` (`Some`) or `end` (`None`) of the client to stream `id`.
     pub(crate) fn stream_event(&self, id: u64, event: Result<Option<Payload>, ErrorBody>) {
-        let mut pending = self.lock();
+        let mut table = self.lock();
+        let pending = &mut table.pending;
         let Some(Pending::Stream(tx)) = pending.get(&id) else {
             return;
         };
@@ -147,20 +230,98 @@ impl ConnectionHandle {
             return Err(CallError::raw_socket());
         }
         let calls = self.client_calls();
-        let mut map = calls.lock();
-        if map.len() >= calls.max {
-            return Err(CallError::new(
-                ErrorCode::RATE_LIMITED,
-                "too many calls to this client in flight",
-            ));
+        let mut table = calls.lock();
+        if self.is_closed() {
+            return Err(CallError::closed());
+        }
+        if table.len() >= calls.max as usize {
+            return Err(too_many_calls());
         }
         let id = calls.next_id.fetch_add(1, Ordering::Relaxed);
-        map.insert(id, pending);
+        table.pending.insert(id, pending);
         Ok(PendingGuard {
             conn: self.clone(),
             id,
             done: false,
         })
+    }
+
+    /// Forwards a caller's request of `method` to this client (see [`Forwarded`]); `call`
+    /// makes the entry that answers the caller. Its id here, or `None` when the caller was
+    /// answered at once (this connection is gone or has too many calls in flight).
+    pub(crate) fn forward(
+        &self,
+        method: String,
+        data: Payload,
+        call: impl FnOnce(Box<str>) -> Forwarded,
+    ) -> Option<u64> {
+        let data = match data.into_payload(self.codec()) {
+            Ok(data) => data,
+            Err(e) => {
+                let error = ErrorBody::new(ErrorCode::VALIDATION_ERROR, e.to_string());
+                call(method.into()).answer(Err(error));
+                return None;
+            }
+        };
+        let calls = self.client_calls();
+        let id = calls.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = Frame::Req {
+            id,
+            method,
+            data,
+            node: None,
+        };
+        let encoded = self.encode(&frame);
+        let Frame::Req { method, .. } = frame else {
+            unreachable!("built as a request")
+        };
+        let call = call(method.into());
+        let bytes = match encoded {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                call.answer(Err(e.into_body()));
+                return None;
+            }
+        };
+        {
+            let mut table = calls.lock();
+            if self.is_closed() {
+                drop(table);
+                call.provider_gone();
+                return None;
+            }
+            if table.len() >= calls.max as usize {
+                drop(table);
+                call.answer(Err(too_many_calls().into_body()));
+                return None;
+            }
+            table.forwarded().insert(id, call);
+        }
+        // Queued after the entry: the answer cannot come before it.
+        if let Err(e) = self.push(bytes) {
+            if let Some(call) = calls.withdraw(id) {
+                if e.is_closed() {
+                    call.provider_gone();
+                } else {
+                    call.answer(Err(e.into_body()));
+                }
+            }
+            return None;
+        }
+        Some(id)
+    }
+
+    /// The caller of forwarded request `id` stopped waiting: the client is told to stop.
+    pub(crate) fn withdraw_forwarded(&self, id: u64) {
+        let Some(call) = self.client_calls().withdraw(id) else {
+            return;
+        };
+        call.withdrawn();
+        if !self.is_closed()
+            && let Ok(bytes) = self.encode(&Frame::Cancel { id })
+        {
+            let _ = self.shared.queue.try_push(Outbound::Frame(bytes));
+        }
     }
 
     /// Calls method `method` on the client and waits for its answer, up to the endpoint's
@@ -244,6 +405,13 @@ impl ConnectionHandle {
     }
 }
 
+fn too_many_calls() -> CallError {
+    CallError::new(
+        ErrorCode::RATE_LIMITED,
+        "too many calls to this client in flight",
+    )
+}
+
 /// Removes a pending call when its caller stops waiting, and tells the client to stop.
 struct PendingGuard {
     conn: ConnectionHandle,
@@ -253,7 +421,13 @@ struct PendingGuard {
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        let removed = self.conn.client_calls().lock().remove(&self.id).is_some();
+        let removed = self
+            .conn
+            .client_calls()
+            .lock()
+            .pending
+            .remove(&self.id)
+            .is_some();
         if removed
             && !self.done
             && !self.conn.is_closed()

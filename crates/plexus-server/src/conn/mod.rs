@@ -5,6 +5,8 @@
 
 mod client_calls;
 mod close;
+mod deadline;
+mod forwarded;
 mod handle;
 mod heartbeat;
 mod message;
@@ -17,6 +19,8 @@ pub use client_calls::ClientStream;
 pub(crate) use client_calls::decode_answer;
 pub(crate) use close::close_reason;
 pub use close::{CloseReason, DisconnectReason};
+pub(crate) use deadline::Deadline;
+pub(crate) use forwarded::Forwarded;
 pub use handle::ConnectionHandle;
 pub(crate) use handle::{ConnectionInfo, HandleLimits, RawInfo};
 pub(crate) use heartbeat::{Beat, Heartbeat, WRITE_BATCH, sleep_until_opt};

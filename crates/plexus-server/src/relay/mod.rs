@@ -22,6 +22,7 @@ use plexus_engine::Member;
 use tokio::sync::{broadcast, mpsc};
 
 pub use providers::{ProviderEvent, ProviderInfo};
+pub(crate) use route::Forward;
 
 use crate::conn::ConnectionHandle;
 use crate::hub::Hub;

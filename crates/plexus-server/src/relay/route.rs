@@ -1,12 +1,14 @@
 //! Routing a call to a provider, and relaying what comes back.
 //!
 //! A call of `<Service>.<method>` goes to the provider of `<Service>` whose turn it is (one
-//! cursor per service), or to the node its `node` field pins. It becomes a call from the
-//! relay to that provider's connection, made through its `ConnectionHandle`, so the
-//! provider's answer, its items (within the credit the relay's stream grants as the caller
-//! consumes them) and a `cancel` when the caller stops waiting all flow as they do for any
-//! call the server makes. Values keep their bytes; a payload crosses codecs only when the
-//! caller and the provider speak different ones.
+//! cursor per service), or to the node its `node` field pins. A request to a provider
+//! connected here is forwarded ([`ConnectionHandle::forward`]): the provider's session
+//! writes the answer for the caller as it reads it, with no task per call. A stream becomes
+//! a call from the relay to the provider's connection, made through its `ConnectionHandle`,
+//! so its items (within the credit the relay's stream grants as the caller consumes them)
+//! and a `cancel` when the caller stops waiting flow as they do for any call the server
+//! makes. Values keep their bytes; a payload crosses codecs only when the caller and the
+//! provider speak different ones.
 //!
 //! A provider connected to another relay node of the cluster is reached through the hub:
 //! requests, notifications and streams cross nodes as node messages (their values as
@@ -17,6 +19,7 @@
 //! the provider's connection ended (or its node left the cluster) while it had the call.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
@@ -27,8 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::Relay;
 use super::providers::Target;
+use crate::conn::{ConnectionHandle, Forwarded};
 use crate::error::{CallError, shown};
 use crate::hub::{Hub, RemoteStream};
+use crate::metrics::CallMeter;
 
 /// A relayed call's outcome.
 type Reply = Result<Payload, ErrorBody>;
@@ -57,6 +62,24 @@ fn offline(method: &str, node: Option<&str>) -> ErrorBody {
             started: node.is_some(),
         })
         .into_body()
+}
+
+/// What a caller hears when its provider's connection ended with its request.
+fn provider_gone(method: &str, node: &str) -> ErrorBody {
+    offline(method, Some(node))
+}
+
+/// Where a relayed request went.
+pub(crate) enum Forward {
+    /// To a provider connected here, under its id `.1` there: the answer will be queued for
+    /// the caller as the call's last frame.
+    Waiting(ConnectionHandle, u64),
+    /// Answered at once, the answer queued for the caller as the call's last frame.
+    Answered,
+    /// No provider took it: the caller's answer.
+    Refused(ErrorBody),
+    /// To a provider on another node: resolves with the answer.
+    Elsewhere(BoxFuture<'static, Reply>),
 }
 
 /// The service a method belongs to: what comes before its first `.`.
@@ -122,33 +145,67 @@ impl Relay {
             .ok_or_else(|| ErrorBody::new(ErrorCode::UNAVAILABLE, "the relay is not attached"))
     }
 
-    /// Relays a request; resolves with the provider's answer.
+    /// Relays call `id` of `caller` (its sequence number `seq` in the caller's session), a
+    /// request, timed by `meter`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn request(
         &self,
+        caller: &ConnectionHandle,
+        id: u64,
+        seq: u64,
         method: String,
         data: Payload,
         node: Option<String>,
-    ) -> BoxFuture<'static, Reply> {
-        let routed = self.route(&method, node.as_deref());
-        let hub = self.hub().cloned();
+        meter: CallMeter,
+    ) -> Forward {
+        let target = match self.route(&method, node.as_deref()) {
+            Ok(target) => target,
+            Err(error) => {
+                meter.finish(Err(&error.code));
+                return Forward::Refused(error);
+            }
+        };
         let timeout = self.inner.config.call_timeout;
-        Box::pin(async move {
-            match routed? {
-                Target::Local(node, provider) => provider
-                    .request_timeout::<Payload>(&method, data, timeout)
-                    .await
-                    .map_err(|e| provider_failed(&method, &node, e)),
-                Target::Remote(node, conn, gone) => {
+        match target {
+            Target::Local(node, provider) => {
+                let now = tokio::time::Instant::now();
+                // A timeout too large to add is no timeout: a century is as good.
+                let deadline = now
+                    .checked_add(timeout)
+                    .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
+                let caller = caller.clone();
+                let forwarded = provider.forward(method, data, |method| {
+                    Forwarded::new(
+                        caller,
+                        id,
+                        seq,
+                        method,
+                        node,
+                        provider_gone,
+                        meter,
+                        deadline,
+                    )
+                });
+                match forwarded {
+                    Some(id) => Forward::Waiting(provider, id),
+                    None => Forward::Answered,
+                }
+            }
+            Target::Remote(node, conn, gone) => {
+                let hub = self.hub().cloned();
+                Forward::Elsewhere(Box::pin(async move {
                     let hub = hub?;
-                    tokio::select! {
+                    let reply = tokio::select! {
                         answer = hub.request::<Payload>(&conn, &method, data, timeout) => {
                             answer.map_err(|e| remote_failed(&method, &node, e.into_body()))
                         }
                         () = gone.cancelled() => Err(offline(&method, Some(&node))),
-                    }
-                }
+                    };
+                    meter.finish_with(&reply);
+                    reply
+                }))
             }
-        })
+        }
     }
 
     /// Relays a stream; resolves once the provider's stream is open (its items follow).

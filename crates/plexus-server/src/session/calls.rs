@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
 use super::Session;
-use crate::conn::{Outbound, OutboundQueue};
+use crate::conn::{ConnectionHandle, Outbound, OutboundQueue};
 use crate::error::RpcError;
 use crate::principal::Principal;
 use crate::rpc::context::{CallState, CancelReason};
@@ -41,6 +41,9 @@ pub(super) struct InFlight {
     credit: Option<Arc<Semaphore>>,
     /// The permission the method requires: checked again when the principal changes.
     needs: Option<Arc<str>>,
+    /// A relayed request waiting for a provider connected here: the provider and its id
+    /// there, told to stop if this call stops first.
+    forwarded_to: Option<(ConnectionHandle, u64)>,
 }
 
 impl InFlight {
@@ -50,6 +53,9 @@ impl InFlight {
         }
         if let Some(abort) = self.abort {
             abort.abort();
+        }
+        if let Some((provider, id)) = self.forwarded_to {
+            provider.withdraw_forwarded(id);
         }
     }
 }
@@ -90,9 +96,29 @@ impl Calls {
         self.notifying.len()
     }
 
-    fn next_seq(&mut self) -> u64 {
+    /// A new call's sequence number.
+    pub(super) fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
+    }
+
+    /// Call `id` (sequence `seq`) was relayed without a task: its last frame comes through
+    /// the outbound queue; `provider` is where it waits, if it was not answered at once.
+    pub(super) fn forwarded(
+        &mut self,
+        id: u64,
+        seq: u64,
+        provider: Option<(ConnectionHandle, u64)>,
+    ) {
+        let entry = InFlight {
+            seq,
+            abort: None,
+            state: None,
+            credit: None,
+            needs: None,
+            forwarded_to: provider,
+        };
+        self.in_flight.insert(id, entry);
     }
 
     /// Whether an item of call `id` tagged `seq` still belongs to a call in flight.
@@ -204,6 +230,17 @@ impl Session {
     ) {
         let seq = self.calls.next_seq();
         let future = start(seq);
+        self.spawn_call_as(id, seq, call, future);
+    }
+
+    /// [`Session::spawn_call`] for a call whose sequence number `seq` was taken already.
+    pub(super) fn spawn_call_as(
+        &mut self,
+        id: u64,
+        seq: u64,
+        call: Option<Spawned>,
+        future: BoxFuture<Option<Frame>>,
+    ) {
         let queue = self.queue().clone();
         let codec = self.codec();
         let task = tokio::spawn(async move {
@@ -226,6 +263,7 @@ impl Session {
                     state: call.state,
                     credit: call.credit,
                     needs: call.needs,
+                    forwarded_to: None,
                 };
                 self.calls.in_flight.insert(id, entry);
             }

@@ -1,5 +1,6 @@
 //! The session's loop: it selects over the outbound queue, the socket, the heartbeat and
-//! one deadline timer (drain or idle), and acts on the flags a kick may have set.
+//! one deadline timer (drain, idle, or a forwarded request's), and acts on the flags a kick
+//! may have set.
 //!
 //! Every branch only changes state and queues frames on the [`Wire`](crate::conn::Wire);
 //! one place (`drain`) writes them and flushes. That keeps this future, which lives as long
@@ -8,13 +9,12 @@
 
 use std::sync::atomic::Ordering;
 
-use plexus_protocol::CloseCode;
+use plexus_protocol::{CloseCode, Frame};
 use tokio::time::Instant;
 
 use super::Session;
 use crate::conn::{
-    Beat, CloseReason, DisconnectReason, Heartbeat, Outbound, QueueEvent, WRITE_BATCH,
-    sleep_until_opt,
+    Beat, CloseReason, Deadline, DisconnectReason, Heartbeat, Outbound, QueueEvent, WRITE_BATCH,
 };
 
 /// What a turn of the loop decided.
@@ -37,6 +37,7 @@ impl Session {
         // (Polling a `Notified` every turn would take its waiter lock every time, and the
         // shutdown signal is shared by every connection.)
         let mut kicked = true;
+        let mut deadline = Deadline::default();
         // From here until a close begins, publications may be written to the socket directly.
         self.queue().set_direct(true);
         loop {
@@ -45,12 +46,17 @@ impl Session {
             {
                 return reason;
             }
-            // One timer for the drain deadline and the idle deadline, whichever comes first.
-            let idle_deadline = idle.map(|idle| self.last_call + idle);
-            let deadline = match (self.draining, idle_deadline) {
-                (Some(drain), Some(idle)) => Some(drain.min(idle)),
-                (drain, idle) => drain.or(idle),
-            };
+            // One timer for the drain deadline, the idle deadline and the oldest request
+            // forwarded to this client, whichever comes first.
+            deadline.at_most(self.draining);
+            deadline.at_most(idle.map(|idle| self.last_call + idle));
+            let forwarded = self.handle.client_calls().next_deadline();
+            if forwarded.is_some_and(|at| at <= Instant::now()) {
+                // Checked on every turn too: on a busy provider the biased select below
+                // always has something before the timer.
+                self.expire_forwarded();
+            }
+            deadline.at_most(forwarded);
             // A popped item marks the task busy (no direct writes) until a flush; one that
             // writes nothing (the end of a notification, a stale stream item) still needs it.
             let mut popped = false;
@@ -78,7 +84,7 @@ impl Session {
                         Step::Continue
                     }
                 },
-                _ = sleep_until_opt(deadline), if deadline.is_some() => self.deadline_reached(),
+                () = std::future::poll_fn(|cx| deadline.poll_fired(cx)), if deadline.is_armed() => self.deadline_reached(),
             };
             if popped && self.handle.client_calls().len() > 1 {
                 // Many calls to this client at once (a relay's provider): their tasks are
@@ -147,6 +153,11 @@ impl Session {
         if self.draining.is_some_and(|drain| now >= drain) {
             return Step::Close(CloseCode::GOING_AWAY, "server shutting down");
         }
+        self.expire_forwarded();
+        let idle = self.env.limits.idle_timeout;
+        if idle.is_none_or(|idle| now < self.last_call + idle) {
+            return Step::Continue;
+        }
         // Publications written straight to the socket are activity too.
         let waiting = self.queue().take_written_directly()
             || !self.calls.is_empty()
@@ -157,6 +168,14 @@ impl Session {
             Step::Continue
         } else {
             Step::Close(CloseCode::NORMAL, "idle timeout")
+        }
+    }
+
+    /// Requests forwarded to this client that timed out: their callers are answered, and
+    /// the client is told to stop.
+    fn expire_forwarded(&mut self) {
+        for id in self.handle.client_calls().expire(Instant::now()) {
+            self.write_frame(&Frame::Cancel { id });
         }
     }
 

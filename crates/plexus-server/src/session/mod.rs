@@ -306,9 +306,10 @@ impl Session {
             DisconnectReason::ServerClosed(plexus_protocol::CloseCode::GOING_AWAY, _)
         );
         self.calls.stop_all(shutdown);
-        // Dropping the senders fails every call the server made to this client.
-        self.handle.client_calls().clear();
+        // Marked ended first: a call to this client registered from now on is refused, and
+        // one registered before is failed by `clear` (dropping the senders).
         self.handle.mark_ended();
+        self.handle.client_calls().clear();
     }
 
     // ---- what the session writes ---------------------------------------------------------

@@ -11,6 +11,7 @@ use super::Session;
 use super::calls::{Spawned, pump, reply_frame};
 use super::dispatch::metered_stream;
 use super::event_loop::Step;
+use crate::relay::Forward;
 
 impl Session {
     /// Whether a call of `method` (pinned to `node`, maybe) goes to the relay.
@@ -33,7 +34,8 @@ impl Session {
         true
     }
 
-    /// Relays a request.
+    /// Relays a request: to a provider connected here with no task of its own (the
+    /// provider's session queues the answer for this one), elsewhere on a task.
     pub(super) fn relay_request(
         &mut self,
         id: u64,
@@ -44,20 +46,29 @@ impl Session {
         let Some(relay) = self.env.relay.clone() else {
             return Step::Continue;
         };
-        let call = Spawned {
-            state: None,
-            credit: None,
-            needs: None,
-            abortable: true,
-        };
-        let metered = crate::metrics::server().relayed().start();
-        self.spawn_call(id, Some(call), move |_| {
-            Box::pin(async move {
-                let reply = relay.request(method, data, node).await;
-                metered.finish_with(&reply);
-                Some(reply_frame(id, reply))
-            })
-        });
+        let meter = crate::metrics::server().relayed().start();
+        let seq = self.calls.next_seq();
+        match relay.request(&self.handle, id, seq, method, data, node, meter) {
+            Forward::Waiting(provider, provider_id) => {
+                self.calls.forwarded(id, seq, Some((provider, provider_id)));
+            }
+            Forward::Answered => self.calls.forwarded(id, seq, None),
+            Forward::Refused(error) => self.reply(id, Err(error)),
+            Forward::Elsewhere(answer) => {
+                let call = Spawned {
+                    state: None,
+                    credit: None,
+                    needs: None,
+                    abortable: true,
+                };
+                self.spawn_call_as(
+                    id,
+                    seq,
+                    Some(call),
+                    Box::pin(async move { Some(reply_frame(id, answer.await)) }),
+                );
+            }
+        }
         Step::Continue
     }
 

@@ -2,10 +2,10 @@
 # `plexus relay` on 127.0.0.1:PORT with one provider of the service Bench (`plexus provide`),
 # for plexus-relay.sh. The relay replaces this script's process (exec), so the driver
 # measures the relay alone; the provider runs beside it (outside the relay's process tree)
-# and stops when it does. When the
-# driver pinned this script to one core (the server's), the provider runs on the others:
-# a provider is another machine in a mesh, and sharing the relay's core would charge the
-# relay for their contention. (`nproc` counts only the cores a process may use.)
+# and stops when it does. When the driver pinned this script to one core (the server's),
+# the provider runs on the others: a provider is another machine in a mesh, and sharing
+# the relay's core would charge the relay for their contention. (`nproc` counts only the
+# cores a process may use.)
 #   relay-pair.sh PORT PLEXUS_BINARY CONFIG
 set -euo pipefail
 port=$1 bin=$2 config=$3

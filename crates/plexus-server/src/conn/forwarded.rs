@@ -26,43 +26,21 @@ pub(crate) type Gone = fn(method: &str, node: &str) -> ErrorBody;
 
 /// A caller's request waiting for the provider's answer.
 pub(crate) struct Forwarded {
-    caller: ConnectionHandle,
-    /// The caller's id of the call, and its sequence number in the caller's session.
-    id: u64,
-    seq: u64,
-    method: Box<str>,
-    node: Arc<str>,
-    gone: Gone,
-    meter: CallMeter,
-    pub(super) deadline: Instant,
+    pub(crate) caller: ConnectionHandle,
+    /// The caller's id of the call.
+    pub(crate) id: u64,
+    /// The call's sequence number in the caller's session.
+    pub(crate) seq: u64,
+    pub(crate) method: Box<str>,
+    /// The provider's node id.
+    pub(crate) node: Arc<str>,
+    pub(crate) gone: Gone,
+    pub(crate) meter: CallMeter,
+    /// When the caller is answered `TIMEOUT` if the provider has not answered.
+    pub(crate) deadline: Instant,
 }
 
 impl Forwarded {
-    /// The caller's call `id` (sequence `seq`) of `method`, forwarded to the provider `node`
-    /// until `deadline`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        caller: ConnectionHandle,
-        id: u64,
-        seq: u64,
-        method: Box<str>,
-        node: Arc<str>,
-        gone: Gone,
-        meter: CallMeter,
-        deadline: Instant,
-    ) -> Self {
-        Self {
-            caller,
-            id,
-            seq,
-            method,
-            node,
-            gone,
-            meter,
-            deadline,
-        }
-    }
-
     /// The provider answered.
     pub(super) fn answer(self, answer: Result<Payload, ErrorBody>) {
         self.finish(answer);

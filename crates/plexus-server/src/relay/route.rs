@@ -174,17 +174,15 @@ impl Relay {
                     .checked_add(timeout)
                     .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
                 let caller = caller.clone();
-                let forwarded = provider.forward(method, data, |method| {
-                    Forwarded::new(
-                        caller,
-                        id,
-                        seq,
-                        method,
-                        node,
-                        provider_gone,
-                        meter,
-                        deadline,
-                    )
+                let forwarded = provider.forward(method, data, |method| Forwarded {
+                    caller,
+                    id,
+                    seq,
+                    method,
+                    node,
+                    gone: provider_gone,
+                    meter,
+                    deadline,
                 });
                 match forwarded {
                     Some(id) => Forward::Waiting(provider, id),

@@ -98,6 +98,7 @@ impl Listener {
         mut commands: mpsc::Receiver<Command>,
         mut events: mpsc::UnboundedReceiver<Event>,
     ) {
+        let mut link_broke = false;
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
@@ -105,9 +106,14 @@ impl Listener {
                     None => break,
                 },
                 event = events.recv() => match event {
-                    Some(Event::Disconnected) => self.interrupt("the link to NATS broke"),
+                    Some(Event::Disconnected) => {
+                        link_broke = true;
+                        self.interrupt("the link to NATS broke");
+                    }
                     Some(Event::SlowConsumer(_)) => self.interrupt("NATS dropped messages of a slow subscription"),
-                    Some(Event::Connected) => {
+                    // The first connection is announced too: only a link that broke and came
+                    // back may find the streams gone.
+                    Some(Event::Connected) if std::mem::take(&mut link_broke) => {
                         tracing::info!("NATS link restored");
                         self.streams_ok.store(false, Ordering::Release);
                     }

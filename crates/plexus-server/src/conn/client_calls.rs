@@ -175,9 +175,16 @@ impl ClientCalls {
     /// Takes the forwarded requests whose deadline passed; their ids here, for `cancel`.
     pub(crate) fn expire(&self, now: tokio::time::Instant) -> Vec<u64> {
         let mut expired = Vec::new();
+        if self.is_empty() {
+            return Vec::new();
+        }
         {
             let mut table = self.lock();
-            while let Some(entry) = table.forwarded().first_entry() {
+            // Not `forwarded()`: a connection never forwarded to keeps no map.
+            let Some(forwarded) = table.forwarded.as_mut() else {
+                return Vec::new();
+            };
+            while let Some(entry) = forwarded.first_entry() {
                 if entry.get().deadline > now {
                     break;
                 }

@@ -12,7 +12,7 @@
 # echo relayed through `plexus relay` to a provider process), plexus-nometrics (plexus with
 # --metrics off), plexus-redis3 and plexus-nats3
 # (three nodes on one redis-server or nats-server, fan-out only), floor (bare
-# tokio-tungstenite) and node-ws (Node.js `ws`). Cases: rpc-c50 (50 closed-loop connections), fan-N-max (N
+# tokio-tungstenite), node-ws (Node.js `ws`) and uws (uWebSockets.js). Cases: rpc-c50 (50 closed-loop connections), fan-N-max (N
 # subscribers, as fast as a window of 8 undelivered messages allows), fan-N-rateR (R
 # messages/s), conns-N (N idle connections), conns-scale (as many idle connections as the
 # open-file limit allows, up to 100,000). The reconnect storm is

@@ -1104,3 +1104,37 @@ async fn a_raw_socket_compresses_large_messages() {
     assert_eq!(first & 0x40, 0x40, "RSV1: compressed");
     assert!(payload.len() < 1000, "{} bytes", payload.len());
 }
+
+/// Takes a socket once its gate opens; echoes what comes.
+struct Gated {
+    gate: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl RawHandler for Gated {
+    async fn connected(&self, _conn: &RawConnection) -> Result<(), String> {
+        self.gate.notified().await;
+        Ok(())
+    }
+
+    async fn message(&self, conn: &RawConnection, message: RawMessage) {
+        let _ = conn.send(message);
+    }
+}
+
+/// The server holds the upgrade's `101` back to send it with the first bytes after it; a
+/// handler slow to take the socket must not hold up the upgrade with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_completes_while_the_handler_decides() {
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let handler = Gated { gate: gate.clone() };
+    let server = server_with(
+        vec![RawEndpoint::foreign("/g").handler(handler)],
+        EndpointConfig::default(),
+    )
+    .await;
+    // `open_ok` returns once the `101` has come, within its bound; the gate is still shut.
+    let mut ws = open_ok(server.addr, "/g").await;
+    gate.notify_one();
+    ws.send(Message::text("hi")).await.expect("send");
+    assert_eq!(next_text(&mut ws).await, "hi");
+}

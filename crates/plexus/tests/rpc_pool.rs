@@ -8,6 +8,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -17,7 +18,7 @@ use plexus_server::{
 };
 use serde_json::json;
 use support::{RawClient, TestServer, connect_ws, recv, start_with, within};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
 /// What a handler of the pool saw.
@@ -44,6 +45,8 @@ struct Named {
     panic: bool,
     stall: bool,
     slow_end: bool,
+    /// Takes a connection only once this is notified.
+    gate: Option<Arc<Notify>>,
 }
 
 fn named(name: &'static str, seen: &mpsc::UnboundedSender<Seen>) -> Named {
@@ -57,6 +60,7 @@ fn named(name: &'static str, seen: &mpsc::UnboundedSender<Seen>) -> Named {
         panic: false,
         stall: false,
         slow_end: false,
+        gate: None,
     }
 }
 
@@ -69,6 +73,9 @@ impl ProtocolHandler for Named {
         assert!(!self.panic, "{} cannot take anyone", self.name);
         if self.stall {
             std::future::pending::<()>().await;
+        }
+        if let Some(gate) = &self.gate {
+            gate.notified().await;
         }
         if self.refuse {
             return Err(format!("{} is full", self.name));
@@ -309,6 +316,33 @@ async fn a_handler_that_does_not_answer_in_time_is_a_refusal() {
     let (code, reason) = refused(&server).await;
     assert_eq!(code, 1013);
     assert!(reason.contains("in time"), "{reason}");
+}
+
+/// The server holds the handshake's `101` back to send it with the `welcome`, in one write;
+/// a handler taking its time must not hold up the handshake with it: the upgrade completes
+/// while the handler decides, and the `welcome` follows once it takes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_completes_while_a_handler_decides() {
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let gate = Arc::new(Notify::new());
+    let gated = Named {
+        gate: Some(gate.clone()),
+        ..named("h1", &tx)
+    };
+    let server = pool_server(vec![gated]).await;
+    let (mut ws, _) = within("the upgrade", connect_ws(server.addr, None))
+        .await
+        .expect("upgrade");
+    assert!(seen.try_recv().is_err(), "not taken yet");
+    gate.notify_one();
+    match within("the welcome", ws.next()).await {
+        Some(Ok(Message::Text(text))) => assert!(text.contains(r#""t":"welcome""#), "{text}"),
+        other => panic!("expected the welcome, got {other:?}"),
+    }
+    assert!(matches!(
+        within("the handler", seen.recv()).await,
+        Some(Seen::Connected { handler: "h1", .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

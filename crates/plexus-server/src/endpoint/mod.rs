@@ -6,6 +6,7 @@
 
 mod builder;
 mod health;
+mod held_upgrade;
 mod offer;
 mod raw;
 mod serve;

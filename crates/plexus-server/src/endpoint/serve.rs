@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::Server;
+use super::held_upgrade::HeldUpgrade;
 
 impl Server {
     /// Serves `app` (which should include [`Server::route`]) on `listener` until `signal`
@@ -166,7 +167,7 @@ async fn http_connection<I>(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout);
     let connection = builder
-        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .serve_connection(hyper_util::rt::TokioIo::new(HeldUpgrade::new(io)), service)
         .with_upgrades();
     let mut connection = std::pin::pin!(connection);
     tokio::select! {

@@ -76,6 +76,10 @@ pub(crate) fn run<H: RawHandler>(
                     .await
                     .inspect_err(|_| handshake_failed(HandshakeFailure::Hello))?;
             }
+            // The upgrade's `101` is held back to leave with the first bytes after it (see
+            // `endpoint::held_upgrade`): a handler slow to take the socket must not hold up
+            // the handshake too. (A handshaked socket has written its `welcome` already.)
+            session.wire.drain(&session.handle).await?;
             match session.while_writing(handler.connected(&conn)).await? {
                 Some(Ok(())) => taken.store(true, Ordering::Relaxed),
                 Some(Err(why)) => {

@@ -47,13 +47,22 @@ impl Session {
             ))
             .catch_unwind();
             let mut taking = pin!(taking);
-            loop {
-                tokio::select! {
-                    biased;
-                    answer = &mut taking => break Ok(answer),
-                    () = std::future::poll_fn(|cx| self.handle.shared.queue.poll_kick(cx)) => {
-                        if let Some(wanted) = self.env.close_wanted(&self.handle) {
-                            break Err(wanted);
+            match taking.as_mut().now_or_never() {
+                Some(answer) => Ok(answer),
+                None => {
+                    // The handshake's `101` is held back to leave with the `welcome` (see
+                    // `endpoint::held_upgrade`): a handler that takes its time must not
+                    // hold up the handshake too.
+                    self.wire.drain(&self.handle).await?;
+                    loop {
+                        tokio::select! {
+                            biased;
+                            answer = &mut taking => break Ok(answer),
+                            () = std::future::poll_fn(|cx| self.handle.shared.queue.poll_kick(cx)) => {
+                                if let Some(wanted) = self.env.close_wanted(&self.handle) {
+                                    break Err(wanted);
+                                }
+                            }
                         }
                     }
                 }

@@ -290,7 +290,9 @@ impl Session {
         {
             return reason;
         }
-        if let Err(reason) = self.hand_over().await {
+        // Boxed: the handler's future and its timer would otherwise keep their room in
+        // this one for the life of the connection.
+        if let Err(reason) = Box::pin(self.hand_over()).await {
             return reason;
         }
         if let Err(reason) = self.welcome().await {

@@ -14,7 +14,7 @@ use axum::extract::ConnectInfo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tower::ServiceExt;
 
 use super::Server;
@@ -32,6 +32,27 @@ impl Server {
     /// bytes) cannot hold them open.
     pub async fn serve(
         &self,
+        listener: TcpListener,
+        app: axum::Router,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        // The accept loop is a task of the runtime. Run where `serve` is awaited (often
+        // `main`, which a multi-threaded runtime does not run on its workers), it would take
+        // each socket on that thread and hand its connection over to a worker: two threads
+        // woken per connection (a futex and an eventfd write), and on a server given one
+        // core, two threads taking turns on it. Stopping to await `serve` stops the loop too.
+        let accepting = AbortOnDropHandle::new(tokio::spawn(
+            self.clone().accept_loop(listener, app, signal),
+        ));
+        match accepting.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+
+    async fn accept_loop(
+        self,
         listener: TcpListener,
         app: axum::Router,
         signal: impl Future<Output = ()> + Send + 'static,

@@ -18,7 +18,7 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tower::ServiceExt;
 
 use super::Server;
-use super::held_upgrade::HeldUpgrade;
+use super::held_upgrade::{HeldUpgrade, UpgradeHold};
 
 impl Server {
     /// Serves `app` (which should include [`Server::route`]) on `listener` until `signal`
@@ -175,8 +175,11 @@ async fn http_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let hold = UpgradeHold::default();
+    let io = HeldUpgrade::new(io, hold.clone());
     let service = app.map_request(move |mut request: http::Request<hyper::body::Incoming>| {
         request.extensions_mut().insert(ConnectInfo(remote));
+        request.extensions_mut().insert(hold.clone());
         if let Some(local) = local {
             request.extensions_mut().insert(LocalAddr(local));
         }
@@ -188,7 +191,7 @@ async fn http_connection<I>(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout);
     let connection = builder
-        .serve_connection(hyper_util::rt::TokioIo::new(HeldUpgrade::new(io)), service)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
         .with_upgrades();
     let mut connection = std::pin::pin!(connection);
     tokio::select! {

@@ -11,6 +11,7 @@ use http::{HeaderValue, StatusCode, header};
 use plexus_protocol::Codec;
 
 use super::Server;
+use super::held_upgrade::UpgradeHold;
 use crate::auth::{
     AuthError, AuthRequest, CredentialSource, REQUEST_SOURCES, credential_from_sources,
 };
@@ -42,6 +43,9 @@ pub(crate) struct Arrival {
 pub(crate) struct PendingUpgrade {
     on_upgrade: hyper::upgrade::OnUpgrade,
     upgrade: yawc::IncomingUpgrade,
+    /// Armed as the upgrade is answered: the `101` then waits to leave with the session's
+    /// first write (absent when the request did not come through `serve`).
+    hold: Option<UpgradeHold>,
 }
 
 impl Server {
@@ -152,6 +156,7 @@ impl Server {
                 }
             }
         };
+        let hold = parts.extensions.remove::<UpgradeHold>();
         Ok(Admitted {
             arrival: Arrival {
                 parts,
@@ -162,6 +167,7 @@ impl Server {
             upgrade: PendingUpgrade {
                 on_upgrade,
                 upgrade,
+                hold,
             },
         })
     }
@@ -240,6 +246,9 @@ impl Server {
                 Err(e) => tracing::debug!(error = %e, "cannot set up the agreed extensions"),
             }
         });
+        if let Some(hold) = pending.hold {
+            hold.arm();
+        }
         response.map(axum::body::Body::new)
     }
 }

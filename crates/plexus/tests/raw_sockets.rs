@@ -6,7 +6,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use plexus_server::{
@@ -1137,4 +1137,76 @@ async fn the_upgrade_completes_while_the_handler_decides() {
     gate.notify_one();
     ws.send(Message::text("hi")).await.expect("send");
     assert_eq!(next_text(&mut ws).await, "hi");
+}
+
+/// A raw socket with no message either way for the idle timeout is closed with 1000, and
+/// its handler hears why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_socket_idle_past_the_idle_timeout_is_closed_1000() {
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let mut config = EndpointConfig::default();
+    config.limits.idle_timeout = Some(Duration::from_millis(300));
+    let server = server_with(
+        vec![RawEndpoint::foreign("/r").handler(recorder("h", &tx))],
+        config,
+    )
+    .await;
+    let mut ws = open_ok(server.addr, "/r").await;
+    assert!(matches!(next_seen(&mut seen).await, Seen::Connected { .. }));
+    ws.send(Message::text("one")).await.expect("send");
+    let last = std::time::Instant::now();
+    assert!(matches!(next_seen(&mut seen).await, Seen::Message { .. }));
+    assert_eq!(close_code(&mut ws).await, 1000);
+    assert!(
+        last.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        last.elapsed()
+    );
+    let Seen::Disconnected { reason, .. } = next_seen(&mut seen).await else {
+        panic!("expected the disconnect")
+    };
+    assert_eq!(
+        reason,
+        DisconnectReason::ServerClosed(CloseCode::NORMAL, "idle timeout".into())
+    );
+}
+
+/// A raw peer cannot be asked for a new credential: its socket closes with 4001 when the
+/// one it authenticated with expires, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_socket_closes_4001_when_its_credential_expires() {
+    let (tx, _seen) = mpsc::unbounded_channel();
+    let leeway = Duration::from_secs(1);
+    let authenticator =
+        plexus_server::JwtAuthenticator::new(support::jwt_config().with_leeway(leeway))
+            .expect("valid JWT config");
+    let builder = Server::builder().authenticator(authenticator).raw(
+        RawEndpoint::handshaked("/term")
+            .require("tty")
+            .handler(recorder("h", &tx)),
+    );
+    let server = start_with(builder).await;
+    let claims = support::claims("alice", "tty", 2);
+    let exp = UNIX_EPOCH + Duration::from_secs(claims["exp"].as_u64().unwrap());
+    let token = support::sign_hs256(support::JWT_SECRET.as_bytes(), &claims);
+    let (mut ws, _) = open(server.addr, "/term", &[]).await.expect("upgrade");
+    ws.send(Message::text(
+        json!({"t": "hello", "token": token}).to_string(),
+    ))
+    .await
+    .expect("send");
+    let welcome: Value = serde_json::from_str(&next_text(&mut ws).await).expect("JSON");
+    assert_eq!(welcome["user"], "alice");
+    assert_eq!(close_code(&mut ws).await, 4001);
+    let now = SystemTime::now();
+    assert!(
+        now + Duration::from_millis(100) >= exp,
+        "closed {:?} before the expiry",
+        exp.duration_since(now).unwrap_or_default()
+    );
+    assert!(
+        now <= exp + leeway + Duration::from_millis(2500),
+        "closed {:?} after the expiry",
+        now.duration_since(exp).unwrap_or_default()
+    );
 }

@@ -1,7 +1,8 @@
 //! Raw sockets over real sockets: bytes and types kept, the connect and disconnect events,
 //! both kinds (handshaked and foreign-client), authentication and permissions at the
 //! upgrade, exact and prefix paths, handler pools, the hub reaching a raw socket from another
-//! node, the slow-consumer cut and heartbeats.
+//! node, the slow-consumer cut, heartbeats, the idle timeout, an expiring credential, and an
+//! upgrade that completes while a handler decides.
 
 mod support;
 

@@ -1,8 +1,8 @@
 //! Raw sockets over real sockets: bytes and types kept, the connect and disconnect events,
 //! both kinds (handshaked and foreign-client), authentication and permissions at the
-//! upgrade, exact and prefix paths, handler pools, the hub reaching a raw socket from another
-//! node, the slow-consumer cut, heartbeats, the idle timeout, an expiring credential, and an
-//! upgrade that completes while a handler decides.
+//! upgrade, exact and prefix paths, handler pools, the hub and the HTTP API reaching a raw
+//! socket from another node, the slow-consumer cut, heartbeats, the idle timeout, an
+//! expiring credential, and an upgrade that completes while a handler decides.
 
 mod support;
 
@@ -1210,4 +1210,44 @@ async fn a_raw_socket_closes_4001_when_its_credential_expires() {
         "closed {:?} after the expiry",
         now.duration_since(exp).unwrap_or_default()
     );
+}
+
+/// `POST /api/send` on one node reaches a raw socket connected to another: it answers
+/// `sent: 0` (not held here, handed on) and the message arrives.
+async fn the_http_api_reaches_another_node(backend: Backend) {
+    let (engine_a, engine_b, _broker) = engines(backend).await;
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let a = start_with(
+        Server::builder()
+            .engine(engine_a)
+            .node_id("node-a")
+            .raw(RawEndpoint::foreign("/raw").handler(recorder("h", &tx))),
+    )
+    .await;
+    let b = Server::builder().engine(engine_b).node_id("node-b").build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr_b = listener.local_addr().expect("addr");
+    let app = b.api_routes("k");
+    let _b = support::serve_app(b, listener, app, addr_b);
+    let mut ws = open_ok(a.addr, "/raw").await;
+    next_text(&mut ws).await;
+    let Seen::Connected { conn, .. } = next_seen(&mut seen).await else {
+        panic!("connected comes first")
+    };
+    let body = json!({"conn": conn.id, "data": "from node b"}).to_string();
+    let (status, answer) = support::http(addr_b, "POST", "/api/send", Some("k"), Some(&body)).await;
+    assert_eq!((status, answer), (200, json!({"sent": 0})));
+    assert_eq!(next_text(&mut ws).await, "from node b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_reaches_a_raw_socket_on_another_node_on_memory() {
+    the_http_api_reaches_another_node(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_reaches_a_raw_socket_on_another_node_on_redis() {
+    the_http_api_reaches_another_node(Backend::Redis).await;
 }

@@ -174,10 +174,10 @@ impl ClientCalls {
 
     /// Takes the forwarded requests whose deadline passed; their ids here, for `cancel`.
     pub(crate) fn expire(&self, now: tokio::time::Instant) -> Vec<u64> {
-        let mut expired = Vec::new();
         if self.is_empty() {
             return Vec::new();
         }
+        let mut expired = Vec::new();
         {
             let mut table = self.lock();
             // Not `forwarded()`: a connection never forwarded to keeps no map.
